@@ -1,0 +1,211 @@
+//! Manifests: a file's ordered list of chunks, with a stable binary encoding.
+//!
+//! Encoding, version 1 (all integers little-endian):
+//!
+//! ```text
+//! u8   version = 1
+//! u64  total size in bytes
+//! u32  chunk count n
+//! n ×  { [u8; 32] chunk id, u32 chunk length }
+//! ```
+//!
+//! The manifest's id ([`ManifestId`]) is the BLAKE3 of that encoding. Decoding checks the version,
+//! the count against the length, that no chunk is empty and that the lengths add up to the size.
+
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, ManifestId};
+
+/// The encoding version this build writes.
+pub const MANIFEST_VERSION: u8 = 1;
+
+const HEADER_LEN: usize = 1 + 8 + 4;
+const ENTRY_LEN: usize = ChunkId::LEN + 4;
+
+/// One chunk of a file: its id and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChunkRef {
+    /// The chunk's id.
+    pub id: ChunkId,
+    /// The chunk's length in bytes.
+    pub len: u32,
+}
+
+/// A file's content as an ordered list of chunks.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Manifest {
+    chunks: Vec<ChunkRef>,
+    size: u64,
+}
+
+impl Manifest {
+    /// A manifest of the given chunks, in file order.
+    pub fn new(chunks: Vec<ChunkRef>) -> Self {
+        let size = chunks.iter().map(|c| u64::from(c.len)).sum();
+        Self { chunks, size }
+    }
+
+    /// The manifest of an empty file.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// The file's chunks in order.
+    pub fn chunks(&self) -> &[ChunkRef] {
+        &self.chunks
+    }
+
+    /// The file's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Each chunk with the file offset it starts at.
+    pub fn with_offsets(&self) -> impl Iterator<Item = (u64, &ChunkRef)> + '_ {
+        self.chunks.iter().scan(0u64, |offset, c| {
+            let at = *offset;
+            *offset += u64::from(c.len);
+            Some((at, c))
+        })
+    }
+
+    /// The stable binary encoding (see the module docs).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + ENTRY_LEN * self.chunks.len());
+        out.push(MANIFEST_VERSION);
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
+        for c in &self.chunks {
+            out.extend_from_slice(c.id.as_bytes());
+            out.extend_from_slice(&c.len.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes and checks an encoding made by [`Manifest::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let bad = |what: String| Err(Error::BadManifest(what));
+        if bytes.len() < HEADER_LEN {
+            return bad(format!("{} bytes is shorter than the header", bytes.len()));
+        }
+        if bytes[0] != MANIFEST_VERSION {
+            return bad(format!(
+                "version {} is not {MANIFEST_VERSION}: written by a newer lbsync? upgrade this one",
+                bytes[0]
+            ));
+        }
+        let size = u64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes"));
+        let count = u32::from_le_bytes(bytes[9..13].try_into().expect("4 bytes")) as usize;
+        let body = &bytes[HEADER_LEN..];
+        if count.checked_mul(ENTRY_LEN) != Some(body.len()) {
+            return bad(format!(
+                "{count} chunks need {} bytes of entries, found {}",
+                count.saturating_mul(ENTRY_LEN),
+                body.len()
+            ));
+        }
+        let mut chunks = Vec::with_capacity(count);
+        let mut total = 0u64;
+        for e in body.chunks_exact(ENTRY_LEN) {
+            let id = ChunkId::from_slice(&e[..32]).expect("32 bytes");
+            let len = u32::from_le_bytes(e[32..36].try_into().expect("4 bytes"));
+            if len == 0 {
+                return bad(format!("chunk {id} has length 0"));
+            }
+            total += u64::from(len);
+            chunks.push(ChunkRef { id, len });
+        }
+        if total != size {
+            return bad(format!(
+                "chunk lengths add up to {total}, header says {size}"
+            ));
+        }
+        Ok(Self { chunks, size })
+    }
+
+    /// The manifest's id: the BLAKE3 of its encoding.
+    pub fn id(&self) -> ManifestId {
+        ManifestId::of(&self.encode())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Manifest {
+        Manifest::new(vec![
+            ChunkRef {
+                id: ChunkId::of(b"a"),
+                len: 10,
+            },
+            ChunkRef {
+                id: ChunkId::of(b"b"),
+                len: 5,
+            },
+        ])
+    }
+
+    #[test]
+    fn encoding_is_stable() {
+        let m = sample();
+        let enc = m.encode();
+        assert_eq!(enc.len(), 13 + 2 * 36);
+        assert_eq!(&enc[..13], &[1, 15, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(
+            m.id().to_string(),
+            ManifestId::of(&enc).to_string(),
+            "the id is the hash of the encoding"
+        );
+        let offsets: Vec<u64> = m.with_offsets().map(|(o, _)| o).collect();
+        assert_eq!(offsets, [0, 10]);
+    }
+
+    #[test]
+    fn decode_rejects_damage_with_reasons() {
+        let enc = sample().encode();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (enc[..5].to_vec(), "shorter than the header"),
+            ([&[2u8][..], &enc[1..]].concat(), "version 2"),
+            (enc[..enc.len() - 1].to_vec(), "need 72 bytes"),
+            (
+                {
+                    let mut e = enc.clone();
+                    e[1] = 16;
+                    e
+                },
+                "add up to 15",
+            ),
+            (
+                {
+                    let mut e = enc.clone();
+                    e[13 + 32..13 + 36].copy_from_slice(&0u32.to_le_bytes());
+                    e
+                },
+                "length 0",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let err = Manifest::decode(&bytes).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should say {want:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(lens in proptest::collection::vec(1u32..100_000, 0..200)) {
+            let m = Manifest::new(
+                lens.iter()
+                    .enumerate()
+                    .map(|(i, &len)| ChunkRef { id: ChunkId::of(&i.to_le_bytes()), len })
+                    .collect(),
+            );
+            prop_assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Manifest::decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The pack file format: self-describing chunk records, appended and never rewritten in place.
+//!
+//! ```text
+//! pack file   = pack header, record*
+//! pack header = "LBSPACK\0" (8) | u32 format version = 1 | u32 reserved = 0        (16 bytes)
+//! record      = record header (56 bytes) | payload (stored_len bytes)
+//! record header:
+//!   "LBCR" (4) | u8 flags (bit 0: payload is zstd) | 3 reserved zero bytes
+//!   | [u8; 32] chunk id | u32 stored_len | u32 raw_len
+//!   | [u8; 8] checksum: the first 8 bytes of BLAKE3 of the 48 bytes before it
+//! ```
+//!
+//! All integers are little-endian. A record carries everything needed to index it, so the index
+//! can be rebuilt from the packs alone; the header checksum tells a record from torn or stray bytes,
+//! and the payload is checked by hashing it back to the chunk id.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
+
+use crate::chunk::Chunk;
+use crate::id::ChunkId;
+
+pub(crate) const PACK_MAGIC: &[u8; 8] = b"LBSPACK\0";
+pub(crate) const PACK_VERSION: u32 = 1;
+pub(crate) const PACK_HEADER_LEN: u64 = 16;
+pub(crate) const RECORD_MAGIC: &[u8; 4] = b"LBCR";
+pub(crate) const RECORD_HEADER_LEN: usize = 56;
+pub(crate) const FLAG_ZSTD: u8 = 1;
+const KNOWN_FLAGS: u8 = FLAG_ZSTD;
+
+/// zstd level for stored chunks: fast, and it gives up quickly on incompressible data.
+const ZSTD_LEVEL: i32 = 1;
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+pub(crate) fn pack_header() -> [u8; PACK_HEADER_LEN as usize] {
+    let mut h = [0u8; PACK_HEADER_LEN as usize];
+    h[..8].copy_from_slice(PACK_MAGIC);
+    h[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
+    h
+}
+
+/// Checks a pack file's header; the error says what is wrong.
+pub(crate) fn check_pack_header(h: &[u8]) -> Result<(), String> {
+    if h.len() < PACK_HEADER_LEN as usize {
+        return Err(format!("{} bytes is shorter than the pack header", h.len()));
+    }
+    if &h[..8] != PACK_MAGIC {
+        return Err("does not start with the pack magic \"LBSPACK\"".into());
+    }
+    let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+    if version != PACK_VERSION {
+        return Err(format!(
+            "pack format version {version} is not {PACK_VERSION}: written by a newer lbsync?"
+        ));
+    }
+    Ok(())
+}
+
+/// A record header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecordHeader {
+    pub(crate) flags: u8,
+    pub(crate) id: ChunkId,
+    pub(crate) stored_len: u32,
+    pub(crate) raw_len: u32,
+}
+
+impl RecordHeader {
+    pub(crate) fn encode(&self) -> [u8; RECORD_HEADER_LEN] {
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        h[..4].copy_from_slice(RECORD_MAGIC);
+        h[4] = self.flags;
+        h[8..40].copy_from_slice(self.id.as_bytes());
+        h[40..44].copy_from_slice(&self.stored_len.to_le_bytes());
+        h[44..48].copy_from_slice(&self.raw_len.to_le_bytes());
+        let sum = blake3::hash(&h[..48]);
+        h[48..56].copy_from_slice(&sum.as_bytes()[..8]);
+        h
+    }
+
+    /// `None` unless the bytes are a well-formed header with a matching checksum.
+    pub(crate) fn decode(h: &[u8]) -> Option<Self> {
+        let h: &[u8; RECORD_HEADER_LEN] = h.get(..RECORD_HEADER_LEN)?.try_into().ok()?;
+        if &h[..4] != RECORD_MAGIC || h[5..8] != [0, 0, 0] || h[4] & !KNOWN_FLAGS != 0 {
+            return None;
+        }
+        if blake3::hash(&h[..48]).as_bytes()[..8] != h[48..56] {
+            return None;
+        }
+        Some(Self {
+            flags: h[4],
+            id: ChunkId::from_slice(&h[8..40])?,
+            stored_len: u32::from_le_bytes(h[40..44].try_into().ok()?),
+            raw_len: u32::from_le_bytes(h[44..48].try_into().ok()?),
+        })
+    }
+
+    pub(crate) fn record_len(&self) -> u64 {
+        RECORD_HEADER_LEN as u64 + u64::from(self.stored_len)
+    }
+}
+
+/// A chunk encoded as a record, compressed when that saves at least 1/32 of its size. The payload
+/// shares the chunk's bytes when stored raw: records are written with vectored I/O, not copied.
+pub(crate) struct Record {
+    pub(crate) header: RecordHeader,
+    pub(crate) head: [u8; RECORD_HEADER_LEN],
+    pub(crate) payload: Bytes,
+}
+
+impl Record {
+    pub(crate) fn encode(chunk: &Chunk) -> Record {
+        let raw = chunk.data();
+        let compressed = COMPRESSOR.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.is_none() {
+                *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+            }
+            c.as_mut()?.compress(raw).ok()
+        });
+        let (flags, payload) = match compressed {
+            Some(z) if z.len() < raw.len() - raw.len() / 32 => (FLAG_ZSTD, Bytes::from(z)),
+            _ => (0, raw.clone()),
+        };
+        let header = RecordHeader {
+            flags,
+            id: chunk.id(),
+            stored_len: payload.len() as u32,
+            raw_len: raw.len() as u32,
+        };
+        Record {
+            header,
+            head: header.encode(),
+            payload,
+        }
+    }
+
+    /// The record's bytes in one buffer (tests and tools; the store writes the two parts).
+    #[cfg(test)]
+    pub(crate) fn to_vec(&self) -> Vec<u8> {
+        [&self.head[..], &self.payload[..]].concat()
+    }
+}
+
+/// The chunk's bytes from a record's payload: decompressed and checked against the header's id.
+pub(crate) fn decode_payload(h: &RecordHeader, payload: &[u8]) -> Result<Bytes, String> {
+    let raw = if h.flags & FLAG_ZSTD != 0 {
+        let out = DECOMPRESSOR.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = zstd::bulk::Decompressor::new().ok();
+            }
+            match d.as_mut() {
+                Some(d) => d.decompress(payload, h.raw_len as usize),
+                None => zstd::bulk::decompress(payload, h.raw_len as usize),
+            }
+        });
+        Bytes::from(out.map_err(|e| format!("zstd payload does not decompress: {e}"))?)
+    } else {
+        Bytes::copy_from_slice(payload)
+    };
+    if raw.len() != h.raw_len as usize {
+        return Err(format!(
+            "{} bytes where the header says {}",
+            raw.len(),
+            h.raw_len
+        ));
+    }
+    let actual = ChunkId::of(&raw);
+    if actual != h.id {
+        return Err(format!("bytes hash to {actual}"));
+    }
+    Ok(raw)
+}
+
+/// What lies at an offset of a pack file.
+#[derive(Debug)]
+pub(crate) enum RecordAt {
+    /// A record whose payload checks out.
+    Valid { header: RecordHeader, next: u64 },
+    /// A well-formed header whose payload is complete but does not check out.
+    BadPayload {
+        header: RecordHeader,
+        next: u64,
+        what: String,
+    },
+    /// A header or payload cut off by the end of the file.
+    Torn,
+    /// Bytes that are not a record header.
+    BadHeader,
+    /// The end of the file.
+    End,
+}
+
+/// Reads records of one pack file with positional reads.
+pub(crate) struct PackReader<'a> {
+    pub(crate) file: &'a File,
+    pub(crate) len: u64,
+}
+
+impl PackReader<'_> {
+    pub(crate) fn record_at(&self, offset: u64) -> io::Result<RecordAt> {
+        if offset >= self.len {
+            return Ok(RecordAt::End);
+        }
+        if self.len - offset < RECORD_HEADER_LEN as u64 {
+            return Ok(RecordAt::Torn);
+        }
+        let mut hbuf = [0u8; RECORD_HEADER_LEN];
+        self.file.read_exact_at(&mut hbuf, offset)?;
+        let Some(header) = RecordHeader::decode(&hbuf) else {
+            return Ok(RecordAt::BadHeader);
+        };
+        let next = offset + header.record_len();
+        if next > self.len {
+            return Ok(RecordAt::Torn);
+        }
+        let mut payload = vec![0u8; header.stored_len as usize];
+        self.file
+            .read_exact_at(&mut payload, offset + RECORD_HEADER_LEN as u64)?;
+        Ok(match decode_payload(&header, &payload) {
+            Ok(_) => RecordAt::Valid { header, next },
+            Err(what) => RecordAt::BadPayload { header, next, what },
+        })
+    }
+
+    /// The offset of the next well-formed record header after `offset`, if any: how a scan
+    /// resynchronises after damaged bytes.
+    pub(crate) fn find_header_after(&self, offset: u64) -> io::Result<Option<u64>> {
+        const WINDOW: usize = 1 << 20;
+        let mut pos = offset + 1;
+        let mut buf = vec![0u8; WINDOW + RECORD_HEADER_LEN];
+        while pos + RECORD_HEADER_LEN as u64 <= self.len {
+            let n = ((self.len - pos) as usize).min(buf.len());
+            self.file.read_exact_at(&mut buf[..n], pos)?;
+            let searchable = n.saturating_sub(RECORD_HEADER_LEN - 1);
+            for i in 0..searchable {
+                if &buf[i..i + 4] == RECORD_MAGIC
+                    && RecordHeader::decode(&buf[i..i + RECORD_HEADER_LEN]).is_some()
+                {
+                    return Ok(Some(pos + i as u64));
+                }
+            }
+            pos += searchable.max(1) as u64;
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip_and_checksum() {
+        let h = RecordHeader {
+            flags: FLAG_ZSTD,
+            id: ChunkId::of(b"x"),
+            stored_len: 10,
+            raw_len: 20,
+        };
+        let mut enc = h.encode();
+        assert_eq!(RecordHeader::decode(&enc), Some(h));
+        enc[41] ^= 1;
+        assert_eq!(
+            RecordHeader::decode(&enc),
+            None,
+            "a flipped length bit is caught"
+        );
+    }
+
+    #[test]
+    fn compressible_chunks_are_compressed_and_random_ones_are_not() {
+        let text = Chunk::new(b"all work and no play ".repeat(500));
+        let rec = Record::encode(&text);
+        assert_eq!(rec.header.flags, FLAG_ZSTD);
+        assert!(rec.payload.len() < text.len() / 4);
+        assert_eq!(
+            decode_payload(&rec.header, &rec.payload).unwrap(),
+            text.data()
+        );
+
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let noise = Chunk::new(
+            blake3::Hasher::new()
+                .update(&noise)
+                .finalize_xof_reader_bytes(8192),
+        );
+        let rec = Record::encode(&noise);
+        assert_eq!(rec.header.flags, 0);
+        assert_eq!(rec.to_vec().len(), RECORD_HEADER_LEN + noise.len());
+    }
+
+    trait XofBytes {
+        fn finalize_xof_reader_bytes(&self, n: usize) -> Vec<u8>;
+    }
+
+    impl XofBytes for blake3::Hasher {
+        fn finalize_xof_reader_bytes(&self, n: usize) -> Vec<u8> {
+            let mut out = vec![0u8; n];
+            self.finalize_xof().fill(&mut out);
+            out
+        }
+    }
+}

@@ -1,0 +1,673 @@
+//! [`PackStore`]: chunk bytes in append-only pack files, a sled index beside them.
+//!
+//! ```text
+//! STORE/
+//!   packs/00000001.pack   records appended until the pack passes ~256 MiB, then the next
+//!   packs/00000002.pack
+//!   index/                sled: tree `chunks` (id → where), tree `meta` (format, chunk params),
+//!                         and whatever trees the server keeps there for its own metadata
+//! ```
+//!
+//! # Durability
+//! [`ChunkStore::insert_batch`] appends the batch's records to the current pack, `fdatasync`s it,
+//! then writes the index entries and the pack's watermark in one sled batch, and only then
+//! returns. The pack is the source of truth and the index a cache of it: on open, each pack is
+//! scanned from its watermark, records past it that check out (header checksum, payload hashing to
+//! the id) are indexed, and a torn or damaged tail is truncated. So after a crash at any instant
+//! (kill -9 or power loss), every chunk whose insert returned reads back, and every indexed chunk
+//! reads back with the right hash. sled's own writes are flushed on a timer; a lost index update is
+//! redone from the pack.
+//!
+//! # Concurrency
+//! Handles are `Clone` and shared between threads. Appends are serialised by one writer lock
+//! (compression happens before taking it); reads use positional reads and run in parallel.
+//! Garbage collection and fsck hold the writer lock. One process at a time: sled locks the index.
+
+mod fsck;
+mod gc;
+mod index;
+mod present;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{IoSlice, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::chunk::Chunk;
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, ManifestId};
+use crate::pack::{
+    PACK_HEADER_LEN, PackReader, RECORD_HEADER_LEN, Record, RecordAt, RecordHeader,
+    check_pack_header, decode_payload, pack_header,
+};
+use crate::params::ChunkParams;
+use crate::store::{ChunkStore, GcOptions, GcReport, Inserted, StoreStats};
+
+pub use fsck::{FsckProblem, FsckReport};
+use index::{IndexEntry, chunk_key, watermark_key};
+use present::PresentSet;
+
+/// The store format version kept in the `meta` tree.
+const STORE_FORMAT: u32 = 1;
+
+/// How a [`PackStore`] is opened.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Chunking parameters for a new store; an existing store keeps the ones it was created with.
+    pub params: ChunkParams,
+    /// sled's cache size in bytes; it bounds most of the store's memory.
+    pub cache_capacity: u64,
+    /// A pack is closed and the next one started once it reaches this size.
+    pub pack_target: u64,
+    /// How long to wait for the index's lock, which sled releases a moment after a close.
+    pub lock_wait: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            params: ChunkParams::DEFAULT,
+            cache_capacity: 64 << 20,
+            pack_target: 256 << 20,
+            lock_wait: std::time::Duration::from_secs(3),
+        }
+    }
+}
+
+/// What opening the store had to repair after an unclean stop.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The store did not exist and was created.
+    pub created: bool,
+    /// Records found past their pack's watermark and indexed.
+    pub reindexed: u64,
+    /// Torn or damaged tails cut off: (pack, offset, bytes removed).
+    pub truncated: Vec<(u32, u64, u64)>,
+}
+
+/// The durable chunk store. See the module docs for the layout and the durability contract.
+#[derive(Clone)]
+pub struct PackStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    packs_dir: PathBuf,
+    db: sled::Db,
+    index: sled::Tree,
+    /// The ids in `index`, for fast membership tests.
+    present: PresentSet,
+    params: ChunkParams,
+    pack_target: u64,
+    writer: Mutex<Writer>,
+    readers: Mutex<HashMap<u32, Arc<File>>>,
+    recovery: RecoveryReport,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Nothing is lost without this (the packs are the truth), but reopening is faster.
+        let _ = self.db.flush();
+    }
+}
+
+/// The pack being appended to.
+struct Writer {
+    pack: u32,
+    file: File,
+    len: u64,
+}
+
+impl std::fmt::Debug for PackStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackStore")
+            .field("dir", &self.inner.dir)
+            .field("params", &self.inner.params)
+            .finish()
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its data consistent before anything that can panic.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl PackStore {
+    /// Opens (or creates) the store in `dir` with default options.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(dir, &StoreOptions::default())
+    }
+
+    /// Opens (or creates) the store in `dir`, recovering from an unclean stop if needed.
+    pub fn open_with(dir: impl AsRef<Path>, opts: &StoreOptions) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let packs_dir = dir.join("packs");
+        fs::create_dir_all(&packs_dir).map_err(Error::io(format!(
+            "creating store directory {}",
+            packs_dir.display()
+        )))?;
+        let db = open_index(&dir.join("index"), opts).map_err(|e| Error::BadStore {
+            dir: dir.clone(),
+            what: format!(
+                "cannot open the index ({e}); if another lbsync-server uses this store, stop it \
+                     first; if the index is damaged, run `lbsync-server fsck --repair`"
+            ),
+        })?;
+        let meta = db.open_tree("meta")?;
+        let index = db.open_tree("chunks")?;
+        let mut recovery = RecoveryReport::default();
+        let params = match meta.get("params")? {
+            Some(p) => {
+                let format = meta
+                    .get("format")?
+                    .and_then(|f| f.as_ref().try_into().ok().map(u32::from_le_bytes));
+                if format != Some(STORE_FORMAT) {
+                    return Err(Error::BadStore {
+                        dir,
+                        what: format!(
+                            "store format {format:?} is not {STORE_FORMAT}: made by another lbsync version"
+                        ),
+                    });
+                }
+                ChunkParams::from_bytes(&p).map_err(|e| Error::BadStore {
+                    dir: dir.clone(),
+                    what: format!("its recorded chunking parameters are invalid: {e}"),
+                })?
+            }
+            None => {
+                opts.params.validate()?;
+                meta.insert("format", &STORE_FORMAT.to_le_bytes())?;
+                meta.insert("params", &opts.params.to_bytes())?;
+                db.flush()?;
+                recovery.created = true;
+                opts.params
+            }
+        };
+
+        let packs = list_packs(&packs_dir)?;
+        for &pack in &packs {
+            recover_pack(&packs_dir, &index, pack, &mut recovery)?;
+        }
+        let writer = match packs.last() {
+            Some(&last) => {
+                let path = pack_path(&packs_dir, last);
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(Error::io(format!("opening pack {}", path.display())))?;
+                let len = file_len(&file, &path)?;
+                let mut w = Writer {
+                    pack: last,
+                    file,
+                    len,
+                };
+                if len >= opts.pack_target {
+                    w.roll(&packs_dir)?;
+                }
+                w
+            }
+            None => Writer::create(&packs_dir, 1)?,
+        };
+        if recovery.reindexed > 0 || !recovery.truncated.is_empty() {
+            db.flush()?;
+        }
+        let present = PresentSet::default();
+        present.replace(indexed_ids(&index)?);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                dir,
+                packs_dir,
+                db,
+                index,
+                present,
+                params,
+                pack_target: opts.pack_target,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(HashMap::new()),
+                recovery,
+            }),
+        })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// What opening the store repaired.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    /// The sled database, for callers that keep their own metadata beside the chunk index (the
+    /// server does). The trees `chunks` and `meta` belong to the store: do not touch them.
+    pub fn db(&self) -> &sled::Db {
+        &self.inner.db
+    }
+
+    /// Flushes the index to disk. Not needed for durability (see the module docs); it shortens
+    /// the scan on the next open.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// Walks every pack record and index entry and checks every hash; with `repair`, truncates
+    /// torn tails and rebuilds the index entries from the packs.
+    pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
+        fsck::run(self, repair)
+    }
+
+    fn entry(&self, id: &ChunkId) -> Result<Option<IndexEntry>> {
+        Ok(self
+            .inner
+            .index
+            .get(id.as_bytes())?
+            .and_then(|v| IndexEntry::decode(&v)))
+    }
+
+    fn reader(&self, pack: u32) -> std::io::Result<Arc<File>> {
+        if let Some(f) = lock(&self.inner.readers).get(&pack) {
+            return Ok(f.clone());
+        }
+        let file = Arc::new(File::open(pack_path(&self.inner.packs_dir, pack))?);
+        lock(&self.inner.readers).insert(pack, file.clone());
+        Ok(file)
+    }
+
+    fn forget_reader(&self, pack: u32) {
+        lock(&self.inner.readers).remove(&pack);
+    }
+
+    fn read_entry(&self, id: &ChunkId, e: &IndexEntry) -> Result<Bytes> {
+        let corrupt = |what: String| Error::Corrupt {
+            id: *id,
+            pack: e.pack,
+            offset: e.offset,
+            what,
+        };
+        let file = self
+            .reader(e.pack)
+            .map_err(|err| corrupt(format!("its pack file cannot be opened: {err}")))?;
+        let mut buf = vec![0u8; e.record_len() as usize];
+        file.read_exact_at(&mut buf, e.offset)
+            .map_err(|err| corrupt(format!("the record cannot be read: {err}")))?;
+        let header = RecordHeader::decode(&buf)
+            .ok_or_else(|| corrupt("the record header is damaged".into()))?;
+        if header.id != *id {
+            return Err(corrupt(format!(
+                "the record there holds chunk {}",
+                header.id
+            )));
+        }
+        if header.stored_len != e.stored_len {
+            return Err(corrupt(
+                "the record's length disagrees with the index".into(),
+            ));
+        }
+        decode_payload(&header, &buf[RECORD_HEADER_LEN..]).map_err(corrupt)
+    }
+}
+
+impl Writer {
+    fn create(packs_dir: &Path, pack: u32) -> Result<Writer> {
+        let path = pack_path(packs_dir, pack);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(Error::io(format!("creating pack {}", path.display())))?;
+        file.write_all_at(&pack_header(), 0)
+            .and_then(|()| file.sync_data())
+            .map_err(Error::io(format!("writing pack {}", path.display())))?;
+        sync_dir(packs_dir)?;
+        Ok(Writer {
+            pack,
+            file,
+            len: PACK_HEADER_LEN,
+        })
+    }
+
+    fn roll(&mut self, packs_dir: &Path) -> Result<()> {
+        *self = Writer::create(packs_dir, self.pack + 1)?;
+        Ok(())
+    }
+
+    /// Writes `parts` at the end of the pack (one vectored write, no copying) and syncs it. On
+    /// failure the pack is cut back to where it was, so a later append leaves no damaged record in
+    /// the middle.
+    fn write_synced(&mut self, parts: &mut [IoSlice<'_>], packs_dir: &Path) -> Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total == 0 {
+            return Ok(());
+        }
+        let res = (|| {
+            self.file.seek(SeekFrom::Start(self.len))?;
+            let mut parts = &mut parts[..];
+            while !parts.is_empty() {
+                match self.file.write_vectored(parts) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => IoSlice::advance_slices(&mut parts, n),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.file.sync_data()
+        })();
+        if let Err(e) = res {
+            let _ = self.file.set_len(self.len);
+            let path = pack_path(packs_dir, self.pack);
+            return Err(Error::io(format!("appending to pack {}", path.display()))(
+                e,
+            ));
+        }
+        self.len += total as u64;
+        Ok(())
+    }
+
+    /// Appends records (header bytes and payload), rolling to a new pack when this one is full,
+    /// and adds their index entries and the touched packs' watermarks to `batch`. Returns after
+    /// every byte is synced.
+    fn append<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = (&'a RecordHeader, [&'a [u8]; 2], u64)>,
+        packs_dir: &Path,
+        pack_target: u64,
+        batch: &mut sled::Batch,
+    ) -> Result<()> {
+        let mut parts: Vec<IoSlice<'a>> = Vec::new();
+        let mut pending = 0u64;
+        for (header, [head, payload], inserted_at) in records {
+            let end = self.len + pending;
+            let len = (head.len() + payload.len()) as u64;
+            if end + len > pack_target && end > PACK_HEADER_LEN {
+                self.write_synced(&mut parts, packs_dir)?;
+                batch.insert(&watermark_key(self.pack), &self.len.to_le_bytes());
+                parts.clear();
+                pending = 0;
+                self.roll(packs_dir)?;
+            }
+            let entry = IndexEntry {
+                pack: self.pack,
+                offset: self.len + pending,
+                stored_len: header.stored_len,
+                raw_len: header.raw_len,
+                flags: header.flags,
+                inserted_at,
+            };
+            batch.insert(header.id.as_bytes(), &entry.encode());
+            parts.push(IoSlice::new(head));
+            parts.push(IoSlice::new(payload));
+            pending += len;
+        }
+        self.write_synced(&mut parts, packs_dir)?;
+        batch.insert(&watermark_key(self.pack), &self.len.to_le_bytes());
+        Ok(())
+    }
+}
+
+impl ChunkStore for PackStore {
+    fn params(&self) -> ChunkParams {
+        self.inner.params
+    }
+
+    /// Returns once the new chunks' bytes are `fdatasync`ed and their index entries written (see
+    /// the module docs for what survives a crash). One sync covers the whole batch.
+    fn insert_batch(&self, chunks: &[Chunk]) -> Result<Vec<Inserted>> {
+        let index = &self.inner.index;
+        let mut outcome = vec![Inserted::AlreadyPresent; chunks.len()];
+        let mut seen = HashSet::with_capacity(chunks.len());
+        let mut todo = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            if seen.insert(c.id()) && !self.inner.present.contains(&c.id()) {
+                todo.push(i);
+            }
+        }
+        if todo.is_empty() {
+            return Ok(outcome);
+        }
+        // Compress outside the lock.
+        let records: Vec<(usize, Record)> = todo
+            .into_iter()
+            .map(|i| (i, Record::encode(&chunks[i])))
+            .collect();
+        let mut writer = lock(&self.inner.writer);
+        // Another thread may have stored some of these while we compressed.
+        let mut fresh = Vec::with_capacity(records.len());
+        for (i, r) in &records {
+            if !self.inner.present.contains(&r.header.id) {
+                fresh.push((&r.header, [&r.head[..], &r.payload[..]], unix_now()));
+                outcome[*i] = Inserted::New;
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(outcome);
+        }
+        let mut batch = sled::Batch::default();
+        writer.append(
+            fresh,
+            &self.inner.packs_dir,
+            self.inner.pack_target,
+            &mut batch,
+        )?;
+        index.apply_batch(batch)?;
+        self.inner
+            .present
+            .insert_all(records.iter().map(|(_, r)| &r.header.id));
+        Ok(outcome)
+    }
+
+    fn get(&self, id: &ChunkId) -> Result<Option<Bytes>> {
+        let Some(entry) = self.entry(id)? else {
+            return Ok(None);
+        };
+        match self.read_entry(id, &entry) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(err) => match self.entry(id)? {
+                // Garbage collection moved the chunk between our two reads of the index.
+                Some(moved) if moved != entry => self.read_entry(id, &moved).map(Some),
+                Some(_) => Err(err),
+                None => Ok(None),
+            },
+        }
+    }
+
+    fn contains(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.inner.present.contains(id))
+    }
+
+    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        let mut seen = HashSet::with_capacity(ids.len());
+        Ok(self.inner.present.with(|present| {
+            ids.iter()
+                .filter(|id| !present(id) && seen.insert(**id))
+                .copied()
+                .collect()
+        }))
+    }
+
+    fn gc(&self, live: &mut dyn Iterator<Item = ManifestId>, opts: &GcOptions) -> Result<GcReport> {
+        gc::run(self, live, opts)
+    }
+
+    fn stats(&self) -> Result<StoreStats> {
+        let mut s = StoreStats::default();
+        for kv in self.inner.index.iter() {
+            let (k, v) = kv?;
+            if chunk_key(&k).is_none() {
+                continue;
+            }
+            if let Some(e) = IndexEntry::decode(&v) {
+                s.chunks += 1;
+                s.raw_bytes += u64::from(e.raw_len);
+                s.stored_bytes += u64::from(e.stored_len);
+            }
+        }
+        for pack in list_packs(&self.inner.packs_dir)? {
+            let path = pack_path(&self.inner.packs_dir, pack);
+            s.disk_bytes += fs::metadata(&path)
+                .map_err(Error::io(format!("reading size of {}", path.display())))?
+                .len();
+            s.packs += 1;
+        }
+        Ok(s)
+    }
+}
+
+/// The chunk ids in the index.
+fn indexed_ids(index: &sled::Tree) -> Result<Vec<ChunkId>> {
+    let mut ids = Vec::new();
+    for key in index.iter().keys() {
+        ids.extend(chunk_key(&key?));
+    }
+    Ok(ids)
+}
+
+/// Opens the sled index. sled releases its file lock a moment after the last handle is dropped
+/// (background threads finish their work), so a reopen right after a close waits a little for it.
+fn open_index(path: &Path, opts: &StoreOptions) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + opts.lock_wait;
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(opts.cache_capacity)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+pub(crate) fn pack_path(packs_dir: &Path, pack: u32) -> PathBuf {
+    packs_dir.join(format!("{pack:08}.pack"))
+}
+
+/// The pack numbers in `packs_dir`, ascending. Other files are ignored.
+pub(crate) fn list_packs(packs_dir: &Path) -> Result<Vec<u32>> {
+    let context = || format!("listing packs in {}", packs_dir.display());
+    let mut packs = Vec::new();
+    for entry in fs::read_dir(packs_dir).map_err(Error::io(context()))? {
+        let name = entry.map_err(Error::io(context()))?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name
+            .strip_suffix(".pack")
+            .filter(|s| s.len() == 8)
+            .and_then(|s| s.parse::<u32>().ok())
+        {
+            packs.push(n);
+        }
+    }
+    packs.sort_unstable();
+    Ok(packs)
+}
+
+fn file_len(file: &File, path: &Path) -> Result<u64> {
+    Ok(file
+        .metadata()
+        .map_err(Error::io(format!("reading size of {}", path.display())))?
+        .len())
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(format!("syncing directory {}", dir.display())))
+}
+
+/// Indexes the records past the pack's watermark and cuts off a torn or damaged tail.
+fn recover_pack(
+    packs_dir: &Path,
+    index: &sled::Tree,
+    pack: u32,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    let path = pack_path(packs_dir, pack);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(Error::io(format!("opening pack {}", path.display())))?;
+    let len = file_len(&file, &path)?;
+    let io_err = || Error::io(format!("recovering pack {}", path.display()));
+    if len < PACK_HEADER_LEN {
+        // Created but its header never reached the disk: nothing in it was acknowledged.
+        file.set_len(0)
+            .and_then(|()| file.write_all_at(&pack_header(), 0))
+            .and_then(|()| file.sync_data())
+            .map_err(io_err())?;
+        return Ok(());
+    }
+    let mut head = [0u8; PACK_HEADER_LEN as usize];
+    file.read_exact_at(&mut head, 0).map_err(io_err())?;
+    check_pack_header(&head).map_err(|what| Error::BadStore {
+        dir: path.clone(),
+        what: format!(
+            "pack {} {what}; move it out of the packs directory, then run `lbsync-server fsck --repair`",
+            path.display()
+        ),
+    })?;
+    let mut offset = index
+        .get(watermark_key(pack))?
+        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes))
+        .unwrap_or(PACK_HEADER_LEN)
+        .clamp(PACK_HEADER_LEN, len);
+    let reader = PackReader { file: &file, len };
+    let mut batch = sled::Batch::default();
+    let now = unix_now();
+    loop {
+        match reader.record_at(offset).map_err(io_err())? {
+            RecordAt::Valid { header, next } => {
+                if !index.contains_key(header.id.as_bytes())? {
+                    let entry = IndexEntry {
+                        pack,
+                        offset,
+                        stored_len: header.stored_len,
+                        raw_len: header.raw_len,
+                        flags: header.flags,
+                        inserted_at: now,
+                    };
+                    batch.insert(header.id.as_bytes(), &entry.encode());
+                    report.reindexed += 1;
+                }
+                offset = next;
+            }
+            RecordAt::End => break,
+            RecordAt::Torn | RecordAt::BadHeader | RecordAt::BadPayload { .. } => {
+                // Past the watermark nothing was acknowledged unless it checks out, and synced
+                // bytes form a prefix: everything from the first bad record on is unacknowledged.
+                file.set_len(offset)
+                    .and_then(|()| file.sync_data())
+                    .map_err(io_err())?;
+                report.truncated.push((pack, offset, len - offset));
+                break;
+            }
+        }
+    }
+    batch.insert(&watermark_key(pack), &offset.to_le_bytes());
+    index.apply_batch(batch)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,468 @@
+use std::collections::{HashMap, HashSet};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::manifest::{ChunkRef, Manifest};
+use crate::mem::MemStore;
+
+fn small_packs() -> StoreOptions {
+    StoreOptions {
+        pack_target: 64 << 10,
+        cache_capacity: 8 << 20,
+        ..StoreOptions::default()
+    }
+}
+
+/// Chunk number `i`: random or compressible bytes of varying length, always the same for one `i`.
+fn chunk(i: u32) -> Chunk {
+    let mut rng = ChaCha8Rng::seed_from_u64(u64::from(i));
+    let len = rng.random_range(1..6000);
+    let mut data = vec![0u8; len];
+    if i.is_multiple_of(3) {
+        data.iter_mut()
+            .enumerate()
+            .for_each(|(j, b)| *b = b"lbsync "[j % 7]);
+        data[0] = i as u8;
+        data[len / 2] = (i >> 8) as u8;
+    } else {
+        rng.fill_bytes(&mut data);
+    }
+    Chunk::new(data)
+}
+
+fn manifest_of(ids: &[u32]) -> Manifest {
+    Manifest::new(
+        ids.iter()
+            .map(|&i| {
+                let c = chunk(i);
+                ChunkRef {
+                    id: c.id(),
+                    len: c.len() as u32,
+                }
+            })
+            .collect(),
+    )
+}
+
+fn no_grace() -> GcOptions {
+    GcOptions {
+        grace: Duration::ZERO,
+        repack_below: 0.5,
+        dry_run: false,
+    }
+}
+
+fn last_pack(dir: &Path) -> PathBuf {
+    let packs = list_packs(&dir.join("packs")).unwrap();
+    pack_path(&dir.join("packs"), *packs.last().unwrap())
+}
+
+#[test]
+fn insert_get_reopen_and_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks: Vec<Chunk> = (0..100).map(chunk).collect();
+    {
+        let store = PackStore::open_with(dir.path(), &small_packs()).unwrap();
+        assert!(store.recovery().created);
+        let outcome = store.insert_batch(&chunks).unwrap();
+        assert!(outcome.iter().all(|o| *o == Inserted::New));
+        assert_eq!(store.insert(&chunks[5]).unwrap(), Inserted::AlreadyPresent);
+        let twice = [chunk(200), chunk(200)];
+        assert_eq!(
+            store.insert_batch(&twice).unwrap(),
+            [Inserted::New, Inserted::AlreadyPresent]
+        );
+    }
+    let store = PackStore::open_with(dir.path(), &small_packs()).unwrap();
+    assert_eq!(store.recovery(), &RecoveryReport::default());
+    for c in &chunks {
+        assert_eq!(store.get(&c.id()).unwrap().as_ref(), Some(c.data()));
+    }
+    let absent = chunk(999).id();
+    assert_eq!(store.get(&absent).unwrap(), None);
+    let ask = [chunks[1].id(), absent, chunks[2].id(), absent];
+    assert_eq!(store.missing(&ask).unwrap(), [absent]);
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.chunks, 101);
+    assert!(stats.packs > 1, "64 KiB packs roll: {stats:?}");
+    assert!(
+        stats.stored_bytes < stats.raw_bytes,
+        "a third of the chunks compress"
+    );
+    assert!(store.fsck(false).unwrap().is_clean());
+}
+
+#[test]
+fn existing_store_keeps_its_params() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(PackStore::open(dir.path()).unwrap());
+    let opts = StoreOptions {
+        params: ChunkParams::AVG_64K,
+        ..StoreOptions::default()
+    };
+    let store = PackStore::open_with(dir.path(), &opts).unwrap();
+    assert_eq!(store.params(), ChunkParams::DEFAULT);
+}
+
+#[test]
+fn second_open_of_a_store_in_use_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = PackStore::open(dir.path()).unwrap();
+    let impatient = StoreOptions {
+        lock_wait: Duration::ZERO,
+        ..StoreOptions::default()
+    };
+    // sled's lock is per process on some platforms; only check the message when it refuses.
+    if let Err(e) = PackStore::open_with(dir.path(), &impatient) {
+        assert!(e.to_string().contains("another lbsync-server"), "{e}");
+    }
+}
+
+#[test]
+fn torn_tail_is_truncated_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks: Vec<Chunk> = (0..10).map(chunk).collect();
+    {
+        let store = PackStore::open(dir.path()).unwrap();
+        store.insert_batch(&chunks).unwrap();
+    }
+    // Half a record: a crash in the middle of an append.
+    let rec = Record::encode(&chunk(77));
+    let pack = last_pack(dir.path());
+    let before = fs::metadata(&pack).unwrap().len();
+    OpenOptions::new()
+        .append(true)
+        .open(&pack)
+        .unwrap()
+        .write_all(&rec.to_vec()[..rec.to_vec().len() / 2])
+        .unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    assert_eq!(store.recovery().truncated.len(), 1);
+    assert_eq!(fs::metadata(&pack).unwrap().len(), before);
+    assert!(store.fsck(false).unwrap().is_clean());
+    for c in &chunks {
+        assert_eq!(store.get(&c.id()).unwrap().as_ref(), Some(c.data()));
+    }
+    assert_eq!(store.get(&chunk(77).id()).unwrap(), None);
+}
+
+#[test]
+fn records_past_the_watermark_are_reindexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks: Vec<Chunk> = (0..20).map(chunk).collect();
+    {
+        let store = PackStore::open(dir.path()).unwrap();
+        store.insert_batch(&chunks[..10]).unwrap();
+    }
+    // Records appended and synced, but the index update lost: as after a kill -9 before sled's
+    // flush.
+    let pack = last_pack(dir.path());
+    let mut tail = Vec::new();
+    for c in &chunks[10..] {
+        tail.extend_from_slice(&Record::encode(c).to_vec());
+    }
+    OpenOptions::new()
+        .append(true)
+        .open(&pack)
+        .unwrap()
+        .write_all(&tail)
+        .unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    assert_eq!(store.recovery().reindexed, 10);
+    for c in &chunks {
+        assert_eq!(store.get(&c.id()).unwrap().as_ref(), Some(c.data()));
+    }
+    // An append after recovery lands after the recovered records.
+    store.insert(&chunk(500)).unwrap();
+    assert!(store.fsck(false).unwrap().is_clean());
+}
+
+#[test]
+fn flipped_byte_is_reported_corrupt_never_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = chunk(1); // random bytes: stored raw, so the flip lands in the payload as is
+    let other = chunk(2);
+    let store = PackStore::open(dir.path()).unwrap();
+    store
+        .insert_batch(&[victim.clone(), other.clone()])
+        .unwrap();
+    let entry = store.entry(&victim.id()).unwrap().unwrap();
+    let pack = pack_path(&dir.path().join("packs"), entry.pack);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pack)
+        .unwrap();
+    let at = entry.offset + RECORD_HEADER_LEN as u64 + 10;
+    let mut b = [0u8; 1];
+    file.read_exact_at(&mut b, at).unwrap();
+    file.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+
+    match store.get(&victim.id()) {
+        Err(Error::Corrupt {
+            id, pack, offset, ..
+        }) => {
+            assert_eq!((id, pack, offset), (victim.id(), entry.pack, entry.offset));
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(store.get(&other.id()).unwrap().as_ref(), Some(other.data()));
+
+    let report = store.fsck(false).unwrap();
+    assert!(!report.is_clean());
+    assert_eq!(report.lost, [victim.id()]);
+    assert!(report.problems.iter().any(
+        |p| matches!(p, FsckProblem::DamagedRecord { id: Some(id), .. } if *id == victim.id())
+    ));
+    let repaired = store.fsck(true).unwrap();
+    assert!(repaired.repaired);
+    assert_eq!(
+        store.get(&victim.id()).unwrap(),
+        None,
+        "a lost chunk is absent, so clients resend it"
+    );
+    store.insert(&victim).unwrap();
+    assert_eq!(
+        store.get(&victim.id()).unwrap().as_ref(),
+        Some(victim.data())
+    );
+    let after = store.fsck(false).unwrap();
+    // The damaged record is still in the pack, but nothing points at it any more.
+    assert!(after.lost.is_empty());
+    assert!(
+        after
+            .problems
+            .iter()
+            .all(|p| matches!(p, FsckProblem::DamagedRecord { .. }))
+    );
+}
+
+#[test]
+fn damaged_header_is_skipped_by_fsck_and_later_records_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks: Vec<Chunk> = (0..5).map(chunk).collect();
+    let store = PackStore::open(dir.path()).unwrap();
+    store.insert_batch(&chunks).unwrap();
+    let entry = store.entry(&chunks[2].id()).unwrap().unwrap();
+    let pack = pack_path(&dir.path().join("packs"), entry.pack);
+    let file = OpenOptions::new().write(true).open(&pack).unwrap();
+    file.write_all_at(b"XXXX", entry.offset).unwrap();
+    let report = store.fsck(true).unwrap();
+    assert_eq!(report.lost, [chunks[2].id()]);
+    for (i, c) in chunks.iter().enumerate() {
+        let got = store.get(&c.id()).unwrap();
+        assert_eq!(got.is_some(), i != 2, "chunk {i}");
+    }
+}
+
+#[test]
+fn gc_sweeps_unreachable_and_repacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open_with(dir.path(), &small_packs()).unwrap();
+    let keep: Vec<u32> = (0..40).collect();
+    let drop_: Vec<u32> = (40..120).collect();
+    let all: Vec<Chunk> = (0..120).map(chunk).collect();
+    store.insert_batch(&all).unwrap();
+    let m_keep = store.put_manifest(&manifest_of(&keep)).unwrap();
+    store.put_manifest(&manifest_of(&drop_)).unwrap();
+    let disk_before = store.stats().unwrap().disk_bytes;
+
+    // The grace period protects everything just inserted.
+    let graced = store
+        .gc(&mut [m_keep].into_iter(), &GcOptions::default())
+        .unwrap();
+    assert_eq!(graced.swept_chunks, 0);
+    assert_eq!(graced.kept_in_grace, 81);
+
+    let dry = store
+        .gc(
+            &mut [m_keep].into_iter(),
+            &GcOptions {
+                dry_run: true,
+                ..no_grace()
+            },
+        )
+        .unwrap();
+    assert_eq!(dry.swept_chunks, 81);
+    assert_eq!(
+        store.stats().unwrap().chunks,
+        122,
+        "a dry run changes nothing"
+    );
+
+    let report = store.gc(&mut [m_keep].into_iter(), &no_grace()).unwrap();
+    assert_eq!(report.live_chunks, 41);
+    assert_eq!(report.swept_chunks, 81);
+    assert!(
+        report.packs_deleted > 0 && report.packs_rewritten > 0,
+        "{report:?}"
+    );
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.chunks, 41);
+    // What is left: the live records, plus at most the pack being appended to, never rewritten.
+    let live_on_disk = stats.stored_bytes + stats.chunks * RECORD_HEADER_LEN as u64;
+    let bound = live_on_disk + stats.packs * PACK_HEADER_LEN + small_packs().pack_target;
+    assert!(
+        stats.disk_bytes < disk_before && stats.disk_bytes <= bound,
+        "{stats:?} vs {disk_before}"
+    );
+    for &i in &keep {
+        assert_eq!(
+            store.get(&chunk(i).id()).unwrap().as_ref(),
+            Some(chunk(i).data())
+        );
+    }
+    assert_eq!(store.get(&chunk(50).id()).unwrap(), None);
+    assert!(store.fsck(false).unwrap().is_clean());
+    drop(store);
+    let store = PackStore::open_with(dir.path(), &small_packs()).unwrap();
+    assert_eq!(store.recovery().reindexed, 0, "swept chunks stay swept");
+    assert_eq!(store.stats().unwrap().chunks, 41);
+}
+
+#[test]
+fn gc_with_unknown_live_manifest_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    store.insert(&chunk(1)).unwrap();
+    let unknown = manifest_of(&[9]).id();
+    let err = store
+        .gc(&mut [unknown].into_iter(), &no_grace())
+        .unwrap_err();
+    assert!(matches!(err, Error::MissingManifest(id) if id == unknown));
+    assert!(store.contains(&chunk(1).id()).unwrap());
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Insert(Vec<u32>),
+    Get(u32),
+    PutManifest(Vec<u32>),
+    /// Keep the manifests whose positions (modulo how many exist) are listed.
+    Gc(Vec<usize>),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => proptest::collection::vec(0u32..60, 1..8).prop_map(Op::Insert),
+        3 => (0u32..60).prop_map(Op::Get),
+        2 => proptest::collection::vec(0u32..60, 0..6).prop_map(Op::PutManifest),
+        1 => proptest::collection::vec(0usize..8, 0..3).prop_map(Op::Gc),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+/// Runs `ops` against a store and a `HashMap` model; `reopen` drops and reopens the store.
+fn check_against_model<S: ChunkStore>(ops: &[Op], mut store: S, mut reopen: impl FnMut(S) -> S) {
+    let mut model: HashMap<ChunkId, Bytes> = HashMap::new();
+    let mut manifests: Vec<(ManifestId, Manifest)> = Vec::new();
+    for op in ops {
+        match op {
+            Op::Insert(ids) => {
+                let chunks: Vec<Chunk> = ids.iter().map(|&i| chunk(i)).collect();
+                let outcome = store.insert_batch(&chunks).unwrap();
+                let mut seen = HashSet::new();
+                for (c, o) in chunks.iter().zip(outcome) {
+                    let expect = if model.contains_key(&c.id()) || !seen.insert(c.id()) {
+                        Inserted::AlreadyPresent
+                    } else {
+                        Inserted::New
+                    };
+                    assert_eq!(o, expect, "{c:?}");
+                }
+                for c in chunks {
+                    model.insert(c.id(), c.data().clone());
+                }
+            }
+            Op::Get(i) => {
+                let id = chunk(*i).id();
+                assert_eq!(store.get(&id).unwrap(), model.get(&id).cloned());
+                assert_eq!(store.contains(&id).unwrap(), model.contains_key(&id));
+            }
+            Op::PutManifest(ids) => {
+                let m = manifest_of(ids);
+                let mid = store.put_manifest(&m).unwrap();
+                model.insert(mid.as_chunk_id(), m.encode().into());
+                manifests.push((mid, m));
+            }
+            Op::Gc(picks) => {
+                manifests.retain(|(mid, _)| model.contains_key(&mid.as_chunk_id()));
+                if manifests.is_empty() {
+                    continue;
+                }
+                let live: Vec<&(ManifestId, Manifest)> = picks
+                    .iter()
+                    .map(|p| &manifests[p % manifests.len()])
+                    .collect();
+                let mut reachable: HashSet<ChunkId> = HashSet::new();
+                for (mid, m) in &live {
+                    reachable.insert(mid.as_chunk_id());
+                    reachable.extend(m.chunks().iter().map(|c| c.id));
+                }
+                store
+                    .gc(&mut live.iter().map(|(mid, _)| *mid), &no_grace())
+                    .unwrap();
+                model.retain(|id, _| reachable.contains(id));
+            }
+            Op::Reopen => store = reopen(store),
+        }
+    }
+    for (id, bytes) in &model {
+        assert_eq!(store.get(id).unwrap().as_ref(), Some(bytes));
+    }
+    assert_eq!(store.stats().unwrap().chunks, model.len() as u64);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn pack_store_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || PackStore::open_with(dir.path(), &small_packs()).unwrap();
+        check_against_model(&ops, open(), |s| { drop(s); open() });
+        let store = open();
+        let report = store.fsck(false).unwrap();
+        prop_assert!(report.is_clean(), "{:?}", report.problems);
+    }
+
+    #[test]
+    fn mem_store_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
+        check_against_model(&ops, MemStore::default(), |s| s);
+    }
+}
+
+#[test]
+fn chunks_of_a_file_store_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PackStore::open(dir.path()).unwrap();
+    let mut data = vec![0u8; 3 << 20];
+    ChaCha8Rng::seed_from_u64(3).fill_bytes(&mut data);
+    let mut refs = Vec::new();
+    let mut batch = Vec::new();
+    crate::chunk_pipelined::<_, Error>(&data[..], store.params(), |_, c| {
+        refs.push(ChunkRef {
+            id: c.id(),
+            len: c.len() as u32,
+        });
+        batch.push(c);
+        Ok(())
+    })
+    .unwrap();
+    store.insert_batch(&batch).unwrap();
+    let m = Manifest::new(refs);
+    let mid = store.put_manifest(&m).unwrap();
+    let back = store.get_manifest(&mid).unwrap().unwrap();
+    let mut rebuilt = Vec::with_capacity(data.len());
+    for c in back.chunks() {
+        rebuilt.extend_from_slice(&store.get(&c.id).unwrap().unwrap());
+    }
+    assert_eq!(rebuilt, data);
+}

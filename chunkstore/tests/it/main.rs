@@ -1,0 +1,3 @@
+//! Integration tests of the chunk store through its public API.
+
+mod crash;

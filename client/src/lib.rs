@@ -1,0 +1,1 @@
+//! lbsync client library (filled by its issue).

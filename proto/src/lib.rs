@@ -1,0 +1,1 @@
+//! lbsync's gRPC protocol (filled by the server issue).

@@ -1,0 +1,1 @@
+//! lbsync server library (filled by its issue).
