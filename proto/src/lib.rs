@@ -1,1 +1,34 @@
-//! lbsync's gRPC protocol (filled by the server issue).
+//! lbsync's protocol: the gRPC service `lbsync.v1.Sync`, the sync model it carries, and the
+//! conversions between the two.
+//!
+//! - [`pb`]: types and stubs generated from `lbsync/v1/sync.proto`. They stop at this crate's edge:
+//!   the server's handlers and the client convert on their first line.
+//! - [`model`]: [`Entry`], [`SyncPath`], commit requests and outcomes, as the rest of lbsync uses them.
+//! - [`convert`]: `From<domain> for pb::X` and `TryFrom<pb::X> for domain`, the latter validating
+//!   (ids are 32 bytes, paths are relative and clean, manifests decode).
+//!
+//! ```
+//! use lbsync_proto::{SyncPath, pb};
+//!
+//! let path = SyncPath::new("docs/notes.txt")?;
+//! assert!(SyncPath::new("../etc/passwd").is_err());
+//! let wire: pb::Entry = lbsync_proto::Entry::dir(path.clone(), "laptop").into();
+//! let back = lbsync_proto::Entry::try_from(wire)?;
+//! assert_eq!(back.path, path);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod convert;
+pub mod model;
+pub mod path;
+pub mod wire;
+
+/// Generated protobuf types and gRPC stubs.
+pub mod pb {
+    #![allow(missing_docs, unreachable_pub, clippy::all)]
+    tonic::include_proto!("lbsync.v1");
+}
+
+pub use convert::{ConvertError, ids_from_bytes, ids_to_bytes};
+pub use model::{CommitOutcome, CommitRequest, Content, Entry, EntryKind, PROTOCOL_VERSION};
+pub use path::{PathError, SyncPath};

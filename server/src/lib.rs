@@ -1,1 +1,112 @@
-//! lbsync server library (filled by its issue).
+//! lbsync's server: named folders (current entries, history, a change journal) over the dedup
+//! chunk store, served as the gRPC service `lbsync.v1.Sync`.
+//!
+//! [`run`] serves on a listener until a shutdown future resolves; `main.rs` only parses arguments.
+//! Metadata lives in the store's sled database ([`folders`]); chunk bytes in its packs. The
+//! server never trusts a client's chunk id: every chunk is re-hashed on arrival.
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod folders;
+pub mod service;
+
+use std::future::Future;
+
+use lbsync_chunkstore::PackStore;
+use lbsync_proto::pb::sync_server::SyncServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+pub use auth::Tokens;
+pub use error::{Error, Result};
+pub use service::{Limits, SyncService};
+
+/// How long a graceful shutdown waits for in-flight requests.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How the server is set up.
+#[derive(Clone, Debug, Default)]
+pub struct ServerConfig {
+    /// When set, every RPC must carry one of these tokens.
+    pub tokens: Option<Tokens>,
+    /// PEM certificate chain and key, to serve TLS.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// Message and batch limits.
+    pub limits: Limits,
+}
+
+/// Serves the store on `listener` until `shutdown` resolves, then stops gracefully: open Changes
+/// streams are ended, in-flight requests finish (a commit is one transaction: it either lands or
+/// not), and the index is flushed.
+pub async fn run(
+    listener: TcpListener,
+    store: PackStore,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let serve_err = |e: &dyn std::fmt::Display| Error::Serve(e.to_string());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let service = SyncService::new(store.clone(), stop_rx, config.limits)?;
+    let limit = config.limits.max_message_bytes;
+    let server = SyncServer::new(service)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let tokens = config.tokens.clone();
+    let authed = InterceptedService::new(server, move |req: tonic::Request<()>| match &tokens {
+        Some(t) => t.check(&req).map(|()| req),
+        None => Ok(req),
+    });
+    let mut builder = Server::builder();
+    if let Some((cert, key)) = &config.tls {
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            .map_err(|e| serve_err(&format!("TLS certificate or key unusable: {e}")))?;
+    }
+    let addr = listener.local_addr().map_err(|e| serve_err(&e))?;
+    tracing::info!(
+        "serving {} on {addr}{}{}",
+        store.dir().display(),
+        if config.tls.is_some() {
+            " with TLS"
+        } else {
+            ""
+        },
+        if config.tokens.is_some() {
+            ", tokens required"
+        } else {
+            ""
+        }
+    );
+    let (began_tx, began_rx) = tokio::sync::oneshot::channel();
+    let serve = builder.add_service(authed).serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+            let _ = began_tx.send(());
+        },
+    );
+    // In-flight requests get a while to finish; a client that keeps an idle connection open does
+    // not hold the server up beyond that.
+    let drain = async {
+        if began_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(SHUTDOWN_DRAIN).await;
+    };
+    tokio::select! {
+        served = serve => served.map_err(|e| serve_err(&error::chain(&e)))?,
+        () = drain => tracing::warn!(
+            "connections still open {}s after shutdown began: closing them",
+            SHUTDOWN_DRAIN.as_secs()
+        ),
+    }
+    tokio::task::spawn_blocking(move || store.flush())
+        .await
+        .map_err(|e| serve_err(&e))??;
+    Ok(())
+}

@@ -1,0 +1,387 @@
+//! Conversions between [`crate::pb`] and the domain types. `TryFrom<pb::X>` validates everything a
+//! peer could get wrong and says what, so handlers can answer `invalid_argument` with the reason.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use lbsync_chunkstore::{
+    ChunkId, ChunkParams, ChunkRef, DeltaOp, Manifest, ManifestDelta, ManifestId,
+};
+
+use crate::model::{CommitOutcome, CommitRequest, Content, Entry, EntryKind};
+use crate::path::{PathError, SyncPath};
+use crate::pb;
+
+/// Why a message could not be converted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConvertError {
+    /// A required field was absent.
+    #[error("missing field {0}")]
+    MissingField(&'static str),
+    /// An id field was not 32 bytes (or a packed list not a multiple of its record size).
+    #[error("field {field} has {len} bytes, expected {expected}")]
+    BadLength {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// What was expected.
+        expected: String,
+    },
+    /// A path is not acceptable.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// A manifest or the chunking parameters do not check out.
+    #[error(transparent)]
+    Domain(#[from] lbsync_chunkstore::Error),
+    /// A chunk on the wire does not check out (size, compression).
+    #[error("{0}")]
+    BadChunk(String),
+    /// An enum value this build does not know.
+    #[error("unknown {field} value {value}: upgrade lbsync")]
+    UnknownEnum {
+        /// Which field.
+        field: &'static str,
+        /// The value.
+        value: i32,
+    },
+}
+
+fn id32(field: &'static str, b: &[u8]) -> Result<[u8; 32], ConvertError> {
+    b.try_into().map_err(|_| ConvertError::BadLength {
+        field,
+        len: b.len(),
+        expected: "32".into(),
+    })
+}
+
+/// An optional id: empty bytes mean none.
+fn opt_manifest_id(field: &'static str, b: &[u8]) -> Result<Option<ManifestId>, ConvertError> {
+    if b.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(ManifestId::from_bytes(id32(field, b)?)))
+    }
+}
+
+/// A manifest id field that must be set.
+pub fn manifest_id(field: &'static str, b: &[u8]) -> Result<ManifestId, ConvertError> {
+    opt_manifest_id(field, b)?.ok_or(ConvertError::MissingField(field))
+}
+
+/// Concatenated 32-byte ids.
+pub fn ids_to_bytes<'a>(ids: impl IntoIterator<Item = &'a ChunkId>) -> Bytes {
+    let mut out = BytesMut::new();
+    for id in ids {
+        out.put_slice(id.as_bytes());
+    }
+    out.freeze()
+}
+
+/// Splits concatenated 32-byte ids.
+pub fn ids_from_bytes(b: &[u8]) -> Result<Vec<ChunkId>, ConvertError> {
+    if !b.len().is_multiple_of(32) {
+        return Err(ConvertError::BadLength {
+            field: "ids",
+            len: b.len(),
+            expected: "a multiple of 32".into(),
+        });
+    }
+    Ok(b.chunks_exact(32)
+        .map(|c| ChunkId::from_slice(c).expect("32 bytes"))
+        .collect())
+}
+
+fn refs_to_bytes(refs: &[ChunkRef]) -> Bytes {
+    let mut out = BytesMut::with_capacity(refs.len() * 36);
+    for r in refs {
+        out.put_slice(r.id.as_bytes());
+        out.put_u32_le(r.len);
+    }
+    out.freeze()
+}
+
+fn refs_from_bytes(b: &[u8]) -> Result<Vec<ChunkRef>, ConvertError> {
+    if !b.len().is_multiple_of(36) {
+        return Err(ConvertError::BadLength {
+            field: "new_refs",
+            len: b.len(),
+            expected: "a multiple of 36".into(),
+        });
+    }
+    Ok(b.chunks_exact(36)
+        .map(|c| ChunkRef {
+            id: ChunkId::from_slice(&c[..32]).expect("32 bytes"),
+            len: u32::from_le_bytes(c[32..].try_into().expect("4 bytes")),
+        })
+        .collect())
+}
+
+impl From<ChunkParams> for pb::ChunkParams {
+    fn from(p: ChunkParams) -> Self {
+        Self {
+            min_size: p.min_size,
+            avg_size: p.avg_size,
+            max_size: p.max_size,
+        }
+    }
+}
+
+impl TryFrom<pb::ChunkParams> for ChunkParams {
+    type Error = ConvertError;
+
+    fn try_from(p: pb::ChunkParams) -> Result<Self, ConvertError> {
+        Ok(ChunkParams::new(p.min_size, p.avg_size, p.max_size)?)
+    }
+}
+
+impl From<EntryKind> for pb::EntryKind {
+    fn from(k: EntryKind) -> Self {
+        match k {
+            EntryKind::File => pb::EntryKind::File,
+            EntryKind::Dir => pb::EntryKind::Dir,
+            EntryKind::Symlink => pb::EntryKind::Symlink,
+        }
+    }
+}
+
+impl From<pb::EntryKind> for EntryKind {
+    fn from(k: pb::EntryKind) -> Self {
+        match k {
+            pb::EntryKind::File => EntryKind::File,
+            pb::EntryKind::Dir => EntryKind::Dir,
+            pb::EntryKind::Symlink => EntryKind::Symlink,
+        }
+    }
+}
+
+impl From<Entry> for pb::Entry {
+    fn from(e: Entry) -> Self {
+        Self {
+            path: Bytes::from(e.path.as_str().to_owned()),
+            kind: pb::EntryKind::from(e.kind).into(),
+            size: e.size,
+            mode: e.mode,
+            mtime_ns: e.mtime_ns,
+            manifest_id: e
+                .manifest
+                .map(|m| Bytes::copy_from_slice(m.as_bytes()))
+                .unwrap_or_default(),
+            version: e.version,
+            deleted: e.deleted,
+            device: e.device,
+            symlink_target: e.symlink_target.unwrap_or_default(),
+            seq: e.seq,
+            committed_ns: e.committed_ns,
+        }
+    }
+}
+
+impl TryFrom<pb::Entry> for Entry {
+    type Error = ConvertError;
+
+    fn try_from(e: pb::Entry) -> Result<Self, ConvertError> {
+        let kind = pb::EntryKind::try_from(e.kind).map_err(|_| ConvertError::UnknownEnum {
+            field: "kind",
+            value: e.kind,
+        })?;
+        Ok(Self {
+            path: SyncPath::from_bytes(&e.path)?,
+            kind: kind.into(),
+            size: e.size,
+            mode: e.mode,
+            mtime_ns: e.mtime_ns,
+            manifest: opt_manifest_id("manifest_id", &e.manifest_id)?,
+            version: e.version,
+            deleted: e.deleted,
+            device: e.device,
+            symlink_target: Some(e.symlink_target).filter(|t| !t.is_empty()),
+            seq: e.seq,
+            committed_ns: e.committed_ns,
+        })
+    }
+}
+
+/// A delta and the manifest it applies to.
+pub fn delta_to_pb(base: &ManifestId, d: &ManifestDelta) -> pb::ManifestDelta {
+    pb::ManifestDelta {
+        base_manifest_id: Bytes::copy_from_slice(base.as_bytes()),
+        ops: d
+            .ops
+            .iter()
+            .map(|op| pb::DeltaOp {
+                op: Some(match op {
+                    DeltaOp::Copy { start, count } => pb::delta_op::Op::Copy(pb::CopyRun {
+                        start: *start,
+                        count: *count,
+                    }),
+                    DeltaOp::New(refs) => pb::delta_op::Op::NewRefs(refs_to_bytes(refs)),
+                }),
+            })
+            .collect(),
+    }
+}
+
+/// The base manifest id and the delta.
+pub fn delta_from_pb(d: &pb::ManifestDelta) -> Result<(ManifestId, ManifestDelta), ConvertError> {
+    let base = manifest_id("base_manifest_id", &d.base_manifest_id)?;
+    let ops = d
+        .ops
+        .iter()
+        .map(|op| match &op.op {
+            Some(pb::delta_op::Op::Copy(c)) => Ok(DeltaOp::Copy {
+                start: c.start,
+                count: c.count,
+            }),
+            Some(pb::delta_op::Op::NewRefs(b)) => Ok(DeltaOp::New(refs_from_bytes(b)?)),
+            None => Err(ConvertError::MissingField("delta op")),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((base, ManifestDelta { ops }))
+}
+
+impl From<CommitRequest> for pb::CommitRequest {
+    fn from(r: CommitRequest) -> Self {
+        Self {
+            folder: r.folder,
+            entry: Some(r.entry.into()),
+            base_version: r.base_version,
+            content: r.content.map(|c| match c {
+                Content::Known(id) => {
+                    pb::commit_request::Content::ManifestId(Bytes::copy_from_slice(id.as_bytes()))
+                }
+                Content::Full(m) => pb::commit_request::Content::Manifest(m.encode().into()),
+                Content::Delta { base, delta } => {
+                    pb::commit_request::Content::Delta(delta_to_pb(&base, &delta))
+                }
+            }),
+        }
+    }
+}
+
+impl TryFrom<pb::CommitRequest> for CommitRequest {
+    type Error = ConvertError;
+
+    fn try_from(r: pb::CommitRequest) -> Result<Self, ConvertError> {
+        let entry = r
+            .entry
+            .ok_or(ConvertError::MissingField("entry"))?
+            .try_into()?;
+        let content = r
+            .content
+            .map(|c| -> Result<Content, ConvertError> {
+                Ok(match c {
+                    pb::commit_request::Content::ManifestId(id) => {
+                        Content::Known(manifest_id("manifest_id", &id)?)
+                    }
+                    pb::commit_request::Content::Manifest(m) => {
+                        Content::Full(Manifest::decode(&m)?)
+                    }
+                    pb::commit_request::Content::Delta(d) => {
+                        let (base, delta) = delta_from_pb(&d)?;
+                        Content::Delta { base, delta }
+                    }
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            folder: r.folder,
+            entry,
+            base_version: r.base_version,
+            content,
+        })
+    }
+}
+
+impl From<CommitOutcome> for pb::CommitResponse {
+    fn from(o: CommitOutcome) -> Self {
+        Self {
+            result: Some(match o {
+                CommitOutcome::Committed(e) => pb::commit_response::Result::Committed(e.into()),
+                CommitOutcome::Conflict(e) => pb::commit_response::Result::Conflict(pb::Conflict {
+                    current: Some(e.into()),
+                }),
+            }),
+        }
+    }
+}
+
+impl TryFrom<pb::CommitResponse> for CommitOutcome {
+    type Error = ConvertError;
+
+    fn try_from(r: pb::CommitResponse) -> Result<Self, ConvertError> {
+        match r.result.ok_or(ConvertError::MissingField("result"))? {
+            pb::commit_response::Result::Committed(e) => {
+                Ok(CommitOutcome::Committed(e.try_into()?))
+            }
+            pb::commit_response::Result::Conflict(c) => Ok(CommitOutcome::Conflict(
+                c.current
+                    .ok_or(ConvertError::MissingField("current"))?
+                    .try_into()?,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(n: u8) -> Vec<ChunkRef> {
+        (0..n)
+            .map(|i| ChunkRef {
+                id: ChunkId::of(&[i]),
+                len: 1000 + u32::from(i),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn commit_round_trips_for_every_content() {
+        let base = Manifest::new(refs(10));
+        let new = Manifest::new(refs(12));
+        let path = SyncPath::new("a/b.txt").unwrap();
+        for content in [
+            None,
+            Some(Content::Known(base.id())),
+            Some(Content::Full(new.clone())),
+            Some(Content::Delta {
+                base: base.id(),
+                delta: ManifestDelta::diff(&base, &new),
+            }),
+        ] {
+            let req = CommitRequest {
+                folder: "default".into(),
+                entry: Entry::file(path.clone(), &new, "laptop"),
+                base_version: 3,
+                content,
+            };
+            let back = CommitRequest::try_from(pb::CommitRequest::from(req.clone())).unwrap();
+            assert_eq!(back, req);
+        }
+    }
+
+    #[test]
+    fn bad_wire_values_are_named() {
+        let mut e = pb::Entry::from(Entry::dir(SyncPath::new("x").unwrap(), "d"));
+        e.manifest_id = Bytes::from_static(&[1, 2, 3]);
+        let err = Entry::try_from(e.clone()).unwrap_err().to_string();
+        assert!(err.contains("manifest_id has 3 bytes"), "{err}");
+        e.manifest_id = Bytes::new();
+        e.path = Bytes::from_static(b"../up");
+        assert!(matches!(
+            Entry::try_from(e.clone()),
+            Err(ConvertError::Path(_))
+        ));
+        e.path = Bytes::from_static(b"ok");
+        e.kind = 17;
+        assert!(
+            Entry::try_from(e)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown kind")
+        );
+        assert!(ids_from_bytes(&[0; 33]).is_err());
+        let ids = [ChunkId::of(b"1"), ChunkId::of(b"2")];
+        assert_eq!(ids_from_bytes(&ids_to_bytes(&ids)).unwrap(), ids);
+    }
+}

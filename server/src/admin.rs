@@ -1,0 +1,237 @@
+//! The offline commands: `fsck`, `gc` and `stats` (the server must not be running: sled locks the
+//! store).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use lbsync_chunkstore::{
+    ChunkStore, FsckReport, GcOptions, GcReport, ManifestId, PackStore, StoreStats,
+};
+
+use crate::error::Result;
+use crate::folders::Folders;
+
+/// What `lbsync-server fsck` found.
+#[derive(Debug)]
+pub struct Fsck {
+    /// The chunk store's report.
+    pub store: FsckReport,
+    /// Files (folder/path vN) whose manifest or chunks are missing.
+    pub damaged_files: Vec<String>,
+    /// Current and retained file versions checked.
+    pub files_checked: u64,
+}
+
+impl Fsck {
+    /// True when nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.store.is_clean() && self.damaged_files.is_empty()
+    }
+}
+
+impl fmt::Display for Fsck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.store;
+        writeln!(
+            f,
+            "checked {} packs, {} records, {} index entries, {} file versions",
+            s.packs, s.records, s.index_entries, self.files_checked
+        )?;
+        for p in &s.problems {
+            writeln!(f, "problem: {p}")?;
+        }
+        for d in &self.damaged_files {
+            writeln!(f, "damaged file: {d}")?;
+        }
+        if s.repaired {
+            writeln!(f, "repaired the index from the packs")?;
+        }
+        if self.is_clean() {
+            write!(f, "store is clean")
+        } else if s.repaired {
+            write!(
+                f,
+                "files listed as damaged lost data: restore them from a client that still has them (sync it again)"
+            )
+        } else {
+            write!(f, "store has problems: run `lbsync-server fsck --repair`")
+        }
+    }
+}
+
+/// Checks the chunk store and that every retained file version's manifest and chunks are present.
+pub fn fsck(store: &PackStore, repair: bool) -> Result<Fsck> {
+    let report = store.fsck(repair)?;
+    let folders = Folders::open(store.db())?;
+    let mut damaged = Vec::new();
+    let mut checked = 0;
+    for folder in folders.names()? {
+        folders.prune_history(&folder, usize::MAX, i64::MAX, true, |e| {
+            let Some(mid) = e.manifest.filter(|_| !e.deleted) else {
+                return;
+            };
+            checked += 1;
+            let sound = match store.get_manifest(&mid) {
+                Ok(Some(m)) => {
+                    let ids: Vec<_> = m.chunks().iter().map(|c| c.id).collect();
+                    store.missing(&ids).is_ok_and(|missing| missing.is_empty())
+                }
+                _ => false,
+            };
+            if !sound {
+                damaged.push(format!("{folder}/{} v{}", e.path, e.version));
+            }
+        })?;
+    }
+    Ok(Fsck {
+        store: report,
+        damaged_files: damaged,
+        files_checked: checked,
+    })
+}
+
+/// How long old versions are kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    /// Keep at least this many versions of each path (the current one included).
+    pub keep_versions: usize,
+    /// And every version younger than this.
+    pub keep_for: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            keep_versions: 10,
+            keep_for: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// What `lbsync-server gc` did.
+#[derive(Debug)]
+pub struct Gc {
+    /// File versions kept.
+    pub versions_kept: u64,
+    /// File versions dropped from history.
+    pub versions_pruned: u64,
+    /// The chunk store's report.
+    pub store: GcReport,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+}
+
+impl fmt::Display for Gc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.store;
+        let verb = if self.dry_run { "would " } else { "" };
+        write!(
+            f,
+            "{verb}keep {} versions and drop {}; {verb}sweep {} unreferenced chunks ({} bytes), \
+             keep {} recent ones; {verb}rewrite {} packs and delete {}, freeing {} bytes",
+            self.versions_kept,
+            self.versions_pruned,
+            s.swept_chunks,
+            s.swept_bytes,
+            s.kept_in_grace,
+            s.packs_rewritten,
+            s.packs_deleted,
+            s.bytes_reclaimed
+        )
+    }
+}
+
+/// Drops history beyond `retention`, then collects the chunks no kept version references.
+pub fn gc(store: &PackStore, retention: Retention, grace: Duration, dry_run: bool) -> Result<Gc> {
+    let folders = Folders::open(store.db())?;
+    let keep_ns = i64::try_from(retention.keep_for.as_nanos()).unwrap_or(i64::MAX);
+    let mut live: HashSet<ManifestId> = HashSet::new();
+    let (mut kept, mut pruned) = (0, 0);
+    for folder in folders.names()? {
+        let (k, p) = folders.prune_history(
+            &folder,
+            retention.keep_versions.max(1),
+            keep_ns,
+            dry_run,
+            |e| {
+                live.extend(e.manifest.filter(|_| !e.deleted));
+            },
+        )?;
+        kept += k;
+        pruned += p;
+    }
+    let opts = GcOptions {
+        grace,
+        dry_run,
+        ..GcOptions::default()
+    };
+    let report = store.gc(&mut live.into_iter(), &opts)?;
+    Ok(Gc {
+        versions_kept: kept,
+        versions_pruned: pruned,
+        store: report,
+        dry_run,
+    })
+}
+
+/// What `lbsync-server stats` shows.
+#[derive(Debug)]
+pub struct Stats {
+    /// The chunk store's sizes.
+    pub store: StoreStats,
+    /// Folders.
+    pub folders: u64,
+    /// Current files (not deleted) over all folders.
+    pub files: u64,
+    /// Their total size.
+    pub logical_bytes: u64,
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.store;
+        writeln!(f, "folders:        {}", self.folders)?;
+        writeln!(
+            f,
+            "files:          {} ({} bytes)",
+            self.files, self.logical_bytes
+        )?;
+        writeln!(
+            f,
+            "chunks:         {} ({} bytes uncompressed)",
+            s.chunks, s.raw_bytes
+        )?;
+        writeln!(
+            f,
+            "stored on disk: {} bytes in {} packs",
+            s.disk_bytes, s.packs
+        )?;
+        write!(
+            f,
+            "dedup ratio:    {:.2} (current files' bytes per byte on disk)",
+            s.dedup_ratio(self.logical_bytes)
+        )
+    }
+}
+
+/// Counts what the store holds.
+pub fn stats(store: &PackStore) -> Result<Stats> {
+    let folders = Folders::open(store.db())?;
+    let names = folders.names()?;
+    let (mut files, mut logical) = (0, 0);
+    for folder in &names {
+        for e in folders.current_entries(folder)? {
+            if e.manifest.is_some() && !e.deleted {
+                files += 1;
+                logical += e.size;
+            }
+        }
+    }
+    Ok(Stats {
+        store: store.stats()?,
+        folders: names.len() as u64,
+        files,
+        logical_bytes: logical,
+    })
+}

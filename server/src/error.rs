@@ -1,0 +1,127 @@
+//! Errors of the server, and their one mapping to gRPC statuses ([`status`]).
+//!
+//! Policy: every status message says what was wrong and what to do; internal errors are logged
+//! once, where they are mapped.
+
+use lbsync_chunkstore::ChunkId;
+use tonic::{Code, Status};
+
+/// The result type of the server.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request is malformed or asks for something not allowed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A folder, path, version, manifest or chunk that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A commit references chunks the server does not have.
+    #[error(
+        "the server lacks {} chunk(s) this manifest references (first: {}): upload them with PutChunks, then commit again",
+        .0.len(), .0.first().map(|id| id.to_string()).unwrap_or_default()
+    )]
+    MissingChunks(Vec<ChunkId>),
+    /// A Changes cursor past the journal's head.
+    #[error(
+        "cursor {cursor} is past the folder's journal head {head}: the server's store was replaced or \
+         restored; resync from cursor 0"
+    )]
+    CursorAhead {
+        /// The cursor asked for.
+        cursor: u64,
+        /// The head.
+        head: u64,
+    },
+    /// The chunk store failed or found damage.
+    #[error(transparent)]
+    Store(#[from] lbsync_chunkstore::Error),
+    /// The metadata database failed.
+    #[error("metadata database error: {0}")]
+    Sled(#[from] sled::Error),
+    /// Stored metadata does not decode.
+    #[error("stored metadata is damaged: {0}; run `lbsync-server fsck`")]
+    Metadata(String),
+    /// Serving failed (binding, TLS setup, transport).
+    #[error("cannot serve: {0}")]
+    Serve(String),
+    /// The server is shutting down.
+    #[error("the server is shutting down: retry in a moment")]
+    ShuttingDown,
+}
+
+impl From<lbsync_proto::ConvertError> for Error {
+    fn from(e: lbsync_proto::ConvertError) -> Self {
+        Error::BadRequest(e.to_string())
+    }
+}
+
+impl From<lbsync_proto::PathError> for Error {
+    fn from(e: lbsync_proto::PathError) -> Self {
+        Error::BadRequest(e.to_string())
+    }
+}
+
+fn is_disk_full(e: &lbsync_chunkstore::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && (io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28))
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The gRPC status for an error. The one place errors become statuses.
+pub fn status(e: &Error) -> Status {
+    let code = match e {
+        Error::BadRequest(_) => Code::InvalidArgument,
+        Error::NotFound(_) => Code::NotFound,
+        Error::MissingChunks(_) => Code::FailedPrecondition,
+        Error::CursorAhead { .. } => Code::OutOfRange,
+        Error::ShuttingDown => Code::Unavailable,
+        Error::Store(lbsync_chunkstore::Error::HashMismatch { .. })
+        | Error::Store(lbsync_chunkstore::Error::BadManifest(_))
+        | Error::Store(lbsync_chunkstore::Error::BadId(_)) => Code::InvalidArgument,
+        Error::Store(s) if is_disk_full(s) => {
+            tracing::error!("store is full: {s:#}");
+            return Status::resource_exhausted(
+                "the server's disk is full: nothing was committed; free space on the server, then sync again",
+            );
+        }
+        Error::Store(_) | Error::Sled(_) | Error::Metadata(_) | Error::Serve(_) => {
+            tracing::error!("internal error: {}", chain(e));
+            Code::Internal
+        }
+    };
+    let mut status = Status::new(code, e.to_string());
+    if let Error::MissingChunks(ids) = e {
+        let bytes = lbsync_proto::ids_to_bytes(ids);
+        status.metadata_mut().insert_bin(
+            MISSING_IDS_KEY,
+            tonic::metadata::MetadataValue::from_bytes(&bytes),
+        );
+    }
+    status
+}
+
+/// Binary metadata key of a FAILED_PRECONDITION commit answer: the concatenated missing chunk ids.
+pub const MISSING_IDS_KEY: &str = "lbsync-missing-ids-bin";
+
+/// An error and its sources, "a: b: c".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,316 @@
+//! Folder metadata in the store's sled database: current entries, history, change journal.
+//!
+//! Trees, per folder `F`:
+//! - `folder/F/entries`: path → the path's current entry;
+//! - `folder/F/history`: path, NUL, u64 BE version → that version's entry;
+//! - `folder/F/journal`: u64 BE seq → path, NUL, u64 BE version;
+//! - and in the shared tree `folders`: F → u64 BE journal head (the last seq).
+//!
+//! Entries are stored as encoded `lbsync.v1.Entry` protobuf messages (additive, versionable). A
+//! commit updates all four in one sled transaction: either the new version, its history record, its
+//! journal record and the new head are all visible, or none is.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lbsync_proto::{CommitOutcome, Entry, SyncPath, pb};
+use prost::Message;
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use crate::error::{Error, Result};
+
+/// How far behind a cursor may be before a replay reads the current entries instead of the journal.
+const JOURNAL_SCAN_LIMIT: u64 = 4096;
+
+/// The folders of one store.
+#[derive(Clone)]
+pub struct Folders {
+    db: sled::Db,
+    heads: sled::Tree,
+}
+
+struct Trees {
+    entries: sled::Tree,
+    history: sled::Tree,
+    journal: sled::Tree,
+}
+
+/// Checks a folder name: 1–255 characters of `A-Z a-z 0-9 . _ -`, not starting with a dot.
+pub fn check_folder_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!(
+            "folder name {name:?} is not allowed: use 1-255 letters, digits, '.', '_' or '-', not starting with '.'"
+        )))
+    }
+}
+
+fn history_key(path: &SyncPath, version: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(path.as_str().len() + 9);
+    k.extend_from_slice(path.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+fn history_prefix(path: &SyncPath) -> Vec<u8> {
+    let mut k = path.as_str().as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn encode(e: &Entry) -> Vec<u8> {
+    pb::Entry::from(e.clone()).encode_to_vec()
+}
+
+fn decode(b: &[u8]) -> Result<Entry> {
+    let e = pb::Entry::decode(b)
+        .map_err(|err| Error::Metadata(format!("entry does not decode: {err}")))?;
+    Entry::try_from(e).map_err(|err| Error::Metadata(format!("entry is invalid: {err}")))
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    b.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Folders {
+    /// The folders kept in `db`.
+    pub fn open(db: &sled::Db) -> Result<Self> {
+        Ok(Self {
+            db: db.clone(),
+            heads: db.open_tree("folders")?,
+        })
+    }
+
+    fn trees(&self, folder: &str) -> Result<Trees> {
+        Ok(Trees {
+            entries: self.db.open_tree(format!("folder/{folder}/entries"))?,
+            history: self.db.open_tree(format!("folder/{folder}/history"))?,
+            journal: self.db.open_tree(format!("folder/{folder}/journal"))?,
+        })
+    }
+
+    /// Creates the folder if it does not exist; returns its journal head.
+    pub fn ensure(&self, folder: &str) -> Result<u64> {
+        check_folder_name(folder)?;
+        let head = self.heads.fetch_and_update(folder, |old| {
+            Some(old.map_or_else(|| 0u64.to_be_bytes().to_vec(), |v| v.to_vec()))
+        })?;
+        Ok(head.map_or(0, |v| be_u64(&v)))
+    }
+
+    /// The folder's journal head, or `NotFound` if there is no such folder.
+    pub fn head(&self, folder: &str) -> Result<u64> {
+        self.heads
+            .get(folder)?
+            .map(|v| be_u64(&v))
+            .ok_or_else(|| Error::NotFound(format!("no folder {folder:?} on this server")))
+    }
+
+    /// All folder names.
+    pub fn names(&self) -> Result<Vec<String>> {
+        self.heads
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+
+    /// The path's current entry.
+    pub fn current(&self, folder: &str, path: &SyncPath) -> Result<Option<Entry>> {
+        self.head(folder)?;
+        self.trees(folder)?
+            .entries
+            .get(path.as_str())?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    /// Makes `entry` the path's current version if the path is at `base_version` (or is new or
+    /// deleted and `base_version` is 0). Assigns the version, seq and commit time.
+    pub fn commit(
+        &self,
+        folder: &str,
+        mut entry: Entry,
+        base_version: u64,
+    ) -> Result<CommitOutcome> {
+        self.head(folder)?;
+        let t = self.trees(folder)?;
+        let path_key = entry.path.as_str().as_bytes().to_vec();
+        let folder_key = folder.as_bytes().to_vec();
+        entry.committed_ns = now_ns();
+        let res = (&t.entries, &t.history, &t.journal, &self.heads).transaction(
+            |(entries, history, journal, heads)| {
+                let current = match entries.get(&path_key)? {
+                    Some(v) => Some(decode(&v).map_err(ConflictableTransactionError::Abort)?),
+                    None => None,
+                };
+                let current_version = current.as_ref().map_or(0, |c| c.version);
+                let recreating = base_version == 0 && current.as_ref().is_none_or(|c| c.deleted);
+                if base_version != current_version && !recreating {
+                    let current = current.unwrap_or_else(|| Entry {
+                        version: 0,
+                        ..Entry::tombstone(entry.path.clone(), entry.kind, "")
+                    });
+                    return Ok(CommitOutcome::Conflict(current));
+                }
+                let head = heads.get(&folder_key)?.map_or(0, |v| be_u64(&v));
+                let mut new = entry.clone();
+                new.version = current_version + 1;
+                new.seq = head + 1;
+                let bytes = encode(&new);
+                entries.insert(path_key.as_slice(), bytes.as_slice())?;
+                history.insert(history_key(&new.path, new.version), bytes.as_slice())?;
+                let mut jrec = history_prefix(&new.path);
+                jrec.extend_from_slice(&new.version.to_be_bytes());
+                journal.insert(&new.seq.to_be_bytes(), jrec)?;
+                heads.insert(folder_key.as_slice(), &new.seq.to_be_bytes())?;
+                Ok(CommitOutcome::Committed(new))
+            },
+        );
+        match res {
+            Ok(outcome) => Ok(outcome),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    /// The changes after `cursor`, compacted to the latest entry per path, in seq order, and the
+    /// head they bring the caller to.
+    pub fn changes_since(&self, folder: &str, cursor: u64) -> Result<(Vec<Entry>, u64)> {
+        let head = self.head(folder)?;
+        if cursor > head {
+            return Err(Error::CursorAhead { cursor, head });
+        }
+        let t = self.trees(folder)?;
+        let mut entries = Vec::new();
+        if head - cursor <= JOURNAL_SCAN_LIMIT {
+            let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
+            for kv in t
+                .journal
+                .range((cursor + 1).to_be_bytes()..=head.to_be_bytes())
+            {
+                let (_, rec) = kv?;
+                let Some(split) = rec.iter().position(|&b| b == 0) else {
+                    return Err(Error::Metadata("journal record without a version".into()));
+                };
+                let version = be_u64(&rec[split + 1..]);
+                let slot = latest.entry(rec[..split].to_vec()).or_default();
+                *slot = (*slot).max(version);
+            }
+            for (path, version) in latest {
+                let mut key = path;
+                key.push(0);
+                key.extend_from_slice(&version.to_be_bytes());
+                if let Some(v) = t.history.get(&key)? {
+                    entries.push(decode(&v)?);
+                } else if let Some(v) = t.entries.get(&key[..key.len() - 9])? {
+                    // The version was pruned from history: the current entry is newer anyway.
+                    entries.push(decode(&v)?);
+                }
+            }
+        } else {
+            for kv in t.entries.iter() {
+                let e = decode(&kv?.1)?;
+                if e.seq > cursor {
+                    entries.push(e);
+                }
+            }
+        }
+        entries.sort_by_key(|e| e.seq);
+        Ok((entries, head))
+    }
+
+    /// The retained versions of a path, newest first.
+    pub fn history(&self, folder: &str, path: &SyncPath) -> Result<Vec<Entry>> {
+        self.head(folder)?;
+        let mut out = self
+            .trees(folder)?
+            .history
+            .scan_prefix(history_prefix(path))
+            .map(|kv| decode(&kv?.1))
+            .collect::<Result<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// One retained version of a path.
+    pub fn version(&self, folder: &str, path: &SyncPath, version: u64) -> Result<Option<Entry>> {
+        self.head(folder)?;
+        self.trees(folder)?
+            .history
+            .get(history_key(path, version))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    /// Every current entry of a folder.
+    pub fn current_entries(&self, folder: &str) -> Result<Vec<Entry>> {
+        self.trees(folder)?
+            .entries
+            .iter()
+            .map(|kv| decode(&kv?.1))
+            .collect()
+    }
+
+    /// Drops history versions that are neither among the newest `keep_versions` of their path nor
+    /// younger than `keep_ns`, nor current. Returns (kept, pruned) and calls `keep` with each kept
+    /// entry. With `dry_run`, nothing is deleted.
+    pub fn prune_history(
+        &self,
+        folder: &str,
+        keep_versions: usize,
+        keep_ns: i64,
+        dry_run: bool,
+        mut keep: impl FnMut(&Entry),
+    ) -> Result<(u64, u64)> {
+        let t = self.trees(folder)?;
+        let now = now_ns();
+        let (mut kept, mut pruned) = (0u64, 0u64);
+        let mut batch = sled::Batch::default();
+        let mut path_versions: Vec<(Vec<u8>, Entry)> = Vec::new();
+        let mut flush = |versions: &mut Vec<(Vec<u8>, Entry)>, batch: &mut sled::Batch| {
+            // Newest first.
+            for (i, (key, e)) in versions.iter().rev().enumerate() {
+                if i < keep_versions || now.saturating_sub(e.committed_ns) < keep_ns {
+                    kept += 1;
+                    keep(e);
+                } else {
+                    pruned += 1;
+                    batch.remove(key.as_slice());
+                }
+            }
+            versions.clear();
+        };
+        for kv in t.history.iter() {
+            let (k, v) = kv?;
+            let e = decode(&v)?;
+            if path_versions
+                .last()
+                .is_some_and(|(_, last)| last.path != e.path)
+            {
+                flush(&mut path_versions, &mut batch);
+            }
+            path_versions.push((k.to_vec(), e));
+        }
+        flush(&mut path_versions, &mut batch);
+        if !dry_run {
+            t.history.apply_batch(batch)?;
+        }
+        Ok((kept, pruned))
+    }
+}

@@ -1,0 +1,557 @@
+//! The `lbsync.v1.Sync` gRPC service. Handlers convert the wire types on their first lines, run
+//! store and metadata work on blocking threads, and map errors in one place ([`status`]).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lbsync_chunkstore::{Chunk, ChunkStore, Inserted, Manifest, ManifestDelta, PackStore};
+use lbsync_proto::convert::{delta_to_pb, manifest_id};
+use lbsync_proto::wire::{decode_chunk, encode_chunk};
+use lbsync_proto::{
+    CommitOutcome, CommitRequest, Content, Entry, EntryKind, PROTOCOL_VERSION, SyncPath,
+    ids_from_bytes, ids_to_bytes, pb,
+};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info};
+
+use crate::error::{Error, Result, status};
+use crate::folders::{Folders, check_folder_name};
+
+/// Chunks received are stored in batches of about this size: one fsync each.
+const PUT_BATCH_BYTES: usize = 8 << 20;
+/// GetChunks answers in messages of about this size.
+const GET_MESSAGE_BYTES: usize = 1 << 20;
+/// A Changes message carries at most this many entries.
+const CHANGES_PER_MESSAGE: usize = 512;
+
+/// Limits announced in the handshake and enforced by the service.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The largest message decoded or encoded.
+    pub max_message_bytes: usize,
+    /// Most ids in one MissingChunks or GetChunks request.
+    pub max_ids_per_request: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 16 << 20,
+            max_ids_per_request: 65_536,
+        }
+    }
+}
+
+/// The service's state; clones share it.
+#[derive(Clone)]
+pub struct SyncService {
+    store: PackStore,
+    folders: Folders,
+    /// (folder, seq) of every commit, for the Changes streams.
+    commits: broadcast::Sender<(Arc<str>, u64)>,
+    shutdown: watch::Receiver<bool>,
+    limits: Limits,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Metadata(format!("a worker task failed: {e}")))?
+}
+
+fn to_status<T>(r: Result<T>) -> Result<T, Status> {
+    r.map_err(|e| status(&e))
+}
+
+fn check_ids(ids: &[u8], limits: &Limits) -> Result<Vec<lbsync_chunkstore::ChunkId>> {
+    let ids = ids_from_bytes(ids)?;
+    if ids.len() > limits.max_ids_per_request as usize {
+        return Err(Error::BadRequest(format!(
+            "{} ids in one request, the limit is {}: split the request",
+            ids.len(),
+            limits.max_ids_per_request
+        )));
+    }
+    Ok(ids)
+}
+
+impl SyncService {
+    /// A service over `store`; `shutdown` turning true ends the open Changes streams.
+    pub fn new(store: PackStore, shutdown: watch::Receiver<bool>, limits: Limits) -> Result<Self> {
+        let folders = Folders::open(store.db())?;
+        Ok(Self {
+            store,
+            folders,
+            commits: broadcast::channel(1024).0,
+            shutdown,
+            limits,
+        })
+    }
+
+    /// Resolves a commit's content to a stored manifest whose chunks are all present.
+    fn store_manifest(store: &PackStore, content: Content) -> Result<(Manifest, usize)> {
+        let (manifest, new_refs) = match content {
+            Content::Known(id) => {
+                let m = store.get_manifest(&id)?.ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "manifest {id} is not on the server: send the manifest in full"
+                    ))
+                })?;
+                (m, 0)
+            }
+            Content::Full(m) => {
+                let n = m.chunks().len();
+                (m, n)
+            }
+            Content::Delta { base, delta } => {
+                let base_m = store.get_manifest(&base)?.ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "delta base manifest {base} is not on the server: send the manifest in full"
+                    ))
+                })?;
+                let n = delta.new_refs().count();
+                (delta.apply(&base_m)?, n)
+            }
+        };
+        let ids: Vec<_> = manifest.chunks().iter().map(|c| c.id).collect();
+        let missing = store.missing(&ids)?;
+        if !missing.is_empty() {
+            return Err(Error::MissingChunks(missing));
+        }
+        store.put_manifest(&manifest)?;
+        Ok((manifest, new_refs))
+    }
+
+    async fn commit_request(&self, req: CommitRequest) -> Result<CommitOutcome> {
+        check_folder_name(&req.folder)?;
+        let CommitRequest {
+            folder,
+            mut entry,
+            base_version,
+            content,
+        } = req;
+        entry.mode &= 0o7777;
+        let file = entry.kind == EntryKind::File && !entry.deleted;
+        match (&content, file) {
+            (None, true) => {
+                return Err(Error::BadRequest(format!(
+                    "commit of file {} has no content: send a manifest, a manifest id or a delta",
+                    entry.path
+                )));
+            }
+            (Some(_), false) => {
+                return Err(Error::BadRequest(format!(
+                    "commit of {} carries content, but only files that are not deleted have content",
+                    entry.path
+                )));
+            }
+            _ => {}
+        }
+        if entry.kind == EntryKind::Symlink && !entry.deleted && entry.symlink_target.is_none() {
+            return Err(Error::BadRequest(format!(
+                "symlink {} has no target",
+                entry.path
+            )));
+        }
+        let (total, new_refs) = match content {
+            Some(content) => {
+                let store = self.store.clone();
+                let (manifest, new_refs) =
+                    blocking(move || Self::store_manifest(&store, content)).await?;
+                if entry.size != manifest.size() {
+                    return Err(Error::BadRequest(format!(
+                        "{} declares {} bytes but its manifest holds {}",
+                        entry.path,
+                        entry.size,
+                        manifest.size()
+                    )));
+                }
+                entry.manifest = Some(manifest.id());
+                (manifest.chunks().len(), new_refs)
+            }
+            None => {
+                entry.manifest = None;
+                entry.size = 0;
+                (0, 0)
+            }
+        };
+        let folders = self.folders.clone();
+        let f = folder.clone();
+        let outcome = blocking(move || folders.commit(&f, entry, base_version)).await?;
+        match &outcome {
+            CommitOutcome::Committed(e) => {
+                info!(
+                    "commit {folder}/{} v{} by {}: {}{new_refs} of {total} chunk refs new",
+                    e.path,
+                    e.version,
+                    e.device,
+                    if e.deleted { "deleted; " } else { "" },
+                );
+                let _ = self.commits.send((folder.as_str().into(), e.seq));
+            }
+            CommitOutcome::Conflict(current) => info!(
+                "commit {folder}/{} refused: based on v{base_version}, current is v{}",
+                current.path, current.version
+            ),
+        }
+        Ok(outcome)
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::sync_server::Sync for SyncService {
+    async fn handshake(
+        &self,
+        req: Request<pb::HandshakeRequest>,
+    ) -> Result<Response<pb::HandshakeResponse>, Status> {
+        let r = req.into_inner();
+        if r.protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "the client speaks protocol version {}, this server {PROTOCOL_VERSION}: upgrade the older one",
+                r.protocol_version
+            )));
+        }
+        let folders = self.folders.clone();
+        let folder = r.folder.clone();
+        let head = to_status(blocking(move || folders.ensure(&folder)).await)?;
+        debug!("handshake from {} for folder {}", r.device, r.folder);
+        Ok(Response::new(pb::HandshakeResponse {
+            protocol_version: PROTOCOL_VERSION,
+            params: Some(self.store.params().into()),
+            max_message_bytes: self.limits.max_message_bytes as u64,
+            max_ids_per_request: self.limits.max_ids_per_request,
+            head,
+        }))
+    }
+
+    async fn missing_chunks(
+        &self,
+        req: Request<pb::MissingChunksRequest>,
+    ) -> Result<Response<pb::MissingChunksResponse>, Status> {
+        let ids = to_status(check_ids(&req.into_inner().ids, &self.limits))?;
+        let missing = to_status(self.store.missing(&ids).map_err(Error::from))?;
+        Ok(Response::new(pb::MissingChunksResponse {
+            missing: ids_to_bytes(&missing),
+        }))
+    }
+
+    async fn put_chunks(
+        &self,
+        req: Request<Streaming<pb::PutChunksRequest>>,
+    ) -> Result<Response<pb::PutChunksResponse>, Status> {
+        let mut stream = req.into_inner();
+        let max_len = self.store.params().max_size;
+        let mut pending: Vec<Chunk> = Vec::new();
+        let mut pending_bytes = 0usize;
+        let mut in_flight: Option<tokio::task::JoinHandle<Result<Vec<Inserted>>>> = None;
+        let mut answer = pb::PutChunksResponse::default();
+        let mut failure: Option<Status> = None;
+        loop {
+            let msg = match stream.message().await {
+                Ok(m) => m,
+                Err(s) => {
+                    // The upload broke off: keep what arrived intact, so a retry skips it.
+                    failure = Some(s);
+                    None
+                }
+            };
+            let done = msg.is_none();
+            if let Some(m) = msg {
+                let verified = blocking(move || {
+                    m.chunks
+                        .into_iter()
+                        .map(|c| decode_chunk(c, max_len).map_err(Error::from))
+                        .collect::<Result<Vec<Chunk>>>()
+                })
+                .await;
+                match verified {
+                    Ok(chunks) => {
+                        pending_bytes += chunks.iter().map(Chunk::len).sum::<usize>();
+                        pending.extend(chunks);
+                    }
+                    Err(e) => failure = Some(status(&e)),
+                }
+            }
+            let stop = done || failure.is_some();
+            if pending_bytes >= PUT_BATCH_BYTES || (stop && !pending.is_empty()) {
+                if let Some(h) = in_flight.take() {
+                    count(&mut answer, h.await)?;
+                }
+                let batch = std::mem::take(&mut pending);
+                pending_bytes = 0;
+                let store = self.store.clone();
+                in_flight = Some(tokio::task::spawn_blocking(move || {
+                    Ok(store.insert_batch(&batch)?)
+                }));
+            }
+            if stop {
+                break;
+            }
+        }
+        if let Some(h) = in_flight.take() {
+            count(&mut answer, h.await)?;
+        }
+        if let Some(s) = failure {
+            return Err(s);
+        }
+        debug!(
+            "received chunks: {} stored, {} already present",
+            answer.stored, answer.already_present
+        );
+        Ok(Response::new(answer))
+    }
+
+    async fn commit(
+        &self,
+        req: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let req = to_status(CommitRequest::try_from(req.into_inner()).map_err(Error::from))?;
+        let outcome = to_status(self.commit_request(req).await)?;
+        Ok(Response::new(outcome.into()))
+    }
+
+    type ChangesStream = BoxStream<pb::ChangesResponse>;
+
+    async fn changes(
+        &self,
+        req: Request<pb::ChangesRequest>,
+    ) -> Result<Response<Self::ChangesStream>, Status> {
+        let r = req.into_inner();
+        let folder: Arc<str> = r.folder.into();
+        // Subscribe before reading the journal, so no commit falls between the two.
+        let mut commits = self.commits.subscribe();
+        let folders = self.folders.clone();
+        let f = folder.clone();
+        let cursor = r.cursor;
+        let (entries, head) = to_status(blocking(move || folders.changes_since(&f, cursor)).await)?;
+        let (tx, rx) = mpsc::channel(8);
+        let mut shutdown = self.shutdown.clone();
+        let folders = self.folders.clone();
+        tokio::spawn(async move {
+            if !send_changes(&tx, entries, head).await {
+                return;
+            }
+            let mut cursor = head;
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => {
+                        let _ = tx.send(Err(Status::unavailable("the server is shutting down: reconnect in a moment"))).await;
+                        return;
+                    }
+                    () = tx.closed() => return,
+                    ev = commits.recv() => match ev {
+                        Ok((f, seq)) if f == folder && seq > cursor => {}
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+                let folders = folders.clone();
+                let f = folder.clone();
+                match blocking(move || folders.changes_since(&f, cursor)).await {
+                    Ok((entries, head)) => {
+                        if !entries.is_empty() && !send_changes(&tx, entries, head).await {
+                            return;
+                        }
+                        cursor = head;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(status(&e))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_manifest(
+        &self,
+        req: Request<pb::GetManifestRequest>,
+    ) -> Result<Response<pb::GetManifestResponse>, Status> {
+        let r = req.into_inner();
+        let id = to_status(manifest_id("manifest_id", &r.manifest_id).map_err(Error::from))?;
+        let base = if r.base_manifest_id.is_empty() {
+            None
+        } else {
+            Some(to_status(
+                manifest_id("base_manifest_id", &r.base_manifest_id).map_err(Error::from),
+            )?)
+        };
+        let store = self.store.clone();
+        let content = to_status(
+            blocking(move || {
+                let m = store.get_manifest(&id)?.ok_or_else(|| {
+                    Error::NotFound(format!("manifest {id} is not on the server"))
+                })?;
+                let base_m = match base {
+                    Some(b) => store.get_manifest(&b)?.map(|bm| (b, bm)),
+                    None => None,
+                };
+                Ok(match base_m {
+                    Some((b, bm)) => pb::get_manifest_response::Content::Delta(delta_to_pb(
+                        &b,
+                        &ManifestDelta::diff(&bm, &m),
+                    )),
+                    None => pb::get_manifest_response::Content::Manifest(Bytes::from(m.encode())),
+                })
+            })
+            .await,
+        )?;
+        Ok(Response::new(pb::GetManifestResponse {
+            content: Some(content),
+        }))
+    }
+
+    type GetChunksStream = BoxStream<pb::GetChunksResponse>;
+
+    async fn get_chunks(
+        &self,
+        req: Request<pb::GetChunksRequest>,
+    ) -> Result<Response<Self::GetChunksStream>, Status> {
+        let ids = to_status(check_ids(&req.into_inner().ids, &self.limits))?;
+        let (tx, rx) = mpsc::channel(4);
+        let store = self.store.clone();
+        // Reading and compressing is blocking work: one blocking task feeds the stream.
+        tokio::task::spawn_blocking(move || {
+            let mut msg = pb::GetChunksResponse::default();
+            let mut size = 0usize;
+            for id in ids {
+                // `get` has checked the bytes against the id.
+                let chunk = match store.get(&id) {
+                    Ok(Some(bytes)) => Ok(bytes),
+                    Ok(None) => Err(Error::NotFound(format!("chunk {id} is not on the server"))),
+                    Err(e) => Err(Error::from(e)),
+                };
+                match chunk {
+                    Ok(bytes) => {
+                        let wire = encode_chunk(id, &bytes);
+                        size += wire.data.len();
+                        msg.chunks.push(wire);
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(status(&e)));
+                        return;
+                    }
+                }
+                if size >= GET_MESSAGE_BYTES {
+                    if tx.blocking_send(Ok(std::mem::take(&mut msg))).is_err() {
+                        return;
+                    }
+                    size = 0;
+                }
+            }
+            if !msg.chunks.is_empty() {
+                let _ = tx.blocking_send(Ok(msg));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn history(
+        &self,
+        req: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let r = req.into_inner();
+        let path = to_status(SyncPath::from_bytes(&r.path).map_err(Error::from))?;
+        let folders = self.folders.clone();
+        let versions = to_status(blocking(move || folders.history(&r.folder, &path)).await)?;
+        Ok(Response::new(pb::HistoryResponse {
+            versions: versions.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn restore(
+        &self,
+        req: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let r = req.into_inner();
+        let path = to_status(SyncPath::from_bytes(&r.path).map_err(Error::from))?;
+        let folders = self.folders.clone();
+        let folder = r.folder.clone();
+        let (old, current) = to_status(
+            blocking(move || {
+                let old = folders.version(&folder, &path, r.version)?.ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "{path} has no retained version {}: see its history",
+                        r.version
+                    ))
+                })?;
+                Ok((old, folders.current(&folder, &path)?))
+            })
+            .await,
+        )?;
+        let content = old.manifest.filter(|_| !old.deleted).map(Content::Known);
+        let entry = Entry {
+            device: r.device,
+            ..old
+        };
+        let outcome = to_status(
+            self.commit_request(CommitRequest {
+                folder: r.folder,
+                entry,
+                base_version: current.map_or(0, |c| c.version),
+                content,
+            })
+            .await,
+        )?;
+        Ok(Response::new(outcome.into()))
+    }
+}
+
+fn count(
+    answer: &mut pb::PutChunksResponse,
+    joined: Result<Result<Vec<Inserted>>, tokio::task::JoinError>,
+) -> Result<(), Status> {
+    let outcome = joined
+        .map_err(|e| Error::Metadata(format!("a worker task failed: {e}")))
+        .and_then(|r| r)
+        .map_err(|e| status(&e))?;
+    for o in outcome {
+        match o {
+            Inserted::New => answer.stored += 1,
+            Inserted::AlreadyPresent => answer.already_present += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Sends entries in messages of at most [`CHANGES_PER_MESSAGE`], the last carrying `head`. False
+/// when the client has gone.
+async fn send_changes(
+    tx: &mpsc::Sender<Result<pb::ChangesResponse, Status>>,
+    entries: Vec<Entry>,
+    head: u64,
+) -> bool {
+    let mut batches: Vec<Vec<Entry>> = Vec::new();
+    let mut entries = entries.into_iter().peekable();
+    while entries.peek().is_some() {
+        batches.push(entries.by_ref().take(CHANGES_PER_MESSAGE).collect());
+    }
+    if batches.is_empty() {
+        batches.push(Vec::new());
+    }
+    let last = batches.len() - 1;
+    for (i, batch) in batches.into_iter().enumerate() {
+        let cursor = if i == last {
+            head
+        } else {
+            batch.last().map_or(head, |e| e.seq)
+        };
+        let msg = pb::ChangesResponse {
+            entries: batch.into_iter().map(Into::into).collect(),
+            cursor,
+            caught_up: i == last,
+        };
+        if tx.send(Ok(msg)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}

@@ -1,0 +1,123 @@
+//! The real `lbsync-server` binary.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lbsync-server");
+
+/// Kills the child if the test fails before it stops it.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn binary_serves_stops_on_sigterm_and_runs_admin_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut child = Command::new(BIN)
+        .args([
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut child = Reaper(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("server started");
+        if let Some(rest) = line
+            .split(" on ")
+            .nth(1)
+            .filter(|_| line.contains("serving"))
+        {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches(',')
+                .to_owned();
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = lbsync_proto::pb::sync_client::SyncClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let hs = crate::util::handshake(&mut c, "default").await;
+        assert_eq!(hs.head, 0);
+        let (m, _) = crate::util::upload(&mut c, b"from the binary test").await;
+        let content = lbsync_proto::Content::Full(m.clone());
+        crate::util::commit(
+            &mut c,
+            crate::util::file_commit("default", "f.txt", &m, 0, content),
+        )
+        .await;
+    });
+    drop(rt);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.0.wait().unwrap().success(), "exits 0 after SIGTERM");
+
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--store", store.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, stats) = run(&["stats"]);
+    assert!(
+        ok && stats.contains("files:          1 (20 bytes)"),
+        "{stats}"
+    );
+    let (ok, fsck) = run(&["fsck"]);
+    assert!(ok && fsck.contains("store is clean"), "{fsck}");
+    let (ok, gc) = run(&["gc", "--dry-run"]);
+    assert!(ok && gc.contains("would keep 1 versions"), "{gc}");
+}
+
+#[test]
+fn refuses_public_address_without_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "--store",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 without a token file"),
+        "{err}"
+    );
+}

@@ -1,0 +1,593 @@
+//! Every RPC's happy path, the bad inputs, races, streams, shutdown, restart, auth and TLS.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use lbsync_chunkstore::{Chunk, ChunkId, Manifest, ManifestDelta};
+use lbsync_proto::convert::delta_from_pb;
+use lbsync_proto::wire::encode_chunk;
+use lbsync_proto::{
+    CommitOutcome, CommitRequest, Content, Entry, EntryKind, SyncPath, ids_to_bytes, pb,
+};
+use lbsync_server::{ServerConfig, Tokens};
+use tonic::Code;
+
+use crate::util::*;
+
+fn deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(20)
+}
+
+#[tokio::test]
+async fn upload_commit_download_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    let hs = handshake(&mut c, "default").await;
+    assert_eq!(hs.params.unwrap().avg_size, 8192);
+    assert_eq!(hs.head, 0);
+
+    let data = seeded(1 << 20, 1);
+    let (m, sent) = upload(&mut c, &data).await;
+    assert_eq!(sent, m.chunks().len());
+    let (_, sent_again) = upload(&mut c, &data).await;
+    assert_eq!(sent_again, 0, "present chunks are not sent twice");
+
+    let e = committed(
+        commit(
+            &mut c,
+            file_commit("default", "a/b.bin", &m, 0, Content::Full(m.clone())),
+        )
+        .await,
+    );
+    assert_eq!((e.version, e.seq, e.size), (1, 1, data.len() as u64));
+
+    let got = c
+        .get_manifest(pb::GetManifestRequest {
+            manifest_id: Bytes::copy_from_slice(m.id().as_bytes()),
+            base_manifest_id: Bytes::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::get_manifest_response::Content::Manifest(enc)) = got.content else {
+        panic!("expected a full manifest");
+    };
+    assert_eq!(Manifest::decode(&enc).unwrap(), m);
+    assert_eq!(download(&mut c, &m).await, data);
+}
+
+#[tokio::test]
+async fn small_edit_commits_as_small_delta_and_downloads_as_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    handshake(&mut c, "default").await;
+    let mut data = seeded(4 << 20, 2);
+    let (base, _) = upload(&mut c, &data).await;
+    let v1 = committed(
+        commit(
+            &mut c,
+            file_commit("default", "big", &base, 0, Content::Full(base.clone())),
+        )
+        .await,
+    );
+
+    data.insert(2 << 20, b'!');
+    let (edited, sent) = upload(&mut c, &data).await;
+    assert!(
+        sent <= 3,
+        "a 1-byte insert changes one or two chunks, sent {sent}"
+    );
+    let delta = ManifestDelta::diff(&base, &edited);
+    let req = file_commit(
+        "default",
+        "big",
+        &edited,
+        v1.version,
+        Content::Delta {
+            base: base.id(),
+            delta,
+        },
+    );
+    let req_len = prost::Message::encoded_len(&req);
+    assert!(
+        req_len < 600,
+        "the commit of a small edit is small: {req_len} bytes"
+    );
+    let v2 = committed(commit(&mut c, req).await);
+    assert_eq!(v2.version, 2);
+    assert_eq!(v2.manifest, Some(edited.id()));
+
+    let got = c
+        .get_manifest(pb::GetManifestRequest {
+            manifest_id: Bytes::copy_from_slice(edited.id().as_bytes()),
+            base_manifest_id: Bytes::copy_from_slice(base.id().as_bytes()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::get_manifest_response::Content::Delta(d)) = got.content else {
+        panic!("expected a delta");
+    };
+    let (b, delta) = delta_from_pb(&d).unwrap();
+    assert_eq!(b, base.id());
+    assert_eq!(delta.apply(&base).unwrap(), edited);
+
+    // A rename: a create whose manifest the server already has, no chunk on the wire.
+    let renamed = file_commit(
+        "default",
+        "big-renamed",
+        &edited,
+        0,
+        Content::Known(edited.id()),
+    );
+    assert_eq!(
+        committed(commit(&mut c, renamed).await).manifest,
+        Some(edited.id())
+    );
+}
+
+#[tokio::test]
+async fn commit_with_missing_chunks_is_refused_with_their_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    handshake(&mut c, "default").await;
+    let chunks: Vec<_> = (0..3).map(|i| Chunk::new(seeded(5000, i))).collect();
+    let m = Manifest::new(
+        chunks
+            .iter()
+            .map(|c| lbsync_chunkstore::ChunkRef {
+                id: c.id(),
+                len: c.len() as u32,
+            })
+            .collect(),
+    );
+    let err = c
+        .commit(file_commit("default", "x", &m, 0, Content::Full(m.clone())))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("lacks 3 chunk"), "{}", err.message());
+    let ids = err
+        .metadata()
+        .get_bin(lbsync_server::error::MISSING_IDS_KEY)
+        .unwrap();
+    let ids = lbsync_proto::ids_from_bytes(&ids.to_bytes().unwrap()).unwrap();
+    assert_eq!(ids, chunks.iter().map(|c| c.id()).collect::<Vec<_>>());
+    // Nothing was committed.
+    let hs = handshake(&mut c, "default").await;
+    assert_eq!(hs.head, 0);
+}
+
+#[tokio::test]
+async fn conflicts_and_a_race_with_exactly_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    handshake(&mut c, "default").await;
+    let (m, _) = upload(&mut c, b"first").await;
+    committed(
+        commit(
+            &mut c,
+            file_commit("default", "f", &m, 0, Content::Full(m.clone())),
+        )
+        .await,
+    );
+    // A second "new file" at the same path conflicts with v1.
+    match commit(
+        &mut c,
+        file_commit("default", "f", &m, 0, Content::Known(m.id())),
+    )
+    .await
+    {
+        CommitOutcome::Conflict(cur) => assert_eq!(cur.version, 1),
+        other => panic!("{other:?}"),
+    }
+
+    let mut tasks = Vec::new();
+    for i in 0..8u8 {
+        let mut c = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            let (m, _) = upload(&mut c, &[b'v', i]).await;
+            commit(
+                &mut c,
+                file_commit("default", "f", &m, 1, Content::Full(m.clone())),
+            )
+            .await
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            CommitOutcome::Committed(e) => {
+                assert_eq!(e.version, 2);
+                wins += 1;
+            }
+            CommitOutcome::Conflict(cur) => assert_eq!(cur.version, 2),
+        }
+    }
+    assert_eq!(wins, 1);
+}
+
+#[tokio::test]
+async fn changes_replay_then_push_commits_from_other_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut a = server.client().await;
+    handshake(&mut a, "default").await;
+    for (i, name) in ["one", "two", "one"].iter().enumerate() {
+        let (m, _) = upload(&mut a, format!("content {i}").as_bytes()).await;
+        let base = u64::from(i == 2);
+        committed(
+            commit(
+                &mut a,
+                file_commit("default", name, &m, base, Content::Full(m.clone())),
+            )
+            .await,
+        );
+    }
+    let mut b = server.client().await;
+    let mut stream = b
+        .changes(pb::ChangesRequest {
+            folder: "default".into(),
+            cursor: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(first.caught_up);
+    assert_eq!(first.cursor, 3);
+    let paths: Vec<_> = first.entries.iter().map(|e| e.path.clone()).collect();
+    assert_eq!(
+        paths,
+        [bytes("two"), bytes("one")],
+        "compacted: latest entry per path, in seq order"
+    );
+
+    let dir_commit: pb::CommitRequest = CommitRequest {
+        folder: "default".into(),
+        entry: Entry::dir(SyncPath::new("empty-dir").unwrap(), "a"),
+        base_version: 0,
+        content: None,
+    }
+    .into();
+    committed(commit(&mut a, dir_commit).await);
+    let pushed = tokio::time::timeout_at(deadline(), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pushed.cursor, 4);
+    let e = Entry::try_from(pushed.entries[0].clone()).unwrap();
+    assert_eq!((e.path.as_str(), e.kind), ("empty-dir", EntryKind::Dir));
+
+    // Deletion is a commit too, and is pushed.
+    let del: pb::CommitRequest = CommitRequest {
+        folder: "default".into(),
+        entry: Entry::tombstone(SyncPath::new("two").unwrap(), EntryKind::File, "a"),
+        base_version: 1,
+        content: None,
+    }
+    .into();
+    committed(commit(&mut a, del).await);
+    let pushed = tokio::time::timeout_at(deadline(), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(pushed.entries[0].deleted);
+
+    let err = b
+        .changes(pb::ChangesRequest {
+            folder: "default".into(),
+            cursor: 99,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_statuses_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    handshake(&mut c, "default").await;
+    let (m, _) = upload(&mut c, b"hello").await;
+
+    for bad in [
+        &b"../etc/passwd"[..],
+        b"/abs",
+        b"a\0b",
+        b"a//b",
+        b"",
+        b"a/\xff",
+    ] {
+        let mut req = file_commit("default", "ok", &m, 0, Content::Known(m.id()));
+        req.entry.as_mut().unwrap().path = Bytes::copy_from_slice(bad);
+        let err = c.commit(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}: {err:?}");
+    }
+
+    let mut lying_size = file_commit("default", "big", &m, 0, Content::Full(m.clone()));
+    lying_size.entry.as_mut().unwrap().size = 5 << 30;
+    let err = c.commit(lying_size).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("declares 5368709120 bytes"),
+        "{}",
+        err.message()
+    );
+
+    // Chunk bytes that are not what their id says.
+    let good = Chunk::new(seeded(3000, 9));
+    let mut forged = encode_chunk(good.id(), good.data());
+    forged.data = Bytes::from(seeded(3000, 10));
+    let err = c
+        .put_chunks(tokio_stream::iter([pb::PutChunksRequest {
+            chunks: vec![forged],
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains(&good.id().to_string()),
+        "{}",
+        err.message()
+    );
+
+    // A chunk over the store's maximum chunk size.
+    let huge = Chunk::new(seeded(70_000, 11));
+    let err = c
+        .put_chunks(tokio_stream::iter([pb::PutChunksRequest {
+            chunks: vec![encode_chunk(huge.id(), huge.data())],
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("over the maximum chunk size"),
+        "{}",
+        err.message()
+    );
+
+    // A message over the size limit.
+    let ids: Vec<ChunkId> = (0..600_000u32)
+        .map(|i| ChunkId::of(&i.to_le_bytes()))
+        .collect();
+    let err = c
+        .missing_chunks(pb::MissingChunksRequest {
+            ids: ids_to_bytes(&ids),
+        })
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), Code::Ok);
+
+    let err = c
+        .changes(pb::ChangesRequest {
+            folder: "nope".into(),
+            cursor: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = c
+        .handshake(pb::HandshakeRequest {
+            protocol_version: 99,
+            folder: "default".into(),
+            device: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = c
+        .handshake(pb::HandshakeRequest {
+            protocol_version: lbsync_proto::PROTOCOL_VERSION,
+            folder: "../x".into(),
+            device: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Nothing was committed, and the server still serves.
+    assert_eq!(handshake(&mut c, "default").await.head, 0);
+    let (m2, _) = upload(&mut c, b"still works").await;
+    committed(
+        commit(
+            &mut c,
+            file_commit("default", "ok", &m2, 0, Content::Full(m2.clone())),
+        )
+        .await,
+    );
+    assert!(!dir.path().join("etc").exists());
+}
+
+#[tokio::test]
+async fn history_and_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    handshake(&mut c, "default").await;
+    let mut manifests = Vec::new();
+    for v in 0..3u64 {
+        let (m, _) = upload(&mut c, format!("version {v}").as_bytes()).await;
+        committed(
+            commit(
+                &mut c,
+                file_commit("default", "doc.txt", &m, v, Content::Full(m.clone())),
+            )
+            .await,
+        );
+        manifests.push(m);
+    }
+    let h = c
+        .history(pb::HistoryRequest {
+            folder: "default".into(),
+            path: bytes("doc.txt"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let versions: Vec<u64> = h.versions.iter().map(|e| e.version).collect();
+    assert_eq!(versions, [3, 2, 1]);
+    let restored: CommitOutcome = c
+        .restore(pb::RestoreRequest {
+            folder: "default".into(),
+            path: bytes("doc.txt"),
+            version: 1,
+            device: "me".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .try_into()
+        .unwrap();
+    let e = committed(restored);
+    assert_eq!((e.version, e.manifest), (4, Some(manifests[0].id())));
+    let err = c
+        .restore(pb::RestoreRequest {
+            folder: "default".into(),
+            path: bytes("doc.txt"),
+            version: 42,
+            device: "me".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_ends_streams_and_restart_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    handshake(&mut c, "default").await;
+    let data = seeded(300_000, 5);
+    let (m, _) = upload(&mut c, &data).await;
+    committed(
+        commit(
+            &mut c,
+            file_commit("default", "keep.bin", &m, 0, Content::Full(m.clone())),
+        )
+        .await,
+    );
+    let mut stream = c
+        .changes(pb::ChangesRequest {
+            folder: "default".into(),
+            cursor: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().unwrap().caught_up);
+    server.stop().await;
+    let ended = tokio::time::timeout_at(deadline(), stream.message())
+        .await
+        .unwrap();
+    assert!(
+        !matches!(ended, Ok(Some(_))),
+        "the stream ends on shutdown: {ended:?}"
+    );
+
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    assert_eq!(handshake(&mut c, "default").await.head, 1);
+    assert_eq!(download(&mut c, &m).await, data);
+    let h = c
+        .history(pb::HistoryRequest {
+            folder: "default".into(),
+            path: bytes("keep.bin"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.versions.len(), 1);
+}
+
+#[tokio::test]
+async fn tokens_are_required_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        tokens: Tokens::parse("s3cret\n"),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(dir.path(), config).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut anonymous = pb::sync_client::SyncClient::new(channel.clone());
+    let err = anonymous
+        .handshake(pb::HandshakeRequest {
+            protocol_version: 1,
+            folder: "default".into(),
+            device: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    for (token, ok) in [("wrong", false), ("s3cret", true)] {
+        let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+        let mut c = pb::sync_client::SyncClient::with_interceptor(
+            channel.clone(),
+            move |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert("authorization", header.clone());
+                Ok(r)
+            },
+        );
+        let res = c
+            .handshake(pb::HandshakeRequest {
+                protocol_version: 1,
+                folder: "default".into(),
+                device: "x".into(),
+            })
+            .await;
+        assert_eq!(res.is_ok(), ok, "{token}: {res:?}");
+    }
+}
+
+#[tokio::test]
+async fn tls_serves_clients_that_trust_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert_pem = cert.cert.pem();
+    let config = ServerConfig {
+        tls: Some((
+            cert_pem.clone().into_bytes(),
+            cert.signing_key.serialize_pem().into_bytes(),
+        )),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(dir.path(), config).await;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(cert_pem))
+        .domain_name("localhost");
+    let channel = tonic::transport::Channel::from_shared(format!("https://{}", server.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = pb::sync_client::SyncClient::new(channel);
+    assert_eq!(handshake(&mut c, "default").await.protocol_version, 1);
+    // Plain text is refused.
+    let plain = pb::sync_client::SyncClient::connect(format!("http://{}", server.addr)).await;
+    if let Ok(mut plain) = plain {
+        assert!(
+            plain
+                .handshake(pb::HandshakeRequest {
+                    protocol_version: 1,
+                    folder: "default".into(),
+                    device: "x".into()
+                })
+                .await
+                .is_err()
+        );
+    }
+}
