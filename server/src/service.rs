@@ -126,7 +126,8 @@ impl SyncService {
         Ok((manifest, new_refs))
     }
 
-    async fn commit_request(&self, req: CommitRequest) -> Result<CommitOutcome> {
+    /// Commits `req`; `received` is the size of the request on the wire, for the log.
+    async fn commit_request(&self, req: CommitRequest, received: usize) -> Result<CommitOutcome> {
         check_folder_name(&req.folder)?;
         let CommitRequest {
             folder,
@@ -185,7 +186,7 @@ impl SyncService {
         match &outcome {
             CommitOutcome::Committed(e) => {
                 info!(
-                    "commit {folder}/{} v{} by {}: {}{new_refs} of {total} chunk refs new",
+                    "commit {folder}/{} v{} by {}: {}{new_refs} of {total} chunks new, {received} bytes received",
                     e.path,
                     e.version,
                     e.device,
@@ -252,6 +253,7 @@ impl pb::sync_server::Sync for SyncService {
         let mut in_flight: Option<tokio::task::JoinHandle<Result<Vec<Inserted>>>> = None;
         let mut answer = pb::PutChunksResponse::default();
         let mut failure: Option<Status> = None;
+        let mut received = 0usize;
         loop {
             let msg = match stream.message().await {
                 Ok(m) => m,
@@ -263,6 +265,7 @@ impl pb::sync_server::Sync for SyncService {
             };
             let done = msg.is_none();
             if let Some(m) = msg {
+                received += m.chunks.iter().map(|c| c.data.len()).sum::<usize>();
                 let verified = blocking(move || {
                     m.chunks
                         .into_iter()
@@ -300,9 +303,11 @@ impl pb::sync_server::Sync for SyncService {
         if let Some(s) = failure {
             return Err(s);
         }
-        debug!(
-            "received chunks: {} stored, {} already present",
-            answer.stored, answer.already_present
+        info!(
+            "received {} chunks ({received} bytes on the wire): {} new, {} already stored",
+            answer.stored + answer.already_present,
+            answer.stored,
+            answer.already_present
         );
         Ok(Response::new(answer))
     }
@@ -311,8 +316,10 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let req = to_status(CommitRequest::try_from(req.into_inner()).map_err(Error::from))?;
-        let outcome = to_status(self.commit_request(req).await)?;
+        let r = req.into_inner();
+        let metadata_bytes = prost::Message::encoded_len(&r);
+        let req = to_status(CommitRequest::try_from(r).map_err(Error::from))?;
+        let outcome = to_status(self.commit_request(req, metadata_bytes).await)?;
         Ok(Response::new(outcome.into()))
     }
 
@@ -493,12 +500,15 @@ impl pb::sync_server::Sync for SyncService {
             ..old
         };
         let outcome = to_status(
-            self.commit_request(CommitRequest {
-                folder: r.folder,
-                entry,
-                base_version: current.map_or(0, |c| c.version),
-                content,
-            })
+            self.commit_request(
+                CommitRequest {
+                    folder: r.folder,
+                    entry,
+                    base_version: current.map_or(0, |c| c.version),
+                    content,
+                },
+                0,
+            )
             .await,
         )?;
         Ok(Response::new(outcome.into()))

@@ -407,6 +407,41 @@ async fn bad_input_gets_clear_statuses_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn an_upload_that_breaks_off_keeps_what_arrived_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    handshake(&mut c, "default").await;
+    let good: Vec<Chunk> = (0..20).map(|i| Chunk::new(seeded(4000, 100 + i))).collect();
+    let mut bad = encode_chunk(good[0].id(), good[1].data());
+    bad.raw_len = good[1].len() as u32;
+    let msgs = vec![
+        pb::PutChunksRequest {
+            chunks: good
+                .iter()
+                .map(|c| encode_chunk(c.id(), c.data()))
+                .collect(),
+        },
+        pb::PutChunksRequest { chunks: vec![bad] },
+    ];
+    let err = c.put_chunks(tokio_stream::iter(msgs)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let ids: Vec<ChunkId> = good.iter().map(|c| c.id()).collect();
+    let missing = c
+        .missing_chunks(pb::MissingChunksRequest {
+            ids: ids_to_bytes(&ids),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing;
+    assert!(
+        missing.is_empty(),
+        "chunks before the break are kept, so a retry skips them"
+    );
+}
+
+#[tokio::test]
 async fn history_and_restore() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
