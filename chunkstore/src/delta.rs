@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
-use crate::manifest::{ChunkRef, Manifest};
+use crate::manifest::{ChunkRef, MAX_MANIFEST_CHUNKS, Manifest};
 
 /// One step of a delta.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,8 +78,21 @@ impl ManifestDelta {
         Self { ops }
     }
 
-    /// Rebuilds the new manifest from `base`; a copy outside the base is an error.
+    /// Rebuilds the new manifest from `base`; a copy outside the base, or a result of more than
+    /// [`MAX_MANIFEST_CHUNKS`] chunks, is an error.
     pub fn apply(&self, base: &Manifest) -> Result<Manifest> {
+        let total = self.ops.iter().try_fold(0u64, |n, op| {
+            let more = match op {
+                DeltaOp::Copy { count, .. } => u64::from(*count),
+                DeltaOp::New(refs) => refs.len() as u64,
+            };
+            n.checked_add(more).filter(|t| *t <= MAX_MANIFEST_CHUNKS)
+        });
+        if total.is_none() {
+            return Err(Error::BadManifest(format!(
+                "the delta makes a manifest of more than {MAX_MANIFEST_CHUNKS} chunks"
+            )));
+        }
         let mut chunks = Vec::new();
         for op in &self.ops {
             match op {
@@ -174,6 +187,18 @@ mod tests {
             }],
         };
         assert!(overflow.apply(&m(&[1])).is_err());
+        // Many small copies that would inflate into a huge manifest are refused up front.
+        let bomb = ManifestDelta {
+            ops: vec![
+                DeltaOp::Copy {
+                    start: 0,
+                    count: 1 << 20
+                };
+                64
+            ],
+        };
+        let err = bomb.apply(&m(&[1])).unwrap_err().to_string();
+        assert!(err.contains("more than"), "{err}");
     }
 
     proptest! {

@@ -50,11 +50,11 @@ mod params;
 mod store;
 
 pub use chunk::Chunk;
-pub use chunker::{BLOCK_SIZE, Chunker, Cutter, Piece, chunk_pipelined};
+pub use chunker::{BLOCK_SIZE, Chunker, Cutter, NORMALIZATION, Piece, chunk_pipelined};
 pub use delta::{DeltaOp, ManifestDelta};
 pub use error::{Error, Result};
 pub use id::{ChunkId, ManifestId};
-pub use manifest::{ChunkRef, MANIFEST_VERSION, Manifest};
+pub use manifest::{ChunkRef, MANIFEST_VERSION, MAX_MANIFEST_CHUNKS, Manifest};
 pub use mem::MemStore;
 #[cfg(feature = "sled")]
 pub use pack_store::{FsckProblem, FsckReport, PackStore, RecoveryReport, StoreOptions};

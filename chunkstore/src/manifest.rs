@@ -18,6 +18,10 @@ use crate::id::{ChunkId, ManifestId};
 /// The encoding version this build writes.
 pub const MANIFEST_VERSION: u8 = 1;
 
+/// The most chunks a manifest may have: 128 GiB files at 8 KiB chunks, 1 TiB at 64 KiB. Bounds
+/// the memory a manifest (or a delta) from a peer can take.
+pub const MAX_MANIFEST_CHUNKS: u64 = 1 << 24;
+
 const HEADER_LEN: usize = 1 + 8 + 4;
 const ENTRY_LEN: usize = ChunkId::LEN + 4;
 
@@ -95,6 +99,11 @@ impl Manifest {
         }
         let size = u64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes"));
         let count = u32::from_le_bytes(bytes[9..13].try_into().expect("4 bytes")) as usize;
+        if count as u64 > MAX_MANIFEST_CHUNKS {
+            return bad(format!(
+                "{count} chunks is over the limit of {MAX_MANIFEST_CHUNKS}"
+            ));
+        }
         let body = &bytes[HEADER_LEN..];
         if count.checked_mul(ENTRY_LEN) != Some(body.len()) {
             return bad(format!(

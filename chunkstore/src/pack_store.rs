@@ -52,6 +52,9 @@ pub use fsck::{FsckProblem, FsckReport};
 use index::{IndexEntry, chunk_key, watermark_key};
 use present::PresentSet;
 
+/// Pack files kept open for reading at most.
+const MAX_OPEN_PACKS: usize = 128;
+
 /// The store format version kept in the `meta` tree.
 const STORE_FORMAT: u32 = 1;
 
@@ -285,7 +288,12 @@ impl PackStore {
             return Ok(f.clone());
         }
         let file = Arc::new(File::open(pack_path(&self.inner.packs_dir, pack))?);
-        lock(&self.inner.readers).insert(pack, file.clone());
+        let mut readers = lock(&self.inner.readers);
+        if readers.len() >= MAX_OPEN_PACKS {
+            // Stay well under the file descriptor limit; reopening is cheap.
+            readers.clear();
+        }
+        readers.insert(pack, file.clone());
         Ok(file)
     }
 
@@ -332,9 +340,14 @@ impl Writer {
             .create_new(true)
             .open(&path)
             .map_err(Error::io(format!("creating pack {}", path.display())))?;
-        file.write_all_at(&pack_header(), 0)
-            .and_then(|()| file.sync_data())
-            .map_err(Error::io(format!("writing pack {}", path.display())))?;
+        let written = file
+            .write_all_at(&pack_header(), 0)
+            .and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            // Leave no half-made pack behind: the next roll would trip over it.
+            let _ = fs::remove_file(&path);
+            return Err(Error::io(format!("writing pack {}", path.display()))(e));
+        }
         sync_dir(packs_dir)?;
         Ok(Writer {
             pack,

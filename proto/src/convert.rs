@@ -46,6 +46,9 @@ pub enum ConvertError {
     },
 }
 
+/// The longest device name accepted, in bytes.
+pub const MAX_DEVICE_BYTES: usize = 255;
+
 fn id32(field: &'static str, b: &[u8]) -> Result<[u8; 32], ConvertError> {
     b.try_into().map_err(|_| ConvertError::BadLength {
         field,
@@ -184,6 +187,20 @@ impl TryFrom<pb::Entry> for Entry {
             field: "kind",
             value: e.kind,
         })?;
+        if e.device.len() > MAX_DEVICE_BYTES {
+            return Err(ConvertError::BadLength {
+                field: "device",
+                len: e.device.len(),
+                expected: format!("at most {MAX_DEVICE_BYTES}"),
+            });
+        }
+        if e.symlink_target.len() > crate::path::MAX_PATH_BYTES {
+            return Err(ConvertError::BadLength {
+                field: "symlink_target",
+                len: e.symlink_target.len(),
+                expected: format!("at most {}", crate::path::MAX_PATH_BYTES),
+            });
+        }
         Ok(Self {
             path: SyncPath::from_bytes(&e.path)?,
             kind: kind.into(),

@@ -102,7 +102,8 @@ pub fn status(e: &Error) -> Status {
     };
     let mut status = Status::new(code, e.to_string());
     if let Error::MissingChunks(ids) = e {
-        let bytes = lbsync_proto::ids_to_bytes(ids);
+        // Headers are small: name the first ones; MissingChunks tells the rest.
+        let bytes = lbsync_proto::ids_to_bytes(ids.iter().take(MISSING_IDS_IN_METADATA));
         status.metadata_mut().insert_bin(
             MISSING_IDS_KEY,
             tonic::metadata::MetadataValue::from_bytes(&bytes),
@@ -111,7 +112,11 @@ pub fn status(e: &Error) -> Status {
     status
 }
 
-/// Binary metadata key of a FAILED_PRECONDITION commit answer: the concatenated missing chunk ids.
+/// At most this many missing ids travel in the metadata of a FAILED_PRECONDITION answer.
+pub const MISSING_IDS_IN_METADATA: usize = 256;
+
+/// Binary metadata key of a FAILED_PRECONDITION commit answer: the concatenated missing chunk ids
+/// (the first [`MISSING_IDS_IN_METADATA`]).
 pub const MISSING_IDS_KEY: &str = "lbsync-missing-ids-bin";
 
 /// An error and its sources, "a: b: c".

@@ -183,7 +183,13 @@ impl Folders {
             },
         );
         match res {
-            Ok(outcome) => Ok(outcome),
+            Ok(outcome) => {
+                // A commit is acknowledged only once it is on disk: sled alone flushes on a timer.
+                if matches!(outcome, CommitOutcome::Committed(_)) {
+                    self.db.flush()?;
+                }
+                Ok(outcome)
+            }
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(e.into()),
         }
@@ -231,6 +237,8 @@ impl Folders {
                 }
             }
         }
+        // Commits that landed while we read are delivered by their own notification.
+        entries.retain(|e| e.seq <= head);
         entries.sort_by_key(|e| e.seq);
         Ok((entries, head))
     }

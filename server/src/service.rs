@@ -23,6 +23,9 @@ use crate::folders::{Folders, check_folder_name};
 
 /// Chunks received are stored in batches of about this size: one fsync each.
 const PUT_BATCH_BYTES: usize = 8 << 20;
+/// The most chunk bytes (after decompression) one PutChunks message may declare: bounds the
+/// memory one message can make the server allocate.
+const PUT_MESSAGE_RAW_LIMIT: u64 = 64 << 20;
 /// GetChunks answers in messages of about this size.
 const GET_MESSAGE_BYTES: usize = 1 << 20;
 /// A Changes message carries at most this many entries.
@@ -266,6 +269,18 @@ impl pb::sync_server::Sync for SyncService {
             let done = msg.is_none();
             if let Some(m) = msg {
                 received += m.chunks.iter().map(|c| c.data.len()).sum::<usize>();
+                let declared: u64 = m.chunks.iter().map(|c| u64::from(c.raw_len)).sum();
+                if declared > PUT_MESSAGE_RAW_LIMIT {
+                    failure = Some(status(&Error::BadRequest(format!(
+                        "one PutChunks message declares {declared} bytes of chunks, over the \
+                         {PUT_MESSAGE_RAW_LIMIT} allowed: send fewer chunks per message"
+                    ))));
+                }
+                let m = if failure.is_some() {
+                    pb::PutChunksRequest::default()
+                } else {
+                    m
+                };
                 let verified = blocking(move || {
                     m.chunks
                         .into_iter()

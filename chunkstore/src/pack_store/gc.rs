@@ -116,12 +116,15 @@ pub(super) fn run(
                 &mut batch,
             )?;
         }
-        batch.remove(&watermark_key(pack));
+        // Until the file is gone, its watermark says "all indexed", so a crash in between does not
+        // re-index the swept records.
+        batch.insert(&watermark_key(pack), &size.to_le_bytes());
         inner.index.apply_batch(batch)?;
         inner.db.flush()?;
         store.forget_reader(pack);
         fs::remove_file(&path).map_err(Error::io(format!("deleting pack {}", path.display())))?;
         sync_dir(&inner.packs_dir)?;
+        inner.index.remove(watermark_key(pack))?;
     }
     Ok(report)
 }
