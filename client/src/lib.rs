@@ -1,1 +1,21 @@
-//! lbsync client library (filled by its issue).
+//! lbsync's client: keeps a directory and a server folder in step, moving only chunks the other
+//! side lacks.
+//!
+//! - [`Syncer`] runs one two-way reconciliation ([`engine`] explains the rules: what counts as a
+//!   change, how conflicts keep both sides).
+//! - [`state`]: `DIR/.lbsync/`, the per-path record of what was synced, written atomically.
+//! - [`local`]: scanning (with `.lbsyncignore`), fingerprints, the index of chunks local files hold.
+//! - [`remote`]: the server's RPCs with byte counts.
+//! - [`transfer`]: uploading a file's new chunks and committing it as a delta; downloading into a
+//!   temp file and renaming it into place.
+
+pub mod conflict;
+pub mod engine;
+pub mod error;
+pub mod local;
+pub mod remote;
+pub mod state;
+pub mod transfer;
+
+pub use engine::{DEFAULT_SERVER, Report, SyncOptions, Syncer};
+pub use error::{Error, Result};

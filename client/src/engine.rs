@@ -1,0 +1,631 @@
+//! One two-way reconciliation of a directory with a server folder.
+//!
+//! For every path, three views: the local file (scanned), what was last synced (the state), and the
+//! server's newer entry if any (the Changes replay after the state's cursor). The path changed
+//! locally if its fingerprint differs from the synced one, and remotely if the server has a newer
+//! version. Only-local changes are uploaded, only-remote ones applied; when both changed, equal
+//! contents are adopted silently, a modification beats a deletion on either side, and otherwise the
+//! server's version takes the path and the local one is kept beside it as a conflicted copy, which
+//! is uploaded too. Nothing a person wrote is lost.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use lbsync_proto::{CommitOutcome, Entry, EntryKind, SyncPath};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::conflict::conflicted_copy;
+use crate::error::{Error, Result};
+use crate::local::{ChunkIndex, fingerprint, manifest_of, scan, unchanged};
+use crate::remote::Remote;
+use crate::state::{Fingerprint, Kind, StateStore, Synced};
+use crate::transfer::{Uploaded, display_device, human, kind_word};
+
+/// The default server when neither `--server`, `LBSYNC_SERVER` nor the state names one.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
+
+/// How to reach the server and who we are.
+#[derive(Clone, Debug, Default)]
+pub struct SyncOptions {
+    /// The server URL (else the state's, else [`DEFAULT_SERVER`]).
+    pub server: Option<String>,
+    /// The bearer token.
+    pub token: Option<String>,
+    /// The server folder (else the state's, else `default`).
+    pub folder: Option<String>,
+    /// The device name (else the state's, else the host name).
+    pub device: Option<String>,
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// Files and entries sent.
+    pub uploaded: u64,
+    /// Files and entries received.
+    pub downloaded: u64,
+    /// Local paths deleted because the server's were.
+    pub deleted_here: u64,
+    /// Server paths deleted because local ones were.
+    pub deleted_there: u64,
+    /// Conflicted copies made.
+    pub conflicts: u64,
+    /// Chunks sent.
+    pub chunks_sent: u64,
+    /// Chunks received.
+    pub chunks_received: u64,
+    /// Payload bytes sent.
+    pub bytes_sent: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+    /// Paths left for the next sync (still being written, or failed), with the reason.
+    pub pending: Vec<String>,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+impl Report {
+    /// True when the directory and the server agree.
+    pub fn in_sync(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} up, {} down, {} deleted, {} conflicts; sent {}, received {} in {:.1}s",
+            self.uploaded,
+            self.downloaded,
+            self.deleted_here + self.deleted_there,
+            self.conflicts,
+            human(self.bytes_sent),
+            human(self.bytes_received),
+            self.seconds
+        )?;
+        if !self.pending.is_empty() {
+            write!(f, "; {} left for the next sync", self.pending.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// A sync in progress: the directory, its state, the server.
+pub struct Syncer {
+    /// The synced directory.
+    pub root: PathBuf,
+    /// Its state.
+    pub state: StateStore,
+    /// The server folder.
+    pub remote: Remote,
+    /// Chunks local synced files hold.
+    pub index: ChunkIndex,
+    /// `name#id`, as committed.
+    pub device: String,
+    /// What happened so far.
+    pub report: Report,
+    /// The journal seq up to which this sync has seen everything (its own commits included).
+    pub(crate) cursor: u64,
+}
+
+/// What to do about one path.
+#[derive(Debug)]
+enum Action {
+    Upload { base: u64 },
+    DeleteThere { base: u64 },
+    Apply(Entry),
+    DeleteHere(Entry),
+    Adopt(Entry),
+    BothChanged(Entry),
+}
+
+fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "device".into())
+}
+
+impl Syncer {
+    /// Loads the state of `root` and connects to its server folder.
+    pub async fn open(root: &std::path::Path, opts: &SyncOptions) -> Result<Self> {
+        let md = fs::metadata(root).map_err(Error::io(format!("opening {}", root.display())))?;
+        if !md.is_dir() {
+            return Err(Error::Usage(format!(
+                "{} is not a directory",
+                root.display()
+            )));
+        }
+        let root = root
+            .canonicalize()
+            .map_err(Error::io(format!("resolving {}", root.display())))?;
+        let mut state = StateStore::load(&root)?;
+        let s = &mut state.state;
+        let folder = opts.folder.clone().unwrap_or_else(|| {
+            if s.folder.is_empty() {
+                "default".into()
+            } else {
+                s.folder.clone()
+            }
+        });
+        if !s.folder.is_empty() && s.folder != folder {
+            return Err(Error::Usage(format!(
+                "{} is synced with folder {:?}, not {folder:?}: sync another directory with that folder",
+                root.display(),
+                s.folder
+            )));
+        }
+        let server = opts
+            .server
+            .clone()
+            .or_else(|| std::env::var("LBSYNC_SERVER").ok())
+            .or_else(|| Some(s.server.clone()).filter(|u| !u.is_empty()))
+            .unwrap_or_else(|| DEFAULT_SERVER.into());
+        let name = opts.device.clone().unwrap_or_else(|| {
+            if s.device_name.is_empty() {
+                host_name()
+            } else {
+                s.device_name.clone()
+            }
+        });
+        let device = format!("{name}#{}", s.device_id);
+        let remote = Remote::connect(&server, opts.token.as_deref(), &folder, &device).await?;
+        if s.cursor > remote.head {
+            warn!(
+                "the server's journal is behind this directory's cursor ({} < {}): its store was \
+                 replaced; comparing everything again",
+                remote.head, s.cursor
+            );
+            s.cursor = 0;
+        }
+        s.server = server;
+        s.folder = folder;
+        s.device_name = name;
+        let index = ChunkIndex::build(&state);
+        Ok(Self {
+            root,
+            state,
+            remote,
+            index,
+            device,
+            report: Report::default(),
+            cursor: 0,
+        })
+    }
+
+    /// One two-way reconciliation. Returns what was done; `pending` lists what is left.
+    pub async fn sync(&mut self) -> Result<Report> {
+        let start = Instant::now();
+        let (sent0, received0) = (self.remote.sent, self.remote.received);
+        self.report = Report::default();
+        let (remote, cursor) = self
+            .remote
+            .changes_until_caught_up(self.state.state.cursor)
+            .await?;
+        self.cursor = cursor;
+        let local = scan(&self.root)?;
+        let plan = self.plan(&local, remote);
+        let ok = self.execute(plan, &local).await;
+        self.report.bytes_sent = self.remote.sent - sent0;
+        self.report.bytes_received = self.remote.received - received0;
+        let st = &mut self.state.state;
+        st.bytes_sent += self.report.bytes_sent;
+        st.bytes_received += self.report.bytes_received;
+        if ok {
+            st.cursor = self.cursor;
+        }
+        st.last_sync_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        self.state.save()?;
+        self.state.prune_manifests();
+        self.report.seconds = start.elapsed().as_secs_f64();
+        Ok(self.report.clone())
+    }
+
+    fn plan(
+        &self,
+        local: &BTreeMap<SyncPath, Fingerprint>,
+        mut remote: HashMap<SyncPath, Entry>,
+    ) -> BTreeMap<SyncPath, Action> {
+        let files = &self.state.state.files;
+        let mut paths: BTreeSet<SyncPath> = local.keys().cloned().collect();
+        paths.extend(files.keys().filter_map(|p| SyncPath::new(p.clone()).ok()));
+        paths.extend(remote.keys().cloned());
+        let mut plan = BTreeMap::new();
+        for path in paths {
+            let synced = files.get(path.as_str());
+            let here = local.get(&path);
+            let there = remote
+                .remove(&path)
+                .filter(|r| synced.is_none_or(|s| s.version != r.version));
+            let changed_here = match (here, synced) {
+                (None, None) => false,
+                (Some(l), Some(s)) => !unchanged(l, &s.local),
+                _ => true,
+            };
+            let base = synced.map_or(0, |s| s.version);
+            let action = match (changed_here, there) {
+                (false, None) => continue,
+                (true, None) => match here {
+                    Some(_) => Action::Upload { base },
+                    None => Action::DeleteThere { base },
+                },
+                (false, Some(r)) if r.deleted => match here {
+                    Some(_) => Action::DeleteHere(r),
+                    None => Action::Adopt(r),
+                },
+                (false, Some(r)) => Action::Apply(r),
+                (true, Some(r)) => match (here, r.deleted) {
+                    (None, true) => Action::Adopt(r),
+                    // A modification beats a deletion, on either side.
+                    (None, false) => Action::Apply(r),
+                    (Some(_), true) => Action::Upload { base: r.version },
+                    (Some(_), false) => Action::BothChanged(r),
+                },
+            };
+            plan.insert(path, action);
+        }
+        plan
+    }
+
+    /// Runs the plan: conflicts, then what comes from the server (parents first), local deletions
+    /// (children first), uploads (parents first), server deletions (children first). Returns
+    /// false if a server change could not be applied (the cursor then stays where it was).
+    async fn execute(
+        &mut self,
+        plan: BTreeMap<SyncPath, Action>,
+        local: &BTreeMap<SyncPath, Fingerprint>,
+    ) -> bool {
+        let mut uploads: Vec<(SyncPath, u64)> = Vec::new();
+        let mut deletes_there: Vec<(SyncPath, u64)> = Vec::new();
+        let mut deletes_here: Vec<Entry> = Vec::new();
+        let mut applies: Vec<Entry> = Vec::new();
+        let mut remote_ok = true;
+        for (path, action) in plan {
+            match action {
+                Action::Upload { base } => uploads.push((path, base)),
+                Action::DeleteThere { base } => deletes_there.push((path, base)),
+                Action::Apply(r) => applies.push(r),
+                Action::DeleteHere(r) => deletes_here.push(r),
+                Action::Adopt(r) => self.adopt(&r, local.get(&path)),
+                Action::BothChanged(r) => match self.both_changed(&r, local.get(&path)).await {
+                    Ok(Some(copy)) => {
+                        uploads.push((copy, 0));
+                        applies.push(r);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        remote_ok = false;
+                        self.pending(&path, &e);
+                    }
+                },
+            }
+        }
+        for r in applies {
+            let res = match r.kind {
+                EntryKind::File => self.download_file(&r).await,
+                _ => self.apply_plain(&r),
+            };
+            match res {
+                Ok(()) => self.report.downloaded += 1,
+                Err(e) => {
+                    remote_ok = false;
+                    self.pending(&r.path, &e);
+                }
+            }
+        }
+        deletes_here.sort_by(|a, b| b.path.cmp(&a.path));
+        for r in deletes_here {
+            if let Some(reupload) = self.delete_here(&r) {
+                uploads.push((reupload, r.version));
+            }
+        }
+        for (path, base) in uploads {
+            if let Err(e) = self.upload(&path, base).await {
+                if e.is_offline() {
+                    self.save_quietly();
+                }
+                self.pending(&path, &e);
+            }
+        }
+        deletes_there.sort_by(|a, b| b.0.cmp(&a.0));
+        for (path, base) in deletes_there {
+            if let Err(e) = self.delete_there(&path, base).await {
+                self.pending(&path, &e);
+            }
+        }
+        remote_ok
+    }
+
+    /// Notes a commit of ours: when it directly follows what we have seen, nothing was missed.
+    pub(crate) fn saw_commit(&mut self, seq: u64) {
+        if seq == self.cursor + 1 {
+            self.cursor = seq;
+        }
+    }
+
+    fn pending(&mut self, path: &SyncPath, e: &Error) {
+        warn!("{path}: {e}");
+        self.report.pending.push(format!("{path}: {e}"));
+    }
+
+    fn save_quietly(&self) {
+        if let Err(e) = self.state.save() {
+            warn!("{e}");
+        }
+    }
+
+    /// Takes the server's entry as synced without touching the disk (the local side already
+    /// matches it).
+    fn adopt(&mut self, r: &Entry, here: Option<&Fingerprint>) {
+        match (r.deleted, here) {
+            (true, _) | (false, None) => {
+                self.state.state.files.remove(r.path.as_str());
+            }
+            (false, Some(l)) => {
+                self.state.state.files.insert(
+                    r.path.as_str().to_owned(),
+                    Synced {
+                        version: r.version,
+                        manifest: r.manifest.map(|m| m.to_string()),
+                        local: l.clone(),
+                    },
+                );
+                if let Some(m) = r.manifest.and_then(|id| self.state.manifest(&id)) {
+                    self.index.add(&r.path, &m);
+                }
+            }
+        }
+    }
+
+    /// Both sides changed a path that both still have. Equal contents: adopt. Otherwise move the
+    /// local version to a conflicted copy (returned, to be uploaded) so the server's can take the
+    /// path.
+    async fn both_changed(
+        &mut self,
+        r: &Entry,
+        here: Option<&Fingerprint>,
+    ) -> Result<Option<SyncPath>> {
+        let Some(l) = here else { return Ok(None) };
+        let same = match (l.kind, r.kind) {
+            (Kind::Dir, EntryKind::Dir) => true,
+            (Kind::Symlink, EntryKind::Symlink) => l.target == r.symlink_target,
+            (Kind::File, EntryKind::File) => {
+                let m = manifest_of(&r.path.to_local(&self.root), self.remote.params)?;
+                if Some(m.id()) == r.manifest {
+                    self.state.put_manifest(&m)?;
+                }
+                Some(m.id()) == r.manifest
+            }
+            _ => false,
+        };
+        if same {
+            self.adopt(r, Some(l));
+            return Ok(None);
+        }
+        if l.kind == Kind::Dir {
+            // A local directory against a server file or link: the directory stays; the server's
+            // entry is fetched beside it as a conflicted copy.
+            let copy = conflicted_copy(
+                &self.root,
+                &r.path,
+                display_device(&r.device),
+                chrono::Local::now(),
+            );
+            let mut renamed = r.clone();
+            renamed.path = copy.clone();
+            info!(
+                "conflict: {} is a directory here and a {} on the server; the server's is kept as {copy}",
+                r.path,
+                kind_word(r.kind)
+            );
+            match r.kind {
+                EntryKind::File => self.download_file(&renamed).await?,
+                _ => self.apply_plain(&renamed)?,
+            }
+            self.state.state.files.remove(copy.as_str());
+            self.report.conflicts += 1;
+            return Ok(Some(r.path.clone()));
+        }
+        let copy = self.conflict_copy_of(&r.path)?;
+        info!(
+            "conflict: {} changed here and on {}; kept this device's version as {copy}",
+            r.path,
+            display_device(&r.device)
+        );
+        Ok(Some(copy))
+    }
+
+    /// Moves a local path aside to a conflicted-copy name (never deleting it) and returns the name.
+    pub(crate) fn conflict_copy_of(&mut self, path: &SyncPath) -> Result<SyncPath> {
+        let name = self.state.state.device_name.clone();
+        let copy = conflicted_copy(&self.root, path, &name, chrono::Local::now());
+        let (from, to) = (path.to_local(&self.root), copy.to_local(&self.root));
+        fs::rename(&from, &to).map_err(Error::io(format!(
+            "keeping {} as {}",
+            from.display(),
+            to.display()
+        )))?;
+        self.state.state.files.remove(path.as_str());
+        self.report.conflicts += 1;
+        Ok(copy)
+    }
+
+    /// Deletes a local path the server deleted, unless it was edited since it was synced (then it
+    /// is returned, to be uploaded again: a modification beats a deletion).
+    fn delete_here(&mut self, r: &Entry) -> Option<SyncPath> {
+        let dest = r.path.to_local(&self.root);
+        let synced = self
+            .state
+            .state
+            .files
+            .get(r.path.as_str())
+            .map(|s| s.local.clone());
+        let now = fingerprint(&dest);
+        let edited = match (&now, &synced) {
+            (Some(n), Some(s)) => !unchanged(n, s),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if edited {
+            info!(
+                "{} was deleted on {} but edited here: keeping it",
+                r.path,
+                display_device(&r.device)
+            );
+            return Some(r.path.clone());
+        }
+        let res = match now.map(|n| n.kind) {
+            Some(Kind::Dir) => fs::remove_dir(&dest),
+            Some(_) => fs::remove_file(&dest),
+            None => Ok(()),
+        };
+        match res {
+            Ok(()) => {
+                self.state.state.files.remove(r.path.as_str());
+                self.report.deleted_here += 1;
+                info!(
+                    "deleted {} (deleted on {})",
+                    r.path,
+                    display_device(&r.device)
+                );
+                None
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                info!(
+                    "{} was deleted on {}, but holds files that do not sync: keeping it",
+                    r.path,
+                    display_device(&r.device)
+                );
+                Some(r.path.clone())
+            }
+            Err(e) => {
+                self.pending(
+                    &r.path,
+                    &Error::io(format!("deleting {}", dest.display()))(e),
+                );
+                None
+            }
+        }
+    }
+
+    /// Uploads one local path (file, directory or symlink) on `base`.
+    async fn upload(&mut self, path: &SyncPath, base: u64) -> Result<()> {
+        let local = path.to_local(&self.root);
+        let Some(fp) = fingerprint(&local) else {
+            return Ok(());
+        };
+        let outcome = match fp.kind {
+            Kind::File => match self.upload_file(path, base).await? {
+                Uploaded::Done => {
+                    self.report.uploaded += 1;
+                    return Ok(());
+                }
+                Uploaded::NotSettled => {
+                    self.report
+                        .pending
+                        .push(format!("{path}: still being written"));
+                    info!("{path} is still being written: it will be sent once it settles");
+                    return Ok(());
+                }
+                Uploaded::Conflict(cur) => CommitOutcome::Conflict(cur),
+            },
+            Kind::Dir | Kind::Symlink => {
+                let entry = Entry {
+                    mode: fp.mode,
+                    mtime_ns: fp.mtime_ns,
+                    symlink_target: fp.target.clone(),
+                    ..Entry::new(
+                        path.clone(),
+                        if fp.kind == Kind::Dir {
+                            EntryKind::Dir
+                        } else {
+                            EntryKind::Symlink
+                        },
+                        &self.device,
+                    )
+                };
+                self.commit_plain(entry, base).await?
+            }
+        };
+        match outcome {
+            CommitOutcome::Committed(e) => {
+                self.saw_commit(e.seq);
+                info!("uploaded {} {path}", kind_word(e.kind));
+                self.state.state.files.insert(
+                    path.as_str().to_owned(),
+                    Synced {
+                        version: e.version,
+                        manifest: None,
+                        local: fp,
+                    },
+                );
+                self.report.uploaded += 1;
+                Ok(())
+            }
+            CommitOutcome::Conflict(cur) => {
+                // Someone committed in between: resolve as if the plan had seen it.
+                let here = fingerprint(&local);
+                if cur.deleted || cur.version == 0 {
+                    return Box::pin(self.upload(path, cur.version)).await;
+                }
+                match self.both_changed(&cur, here.as_ref()).await? {
+                    None => Ok(()),
+                    Some(copy) => {
+                        match cur.kind {
+                            EntryKind::File => self.download_file(&cur).await?,
+                            _ => self.apply_plain(&cur)?,
+                        }
+                        self.report.downloaded += 1;
+                        Box::pin(self.upload(&copy, 0)).await
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits a tombstone for a path deleted here.
+    async fn delete_there(&mut self, path: &SyncPath, base: u64) -> Result<()> {
+        let Some(synced) = self.state.state.files.get(path.as_str()).cloned() else {
+            return Ok(());
+        };
+        let kind = match synced.local.kind {
+            Kind::File => EntryKind::File,
+            Kind::Dir => EntryKind::Dir,
+            Kind::Symlink => EntryKind::Symlink,
+        };
+        match self
+            .commit_plain(Entry::tombstone(path.clone(), kind, &self.device), base)
+            .await?
+        {
+            CommitOutcome::Committed(e) => {
+                self.saw_commit(e.seq);
+                info!("deleted {path} on the server");
+                self.state.state.files.remove(path.as_str());
+                self.report.deleted_there += 1;
+            }
+            CommitOutcome::Conflict(cur) if cur.deleted => {
+                self.state.state.files.remove(path.as_str());
+            }
+            CommitOutcome::Conflict(cur) => {
+                // Edited elsewhere after we synced: the edit wins, bring it back.
+                info!(
+                    "{path} was deleted here but edited on {}: restoring it",
+                    display_device(&cur.device)
+                );
+                self.state.state.files.remove(path.as_str());
+                match cur.kind {
+                    EntryKind::File => self.download_file(&cur).await?,
+                    _ => self.apply_plain(&cur)?,
+                }
+                self.report.downloaded += 1;
+            }
+        }
+        Ok(())
+    }
+}

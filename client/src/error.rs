@@ -1,0 +1,98 @@
+//! Errors of the client.
+//!
+//! Policy: a message says what failed and what to do. Per-file trouble that a later sync fixes (a
+//! file still being written) is not an error: it is reported and the sync exits non-zero.
+
+use std::path::PathBuf;
+
+/// The result type of the client.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a sync can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server could not be reached.
+    #[error(
+        "cannot reach the server at {url}: {reason}; check the URL (--server) and that lbsync-server runs there"
+    )]
+    Connect {
+        /// The server URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server URL does not parse.
+    #[error("bad server URL {0:?}: expected something like http://127.0.0.1:7700")]
+    BadUrl(String),
+    /// An RPC failed.
+    #[error("the server answered {code:?} to {what}: {message}")]
+    Rpc {
+        /// Which call.
+        what: &'static str,
+        /// The gRPC code.
+        code: tonic::Code,
+        /// The server's message.
+        message: String,
+    },
+    /// The server sent something malformed.
+    #[error("the server sent a malformed answer to {what}: {reason}")]
+    Protocol {
+        /// Which call.
+        what: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A local file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, on which path.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state in DIR/.lbsync is unusable.
+    #[error(
+        "sync state {path} is unusable: {reason}; move it away to start over (local files are kept)"
+    )]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Chunking or a manifest failed.
+    #[error(transparent)]
+    Chunks(#[from] lbsync_chunkstore::Error),
+    /// The directory is not usable.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+
+    pub(crate) fn rpc(what: &'static str) -> impl FnOnce(tonic::Status) -> Error {
+        move |s| Error::Rpc {
+            what,
+            code: s.code(),
+            message: s.message().to_owned(),
+        }
+    }
+
+    /// True when the server is unreachable or went away: worth retrying later (offline).
+    pub fn is_offline(&self) -> bool {
+        match self {
+            Error::Connect { .. } => true,
+            Error::Rpc { code, .. } => matches!(
+                code,
+                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+            ),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The local side: scanning a directory (honouring `.lbsyncignore`), fingerprints, and the index
+//! of chunks that local files already hold.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+use lbsync_chunkstore::{ChunkId, Manifest};
+use lbsync_proto::SyncPath;
+use tracing::warn;
+
+use crate::error::{Error, Result};
+use crate::state::{Fingerprint, Kind, STATE_DIR, StateStore};
+
+/// The name of ignore files (gitignore syntax), anywhere in the tree.
+pub const IGNORE_FILE: &str = ".lbsyncignore";
+
+/// The fingerprint of a path on disk, without following a final symlink; `None` if it does not
+/// exist or is neither a file, a directory nor a symlink.
+pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    let md = fs::symlink_metadata(path).ok()?;
+    let ft = md.file_type();
+    let kind = if ft.is_file() {
+        Kind::File
+    } else if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else {
+        return None;
+    };
+    let target = if kind == Kind::Symlink {
+        Some(fs::read_link(path).ok()?.to_str()?.to_owned())
+    } else {
+        None
+    };
+    Some(Fingerprint {
+        kind,
+        size: if kind == Kind::File { md.len() } else { 0 },
+        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        inode: md.ino(),
+        mode: md.mode() & 0o7777,
+        target,
+    })
+}
+
+/// Whether a path looks as it did when synced. Directories change their mtime whenever their
+/// children do, so for them only the kind and the exec bits count.
+pub fn unchanged(now: &Fingerprint, synced: &Fingerprint) -> bool {
+    match now.kind {
+        Kind::Dir => synced.kind == Kind::Dir,
+        Kind::Symlink => synced.kind == Kind::Symlink && now.target == synced.target,
+        Kind::File => now == synced,
+    }
+}
+
+/// Every path under `root` that syncs: not `.lbsync/`, not excluded by a `.lbsyncignore`, not
+/// special files, not names that are not UTF-8 (those are reported).
+pub fn scan(root: &Path) -> Result<BTreeMap<SyncPath, Fingerprint>> {
+    let mut out = BTreeMap::new();
+    let walker = ignore::WalkBuilder::new(root)
+        .hidden(false)
+        .ignore(false)
+        .git_ignore(false)
+        .git_global(false)
+        .git_exclude(false)
+        .parents(false)
+        .follow_links(false)
+        .add_custom_ignore_filename(IGNORE_FILE)
+        .filter_entry(|e| e.depth() != 1 || e.file_name() != STATE_DIR)
+        .build();
+    for entry in walker {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                warn!("skipped while scanning: {e}");
+                continue;
+            }
+        };
+        if entry.depth() == 0 {
+            continue;
+        }
+        let path = match SyncPath::from_local(root, entry.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!("skipped {}: {e}", entry.path().display());
+                continue;
+            }
+        };
+        if let Some(fp) = fingerprint(entry.path()) {
+            out.insert(path, fp);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `path` (relative) is excluded by the `.lbsyncignore` files of `root`.
+pub fn is_ignored(root: &Path, path: &SyncPath, is_dir: bool) -> bool {
+    if path.as_str() == STATE_DIR || path.as_str().starts_with(".lbsync/") {
+        return true;
+    }
+    // Check each ancestor directory's ignore file, nearest last (gitignore semantics).
+    let mut dirs = vec![root.to_path_buf()];
+    let parts: Vec<&str> = path.as_str().split('/').collect();
+    for i in 1..parts.len() {
+        dirs.push(root.join(parts[..i].join("/")));
+    }
+    let mut ignored = false;
+    for (depth, dir) in dirs.iter().enumerate() {
+        let file = dir.join(IGNORE_FILE);
+        if !file.exists() {
+            continue;
+        }
+        let mut b = ignore::gitignore::GitignoreBuilder::new(dir);
+        if b.add(&file).is_some() {
+            continue;
+        }
+        let Ok(gi) = b.build() else { continue };
+        // Any ancestor directory matching excludes everything below it.
+        for j in depth + 1..=parts.len() {
+            let sub = root.join(parts[..j].join("/"));
+            let m = gi.matched(&sub, j < parts.len() || is_dir);
+            if m.is_ignore() {
+                ignored = true;
+            } else if m.is_whitelist() {
+                ignored = false;
+            }
+        }
+    }
+    ignored
+}
+
+/// Where a chunk can be read locally.
+#[derive(Clone, Debug)]
+pub struct LocalChunk {
+    /// The file.
+    pub path: SyncPath,
+    /// The offset of the chunk in it.
+    pub offset: u64,
+    /// The chunk's length.
+    pub len: u32,
+}
+
+/// The chunks of the synced files, by id: known to be on the server, and readable from disk
+/// (checked by hashing when read: the file may have changed since).
+#[derive(Default)]
+pub struct ChunkIndex {
+    chunks: HashMap<ChunkId, LocalChunk>,
+    manifests: HashMap<lbsync_chunkstore::ManifestId, SyncPath>,
+}
+
+impl ChunkIndex {
+    /// The index of every synced file whose manifest is cached.
+    pub fn build(state: &StateStore) -> Self {
+        let mut index = Self::default();
+        for (path, synced) in &state.state.files {
+            let (Some(id), Ok(path)) = (synced.manifest_id(), SyncPath::new(path.clone())) else {
+                continue;
+            };
+            if let Some(m) = state.manifest(&id) {
+                index.add(&path, &m);
+            }
+        }
+        index
+    }
+
+    /// Adds a synced file.
+    pub fn add(&mut self, path: &SyncPath, m: &Manifest) {
+        self.manifests.insert(m.id(), path.clone());
+        for (offset, c) in m.with_offsets() {
+            self.chunks.entry(c.id).or_insert_with(|| LocalChunk {
+                path: path.clone(),
+                offset,
+                len: c.len,
+            });
+        }
+    }
+
+    /// Whether the chunk is known to be on the server.
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.chunks.contains_key(id)
+    }
+
+    /// Whether a synced file has this manifest (so the server has it).
+    pub fn has_manifest(&self, id: &lbsync_chunkstore::ManifestId) -> bool {
+        self.manifests.contains_key(id)
+    }
+
+    /// The chunk's bytes from a local file, if they are still there.
+    pub fn read(&self, root: &Path, id: &ChunkId) -> Option<bytes::Bytes> {
+        let at = self.chunks.get(id)?;
+        let file = fs::File::open(at.path.to_local(root)).ok()?;
+        let mut buf = vec![0u8; at.len as usize];
+        file.read_exact_at(&mut buf, at.offset).ok()?;
+        (ChunkId::of(&buf) == *id).then(|| buf.into())
+    }
+}
+
+/// Hashes a local file into its manifest (to compare content with the server's).
+pub fn manifest_of(path: &Path, params: lbsync_chunkstore::ChunkParams) -> Result<Manifest> {
+    let file = fs::File::open(path).map_err(Error::io(format!("reading {}", path.display())))?;
+    let mut refs = Vec::new();
+    lbsync_chunkstore::chunk_pipelined::<_, Error>(file.take(u64::MAX), params, |_, c| {
+        refs.push(lbsync_chunkstore::ChunkRef {
+            id: c.id(),
+            len: c.len() as u32,
+        });
+        Ok(())
+    })?;
+    Ok(Manifest::new(refs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_skips_state_and_ignored_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join(".lbsync/tmp")).unwrap();
+        fs::create_dir_all(root.join("src/build")).unwrap();
+        fs::create_dir_all(root.join("empty")).unwrap();
+        fs::write(root.join("src/a.rs"), b"x").unwrap();
+        fs::write(root.join("src/build/out.o"), b"x").unwrap();
+        fs::write(root.join("notes.tmp"), b"x").unwrap();
+        fs::write(root.join(IGNORE_FILE), b"*.tmp\nbuild/\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
+        let paths: Vec<String> = scan(root).unwrap().keys().map(|p| p.to_string()).collect();
+        assert_eq!(paths, [".lbsyncignore", "empty", "link", "src", "src/a.rs"]);
+        assert!(is_ignored(root, &SyncPath::new("x/y.tmp").unwrap(), false));
+        assert!(is_ignored(
+            root,
+            &SyncPath::new("src/build/new.o").unwrap(),
+            false
+        ));
+        assert!(!is_ignored(
+            root,
+            &SyncPath::new("src/b.rs").unwrap(),
+            false
+        ));
+        let link = fingerprint(&root.join("link")).unwrap();
+        assert_eq!(
+            link.target.as_deref(),
+            Some("/etc/passwd"),
+            "a link is stored, not followed"
+        );
+    }
+}

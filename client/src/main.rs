@@ -1,0 +1,279 @@
+//! `lbsync-client`: syncs a directory with a folder on an lbsync server.
+
+#![allow(clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use lbsync_client::local::{fingerprint, scan, unchanged};
+use lbsync_client::state::StateStore;
+use lbsync_client::{SyncOptions, Syncer};
+use lbsync_proto::{CommitOutcome, SyncPath};
+
+/// Keeps a directory in sync with a folder on an lbsync server, sending only what changed.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Server URL [default: $LBSYNC_SERVER, else the one DIR last synced with, else http://127.0.0.1:7700]
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// File holding the token the server expects (its first line).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// Server folder to sync with [default: the one DIR last synced with, else "default"]
+    #[arg(long, global = true)]
+    folder: Option<String>,
+    /// This device's name, shown to others and in conflicted copies [default: the host name]
+    #[arg(long, global = true)]
+    device: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// One two-way sync of DIR with the server folder; exits 0 when they agree.
+    Sync {
+        /// The directory to sync.
+        dir: PathBuf,
+    },
+    /// What DIR's state says: server, folder, last sync, pending local changes, conflicts, bytes.
+    Status {
+        /// The synced directory.
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The versions the server keeps of a file.
+    History {
+        /// A path inside a synced directory.
+        path: PathBuf,
+    },
+    /// Makes an old version of a file current again (then syncs it here).
+    Restore {
+        /// A path inside a synced directory.
+        path: PathBuf,
+        /// The version to restore (see `history`).
+        #[arg(long)]
+        version: u64,
+    },
+}
+
+/// "12:30:01 message", with "warning:" or "error:" before the message when it is one.
+struct Lines;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Lines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut w: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(w, "{} ", chrono::Local::now().format("%H:%M:%S"))?;
+        match *event.metadata().level() {
+            tracing::Level::WARN => write!(w, "warning: ")?,
+            tracing::Level::ERROR => write!(w, "error: ")?,
+            _ => {}
+        }
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
+        )
+        .event_format(Lines)
+        .with_writer(std::io::stdout)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lbsync-client: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn options(cli: &Cli) -> anyhow::Result<SyncOptions> {
+    let token = match &cli.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading token file {}", f.display()))?
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with('#'))
+                .with_context(|| format!("token file {} holds no token", f.display()))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    Ok(SyncOptions {
+        server: cli.server.clone(),
+        token,
+        folder: cli.folder.clone(),
+        device: cli.device.clone(),
+    })
+}
+
+/// The synced directory holding `path`, and `path` inside it.
+fn locate(path: &Path) -> anyhow::Result<(PathBuf, SyncPath)> {
+    let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    let mut dir = abs.parent();
+    while let Some(d) = dir {
+        if StateStore::dir_of(d).join("state.json").exists() {
+            let rel = SyncPath::from_local(d, &abs)?;
+            return Ok((d.to_path_buf(), rel));
+        }
+        dir = d.parent();
+    }
+    bail!(
+        "{} is not inside a synced directory: run `lbsync-client sync DIR` first",
+        path.display()
+    )
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let opts = options(&cli)?;
+    match &cli.command {
+        Command::Sync { dir } => {
+            let mut syncer = Syncer::open(dir, &opts).await?;
+            let report = syncer.sync().await?;
+            println!("sync done: {report}");
+            if report.in_sync() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!(
+                    "{} is not fully in sync; run sync again to finish:\n  {}",
+                    dir.display(),
+                    report.pending.join("\n  ")
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Status { dir, json } => status(dir, *json),
+        Command::History { path } => {
+            let (root, rel) = locate(path)?;
+            let mut syncer = Syncer::open(&root, &opts).await?;
+            let versions = syncer.remote.history(&rel).await?;
+            if versions.is_empty() {
+                println!("{rel}: no versions on the server");
+            }
+            for e in versions {
+                let when = chrono::DateTime::from_timestamp_nanos(e.committed_ns)
+                    .with_timezone(&chrono::Local)
+                    .format("%Y-%m-%d %H:%M:%S");
+                let what = if e.deleted {
+                    "deleted".to_owned()
+                } else {
+                    format!("{} bytes", e.size)
+                };
+                let device = e.device.split('#').next().unwrap_or("");
+                println!("v{:<4} {when}  {what:>16}  by {device}", e.version);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { path, version } => {
+            let (root, rel) = locate(path)?;
+            let mut syncer = Syncer::open(&root, &opts).await?;
+            let device = syncer.device.clone();
+            match syncer.remote.restore(&rel, *version, &device).await? {
+                CommitOutcome::Committed(e) => {
+                    println!("restored {rel} v{version} as v{}", e.version)
+                }
+                CommitOutcome::Conflict(e) => {
+                    bail!("{rel} changed meanwhile (now v{}): try again", e.version)
+                }
+            }
+            let report = syncer.sync().await?;
+            println!("sync done: {report}");
+            Ok(if report.in_sync() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    if !StateStore::dir_of(dir).join("state.json").exists() {
+        bail!(
+            "{} has never been synced: run `lbsync-client sync {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let store = StateStore::load(dir)?;
+    let s = &store.state;
+    let local = scan(dir)?;
+    let mut pending: Vec<String> = Vec::new();
+    for (path, fp) in &local {
+        match s.files.get(path.as_str()) {
+            Some(synced) if unchanged(fp, &synced.local) => {}
+            Some(_) => pending.push(format!("modified {path}")),
+            None => pending.push(format!("new {path}")),
+        }
+    }
+    for path in s.files.keys() {
+        if fingerprint(&dir.join(path)).is_none() {
+            pending.push(format!("deleted {path}"));
+        }
+    }
+    let conflicts: Vec<String> = local
+        .keys()
+        .filter(|p| lbsync_client::conflict::is_conflicted_copy(p))
+        .map(ToString::to_string)
+        .collect();
+    let last_sync = (s.last_sync_ns > 0).then(|| {
+        chrono::DateTime::from_timestamp_nanos(s.last_sync_ns)
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    });
+    if json {
+        let v = serde_json::json!({
+            "server": s.server,
+            "folder": s.folder,
+            "device": s.device_name,
+            "last_sync": last_sync,
+            "cursor": s.cursor,
+            "synced_paths": s.files.len(),
+            "pending": pending,
+            "conflicts": conflicts,
+            "bytes_sent": s.bytes_sent,
+            "bytes_received": s.bytes_received,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("server:    {} (folder {})", s.server, s.folder);
+        println!("device:    {}", s.device_name);
+        println!("last sync: {}", last_sync.as_deref().unwrap_or("never"));
+        println!("synced:    {} paths", s.files.len());
+        println!("pending:   {} local changes", pending.len());
+        for p in &pending {
+            println!("  {p}");
+        }
+        println!("conflicts: {}", conflicts.len());
+        for c in &conflicts {
+            println!("  {c}");
+        }
+        println!(
+            "traffic:   {} sent, {} received",
+            lbsync_client::transfer::human(s.bytes_sent),
+            lbsync_client::transfer::human(s.bytes_received)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

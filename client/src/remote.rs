@@ -1,0 +1,365 @@
+//! The server, as the sync engine sees it: typed calls over the generated stubs, with byte counts.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use lbsync_chunkstore::{Chunk, ChunkId, ChunkParams, Manifest, ManifestId};
+use lbsync_proto::convert::delta_from_pb;
+use lbsync_proto::pb::sync_client::SyncClient;
+use lbsync_proto::wire::decode_chunk;
+use lbsync_proto::{
+    CommitOutcome, CommitRequest, Entry, PROTOCOL_VERSION, SyncPath, ids_from_bytes, ids_to_bytes,
+    pb,
+};
+use prost::Message;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result};
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("authorization", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A connected server folder.
+pub struct Remote {
+    client: SyncClient<InterceptedService<Channel, Auth>>,
+    /// The URL.
+    pub url: String,
+    /// The folder.
+    pub folder: String,
+    /// The store's chunking parameters.
+    pub params: ChunkParams,
+    /// The folder's journal head at the handshake.
+    pub head: u64,
+    max_ids: usize,
+    /// Payload bytes sent (requests) and received (answers).
+    pub sent: u64,
+    /// See `sent`.
+    pub received: u64,
+}
+
+/// What a commit of missing chunks answers.
+pub enum Committed {
+    /// The outcome.
+    Outcome(CommitOutcome),
+    /// The server lacks these chunks.
+    MissingChunks(Vec<ChunkId>),
+    /// The server does not know a manifest the commit referred to (send it in full).
+    UnknownManifest,
+}
+
+impl Remote {
+    /// Connects and shakes hands (which creates the folder if needed).
+    pub async fn connect(
+        url: &str,
+        token: Option<&str>,
+        folder: &str,
+        device: &str,
+    ) -> Result<Self> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|_| Error::BadUrl(url.to_owned()))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect().await.map_err(|e| Error::Connect {
+            url: url.to_owned(),
+            reason: error_chain(&e),
+        })?;
+        let auth = match token {
+            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                Error::Usage("the token has characters that cannot go in a header".into())
+            })?),
+            None => None,
+        };
+        let mut client = SyncClient::with_interceptor(channel, Auth(auth))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let req = pb::HandshakeRequest {
+            protocol_version: PROTOCOL_VERSION,
+            folder: folder.to_owned(),
+            device: device.to_owned(),
+        };
+        let hs = client
+            .handshake(req)
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::Unavailable => Error::Connect {
+                    url: url.to_owned(),
+                    reason: s.message().to_owned(),
+                },
+                _ => Error::rpc("Handshake")(s),
+            })?
+            .into_inner();
+        let params = hs
+            .params
+            .ok_or(lbsync_proto::ConvertError::MissingField("params"))
+            .and_then(ChunkParams::try_from)
+            .map_err(|e| Error::Protocol {
+                what: "Handshake",
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            client,
+            url: url.to_owned(),
+            folder: folder.to_owned(),
+            params,
+            head: hs.head,
+            max_ids: (hs.max_ids_per_request as usize).clamp(1, 65_536),
+            sent: 0,
+            received: 0,
+        })
+    }
+
+    /// The ids the server lacks, in batches the server accepts.
+    pub async fn missing(&mut self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        let mut out = Vec::new();
+        for batch in ids.chunks(self.max_ids) {
+            let req = pb::MissingChunksRequest {
+                ids: ids_to_bytes(batch),
+            };
+            self.sent += req.encoded_len() as u64;
+            let resp = self
+                .client
+                .missing_chunks(req)
+                .await
+                .map_err(Error::rpc("MissingChunks"))?
+                .into_inner();
+            self.received += resp.encoded_len() as u64;
+            out.extend(ids_from_bytes(&resp.missing).map_err(|e| Error::Protocol {
+                what: "MissingChunks",
+                reason: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Starts a PutChunks call fed by the returned sender; await the handle for the answer.
+    pub fn put_chunks(
+        &self,
+    ) -> (
+        tokio::sync::mpsc::Sender<pb::PutChunksRequest>,
+        tokio::task::JoinHandle<Result<pb::PutChunksResponse>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut client = self.client.clone();
+        let handle = tokio::spawn(async move {
+            client
+                .put_chunks(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(Error::rpc("PutChunks"))
+        });
+        (tx, handle)
+    }
+
+    /// Commits; a missing chunk or an unknown manifest comes back as an answer, not an error.
+    pub async fn commit(&mut self, req: CommitRequest) -> Result<Committed> {
+        let req = pb::CommitRequest::from(req);
+        self.sent += req.encoded_len() as u64;
+        match self.client.commit(req).await {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                self.received += resp.encoded_len() as u64;
+                let outcome = CommitOutcome::try_from(resp).map_err(|e| Error::Protocol {
+                    what: "Commit",
+                    reason: e.to_string(),
+                })?;
+                Ok(Committed::Outcome(outcome))
+            }
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                let ids = s
+                    .metadata()
+                    .get_bin("lbsync-missing-ids-bin")
+                    .and_then(|v| v.to_bytes().ok())
+                    .and_then(|b| ids_from_bytes(&b).ok())
+                    .unwrap_or_default();
+                Ok(Committed::MissingChunks(ids))
+            }
+            Err(s) if s.code() == tonic::Code::NotFound && s.message().contains("manifest") => {
+                Ok(Committed::UnknownManifest)
+            }
+            Err(s) => Err(Error::rpc("Commit")(s)),
+        }
+    }
+
+    /// The Changes stream from `cursor`.
+    pub async fn changes(&mut self, cursor: u64) -> Result<tonic::Streaming<pb::ChangesResponse>> {
+        let req = pb::ChangesRequest {
+            folder: self.folder.clone(),
+            cursor,
+        };
+        Ok(self
+            .client
+            .changes(req)
+            .await
+            .map_err(Error::rpc("Changes"))?
+            .into_inner())
+    }
+
+    /// The changes after `cursor` up to the head: (entries by path, new cursor).
+    pub async fn changes_until_caught_up(
+        &mut self,
+        cursor: u64,
+    ) -> Result<(HashMap<SyncPath, Entry>, u64)> {
+        let mut stream = self.changes(cursor).await?;
+        let mut out = HashMap::new();
+        loop {
+            let Some(msg) = stream.message().await.map_err(Error::rpc("Changes"))? else {
+                return Err(Error::Protocol {
+                    what: "Changes",
+                    reason: "the stream ended before catching up".into(),
+                });
+            };
+            self.received += msg.encoded_len() as u64;
+            for e in msg.entries {
+                let e = Entry::try_from(e).map_err(|e| Error::Protocol {
+                    what: "Changes",
+                    reason: e.to_string(),
+                })?;
+                out.insert(e.path.clone(), e);
+            }
+            if msg.caught_up {
+                return Ok((out, msg.cursor));
+            }
+        }
+    }
+
+    /// A manifest, asked as a delta against `base` when the client has one.
+    pub async fn manifest(&mut self, id: ManifestId, base: Option<&Manifest>) -> Result<Manifest> {
+        let req = pb::GetManifestRequest {
+            manifest_id: Bytes::copy_from_slice(id.as_bytes()),
+            base_manifest_id: base
+                .map(|b| Bytes::copy_from_slice(b.id().as_bytes()))
+                .unwrap_or_default(),
+        };
+        self.sent += req.encoded_len() as u64;
+        let resp = self
+            .client
+            .get_manifest(req)
+            .await
+            .map_err(Error::rpc("GetManifest"))?
+            .into_inner();
+        self.received += resp.encoded_len() as u64;
+        let bad = |reason: String| Error::Protocol {
+            what: "GetManifest",
+            reason,
+        };
+        let m = match resp.content {
+            Some(pb::get_manifest_response::Content::Manifest(b)) => Manifest::decode(&b)?,
+            Some(pb::get_manifest_response::Content::Delta(d)) => {
+                let (b, delta) = delta_from_pb(&d).map_err(|e| bad(e.to_string()))?;
+                let base = base
+                    .filter(|m| m.id() == b)
+                    .ok_or_else(|| bad("a delta against a manifest we did not name".into()))?;
+                delta.apply(base)?
+            }
+            None => return Err(bad("no content".into())),
+        };
+        if m.id() != id {
+            return Err(bad(format!("asked for manifest {id}, got {}", m.id())));
+        }
+        Ok(m)
+    }
+
+    /// Chunks by id, each checked against its id.
+    pub async fn chunks(
+        &mut self,
+        ids: &[ChunkId],
+        max_len: u32,
+    ) -> Result<HashMap<ChunkId, Bytes>> {
+        let mut out = HashMap::with_capacity(ids.len());
+        for batch in ids.chunks(self.max_ids) {
+            let req = pb::GetChunksRequest {
+                ids: ids_to_bytes(batch),
+            };
+            self.sent += req.encoded_len() as u64;
+            let mut stream = self
+                .client
+                .get_chunks(req)
+                .await
+                .map_err(Error::rpc("GetChunks"))?
+                .into_inner();
+            while let Some(msg) = stream.message().await.map_err(Error::rpc("GetChunks"))? {
+                self.received += msg.encoded_len() as u64;
+                for c in msg.chunks {
+                    let chunk: Chunk = decode_chunk(c, max_len).map_err(|e| Error::Protocol {
+                        what: "GetChunks",
+                        reason: e.to_string(),
+                    })?;
+                    out.insert(chunk.id(), chunk.into_data());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A path's retained versions, newest first.
+    pub async fn history(&mut self, path: &SyncPath) -> Result<Vec<Entry>> {
+        let resp = self
+            .client
+            .history(pb::HistoryRequest {
+                folder: self.folder.clone(),
+                path: Bytes::from(path.as_str().to_owned()),
+            })
+            .await
+            .map_err(Error::rpc("History"))?
+            .into_inner();
+        resp.versions
+            .into_iter()
+            .map(|e| {
+                Entry::try_from(e).map_err(|e| Error::Protocol {
+                    what: "History",
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Makes an old version current again.
+    pub async fn restore(
+        &mut self,
+        path: &SyncPath,
+        version: u64,
+        device: &str,
+    ) -> Result<CommitOutcome> {
+        let resp = self
+            .client
+            .restore(pb::RestoreRequest {
+                folder: self.folder.clone(),
+                path: Bytes::from(path.as_str().to_owned()),
+                version,
+                device: device.to_owned(),
+            })
+            .await
+            .map_err(Error::rpc("Restore"))?
+            .into_inner();
+        CommitOutcome::try_from(resp).map_err(|e| Error::Protocol {
+            what: "Restore",
+            reason: e.to_string(),
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

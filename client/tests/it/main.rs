@@ -1,0 +1,6 @@
+//! End-to-end tests of the client: in-process syncers and the real binary, against a real server
+//! on 127.0.0.1.
+
+mod cli;
+mod sync;
+mod util;

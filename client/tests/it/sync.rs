@@ -1,0 +1,181 @@
+//! Two-way sync through the real gRPC server, in process.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::util::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_converge_through_every_kind_of_change() {
+    let server = Server::start().await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a.path(), b.path());
+    write(a, "docs/notes.txt", "hello");
+    write(a, "src/main.rs", "fn main() {}");
+    write(a, "run.sh", "#!/bin/sh\necho hi\n");
+    fs::set_permissions(a.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir_all(a.join("empty/nested")).unwrap();
+    std::os::unix::fs::symlink("../outside/target", a.join("docs/link")).unwrap();
+    write(a, "big.bin", seeded(3 << 20, 1));
+    converge(&[a, b], &server).await;
+    assert_eq!(tree(a), tree(b));
+    assert_eq!(
+        tree(b)["run.sh"],
+        Node::File {
+            hash: blake3::hash(b"#!/bin/sh\necho hi\n").to_hex().to_string(),
+            exec: true
+        }
+    );
+
+    // Edits on B, deletes and renames on A.
+    write(b, "docs/notes.txt", "hello, edited on b");
+    write(b, "new/deep/file.txt", "new");
+    fs::remove_file(a.join("src/main.rs")).unwrap();
+    fs::remove_dir(a.join("src")).unwrap();
+    fs::rename(a.join("big.bin"), a.join("moved.bin")).unwrap();
+    fs::remove_dir(a.join("empty/nested")).unwrap();
+    fs::set_permissions(a.join("run.sh"), fs::Permissions::from_mode(0o644)).unwrap();
+    converge(&[a, b], &server).await;
+    assert_eq!(tree(a), tree(b));
+    let t = tree(a);
+    assert!(
+        !t.contains_key("src") && !t.contains_key("big.bin") && !t.contains_key("empty/nested")
+    );
+    assert!(t.contains_key("moved.bin") && t.contains_key("new/deep/file.txt"));
+    assert_eq!(
+        fs::read_to_string(a.join("docs/notes.txt")).unwrap(),
+        "hello, edited on b"
+    );
+    assert!(matches!(t["run.sh"], Node::File { exec: false, .. }));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_edits_keep_both_versions_as_one_conflicted_copy() {
+    let server = Server::start().await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a.path(), b.path());
+    write(a, "plan.txt", "v0");
+    converge(&[a, b], &server).await;
+    write(a, "plan.txt", "edited on A");
+    write(b, "plan.txt", "edited on B");
+    sync(a, &server, "alpha").await;
+    let rb = sync(b, &server, "beta").await;
+    assert_eq!(rb.conflicts, 1);
+    converge(&[a, b], &server).await;
+    assert_eq!(tree(a), tree(b));
+    let copies: Vec<String> = tree(a)
+        .into_keys()
+        .filter(|p| p.contains("conflicted copy"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert!(
+        copies[0].starts_with("plan (conflicted copy beta "),
+        "{copies:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(a.join("plan.txt")).unwrap(),
+        "edited on A"
+    );
+    assert_eq!(
+        fs::read_to_string(a.join(&copies[0])).unwrap(),
+        "edited on B"
+    );
+
+    // Equal edits on both sides are no conflict.
+    write(a, "plan.txt", "same");
+    write(b, "plan.txt", "same");
+    sync(a, &server, "alpha").await;
+    assert_eq!(sync(b, &server, "beta").await.conflicts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_beats_a_delete_either_way_round() {
+    let server = Server::start().await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a.path(), b.path());
+    write(a, "one.txt", "1");
+    write(a, "two.txt", "2");
+    converge(&[a, b], &server).await;
+    // The delete reaches the server first.
+    fs::remove_file(a.join("one.txt")).unwrap();
+    write(b, "one.txt", "1, edited");
+    sync(a, &server, "a").await;
+    sync(b, &server, "b").await;
+    // The edit reaches the server first.
+    write(b, "two.txt", "2, edited");
+    fs::remove_file(a.join("two.txt")).unwrap();
+    sync(b, &server, "b").await;
+    sync(a, &server, "a").await;
+    converge(&[a, b], &server).await;
+    assert_eq!(tree(a), tree(b));
+    assert_eq!(fs::read_to_string(a.join("one.txt")).unwrap(), "1, edited");
+    assert_eq!(fs::read_to_string(a.join("two.txt")).unwrap(), "2, edited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_byte_insert_in_100_mib_costs_a_few_kb_and_a_rename_costs_no_chunk() {
+    let server = Server::start().await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a.path(), b.path());
+    let mut data = seeded(100 << 20, 7);
+    write(a, "video.raw", &data);
+    converge(&[a, b], &server).await;
+
+    data.insert(50 << 20, b'!');
+    write(a, "video.raw", &data);
+    let up = sync(a, &server, "a").await;
+    eprintln!("1-byte insert in 100 MiB, upload: {up:?}");
+    let total = up.bytes_sent + up.bytes_received;
+    assert!(total < 20_000, "1-byte insert cost {total} bytes: {up:?}");
+    assert!(up.chunks_sent <= 3, "{up:?}");
+    let down = sync(b, &server, "b").await;
+    eprintln!("1-byte insert in 100 MiB, download: {down:?}");
+    assert!(down.chunks_received <= 3, "{down:?}");
+    assert!(down.bytes_sent + down.bytes_received < 20_000, "{down:?}");
+    assert_eq!(fs::read(b.join("video.raw")).unwrap(), data);
+
+    fs::rename(a.join("video.raw"), a.join("renamed.raw")).unwrap();
+    let up = sync(a, &server, "a").await;
+    assert_eq!(up.chunks_sent, 0, "{up:?}");
+    assert!(
+        up.bytes_sent + up.bytes_received < 2_000,
+        "rename cost {up:?}"
+    );
+    let down = sync(b, &server, "b").await;
+    assert_eq!(down.chunks_received, 0, "{down:?}");
+    assert!(
+        down.bytes_sent + down.bytes_received < 2_000,
+        "rename cost {down:?}"
+    );
+    assert_eq!(tree(a), tree(b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_files_never_reach_the_server() {
+    let server = Server::start().await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a.path(), b.path());
+    write(a, ".lbsyncignore", "*.secret\ncache/\n");
+    write(a, "keys.secret", "hunter2");
+    write(a, "cache/blob", "x");
+    write(a, "ok.txt", "fine");
+    converge(&[a, b], &server).await;
+    let t = tree(b);
+    assert!(t.contains_key("ok.txt") && t.contains_key(".lbsyncignore"));
+    assert!(
+        !t.contains_key("keys.secret") && !t.contains_key("cache"),
+        "{t:?}"
+    );
+    let opts = lbsync_client::SyncOptions {
+        server: Some(server.url.clone()),
+        ..Default::default()
+    };
+    let mut s = lbsync_client::Syncer::open(a, &opts).await.unwrap();
+    let history = s
+        .remote
+        .history(&lbsync_proto::SyncPath::new("keys.secret").unwrap())
+        .await
+        .unwrap();
+    assert!(history.is_empty());
+}

@@ -1,0 +1,158 @@
+//! A server on 127.0.0.1 with a temp store, clients, and tree comparison.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use lbsync_chunkstore::PackStore;
+use lbsync_client::{Report, SyncOptions, Syncer};
+use tokio::sync::oneshot;
+
+pub(crate) struct Server {
+    pub(crate) url: String,
+    pub(crate) store_dir: std::path::PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<lbsync_server::Result<()>>>,
+    _store: tempfile::TempDir,
+}
+
+impl Server {
+    pub(crate) async fn start() -> Self {
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = PackStore::open(store_dir.path()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(lbsync_server::run(
+            listener,
+            store,
+            Default::default(),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            url,
+            store_dir: store_dir.path().to_path_buf(),
+            stop: Some(tx),
+            handle: Some(handle),
+            _store: store_dir,
+        }
+    }
+
+    pub(crate) async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.handle.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(h) = &self.handle {
+            h.abort();
+        }
+    }
+}
+
+/// One sync of `dir` as device `device`.
+pub(crate) async fn sync(dir: &Path, server: &Server, device: &str) -> Report {
+    let opts = SyncOptions {
+        server: Some(server.url.clone()),
+        device: Some(device.into()),
+        ..SyncOptions::default()
+    };
+    let mut s = Syncer::open(dir, &opts).await.unwrap();
+    s.sync().await.unwrap()
+}
+
+/// Syncs the directories in turn until a round changes nothing (at most a few rounds).
+pub(crate) async fn converge(dirs: &[&Path], server: &Server) {
+    for _ in 0..4 {
+        let mut moved = 0;
+        for (i, d) in dirs.iter().enumerate() {
+            let r = sync(d, server, &format!("dev{i}")).await;
+            assert!(r.in_sync(), "{:?}", r.pending);
+            moved += r.uploaded + r.downloaded + r.deleted_here + r.deleted_there;
+        }
+        if moved == 0 {
+            return;
+        }
+    }
+    panic!("no convergence after 4 rounds");
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Node {
+    File { hash: String, exec: bool },
+    Dir,
+    Link(String),
+}
+
+/// Everything under `root` but `.lbsync/`, by relative path.
+pub(crate) fn tree(root: &Path) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Node>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let path = e.path();
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if rel == ".lbsync" {
+            continue;
+        }
+        let md = fs::symlink_metadata(&path).unwrap();
+        if md.file_type().is_symlink() {
+            out.insert(
+                rel,
+                Node::Link(fs::read_link(&path).unwrap().to_string_lossy().into_owned()),
+            );
+        } else if md.is_dir() {
+            out.insert(rel, Node::Dir);
+            walk(root, &path, out);
+        } else {
+            let hash = blake3::hash(&fs::read(&path).unwrap()).to_hex().to_string();
+            out.insert(
+                rel,
+                Node::File {
+                    hash,
+                    exec: md.permissions().mode() & 0o111 != 0,
+                },
+            );
+        }
+    }
+}
+
+/// Bytes in the server's pack files.
+pub(crate) fn stored_bytes(server: &Server) -> u64 {
+    fs::read_dir(server.store_dir.join("packs"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+pub(crate) fn seeded(len: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut v = vec![0u8; len];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+pub(crate) fn write(root: &Path, rel: &str, data: impl AsRef<[u8]>) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, data).unwrap();
+}
