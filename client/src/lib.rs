@@ -6,6 +6,7 @@
 //! - [`state`]: `DIR/.lbsync/`, the per-path record of what was synced, written atomically.
 //! - [`local`]: scanning (with `.lbsyncignore`), fingerprints, the index of chunks local files hold.
 //! - [`remote`]: the server's RPCs with byte counts.
+//! - [`watch`]: real-time sync (inotify + the server's change stream), offline queue, backoff.
 //! - [`transfer`]: uploading a file's new chunks and committing it as a delta; downloading into a
 //!   temp file and renaming it into place.
 
@@ -16,6 +17,8 @@ pub mod local;
 pub mod remote;
 pub mod state;
 pub mod transfer;
+pub mod watch;
 
 pub use engine::{DEFAULT_SERVER, Report, SyncOptions, Syncer};
 pub use error::{Error, Result};
+pub use watch::{WatchOptions, watch};

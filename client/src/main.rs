@@ -39,6 +39,17 @@ enum Command {
         /// The directory to sync.
         dir: PathBuf,
     },
+    /// Syncs DIR, then keeps it in step with the server in real time until SIGINT/SIGTERM.
+    Watch {
+        /// The directory to keep in sync.
+        dir: PathBuf,
+        /// Quiet period before local changes are sent, in milliseconds.
+        #[arg(long, default_value_t = 75)]
+        debounce_ms: u64,
+        /// Full rescan period in seconds (a safety net; 30 s when the file watcher fails).
+        #[arg(long, default_value_t = 3600)]
+        rescan_interval: u64,
+    },
     /// What DIR's state says: server, folder, last sync, pending local changes, conflicts, bytes.
     Status {
         /// The synced directory.
@@ -162,6 +173,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+        Command::Watch {
+            dir,
+            debounce_ms,
+            rescan_interval,
+        } => {
+            let wopts = lbsync_client::WatchOptions {
+                debounce: std::time::Duration::from_millis(*debounce_ms),
+                rescan_interval: std::time::Duration::from_secs(*rescan_interval),
+            };
+            lbsync_client::watch(dir, &opts, &wopts, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status { dir, json } => status(dir, *json),
         Command::History { path } => {
             let (root, rel) = locate(path)?;
@@ -203,6 +226,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::util::*;
 
@@ -129,15 +128,6 @@ async fn unreachable_or_malformed_server_is_a_clear_error() {
     );
 }
 
-/// Polls `cond` until it holds, or fails after 60 s.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_upload_and_download_loses_nothing_and_shows_no_partial_file() {
     let server = Server::start().await;
@@ -166,7 +156,7 @@ async fn kill_9_during_upload_and_download_loses_nothing_and_shows_no_partial_fi
     };
     let stored_before = stored_bytes(&server);
     let mut child = spawn(a, "a");
-    until("part of the upload to arrive", || {
+    until(60, "part of the upload to arrive", || {
         stored_bytes(&server) > stored_before + (16 << 20)
     })
     .await;
@@ -201,7 +191,7 @@ async fn kill_9_during_upload_and_download_loses_nothing_and_shows_no_partial_fi
     let mut child = spawn(b, "b");
     let tmp = b.join(".lbsync/tmp");
     let target = b.join("large.bin");
-    until("a partial download", || {
+    until(60, "a partial download", || {
         std::fs::read_dir(&tmp)
             .map(|d| d.count() > 0)
             .unwrap_or(false)

@@ -4,3 +4,4 @@
 mod cli;
 mod sync;
 mod util;
+mod watch;

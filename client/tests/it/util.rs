@@ -14,38 +14,71 @@ use tokio::sync::oneshot;
 pub(crate) struct Server {
     pub(crate) url: String,
     pub(crate) store_dir: std::path::PathBuf,
+    addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<lbsync_server::Result<()>>>,
-    _store: tempfile::TempDir,
+    tmp: Option<tempfile::TempDir>,
 }
 
 impl Server {
     pub(crate) async fn start() -> Self {
-        let store_dir = tempfile::tempdir().unwrap();
-        let store = PackStore::open(store_dir.path()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Self::serve(tmp.path(), "127.0.0.1:0".parse().unwrap()).await;
+        s.tmp = Some(tmp);
+        s
+    }
+
+    async fn serve(store_dir: &Path, addr: std::net::SocketAddr) -> Self {
+        let store = PackStore::open(store_dir).unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
+        let shutdown = async {
+            let _ = rx.await;
+        };
         let handle = tokio::spawn(lbsync_server::run(
             listener,
             store,
             Default::default(),
-            async {
-                let _ = rx.await;
-            },
+            shutdown,
         ));
         Self {
-            url,
-            store_dir: store_dir.path().to_path_buf(),
+            url: format!("http://{addr}"),
+            store_dir: store_dir.to_path_buf(),
+            addr,
             stop: Some(tx),
             handle: Some(handle),
-            _store: store_dir,
+            tmp: None,
         }
     }
 
-    pub(crate) async fn stop(mut self) {
+    /// Stops the server, keeping its store; `restart` brings it back on the same address.
+    pub(crate) async fn stop_keeping_store(mut self) -> StoppedServer {
         self.stop.take().unwrap().send(()).unwrap();
         self.handle.take().unwrap().await.unwrap().unwrap();
+        StoppedServer {
+            addr: self.addr,
+            store_dir: self.store_dir.clone(),
+            tmp: self.tmp.take(),
+        }
+    }
+
+    pub(crate) async fn stop(self) {
+        self.stop_keeping_store().await;
+    }
+}
+
+pub(crate) struct StoppedServer {
+    addr: std::net::SocketAddr,
+    store_dir: std::path::PathBuf,
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl StoppedServer {
+    pub(crate) async fn restart(mut self) -> Server {
+        let mut s = Server::serve(&self.store_dir, self.addr).await;
+        s.tmp = self.tmp.take();
+        s
     }
 }
 
@@ -142,6 +175,18 @@ pub(crate) fn stored_bytes(server: &Server) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Polls `cond` every 10 ms until it holds; fails after `secs` seconds, saying what it waited for.
+pub(crate) async fn until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 pub(crate) fn seeded(len: usize, seed: u64) -> Vec<u8> {

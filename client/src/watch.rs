@@ -1,0 +1,276 @@
+//! `watch`: a full sync, then real-time sync in both directions until stopped.
+//!
+//! Local changes come from `notify` (inotify on Linux, recursive, so directories created later are
+//! watched too). Events are coalesced until the tree has been quiet for the debounce period, longer
+//! when something was removed, so that a delete followed by a create of the same content (a move,
+//! an editor's save-by-rename) lands in one sync and is seen as what it is. Remote changes arrive on
+//! the server's Changes stream (pushed, not polled). Either wakes one reconciliation (the same as
+//! `sync`); what the client itself just wrote matches its synced state, so it is not sent back.
+//!
+//! Offline, edits simply stay on disk and the state keeps what was last synced, so nothing is lost,
+//! not even across a restart; the client retries with capped, jittered exponential backoff and
+//! reconciles on reconnect. If the watcher fails (inotify limit, queue overflow), the client says so
+//! and rescans periodically instead.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lbsync_proto::{Entry, pb};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, sleep_until};
+use tracing::{info, warn};
+
+use crate::engine::{SyncOptions, Syncer};
+use crate::error::Result;
+use crate::local::{fingerprint, scan, unchanged};
+use crate::state::{STATE_DIR, StateStore};
+
+/// How `watch` behaves.
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    /// Quiet period before local changes are synced.
+    pub debounce: Duration,
+    /// Full rescan period (a safety net; also the fallback period when the watcher fails, capped
+    /// at 30 s).
+    pub rescan_interval: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(75),
+            rescan_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const WATCHER_FAILED_RESCAN: Duration = Duration::from_secs(30);
+
+/// What the watcher reports.
+enum Local {
+    /// Something changed; `removal` if a path went away.
+    Changed { removal: bool },
+    /// The watcher lost events or failed: rescan.
+    Lost(String),
+}
+
+fn start_watcher(
+    root: &Path,
+    tx: mpsc::Sender<Local>,
+) -> std::result::Result<notify::RecommendedWatcher, notify::Error> {
+    use notify::Watcher;
+    let state_dir = root.join(STATE_DIR);
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let msg = match res {
+            Ok(ev) if ev.need_rescan() => Local::Lost("the event queue overflowed".into()),
+            Ok(ev) => {
+                if ev.paths.iter().all(|p| p.starts_with(&state_dir)) || ev.kind.is_access() {
+                    return;
+                }
+                Local::Changed {
+                    removal: ev.kind.is_remove()
+                        || matches!(
+                            ev.kind,
+                            notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+                        ),
+                }
+            }
+            Err(e) => Local::Lost(watcher_error(&e)),
+        };
+        let _ = tx.blocking_send(msg);
+    })?;
+    watcher.watch(root, notify::RecursiveMode::Recursive)?;
+    Ok(watcher)
+}
+
+fn watcher_error(e: &notify::Error) -> String {
+    match &e.kind {
+        notify::ErrorKind::MaxFilesWatch => "the inotify watch limit is reached; raise it with \
+            `sudo sysctl fs.inotify.max_user_watches=1048576` (and in /etc/sysctl.conf)"
+            .into(),
+        _ => format!("the file watcher failed: {e}"),
+    }
+}
+
+/// Whether every pushed entry is already what the state holds (our own commits coming back).
+fn all_known(state: &StateStore, entries: &[pb::Entry]) -> bool {
+    entries.iter().all(|e| match Entry::try_from(e.clone()) {
+        Ok(e) => match state.state.files.get(e.path.as_str()) {
+            Some(s) => s.version == e.version,
+            None => e.deleted,
+        },
+        Err(_) => false,
+    })
+}
+
+/// Local paths that differ from the synced state: what would go out on reconnect.
+fn queued(root: &Path) -> usize {
+    let (Ok(state), Ok(local)) = (StateStore::load(root), scan(root)) else {
+        return 0;
+    };
+    let changed = local
+        .iter()
+        .filter(|(p, fp)| {
+            state
+                .state
+                .files
+                .get(p.as_str())
+                .is_none_or(|s| !unchanged(fp, &s.local))
+        })
+        .count();
+    let gone = state
+        .state
+        .files
+        .keys()
+        .filter(|p| fingerprint(&root.join(p)).is_none())
+        .count();
+    changed + gone
+}
+
+/// Syncs `root` now and then keeps it in step with the server until `shutdown` resolves.
+pub async fn watch(
+    root: &Path,
+    opts: &SyncOptions,
+    wopts: &WatchOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let root: PathBuf = root.to_path_buf();
+    let (tx, mut rx) = mpsc::channel::<Local>(4096);
+    let mut rescan_every = wopts.rescan_interval;
+    let _watcher = match start_watcher(&root, tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            rescan_every = rescan_every.min(WATCHER_FAILED_RESCAN);
+            warn!(
+                "{}; rescanning every {}s instead",
+                watcher_error(&e),
+                rescan_every.as_secs()
+            );
+            None
+        }
+    };
+    tokio::pin!(shutdown);
+    let mut syncer: Option<Syncer> = None;
+    let mut changes: Option<tonic::Streaming<pb::ChangesResponse>> = None;
+    let mut backoff = BACKOFF_MIN;
+    let mut offline_since: Option<Instant> = None;
+    let mut due: Option<Instant> = Some(Instant::now());
+    let mut next_rescan = Instant::now() + rescan_every;
+    loop {
+        // Connect when needed.
+        if syncer.is_none() {
+            match Syncer::open(&root, opts).await {
+                Ok(s) => {
+                    if offline_since.take().is_some() {
+                        info!("back online");
+                    }
+                    syncer = Some(s);
+                    backoff = BACKOFF_MIN;
+                    due = Some(Instant::now());
+                }
+                Err(e) if e.is_offline() => {
+                    if offline_since.is_none() {
+                        offline_since = Some(Instant::now());
+                        warn!("offline: {e}");
+                    }
+                    info!(
+                        "offline: {} changes queued; retrying in {:.1}s",
+                        queued(&root),
+                        backoff.as_secs_f64()
+                    );
+                    let jitter = rand::rng().random_range(0.8..1.2);
+                    let wait = backoff.mul_f64(jitter);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = sleep(wait) => {}
+                        Some(_) = rx.recv() => {}
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let s = syncer.as_mut().expect("connected above");
+
+        // Sync when something is due.
+        if due.is_some_and(|d| d <= Instant::now()) {
+            due = None;
+            match s.sync().await {
+                Ok(report) => {
+                    if !report.in_sync() {
+                        // Something still being written: look again once it has settled.
+                        due = Some(Instant::now() + wopts.debounce * 4);
+                    }
+                }
+                Err(e) if e.is_offline() => {
+                    warn!("lost the server: {e}");
+                    offline_since = Some(Instant::now());
+                    syncer = None;
+                    changes = None;
+                    continue;
+                }
+                Err(e) => warn!("sync failed: {e}; retrying"),
+            }
+            if changes.is_none() {
+                let cursor = s.state.state.cursor;
+                match s.remote.changes(cursor).await {
+                    Ok(stream) => changes = Some(stream),
+                    Err(e) => {
+                        warn!("cannot follow the server's changes: {e}");
+                        syncer = None;
+                        offline_since = Some(Instant::now());
+                        continue;
+                    }
+                }
+            }
+        }
+
+        let stream = changes.as_mut().expect("opened after the first sync");
+        let sleep_target = due.unwrap_or(next_rescan).min(next_rescan);
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = sleep_until(sleep_target) => {
+                if Instant::now() >= next_rescan {
+                    next_rescan = Instant::now() + rescan_every;
+                    due = Some(Instant::now());
+                }
+            }
+            ev = rx.recv() => match ev {
+                Some(Local::Changed { removal }) => {
+                    // Hold deletions a little longer: a create of the same content may follow.
+                    let quiet = if removal { wopts.debounce * 3 } else { wopts.debounce };
+                    let at = Instant::now() + quiet;
+                    due = Some(due.map_or(at, |d| d.max(at)));
+                }
+                Some(Local::Lost(why)) => {
+                    warn!("{why}; rescanning");
+                    due = Some(Instant::now());
+                }
+                None => {}
+            },
+            msg = stream.message() => match msg {
+                Ok(Some(m)) => {
+                    if !m.entries.is_empty() && !all_known(&s.state, &m.entries) {
+                        due = Some(Instant::now());
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    warn!("the server's change stream ended; reconnecting");
+                    changes = None;
+                    syncer = None;
+                    offline_since = Some(Instant::now());
+                }
+            },
+        }
+    }
+    if let Some(s) = &syncer {
+        s.state.save()?;
+    }
+    info!("stopped; state saved");
+    Ok(())
+}
