@@ -83,3 +83,259 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+/// A TCP proxy on 127.0.0.1 that counts the bytes crossing it in each direction: what lbsync
+/// puts on the wire, gRPC and HTTP/2 framing included.
+pub struct CountingProxy {
+    /// `http://127.0.0.1:PORT` of the proxy.
+    pub url: String,
+    up: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    down: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CountingProxy {
+    /// Starts a proxy to `upstream` on the current tokio runtime.
+    pub async fn start(upstream: std::net::SocketAddr) -> std::io::Result<Self> {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicU64;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (u, d) = (up.clone(), down.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (u, d) = (u.clone(), d.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(pump(cr, sw, u), pump(sr, cw, d));
+                });
+            }
+        });
+        Ok(Self { url, up, down })
+    }
+
+    /// (client → server, server → client) bytes since the last call.
+    pub fn take(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.up.swap(0, Ordering::Relaxed),
+            self.down.swap(0, Ordering::Relaxed),
+        )
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// An lbsync server on 127.0.0.1 in this process, on a store in `dir` created with `params`.
+pub struct BenchServer {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<lbsync_server::Result<()>>>,
+}
+
+impl BenchServer {
+    /// Starts it.
+    pub async fn start(dir: &std::path::Path, params: lbsync_chunkstore::ChunkParams) -> Self {
+        let opts = lbsync_chunkstore::StoreOptions {
+            params,
+            ..Default::default()
+        };
+        let store = lbsync_chunkstore::PackStore::open_with(dir, &opts).expect("open store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let shutdown = async {
+            let _ = rx.await;
+        };
+        let handle = tokio::spawn(lbsync_server::run(
+            listener,
+            store,
+            Default::default(),
+            shutdown,
+        ));
+        Self {
+            addr,
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops it and waits until its store is closed.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+/// One `sync` of `dir` against `url`.
+pub async fn sync(dir: &std::path::Path, url: &str, device: &str) -> lbsync_client::Report {
+    let opts = lbsync_client::SyncOptions {
+        server: Some(url.to_owned()),
+        device: Some(device.to_owned()),
+        ..Default::default()
+    };
+    let mut s = lbsync_client::Syncer::open(dir, &opts)
+        .await
+        .expect("connect");
+    let r = s.sync().await.expect("sync");
+    assert!(r.in_sync(), "{:?}", r.pending);
+    r
+}
+
+/// A generated source tree: `files` text files of a few KB in nested directories, the same for
+/// the same seed.
+pub fn source_tree(root: &std::path::Path, files: usize, seed: u64) -> Vec<std::path::PathBuf> {
+    use rand::{Rng, SeedableRng};
+    const WORDS: &[&str] = &[
+        "fn", "let", "mut", "match", "impl", "struct", "self", "return", "if", "else", "for", "in",
+        "while", "loop", "pub", "use", "crate", "mod", "Result", "Option", "Some", "None", "Ok",
+        "Err", "String", "Vec", "u64", "usize", "bytes", "chunk", "store", "manifest", "path",
+        "server", "client", "sync", "error", "value", "index", "offset", "len", "data", "=", "{",
+        "}", "(", ")", ";", "->", "&", "::", "<", ">",
+    ];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut paths = Vec::with_capacity(files);
+    for i in 0..files {
+        let rel = format!("src/m{:02}/s{:02}/file{i:05}.rs", i % 37, (i / 37) % 11);
+        let lines = rng.random_range(40..300);
+        let mut text = String::new();
+        for _ in 0..lines {
+            let indent = rng.random_range(0..4) * 4;
+            text.push_str(&" ".repeat(indent));
+            for _ in 0..rng.random_range(2..12) {
+                text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+                text.push(' ');
+            }
+            text.push('\n');
+        }
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+        paths.push(p);
+    }
+    paths
+}
+
+/// A "patch release" of a tree made by [`source_tree`]: a few dozen files edited in a few places,
+/// a few added and a few removed.
+pub fn patch_release(root: &std::path::Path, files: &[std::path::PathBuf], seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let edits = (files.len() / 50).max(3);
+    for _ in 0..edits {
+        let p = &files[rng.random_range(0..files.len())];
+        let Ok(text) = std::fs::read_to_string(p) else {
+            continue;
+        };
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..lines.len().max(1));
+            if rng.random_bool(0.5) {
+                lines.insert(at, format!("    // patched {}", rng.random::<u32>()));
+            } else if at < lines.len() {
+                lines[at] = format!("    let fixed = {};", rng.random::<u16>());
+            }
+        }
+        std::fs::write(p, lines.join("\n") + "\n").expect("write");
+    }
+    for i in 0..(files.len() / 400).max(2) {
+        let _ = std::fs::remove_file(&files[(i * 7919) % files.len()]);
+        let p = root.join(format!("src/new/added{i}.rs"));
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(
+            p,
+            format!("pub fn added{i}() -> u32 {{ {i} }}\n").repeat(50),
+        )
+        .expect("write");
+    }
+}
+
+/// What a naive client uploads after a change: the whole of every file that is new or differs
+/// from `before` (a map of path to content hash made by [`snapshot`]).
+pub fn changed_bytes(
+    root: &std::path::Path,
+    before: &std::collections::HashMap<std::path::PathBuf, blake3::Hash>,
+) -> u64 {
+    snapshot(root)
+        .into_iter()
+        .filter(|(p, h)| before.get(p) != Some(h))
+        .map(|(p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+/// Every regular file under `root` (`.lbsync/` excluded) with the hash of its content.
+pub fn snapshot(
+    root: &std::path::Path,
+) -> std::collections::HashMap<std::path::PathBuf, blake3::Hash> {
+    let mut out = std::collections::HashMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.file_name().is_some_and(|n| n == ".lbsync") {
+                continue;
+            }
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(p),
+                Ok(_) => {
+                    if let Ok(data) = std::fs::read(&p) {
+                        out.insert(p, blake3::hash(&data));
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    out
+}
+
+/// Total size of the regular files under `root`, `.lbsync/` excluded.
+pub fn tree_bytes(root: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.file_name().is_some_and(|n| n == ".lbsync") {
+                continue;
+            }
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(p),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}

@@ -37,6 +37,7 @@
 
 mod chunk;
 mod chunker;
+mod compress;
 mod delta;
 mod error;
 mod id;
@@ -51,6 +52,7 @@ mod store;
 
 pub use chunk::Chunk;
 pub use chunker::{BLOCK_SIZE, Chunker, Cutter, NORMALIZATION, Piece, chunk_pipelined};
+pub use compress::compress_if_smaller;
 pub use delta::{DeltaOp, ManifestDelta};
 pub use error::{Error, Result};
 pub use id::{ChunkId, ManifestId};

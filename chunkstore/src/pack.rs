@@ -32,11 +32,7 @@ pub(crate) const RECORD_HEADER_LEN: usize = 56;
 pub(crate) const FLAG_ZSTD: u8 = 1;
 const KNOWN_FLAGS: u8 = FLAG_ZSTD;
 
-/// zstd level for stored chunks: fast, and it gives up quickly on incompressible data.
-const ZSTD_LEVEL: i32 = 1;
-
 thread_local! {
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
@@ -119,16 +115,9 @@ pub(crate) struct Record {
 impl Record {
     pub(crate) fn encode(chunk: &Chunk) -> Record {
         let raw = chunk.data();
-        let compressed = COMPRESSOR.with(|c| {
-            let mut c = c.borrow_mut();
-            if c.is_none() {
-                *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
-            }
-            c.as_mut()?.compress(raw).ok()
-        });
-        let (flags, payload) = match compressed {
-            Some(z) if z.len() < raw.len() - raw.len() / 32 => (FLAG_ZSTD, Bytes::from(z)),
-            _ => (0, raw.clone()),
+        let (flags, payload) = match crate::compress::compress_if_smaller(raw) {
+            Some(z) => (FLAG_ZSTD, Bytes::from(z)),
+            None => (0, raw.clone()),
         };
         let header = RecordHeader {
             flags,

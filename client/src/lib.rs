@@ -6,7 +6,7 @@
 //! - [`state`]: `DIR/.lbsync/`, the per-path record of what was synced, written atomically.
 //! - [`local`]: scanning (with `.lbsyncignore`), fingerprints, the index of chunks local files hold.
 //! - [`remote`]: the server's RPCs with byte counts.
-//! - [`watch`]: real-time sync (inotify + the server's change stream), offline queue, backoff.
+//! - [`watch`](mod@watch): real-time sync (inotify + the server's change stream), offline queue, backoff.
 //! - [`transfer`]: uploading a file's new chunks and committing it as a delta; downloading into a
 //!   temp file and renaming it into place.
 

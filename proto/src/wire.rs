@@ -6,15 +6,10 @@ use lbsync_chunkstore::{Chunk, ChunkId};
 use crate::convert::ConvertError;
 use crate::pb;
 
-/// Fast: the wire is the bottleneck only on slow links, and incompressible data is detected quickly.
-const WIRE_ZSTD_LEVEL: i32 = 1;
-
 /// A chunk as sent: compressed when that saves at least 1/32 of its size. `raw` must be the bytes
 /// of `id` (the receiver checks).
 pub fn encode_chunk(id: ChunkId, raw: &Bytes) -> pb::ChunkData {
-    let compressed = zstd::bulk::compress(raw, WIRE_ZSTD_LEVEL)
-        .ok()
-        .filter(|z| z.len() < raw.len() - raw.len() / 32);
+    let compressed = lbsync_chunkstore::compress_if_smaller(raw);
     let (compression, data) = match compressed {
         Some(z) => (pb::Compression::Zstd, Bytes::from(z)),
         None => (pb::Compression::None, raw.clone()),
