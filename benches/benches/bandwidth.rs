@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 
 use lbsync_benches::{
     BenchServer, CountingProxy, changed_bytes, machine, patch_release, quick, random_bytes,
-    snapshot, source_tree, table, tree_bytes,
+    runtime, snapshot, source_tree, sync, table, tree_bytes,
 };
 use lbsync_chunkstore::{ChunkParams, ChunkStore, PackStore};
 
@@ -189,12 +189,7 @@ struct Row {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(run());
+    runtime().block_on(run());
 }
 
 async fn run() {
@@ -227,16 +222,16 @@ async fn run() {
             std::fs::write(a.join("file.bin"), &base).expect("write");
             let folder = format!("w{i}");
             let url = proxy.url.clone();
-            sync_folder(&a, &url, "a", &folder).await;
-            sync_folder(&b, &url, "b", &folder).await;
+            sync(&a, &url, "a", &folder).await;
+            sync(&b, &url, "b", &folder).await;
             if let Some(r) = rsync.as_ref().filter(|_| pname == "8K") {
                 r.push(&a, &format!("w{i}"), false);
             }
             proxy.take();
             let naive = edit.apply(&a, &base);
-            sync_folder(&a, &url, "a", &folder).await;
+            sync(&a, &url, "a", &folder).await;
             let up = proxy.take();
-            sync_folder(&b, &url, "b", &folder).await;
+            sync(&b, &url, "b", &folder).await;
             let down = proxy.take();
             rows.push(Row {
                 workload: edit.name().into(),
@@ -265,8 +260,8 @@ async fn run() {
         let paths = source_tree(&a, files, 7);
         let v1_bytes = tree_bytes(&a);
         let url = proxy.url.clone();
-        sync_folder(&a, &url, "a", "tree").await;
-        sync_folder(&b, &url, "b", "tree").await;
+        sync(&a, &url, "a", "tree").await;
+        sync(&b, &url, "b", "tree").await;
         if let Some(r) = rsync.as_ref().filter(|_| pname == "8K") {
             r.push(&a, "tree", false);
             r.push(&a, "treez", false);
@@ -276,9 +271,9 @@ async fn run() {
         patch_release(&a, &paths, 8);
         let naive_tree = changed_bytes(&a, &before);
         let v2_bytes = tree_bytes(&a);
-        sync_folder(&a, &url, "a", "tree").await;
+        sync(&a, &url, "a", "tree").await;
         let up = proxy.take();
-        sync_folder(&b, &url, "b", "tree").await;
+        sync(&b, &url, "b", "tree").await;
         let down = proxy.take();
         rows.push(Row {
             workload: "source tree: patch release".into(),
@@ -379,19 +374,4 @@ async fn run() {
             &dedup
         )
     );
-}
-
-async fn sync_folder(dir: &Path, url: &str, device: &str, folder: &str) -> lbsync_client::Report {
-    let opts = lbsync_client::SyncOptions {
-        server: Some(url.to_owned()),
-        device: Some(device.to_owned()),
-        folder: Some(folder.to_owned()),
-        ..Default::default()
-    };
-    let mut s = lbsync_client::Syncer::open(dir, &opts)
-        .await
-        .expect("connect");
-    let r = s.sync().await.expect("sync");
-    assert!(r.in_sync(), "{:?}", r.pending);
-    r
 }

@@ -5,16 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use lbsync_benches::{BenchServer, machine, quick, table};
+use lbsync_benches::{BenchServer, machine, quick, runtime, table};
 use lbsync_chunkstore::ChunkParams;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(run());
+    runtime().block_on(run());
 }
 
 async fn run() {

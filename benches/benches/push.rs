@@ -8,17 +8,13 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use lbsync_benches::{machine, peak_rss, quick, table};
+use lbsync_benches::{machine, peak_rss, quick, runtime, table};
 use rand::{RngCore, SeedableRng};
 
 const SERVE_VAR: &str = "LBSYNC_BENCH_SERVE_STORE";
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     if let Ok(store) = std::env::var(SERVE_VAR) {
         rt.block_on(serve(&store));
         return;
@@ -74,7 +70,7 @@ async fn run() {
     let addr = lines.next().expect("address").expect("address");
     let rss_before = peak_rss();
     let start = Instant::now();
-    let report = lbsync_benches::sync(&dir, &format!("http://{addr}"), "pusher").await;
+    let report = lbsync_benches::sync(&dir, &format!("http://{addr}"), "pusher", "default").await;
     let secs = start.elapsed().as_secs_f64();
     drop(server.stdin.take());
     let server_rss: u64 = lines

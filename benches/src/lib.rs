@@ -198,11 +198,26 @@ impl BenchServer {
     }
 }
 
-/// One `sync` of `dir` against `url`.
-pub async fn sync(dir: &std::path::Path, url: &str, device: &str) -> lbsync_client::Report {
+/// The runtime the benches run on: two workers, like the machine.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// One `sync` of `dir` against server folder `folder` at `url`, which must leave them in step.
+pub async fn sync(
+    dir: &std::path::Path,
+    url: &str,
+    device: &str,
+    folder: &str,
+) -> lbsync_client::Report {
     let opts = lbsync_client::SyncOptions {
         server: Some(url.to_owned()),
         device: Some(device.to_owned()),
+        folder: Some(folder.to_owned()),
         ..Default::default()
     };
     let mut s = lbsync_client::Syncer::open(dir, &opts)
