@@ -309,11 +309,9 @@ pub fn changed_bytes(
         .sum()
 }
 
-/// Every regular file under `root` (`.lbsync/` excluded) with the hash of its content.
-pub fn snapshot(
-    root: &std::path::Path,
-) -> std::collections::HashMap<std::path::PathBuf, blake3::Hash> {
-    let mut out = std::collections::HashMap::new();
+/// Every regular file under `root`, `.lbsync/` excluded.
+fn files(root: &std::path::Path) -> Vec<(std::path::PathBuf, std::fs::Metadata)> {
+    let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
@@ -323,11 +321,7 @@ pub fn snapshot(
             }
             match e.metadata() {
                 Ok(m) if m.is_dir() => stack.push(p),
-                Ok(_) => {
-                    if let Ok(data) = std::fs::read(&p) {
-                        out.insert(p, blake3::hash(&data));
-                    }
-                }
+                Ok(m) => out.push((p, m)),
                 Err(_) => {}
             }
         }
@@ -335,22 +329,17 @@ pub fn snapshot(
     out
 }
 
+/// Every regular file under `root` (`.lbsync/` excluded) with the hash of its content.
+pub fn snapshot(
+    root: &std::path::Path,
+) -> std::collections::HashMap<std::path::PathBuf, blake3::Hash> {
+    files(root)
+        .into_iter()
+        .filter_map(|(p, _)| std::fs::read(&p).ok().map(|d| (p, blake3::hash(&d))))
+        .collect()
+}
+
 /// Total size of the regular files under `root`, `.lbsync/` excluded.
 pub fn tree_bytes(root: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.file_name().is_some_and(|n| n == ".lbsync") {
-                continue;
-            }
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(p),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
+    files(root).iter().map(|(_, m)| m.len()).sum()
 }

@@ -70,6 +70,15 @@ fn read(p: &Path) -> Option<String> {
     fs::read_to_string(p).ok()
 }
 
+/// A temp dir holding two empty directories to sync, `a` and `b`.
+fn two_dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    fs::create_dir_all(&a).unwrap();
+    fs::create_dir_all(&b).unwrap();
+    (tmp, a, b)
+}
+
 /// The two trees are equal (with every path in `expect` present).
 async fn same_trees(a: &Path, b: &Path, what: &str) {
     until(60, what, || tree(a) == tree(b)).await;
@@ -78,10 +87,7 @@ async fn same_trees(a: &Path, b: &Path, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_flow_both_ways_in_real_time() {
     let server = Server::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    fs::create_dir_all(&a).unwrap();
-    fs::create_dir_all(&b).unwrap();
+    let (tmp, a, b) = two_dirs();
     let wa = Watcher::start(&a, &server.url, "A");
     let wb = Watcher::start(&b, &server.url, "B");
 
@@ -153,10 +159,7 @@ async fn changes_flow_both_ways_in_real_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_editor_save_by_rename_is_one_change() {
     let server = Server::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    fs::create_dir_all(&a).unwrap();
-    fs::create_dir_all(&b).unwrap();
+    let (_tmp, a, b) = two_dirs();
     let _wa = Watcher::start(&a, &server.url, "A");
     let _wb = Watcher::start(&b, &server.url, "B");
     write(&a, "doc.txt", "draft 1");
@@ -200,10 +203,7 @@ async fn an_editor_save_by_rename_is_one_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_edits_are_kept_queued_and_converge_with_conflicted_copies() {
     let server = Server::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    fs::create_dir_all(&a).unwrap();
-    fs::create_dir_all(&b).unwrap();
+    let (_tmp, a, b) = two_dirs();
     let wa = Watcher::start(&a, &server.url, "A");
     let wb = Watcher::start(&b, &server.url, "B");
     write(&a, "shared.txt", "v0");
