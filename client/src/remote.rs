@@ -73,8 +73,6 @@ impl Remote {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_adaptive_window(true)
-            .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(16 << 20))
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
         let channel = endpoint.connect().await.map_err(|e| Error::Connect {

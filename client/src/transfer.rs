@@ -20,8 +20,8 @@ use crate::state::{Fingerprint, Kind, Synced};
 
 /// Chunks go to the server in messages of about this size.
 const PUT_MESSAGE_BYTES: usize = 1 << 20;
-/// Chunks are checked against the server in batches of this many.
-const MISSING_BATCH: usize = 1024;
+/// Chunks are checked against the server in batches of this many (about 4 MiB).
+const MISSING_BATCH: usize = 512;
 /// Chunks are downloaded in windows of this many.
 const DOWNLOAD_WINDOW: usize = 1024;
 
@@ -128,7 +128,6 @@ impl Syncer {
             Ok::<(), Error>(())
         });
         let mut refs = Vec::new();
-        let mut asked: HashSet<ChunkId> = HashSet::new();
         let mut put: Option<(
             tokio::sync::mpsc::Sender<pb::PutChunksRequest>,
             tokio::task::JoinHandle<Result<pb::PutChunksResponse>>,
@@ -142,6 +141,9 @@ impl Syncer {
                 id: c.id(),
                 len: c.len() as u32,
             }));
+            // Deduplicated within the batch only: a set over the whole file would grow with it
+            // (a repeat in a later batch is asked again; the server stores it once anyway).
+            let mut asked: HashSet<ChunkId> = HashSet::with_capacity(batch.len());
             let ask: Vec<ChunkId> = batch
                 .iter()
                 .map(Chunk::id)

@@ -59,11 +59,8 @@ pub async fn run(
         Some(t) => t.check(&req).map(|()| req),
         None => Ok(req),
     });
-    // Large, adaptive HTTP/2 windows: chunk uploads stream megabytes per RPC.
-    let mut builder = Server::builder()
-        .http2_adaptive_window(Some(true))
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20));
+    // Adaptive HTTP/2 windows: chunk uploads stream megabytes per RPC.
+    let mut builder = Server::builder().http2_adaptive_window(Some(true));
     if let Some((cert, key)) = &config.tls {
         builder = builder
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
