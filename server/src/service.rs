@@ -43,7 +43,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_message_bytes: 16 << 20,
+            // A new file's commit carries its whole manifest, 36 bytes a chunk: 64 MiB covers
+            // files up to about 15 GB at 8 KiB chunks.
+            max_message_bytes: 64 << 20,
             max_ids_per_request: 65_536,
         }
     }

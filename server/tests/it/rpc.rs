@@ -354,8 +354,8 @@ async fn bad_input_gets_clear_statuses_and_changes_nothing() {
         err.message()
     );
 
-    // A message over the size limit.
-    let ids: Vec<ChunkId> = (0..600_000u32)
+    // A message over the size limit (70 MB of ids against 64 MiB).
+    let ids: Vec<ChunkId> = (0..2_200_000u32)
         .map(|i| ChunkId::of(&i.to_le_bytes()))
         .collect();
     let err = c
@@ -364,7 +364,8 @@ async fn bad_input_gets_clear_statuses_and_changes_nothing() {
         })
         .await
         .unwrap_err();
-    assert_ne!(err.code(), Code::Ok);
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("too large"), "{}", err.message());
 
     let err = c
         .changes(pb::ChangesRequest {
