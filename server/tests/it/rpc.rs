@@ -428,14 +428,7 @@ async fn an_upload_that_breaks_off_keeps_what_arrived_intact() {
     let err = c.put_chunks(tokio_stream::iter(msgs)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let ids: Vec<ChunkId> = good.iter().map(|c| c.id()).collect();
-    let missing = c
-        .missing_chunks(pb::MissingChunksRequest {
-            ids: ids_to_bytes(&ids),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .missing;
+    let missing = missing(&mut c, &ids).await;
     assert!(
         missing.is_empty(),
         "chunks before the break are kept, so a retry skips them"

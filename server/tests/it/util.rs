@@ -90,15 +90,7 @@ pub(crate) async fn upload(c: &mut SyncClient<Channel>, data: &[u8]) -> (Manifes
             .collect(),
     );
     let ids: Vec<_> = chunks.iter().map(|c| c.id()).collect();
-    let missing = c
-        .missing_chunks(pb::MissingChunksRequest {
-            ids: ids_to_bytes(&ids),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .missing;
-    let missing = lbsync_proto::ids_from_bytes(&missing).unwrap();
+    let missing = missing(c, &ids).await;
     let to_send: Vec<_> = chunks
         .iter()
         .filter(|c| missing.contains(&c.id()))
@@ -111,6 +103,21 @@ pub(crate) async fn upload(c: &mut SyncClient<Channel>, data: &[u8]) -> (Manifes
         .collect();
     c.put_chunks(tokio_stream::iter(msgs)).await.unwrap();
     (manifest, sent)
+}
+
+/// The ids the server lacks.
+pub(crate) async fn missing(
+    c: &mut SyncClient<Channel>,
+    ids: &[lbsync_chunkstore::ChunkId],
+) -> Vec<lbsync_chunkstore::ChunkId> {
+    let resp = c
+        .missing_chunks(pb::MissingChunksRequest {
+            ids: ids_to_bytes(ids),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    lbsync_proto::ids_from_bytes(&resp.missing).unwrap()
 }
 
 pub(crate) fn file_commit(
