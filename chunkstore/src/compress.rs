@@ -10,6 +10,8 @@ const SAMPLE: usize = 4096;
 thread_local! {
     /// One compression context per thread: making one per chunk costs more than compressing it.
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    /// Likewise for decompression.
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
 fn compress(data: &[u8]) -> Option<Vec<u8>> {
@@ -35,6 +37,18 @@ pub fn compress_if_smaller(data: &[u8]) -> Option<Vec<u8>> {
     compress(data).filter(|z| z.len() < data.len() - data.len() / 32)
 }
 
+/// Decompresses zstd `data` that must inflate to at most `max_len` bytes (more is an error, so a
+/// small frame cannot make the caller allocate without bound).
+pub fn decompress(data: &[u8], max_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut().expect("just made").decompress(data, max_len)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,7 +58,11 @@ mod tests {
         let text = b"lbsync keeps folders in sync ".repeat(1000);
         let z = compress_if_smaller(&text).unwrap();
         assert!(z.len() < text.len() / 10);
-        assert_eq!(zstd::bulk::decompress(&z, text.len()).unwrap(), text);
+        assert_eq!(decompress(&z, text.len()).unwrap(), text);
+        assert!(
+            decompress(&z, text.len() - 1).is_err(),
+            "never more than asked for"
+        );
         let mut noise = vec![0u8; 20_000];
         blake3::Hasher::new().finalize_xof().fill(&mut noise);
         assert!(compress_if_smaller(&noise).is_none());

@@ -52,7 +52,7 @@ mod store;
 
 pub use chunk::Chunk;
 pub use chunker::{BLOCK_SIZE, Chunker, Cutter, NORMALIZATION, Piece, chunk_pipelined};
-pub use compress::compress_if_smaller;
+pub use compress::{compress_if_smaller, decompress};
 pub use delta::{DeltaOp, ManifestDelta};
 pub use error::{Error, Result};
 pub use id::{ChunkId, ManifestId};

@@ -14,7 +14,6 @@
 //! can be rebuilt from the packs alone; the header checksum tells a record from torn or stray bytes,
 //! and the payload is checked by hashing it back to the chunk id.
 
-use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -31,10 +30,6 @@ pub(crate) const RECORD_MAGIC: &[u8; 4] = b"LBCR";
 pub(crate) const RECORD_HEADER_LEN: usize = 56;
 pub(crate) const FLAG_ZSTD: u8 = 1;
 const KNOWN_FLAGS: u8 = FLAG_ZSTD;
-
-thread_local! {
-    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
-}
 
 pub(crate) fn pack_header() -> [u8; PACK_HEADER_LEN as usize] {
     let mut h = [0u8; PACK_HEADER_LEN as usize];
@@ -142,16 +137,7 @@ impl Record {
 /// The chunk's bytes from a record's payload: decompressed and checked against the header's id.
 pub(crate) fn decode_payload(h: &RecordHeader, payload: &[u8]) -> Result<Bytes, String> {
     let raw = if h.flags & FLAG_ZSTD != 0 {
-        let out = DECOMPRESSOR.with(|d| {
-            let mut d = d.borrow_mut();
-            if d.is_none() {
-                *d = zstd::bulk::Decompressor::new().ok();
-            }
-            match d.as_mut() {
-                Some(d) => d.decompress(payload, h.raw_len as usize),
-                None => zstd::bulk::decompress(payload, h.raw_len as usize),
-            }
-        });
+        let out = crate::compress::decompress(payload, h.raw_len as usize);
         Bytes::from(out.map_err(|e| format!("zstd payload does not decompress: {e}"))?)
     } else {
         Bytes::copy_from_slice(payload)

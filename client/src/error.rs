@@ -84,6 +84,13 @@ impl Error {
         }
     }
 
+    pub(crate) fn protocol<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Error {
+        move |e| Error::Protocol {
+            what,
+            reason: e.to_string(),
+        }
+    }
+
     /// True when the server is unreachable or went away: worth retrying later (offline).
     pub fn is_offline(&self) -> bool {
         match self {

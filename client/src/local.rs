@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
@@ -202,7 +201,7 @@ impl ChunkIndex {
 pub fn manifest_of(path: &Path, params: lbsync_chunkstore::ChunkParams) -> Result<Manifest> {
     let file = fs::File::open(path).map_err(Error::io(format!("reading {}", path.display())))?;
     let mut refs = Vec::new();
-    lbsync_chunkstore::chunk_pipelined::<_, Error>(file.take(u64::MAX), params, |_, c| {
+    lbsync_chunkstore::chunk_pipelined::<_, Error>(file, params, |_, c| {
         refs.push(lbsync_chunkstore::ChunkRef {
             id: c.id(),
             len: c.len() as u32,

@@ -108,10 +108,7 @@ impl Remote {
             .params
             .ok_or(lbsync_proto::ConvertError::MissingField("params"))
             .and_then(ChunkParams::try_from)
-            .map_err(|e| Error::Protocol {
-                what: "Handshake",
-                reason: e.to_string(),
-            })?;
+            .map_err(Error::protocol("Handshake"))?;
         Ok(Self {
             client,
             url: url.to_owned(),
@@ -139,10 +136,7 @@ impl Remote {
                 .map_err(Error::rpc("MissingChunks"))?
                 .into_inner();
             self.received += resp.encoded_len() as u64;
-            out.extend(ids_from_bytes(&resp.missing).map_err(|e| Error::Protocol {
-                what: "MissingChunks",
-                reason: e.to_string(),
-            })?);
+            out.extend(ids_from_bytes(&resp.missing).map_err(Error::protocol("MissingChunks"))?);
         }
         Ok(out)
     }
@@ -174,10 +168,7 @@ impl Remote {
             Ok(resp) => {
                 let resp = resp.into_inner();
                 self.received += resp.encoded_len() as u64;
-                let outcome = CommitOutcome::try_from(resp).map_err(|e| Error::Protocol {
-                    what: "Commit",
-                    reason: e.to_string(),
-                })?;
+                let outcome = CommitOutcome::try_from(resp).map_err(Error::protocol("Commit"))?;
                 Ok(Committed::Outcome(outcome))
             }
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
@@ -226,10 +217,7 @@ impl Remote {
             };
             self.received += msg.encoded_len() as u64;
             for e in msg.entries {
-                let e = Entry::try_from(e).map_err(|e| Error::Protocol {
-                    what: "Changes",
-                    reason: e.to_string(),
-                })?;
+                let e = Entry::try_from(e).map_err(Error::protocol("Changes"))?;
                 out.insert(e.path.clone(), e);
             }
             if msg.caught_up {
@@ -296,10 +284,8 @@ impl Remote {
             while let Some(msg) = stream.message().await.map_err(Error::rpc("GetChunks"))? {
                 self.received += msg.encoded_len() as u64;
                 for c in msg.chunks {
-                    let chunk: Chunk = decode_chunk(c, max_len).map_err(|e| Error::Protocol {
-                        what: "GetChunks",
-                        reason: e.to_string(),
-                    })?;
+                    let chunk: Chunk =
+                        decode_chunk(c, max_len).map_err(Error::protocol("GetChunks"))?;
                     out.insert(chunk.id(), chunk.into_data());
                 }
             }
@@ -320,12 +306,7 @@ impl Remote {
             .into_inner();
         resp.versions
             .into_iter()
-            .map(|e| {
-                Entry::try_from(e).map_err(|e| Error::Protocol {
-                    what: "History",
-                    reason: e.to_string(),
-                })
-            })
+            .map(|e| Entry::try_from(e).map_err(Error::protocol("History")))
             .collect()
     }
 
@@ -347,10 +328,7 @@ impl Remote {
             .await
             .map_err(Error::rpc("Restore"))?
             .into_inner();
-        CommitOutcome::try_from(resp).map_err(|e| Error::Protocol {
-            what: "Restore",
-            reason: e.to_string(),
-        })
+        CommitOutcome::try_from(resp).map_err(Error::protocol("Restore"))
     }
 }
 

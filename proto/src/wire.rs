@@ -38,7 +38,7 @@ pub fn decode_chunk(c: pb::ChunkData, max_len: u32) -> Result<Chunk, ConvertErro
     }
     let data = match pb::Compression::try_from(c.compression) {
         Ok(pb::Compression::None) => c.data,
-        Ok(pb::Compression::Zstd) => zstd::bulk::decompress(&c.data, c.raw_len as usize)
+        Ok(pb::Compression::Zstd) => lbsync_chunkstore::decompress(&c.data, c.raw_len as usize)
             .map(Bytes::from)
             .map_err(|e| {
                 ConvertError::BadChunk(format!(
