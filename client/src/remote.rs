@@ -32,9 +32,17 @@ impl tonic::service::Interceptor for Auth {
     }
 }
 
+fn stub(channel: Channel, auth: Auth) -> SyncClient<InterceptedService<Channel, Auth>> {
+    SyncClient::with_interceptor(channel, auth)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
 /// A connected server folder.
 pub struct Remote {
     client: SyncClient<InterceptedService<Channel, Auth>>,
+    endpoint: Endpoint,
+    auth: Auth,
     /// The URL.
     pub url: String,
     /// The folder.
@@ -85,9 +93,8 @@ impl Remote {
             })?),
             None => None,
         };
-        let mut client = SyncClient::with_interceptor(channel, Auth(auth))
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+        let auth = Auth(auth);
+        let mut client = stub(channel, auth.clone());
         let req = pb::HandshakeRequest {
             protocol_version: PROTOCOL_VERSION,
             folder: folder.to_owned(),
@@ -111,6 +118,8 @@ impl Remote {
             .map_err(Error::protocol("Handshake"))?;
         Ok(Self {
             client,
+            endpoint,
+            auth,
             url: url.to_owned(),
             folder: folder.to_owned(),
             params,
@@ -195,6 +204,26 @@ impl Remote {
         };
         Ok(self
             .client
+            .changes(req)
+            .await
+            .map_err(Error::rpc("Changes"))?
+            .into_inner())
+    }
+
+    /// Follows the folder's changes from `cursor` on a connection of its own, for as long as the
+    /// stream is kept. A long-lived stream that is read only between syncs must not share the
+    /// sync's HTTP/2 connection: its unread messages would hold the connection's flow-control
+    /// window, and the sync's own answers (chunks, manifests) would wait behind them forever.
+    pub async fn follow(&self, cursor: u64) -> Result<tonic::Streaming<pb::ChangesResponse>> {
+        let channel = self.endpoint.connect().await.map_err(|e| Error::Connect {
+            url: self.url.clone(),
+            reason: error_chain(&e),
+        })?;
+        let req = pb::ChangesRequest {
+            folder: self.folder.clone(),
+            cursor,
+        };
+        Ok(stub(channel, self.auth.clone())
             .changes(req)
             .await
             .map_err(Error::rpc("Changes"))?

@@ -19,7 +19,7 @@ use std::time::Duration;
 use lbsync_proto::{Entry, pb};
 use rand::Rng;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 use tracing::{info, warn};
 
 use crate::engine::{SyncOptions, Syncer};
@@ -160,7 +160,7 @@ pub async fn watch(
     let mut offline_since: Option<Instant> = None;
     let mut due: Option<Instant> = Some(Instant::now());
     let mut next_rescan = Instant::now() + rescan_every;
-    loop {
+    'run: loop {
         // Connect when needed.
         if syncer.is_none() {
             match Syncer::open(&root, opts).await {
@@ -177,18 +177,27 @@ pub async fn watch(
                         offline_since = Some(Instant::now());
                         warn!("offline: {e}");
                     }
+                    let n = queued(&root);
                     info!(
-                        "offline: {} changes queued; retrying in {:.1}s",
-                        queued(&root),
+                        "offline: {n} {} queued; retrying in {:.1}s",
+                        if n == 1 { "change" } else { "changes" },
                         backoff.as_secs_f64()
                     );
                     let jitter = rand::rng().random_range(0.8..1.2);
-                    let wait = backoff.mul_f64(jitter);
+                    let retry_at = Instant::now() + backoff.mul_f64(jitter);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
-                    tokio::select! {
-                        () = &mut shutdown => break,
-                        () = sleep(wait) => {}
-                        Some(_) = rx.recv() => {}
+                    // Local changes stay queued on disk and go out with the first sync after
+                    // the reconnect; they must not hurry the retries (each early retry would
+                    // double the backoff, and a busy folder would push it to the cap).
+                    loop {
+                        tokio::select! {
+                            () = &mut shutdown => break 'run,
+                            () = sleep_until(retry_at) => break,
+                            ev = rx.recv() => if ev.is_none() {
+                                sleep_until(retry_at).await;
+                                break;
+                            },
+                        }
                     }
                     continue;
                 }
@@ -218,7 +227,7 @@ pub async fn watch(
             }
             if changes.is_none() {
                 let cursor = s.state.state.cursor;
-                match s.remote.changes(cursor).await {
+                match s.remote.follow(cursor).await {
                     Ok(stream) => changes = Some(stream),
                     Err(e) => {
                         warn!("cannot follow the server's changes: {e}");

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cli;
 pub mod error;
 pub mod folders;
 pub mod service;

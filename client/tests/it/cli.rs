@@ -1,9 +1,10 @@
-//! The real `lbsync-client` binary: commands, errors, and kill -9 in the middle of transfers.
+//! The real `lbsync-client` binary: commands and errors (kill -9 in the middle of transfers is in
+//! `faults`).
 
 #![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use crate::util::*;
 
@@ -126,90 +127,4 @@ async fn unreachable_or_malformed_server_is_a_clear_error() {
         "{}",
         text(&out)
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_upload_and_download_loses_nothing_and_shows_no_partial_file() {
-    let server = Server::start().await;
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (a.path(), b.path());
-    write(a, "small.txt", "small");
-    sync(a, &server, "a").await;
-    let data = seeded(120 << 20, 3);
-    write(a, "large.bin", &data);
-
-    // Kill during the upload: once the client has sent some of the file's chunks.
-    let spawn = |dir: &Path, dev: &str| {
-        Command::new(BIN)
-            .args([
-                "sync",
-                dir.to_str().unwrap(),
-                "--server",
-                &server.url,
-                "--device",
-                dev,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let stored_before = stored_bytes(&server);
-    let mut child = spawn(a, "a");
-    until(60, "part of the upload to arrive", || {
-        stored_bytes(&server) > stored_before + (16 << 20)
-    })
-    .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert_eq!(
-        std::fs::read(a.join("large.bin")).unwrap(),
-        data,
-        "the source is untouched"
-    );
-    let r = sync(a, &server, "a").await;
-    assert!(r.in_sync(), "{r:?}");
-    assert!(
-        r.chunks_sent < (120 << 20) / 8192,
-        "chunks stored before the kill are not sent again: {r:?}"
-    );
-
-    // Kill during the download: once a partial file exists in .lbsync/tmp.
-    sync(b, &server, "b").await; // b gets small.txt first; large.bin too if the kill misses
-    std::fs::remove_file(b.join("large.bin")).ok();
-    // Make b forget large.bin so that the next sync downloads it again.
-    let mut st: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(b.join(".lbsync/state.json")).unwrap())
-            .unwrap();
-    st["files"].as_object_mut().unwrap().remove("large.bin");
-    st["cursor"] = 0.into();
-    std::fs::write(
-        b.join(".lbsync/state.json"),
-        serde_json::to_vec(&st).unwrap(),
-    )
-    .unwrap();
-    let mut child = spawn(b, "b");
-    let tmp = b.join(".lbsync/tmp");
-    let target = b.join("large.bin");
-    until(60, "a partial download", || {
-        std::fs::read_dir(&tmp)
-            .map(|d| d.count() > 0)
-            .unwrap_or(false)
-            || target.exists()
-    })
-    .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
-    if target.exists() {
-        assert_eq!(
-            std::fs::read(&target).unwrap(),
-            data,
-            "a file at a synced path is never partial"
-        );
-    }
-    let r = sync(b, &server, "b").await;
-    assert!(r.in_sync(), "{r:?}");
-    assert_eq!(std::fs::read(&target).unwrap(), data);
-    converge(&[a, b], &server).await;
-    assert_eq!(tree(a), tree(b));
 }

@@ -2,6 +2,8 @@
 //! on 127.0.0.1.
 
 mod cli;
+mod faults;
+mod procs;
 mod sync;
 mod util;
 mod watch;

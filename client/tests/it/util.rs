@@ -124,7 +124,8 @@ pub(crate) enum Node {
     Link(String),
 }
 
-/// Everything under `root` but `.lbsync/`, by relative path.
+/// Everything under `root` but `.lbsync/`, by relative path. A path that vanishes while it is
+/// being read (a client at work) is left out: the next look sees the settled tree.
 pub(crate) fn tree(root: &Path) -> BTreeMap<String, Node> {
     let mut out = BTreeMap::new();
     walk(root, root, &mut out);
@@ -132,8 +133,10 @@ pub(crate) fn tree(root: &Path) -> BTreeMap<String, Node> {
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Node>) {
-    for e in fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
         let path = e.path();
         let rel = path
             .strip_prefix(root)
@@ -143,21 +146,21 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Node>) {
         if rel == ".lbsync" {
             continue;
         }
-        let md = fs::symlink_metadata(&path).unwrap();
+        let Ok(md) = fs::symlink_metadata(&path) else {
+            continue;
+        };
         if md.file_type().is_symlink() {
-            out.insert(
-                rel,
-                Node::Link(fs::read_link(&path).unwrap().to_string_lossy().into_owned()),
-            );
+            if let Ok(target) = fs::read_link(&path) {
+                out.insert(rel, Node::Link(target.to_string_lossy().into_owned()));
+            }
         } else if md.is_dir() {
             out.insert(rel, Node::Dir);
             walk(root, &path, out);
-        } else {
-            let hash = blake3::hash(&fs::read(&path).unwrap()).to_hex().to_string();
+        } else if let Ok(data) = fs::read(&path) {
             out.insert(
                 rel,
                 Node::File {
-                    hash,
+                    hash: blake3::hash(&data).to_hex().to_string(),
                     exec: md.permissions().mode() & 0o111 != 0,
                 },
             );

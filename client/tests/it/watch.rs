@@ -4,67 +4,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
+use crate::procs::Watcher;
 use crate::util::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_lbsync-client");
-
-/// A `watch` process, killed when dropped; its output goes to a log file for failure reports.
-struct Watcher {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Watcher {
-    fn start(dir: &Path, server: &str, device: &str) -> Self {
-        let log = dir.with_extension(format!("{device}.log"));
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(BIN)
-            .args([
-                "watch",
-                dir.to_str().unwrap(),
-                "--server",
-                server,
-                "--device",
-                device,
-                "--debounce-ms",
-                "50",
-            ])
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn stop(mut self) -> bool {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        self.child.wait().unwrap().success()
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn read(p: &Path) -> Option<String> {
     fs::read_to_string(p).ok()

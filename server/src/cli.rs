@@ -1,0 +1,217 @@
+//! The `lbsync-server` command line: serves a store, or checks, collects or measures it.
+//!
+//! It lives in the library so that tests can run the very same program in a child process they
+//! can SIGKILL (`main.rs` is one line).
+
+#![allow(clippy::print_stdout)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::admin::{self, Retention};
+use crate::{Limits, ServerConfig, Tokens};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use lbsync_chunkstore::PackStore;
+
+/// lbsync's server: keeps folders in sync across clients, storing each distinct chunk once.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// The store directory (created if missing).
+    #[arg(long, global = true, env = "LBSYNC_STORE", default_value_os_t = default_store())]
+    store: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// A file of accepted tokens, one per line; clients send one as `authorization: Bearer`.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without tokens (anyone who can connect can read and write).
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// PEM certificate chain, to serve TLS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key, to serve TLS (with --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Largest gRPC message accepted, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_message_bytes)]
+    max_message_bytes: usize,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check every pack record, hash and index entry, and every file version's chunks.
+    Fsck {
+        /// Truncate torn pack tails and rebuild the index from the packs.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Drop old versions beyond the retention and delete chunks nothing references.
+    Gc {
+        /// Say what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep at least this many versions of each path.
+        #[arg(long, default_value_t = Retention::default().keep_versions)]
+        keep_versions: usize,
+        /// And every version younger than this many days.
+        #[arg(long, default_value_t = 30)]
+        keep_days: u64,
+        /// Never delete chunks stored less than this many seconds ago (uploads awaiting commit).
+        #[arg(long, default_value_t = 3600)]
+        grace_secs: u64,
+    },
+    /// Chunks, logical and stored bytes, dedup ratio, folders and files.
+    Stats,
+}
+
+fn default_store() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|h| Path::new(&h).join(".local/share/lbsync/store"))
+        .unwrap_or_else(|| PathBuf::from("lbsync-store"))
+}
+
+fn open_store(dir: &Path) -> anyhow::Result<PackStore> {
+    let store =
+        PackStore::open(dir).with_context(|| format!("opening store at {}", dir.display()))?;
+    let r = store.recovery();
+    if r.created {
+        tracing::info!("created a new store at {}", dir.display());
+    }
+    if r.reindexed > 0 || !r.truncated.is_empty() {
+        tracing::warn!(
+            "recovered from an unclean stop: re-indexed {} chunks, cut {} torn pack tails",
+            r.reindexed,
+            r.truncated.len()
+        );
+    }
+    Ok(store)
+}
+
+/// Runs `lbsync-server` with these arguments (the first is the program name) and returns its exit
+/// code.
+pub fn main<I, T>(args: I) -> std::process::ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lbsync-server: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lbsync-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let store = open_store(&cli.store)?;
+    match cli.command {
+        Some(Command::Fsck { repair }) => {
+            let report = tokio::task::spawn_blocking(move || admin::fsck(&store, repair)).await??;
+            println!("{report}");
+            return Ok(if report.is_clean() || report.store.repaired {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            });
+        }
+        Some(Command::Gc {
+            dry_run,
+            keep_versions,
+            keep_days,
+            grace_secs,
+        }) => {
+            let retention = Retention {
+                keep_versions,
+                keep_for: Duration::from_secs(keep_days * 24 * 3600),
+            };
+            let grace = Duration::from_secs(grace_secs);
+            let report =
+                tokio::task::spawn_blocking(move || admin::gc(&store, retention, grace, dry_run))
+                    .await??;
+            println!("{report}");
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        Some(Command::Stats) => {
+            let report = tokio::task::spawn_blocking(move || admin::stats(&store)).await??;
+            println!("{report}");
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        None => {}
+    }
+
+    let tokens = cli
+        .token_file
+        .as_deref()
+        .map(Tokens::load)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    if !cli.listen.ip().is_loopback() && tokens.is_none() && !cli.insecure_no_auth {
+        bail!(
+            "refusing to listen on {} without a token file: pass --token-file FILE (or \
+             --insecure-no-auth to let anyone who can connect read and write)",
+            cli.listen
+        );
+    }
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(c), Some(k)) => Some((
+            std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
+            std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
+        )),
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("listening on {}", cli.listen))?;
+    let config = ServerConfig {
+        tokens,
+        tls,
+        limits: Limits {
+            max_message_bytes: cli.max_message_bytes,
+            ..Limits::default()
+        },
+    };
+    crate::run(listener, store, config, shutdown_signal()).await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM ({e}); stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
