@@ -65,12 +65,17 @@ impl From<lbsync_proto::PathError> for Error {
     }
 }
 
-fn is_disk_full(e: &lbsync_chunkstore::Error) -> bool {
+/// Whether the store or the metadata ran out of disk space somewhere down the error chain.
+fn is_disk_full(e: &Error) -> bool {
+    let full = |io: &std::io::Error| {
+        io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28)
+    };
+    if let Error::Sled(sled::Error::Io(io)) = e {
+        return full(io);
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && (io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28))
-        {
+        if s.downcast_ref::<std::io::Error>().is_some_and(full) {
             return true;
         }
         source = s.source();
@@ -89,8 +94,8 @@ pub fn status(e: &Error) -> Status {
         Error::Store(lbsync_chunkstore::Error::HashMismatch { .. })
         | Error::Store(lbsync_chunkstore::Error::BadManifest(_))
         | Error::Store(lbsync_chunkstore::Error::BadId(_)) => Code::InvalidArgument,
-        Error::Store(s) if is_disk_full(s) => {
-            tracing::error!("store is full: {s:#}");
+        Error::Store(_) | Error::Sled(_) if is_disk_full(e) => {
+            tracing::error!("the disk is full: {}", chain(e));
             return Status::resource_exhausted(
                 "the server's disk is full: nothing was committed; free space on the server, then sync again",
             );

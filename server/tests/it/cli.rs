@@ -58,9 +58,7 @@ fn binary_serves_stops_on_sigterm_and_runs_admin_commands() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut c = lbsync_proto::pb::sync_client::SyncClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let mut c = crate::util::connect(addr.parse().unwrap(), None).await;
         let hs = crate::util::handshake(&mut c, "default").await;
         assert_eq!(hs.head, 0);
         let (m, _) = crate::util::upload(&mut c, b"from the binary test").await;

@@ -1,5 +1,7 @@
 //! End-to-end tests of the server: in-process over real sockets, and the real binary.
 
 mod cli;
+mod disk_full;
+mod hostile;
 mod rpc;
 mod util;

@@ -15,7 +15,42 @@ use lbsync_proto::{
 use lbsync_server::ServerConfig;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// Adds `authorization: Bearer <token>` to every call when it has a token.
+#[derive(Clone)]
+pub(crate) struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            r.metadata_mut().insert("authorization", t.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// A client of the generated stubs, with or without a token.
+pub(crate) type Client = SyncClient<InterceptedService<Channel, Bearer>>;
+
+/// A client of the server at `addr`, sending `token` when given.
+pub(crate) async fn connect(addr: SocketAddr, token: Option<&str>) -> Client {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    with_token(channel, token)
+}
+
+/// A client on `channel`, sending `token` when given.
+pub(crate) fn with_token(channel: Channel, token: Option<&str>) -> Client {
+    let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse().unwrap()));
+    SyncClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20)
+}
 
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
@@ -43,10 +78,12 @@ impl TestServer {
         }
     }
 
-    pub(crate) async fn client(&self) -> SyncClient<Channel> {
-        SyncClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
+    pub(crate) async fn client(&self) -> Client {
+        connect(self.addr, None).await
+    }
+
+    pub(crate) async fn client_with_token(&self, token: Option<&str>) -> Client {
+        connect(self.addr, token).await
     }
 
     pub(crate) async fn stop(mut self) {
@@ -63,7 +100,7 @@ impl Drop for TestServer {
     }
 }
 
-pub(crate) async fn handshake(c: &mut SyncClient<Channel>, folder: &str) -> pb::HandshakeResponse {
+pub(crate) async fn handshake(c: &mut Client, folder: &str) -> pb::HandshakeResponse {
     c.handshake(pb::HandshakeRequest {
         protocol_version: PROTOCOL_VERSION,
         folder: folder.into(),
@@ -76,7 +113,7 @@ pub(crate) async fn handshake(c: &mut SyncClient<Channel>, folder: &str) -> pb::
 
 /// Chunks `data`, uploads the chunks the server lacks, and returns the manifest and how many
 /// chunks were sent.
-pub(crate) async fn upload(c: &mut SyncClient<Channel>, data: &[u8]) -> (Manifest, usize) {
+pub(crate) async fn upload(c: &mut Client, data: &[u8]) -> (Manifest, usize) {
     let chunks: Vec<_> = Chunker::new(data, ChunkParams::DEFAULT)
         .map(|r| r.unwrap().1)
         .collect();
@@ -107,7 +144,7 @@ pub(crate) async fn upload(c: &mut SyncClient<Channel>, data: &[u8]) -> (Manifes
 
 /// The ids the server lacks.
 pub(crate) async fn missing(
-    c: &mut SyncClient<Channel>,
+    c: &mut Client,
     ids: &[lbsync_chunkstore::ChunkId],
 ) -> Vec<lbsync_chunkstore::ChunkId> {
     let resp = c
@@ -136,7 +173,7 @@ pub(crate) fn file_commit(
     .into()
 }
 
-pub(crate) async fn commit(c: &mut SyncClient<Channel>, req: pb::CommitRequest) -> CommitOutcome {
+pub(crate) async fn commit(c: &mut Client, req: pb::CommitRequest) -> CommitOutcome {
     c.commit(req)
         .await
         .unwrap()
@@ -160,7 +197,7 @@ pub(crate) fn seeded(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Downloads a manifest's chunks and joins them.
-pub(crate) async fn download(c: &mut SyncClient<Channel>, m: &Manifest) -> Vec<u8> {
+pub(crate) async fn download(c: &mut Client, m: &Manifest) -> Vec<u8> {
     let ids: Vec<_> = m.chunks().iter().map(|r| r.id).collect();
     let mut stream = c
         .get_chunks(pb::GetChunksRequest {

@@ -1,0 +1,247 @@
+//! A hostile client, built on the generated stubs, sends every kind of bad input in turn to one
+//! server while another client's data sits in it. Each gets the right status with a message that
+//! says what was wrong; afterwards the server still serves, the other client's file is intact
+//! byte for byte, and fsck finds the store clean.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use bytes::Bytes;
+use lbsync_chunkstore::{Chunk, ChunkId, ChunkRef, Manifest, PackStore};
+use lbsync_proto::wire::encode_chunk;
+use lbsync_proto::{Content, ids_to_bytes, pb};
+use lbsync_server::{ServerConfig, Tokens};
+use tonic::{Code, Status};
+
+use crate::util::*;
+
+/// Asserts the status code and that the message names what was wrong.
+#[track_caller]
+fn refused(what: &str, res: Result<impl std::fmt::Debug, Status>, code: Code, says: &str) {
+    let err = res.expect_err(what);
+    assert_eq!(err.code(), code, "{what}: {err:?}");
+    assert!(
+        err.message().contains(says),
+        "{what}: the message should say {says:?}: {}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn a_hostile_client_gets_clear_errors_and_harms_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        tokens: Tokens::parse("victim-token\nhostile-token\n"),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(dir.path(), config).await;
+
+    // The victim's file.
+    let mut victim = server.client_with_token(Some("victim-token")).await;
+    handshake(&mut victim, "default").await;
+    let data = seeded(1 << 20, 1);
+    let (vm, _) = upload(&mut victim, &data).await;
+    let ventry = committed(
+        commit(
+            &mut victim,
+            file_commit(
+                "default",
+                "victim/data.bin",
+                &vm,
+                0,
+                Content::Full(vm.clone()),
+            ),
+        )
+        .await,
+    );
+
+    let mut c = server.client_with_token(Some("hostile-token")).await;
+    handshake(&mut c, "default").await;
+    let (m, _) = upload(&mut c, b"hello").await;
+
+    // Chunk bytes that are not what their id says.
+    let good = Chunk::new(seeded(3000, 9));
+    let mut forged = encode_chunk(good.id(), good.data());
+    forged.data = Bytes::from(seeded(3000, 10));
+    let res = c
+        .put_chunks(tokio_stream::iter([pb::PutChunksRequest {
+            chunks: vec![forged],
+        }]))
+        .await;
+    refused(
+        "forged chunk",
+        res,
+        Code::InvalidArgument,
+        &good.id().to_string(),
+    );
+
+    // A chunk over the store's maximum chunk size.
+    let huge = Chunk::new(seeded(70_000, 11));
+    let res = c
+        .put_chunks(tokio_stream::iter([pb::PutChunksRequest {
+            chunks: vec![encode_chunk(huge.id(), huge.data())],
+        }]))
+        .await;
+    refused(
+        "huge chunk",
+        res,
+        Code::InvalidArgument,
+        "over the maximum chunk size",
+    );
+
+    // Paths: `..`, absolute, NUL, and the other malformed kinds; one overwriting the victim's
+    // file by a detour.
+    for bad in [
+        &b"../etc/passwd"[..],
+        b"victim/../victim/data.bin",
+        b"/abs",
+        b"/etc/passwd",
+        b"a\0b",
+        b"a//b",
+        b"",
+        b"a/\xff",
+    ] {
+        let mut req = file_commit("default", "ok", &m, 0, Content::Known(m.id()));
+        req.entry.as_mut().unwrap().path = Bytes::copy_from_slice(bad);
+        let res = c.commit(req).await;
+        refused(&format!("path {bad:?}"), res, Code::InvalidArgument, "path");
+    }
+
+    // A 5 GB declared size for a 5-byte file.
+    let mut lying = file_commit("default", "big", &m, 0, Content::Full(m.clone()));
+    lying.entry.as_mut().unwrap().size = 5 << 30;
+    let res = c.commit(lying).await;
+    refused(
+        "5 GB size",
+        res,
+        Code::InvalidArgument,
+        "declares 5368709120 bytes",
+    );
+
+    // A message over the size limit (70 MB of ids against 64 MiB).
+    let ids: Vec<ChunkId> = (0..2_200_000u32)
+        .map(|i| ChunkId::of(&i.to_le_bytes()))
+        .collect();
+    let res = c
+        .missing_chunks(pb::MissingChunksRequest {
+            ids: ids_to_bytes(&ids),
+        })
+        .await;
+    refused("oversized message", res, Code::OutOfRange, "too large");
+
+    // A commit of chunks never uploaded, over the victim's path.
+    let never: Vec<Chunk> = (0..3).map(|i| Chunk::new(seeded(5000, 100 + i))).collect();
+    let ghost = Manifest::new(
+        never
+            .iter()
+            .map(|c| ChunkRef {
+                id: c.id(),
+                len: c.len() as u32,
+            })
+            .collect(),
+    );
+    let res = c
+        .commit(file_commit(
+            "default",
+            "victim/data.bin",
+            &ghost,
+            ventry.version,
+            Content::Full(ghost.clone()),
+        ))
+        .await;
+    refused(
+        "ghost chunks",
+        res,
+        Code::FailedPrecondition,
+        "lacks 3 chunk",
+    );
+
+    // A wrong token, and none.
+    for token in [Some("guess"), None] {
+        let mut intruder = server.client_with_token(token).await;
+        let res = intruder
+            .get_chunks(pb::GetChunksRequest {
+                ids: ids_to_bytes(&[vm.chunks()[0].id]),
+            })
+            .await;
+        refused(
+            "wrong token",
+            res.map(|_| ()),
+            Code::Unauthenticated,
+            "token",
+        );
+    }
+
+    // A Changes cursor in the future; an unknown folder; a wrong protocol; a bad folder name.
+    let res = c
+        .changes(pb::ChangesRequest {
+            folder: "default".into(),
+            cursor: 1_000_000,
+        })
+        .await;
+    refused("future cursor", res.map(|_| ()), Code::OutOfRange, "cursor");
+    let res = c
+        .changes(pb::ChangesRequest {
+            folder: "nope".into(),
+            cursor: 0,
+        })
+        .await;
+    refused("unknown folder", res.map(|_| ()), Code::NotFound, "nope");
+    for (version, folder, code) in [
+        (99, "default", Code::FailedPrecondition),
+        (
+            lbsync_proto::PROTOCOL_VERSION,
+            "../x",
+            Code::InvalidArgument,
+        ),
+    ] {
+        let res = c
+            .handshake(pb::HandshakeRequest {
+                protocol_version: version,
+                folder: folder.into(),
+                device: "x".into(),
+            })
+            .await;
+        refused("bad handshake", res, code, "");
+    }
+
+    // Garbage bytes on the socket: random junk, and junk after a valid HTTP/2 preface.
+    for garbage in [
+        seeded(4096, 7),
+        [&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], &seeded(4096, 8)].concat(),
+    ] {
+        let addr = server.addr;
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.write_all(&garbage);
+            // The server answers with an error or closes; it never hangs on to the connection.
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        })
+        .await
+        .unwrap();
+    }
+
+    // The server still serves, nothing bad landed, and the victim's file is intact.
+    let (m2, _) = upload(&mut c, b"still works").await;
+    committed(
+        commit(
+            &mut c,
+            file_commit("default", "ok", &m2, 0, Content::Full(m2.clone())),
+        )
+        .await,
+    );
+    let hs = handshake(&mut victim, "default").await;
+    assert_eq!(
+        hs.head, 2,
+        "the victim's commit and the last good one, nothing else"
+    );
+    assert_eq!(download(&mut victim, &vm).await, data);
+    assert!(!dir.path().join("etc").exists());
+    server.stop().await;
+
+    let store = PackStore::open(dir.path()).unwrap();
+    let report = lbsync_server::admin::fsck(&store, false).unwrap();
+    assert!(report.is_clean(), "{report}");
+}
