@@ -40,6 +40,9 @@ mod chunker;
 mod compress;
 mod delta;
 mod error;
+#[cfg(feature = "sled")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod id;
 mod manifest;
 mod mem;
@@ -56,7 +59,7 @@ pub use compress::{compress_if_smaller, decompress};
 pub use delta::{DeltaOp, ManifestDelta};
 pub use error::{Error, Result};
 pub use id::{ChunkId, ManifestId};
-pub use manifest::{ChunkRef, MANIFEST_VERSION, MAX_MANIFEST_CHUNKS, Manifest};
+pub use manifest::{ChunkRef, MANIFEST_VERSION, MAX_MANIFEST_BYTES, MAX_MANIFEST_CHUNKS, Manifest};
 pub use mem::MemStore;
 #[cfg(feature = "sled")]
 pub use pack_store::{FsckProblem, FsckReport, PackStore, RecoveryReport, StoreOptions};

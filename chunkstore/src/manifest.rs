@@ -25,6 +25,10 @@ pub const MAX_MANIFEST_CHUNKS: u64 = 1 << 24;
 const HEADER_LEN: usize = 1 + 8 + 4;
 const ENTRY_LEN: usize = ChunkId::LEN + 4;
 
+/// The longest manifest encoding: [`MAX_MANIFEST_CHUNKS`] entries. Manifests are stored as one
+/// record, so this bounds a record's length too.
+pub const MAX_MANIFEST_BYTES: u64 = HEADER_LEN as u64 + ENTRY_LEN as u64 * MAX_MANIFEST_CHUNKS;
+
 /// One chunk of a file: its id and length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ChunkRef {
@@ -75,13 +79,7 @@ impl Manifest {
     /// The stable binary encoding (see the module docs).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + ENTRY_LEN * self.chunks.len());
-        out.push(MANIFEST_VERSION);
-        out.extend_from_slice(&self.size.to_le_bytes());
-        out.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
-        for c in &self.chunks {
-            out.extend_from_slice(c.id.as_bytes());
-            out.extend_from_slice(&c.len.to_le_bytes());
-        }
+        self.encode_into(|part| out.extend_from_slice(part));
         out
     }
 
@@ -133,7 +131,29 @@ impl Manifest {
 
     /// The manifest's id: the BLAKE3 of its encoding.
     pub fn id(&self) -> ManifestId {
-        ManifestId::of(&self.encode())
+        let mut h = blake3::Hasher::new();
+        self.encode_into(|part| {
+            h.update(part);
+        });
+        ManifestId::from_bytes(*h.finalize().as_bytes())
+    }
+
+    /// The encoding, in pieces of at most about 64 KiB, without building it whole: for hashing
+    /// and writing the manifests of very large files.
+    pub fn encode_into(&self, mut out: impl FnMut(&[u8])) {
+        let mut buf = Vec::with_capacity(64 << 10);
+        buf.push(MANIFEST_VERSION);
+        buf.extend_from_slice(&self.size.to_le_bytes());
+        buf.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
+        for c in &self.chunks {
+            if buf.len() + ENTRY_LEN > buf.capacity() {
+                out(&buf);
+                buf.clear();
+            }
+            buf.extend_from_slice(c.id.as_bytes());
+            buf.extend_from_slice(&c.len.to_le_bytes());
+        }
+        out(&buf);
     }
 }
 

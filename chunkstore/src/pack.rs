@@ -29,6 +29,13 @@ pub(crate) const PACK_HEADER_LEN: u64 = 16;
 pub(crate) const RECORD_MAGIC: &[u8; 4] = b"LBCR";
 pub(crate) const RECORD_HEADER_LEN: usize = 56;
 pub(crate) const FLAG_ZSTD: u8 = 1;
+/// The most a record can hold: a chunk, or the longest manifest.
+pub(crate) const MAX_RECORD_RAW_LEN: u64 =
+    if crate::manifest::MAX_MANIFEST_BYTES > crate::MAX_CHUNK_LIMIT as u64 {
+        crate::manifest::MAX_MANIFEST_BYTES
+    } else {
+        crate::MAX_CHUNK_LIMIT as u64
+    };
 const KNOWN_FLAGS: u8 = FLAG_ZSTD;
 
 pub(crate) fn pack_header() -> [u8; PACK_HEADER_LEN as usize] {
@@ -86,12 +93,23 @@ impl RecordHeader {
         if blake3::hash(&h[..48]).as_bytes()[..8] != h[48..56] {
             return None;
         }
-        Some(Self {
+        let header = Self {
             flags: h[4],
             id: ChunkId::from_slice(&h[8..40])?,
             stored_len: u32::from_le_bytes(h[40..44].try_into().ok()?),
             raw_len: u32::from_le_bytes(h[44..48].try_into().ok()?),
-        })
+        };
+        // Lengths the store could have written: a record holds a chunk or a manifest, kept raw or
+        // compressed to fewer bytes. Anything else would make a reader allocate what the header
+        // claims.
+        let compressed = header.flags & FLAG_ZSTD != 0;
+        let sane = u64::from(header.raw_len) <= MAX_RECORD_RAW_LEN
+            && if compressed {
+                header.stored_len < header.raw_len
+            } else {
+                header.stored_len == header.raw_len
+            };
+        sane.then_some(header)
     }
 
     pub(crate) fn record_len(&self) -> u64 {

@@ -19,6 +19,8 @@
 //! ```
 
 pub mod convert;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod path;
 pub mod wire;

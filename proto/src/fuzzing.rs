@@ -1,0 +1,137 @@
+//! Entry points for the fuzz targets in `fuzz/` (and the property tests that run the same checks
+//! in CI): each takes arbitrary bytes, must never panic on them, and checks what holds of
+//! whatever it accepts.
+
+use std::path::Path;
+
+use prost::Message;
+
+use crate::{CommitRequest, SyncPath, pb};
+
+/// Path validation: an accepted path is relative, has no empty, `.` or `..` component and no
+/// NUL, and under any root names something strictly inside that root, which maps back to it.
+pub fn sync_path(data: &[u8]) {
+    let Ok(p) = SyncPath::from_bytes(data) else {
+        return;
+    };
+    let s = p.as_str();
+    assert!(!s.is_empty() && !s.starts_with('/') && !s.contains('\0'));
+    assert!(s.split('/').all(|c| !c.is_empty() && c != "." && c != ".."));
+    let root = Path::new("/srv/folder");
+    let local = p.to_local(root);
+    assert!(
+        local.starts_with(root) && local != root,
+        "{local:?} escapes"
+    );
+    assert_eq!(SyncPath::from_local(root, &local).ok(), Some(p));
+}
+
+/// A commit as it arrives on the wire: protobuf decoding, then the conversion to the domain
+/// type, which validates every field. Accepted requests carry only valid paths.
+pub fn commit_request(data: &[u8]) {
+    let Ok(msg) = pb::CommitRequest::decode(data) else {
+        return;
+    };
+    if let Ok(req) = CommitRequest::try_from(msg) {
+        sync_path(req.entry.path.as_str().as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::PathBuf;
+
+    fn corpus(target: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus")
+            .join(target)
+    }
+
+    fn seeds() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let paths: Vec<Vec<u8>> = [
+            "notes.txt",
+            "a/b/c.txt",
+            "../x",
+            "/abs",
+            "a//b",
+            "a/./b",
+            ".hidden",
+        ]
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+        let m = lbsync_chunkstore::Manifest::new(vec![lbsync_chunkstore::ChunkRef {
+            id: lbsync_chunkstore::ChunkId::of(b"x"),
+            len: 1,
+        }]);
+        let req = CommitRequest {
+            folder: "default".into(),
+            entry: crate::Entry::file(SyncPath::new("docs/a.txt").unwrap(), &m, "laptop#1"),
+            base_version: 3,
+            content: Some(crate::Content::Full(m.clone())),
+        };
+        let known = CommitRequest {
+            content: Some(crate::Content::Known(m.id())),
+            ..req.clone()
+        };
+        let commits = [req, known]
+            .into_iter()
+            .map(|r| pb::CommitRequest::from(r).encode_to_vec())
+            .collect();
+        (paths, commits)
+    }
+
+    /// The committed seed corpus passes; `LBSYNC_FUZZ_WRITE_SEEDS=1` (re)writes it.
+    #[test]
+    fn seed_corpus() {
+        let (paths, commits) = seeds();
+        for (target, items) in [("sync_path", &paths), ("commit_request", &commits)] {
+            let dir = corpus(target);
+            if std::env::var_os("LBSYNC_FUZZ_WRITE_SEEDS").is_some() {
+                std::fs::create_dir_all(&dir).unwrap();
+                for (i, item) in items.iter().enumerate() {
+                    std::fs::write(dir.join(format!("seed-{i}")), item).unwrap();
+                }
+            }
+            let mut n = 0;
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let data = std::fs::read(e.unwrap().path()).unwrap();
+                match target {
+                    "sync_path" => sync_path(&data),
+                    _ => commit_request(&data),
+                }
+                n += 1;
+            }
+            assert!(n >= items.len(), "{target}: the seed corpus is missing");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn paths_never_panic_or_escape(data in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..64),
+            "[a./\\x00]{0,12}".prop_map(String::into_bytes),
+        ]) {
+            sync_path(&data);
+        }
+
+        #[test]
+        fn commit_requests_never_panic(data in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..300),
+            (0..2usize, prop::collection::vec((any::<usize>(), any::<u8>()), 1..6)).prop_map(|(i, flips)| {
+                let mut v = seeds().1[i].clone();
+                for (at, b) in flips {
+                    let n = v.len();
+                    v[at % n] ^= b;
+                }
+                v
+            }),
+        ]) {
+            commit_request(&data);
+        }
+    }
+}
