@@ -4,43 +4,17 @@
 
 #![allow(clippy::print_stdout, missing_docs)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::time::Instant;
 
-use lbsync_benches::{machine, peak_rss, quick, runtime, table};
+use lbsync_benches::{ChildServer, machine, peak_rss, quick, runtime, table};
 use rand::{RngCore, SeedableRng};
 
-const SERVE_VAR: &str = "LBSYNC_BENCH_SERVE_STORE";
-
 fn main() {
-    let rt = runtime();
-    if let Ok(store) = std::env::var(SERVE_VAR) {
-        rt.block_on(serve(&store));
+    if ChildServer::serve_if_child() {
         return;
     }
-    rt.block_on(run());
-}
-
-/// The server process: serves until its stdin closes, then prints its peak RSS.
-async fn serve(store: &str) {
-    let store = lbsync_chunkstore::PackStore::open(store).expect("open store");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    println!("{}", listener.local_addr().expect("addr"));
-    std::io::stdout().flush().expect("flush");
-    let shutdown = async {
-        let _ = tokio::task::spawn_blocking(|| {
-            let mut line = String::new();
-            let _ = std::io::stdin().read_line(&mut line);
-        })
-        .await;
-    };
-    lbsync_server::run(listener, store, Default::default(), shutdown)
-        .await
-        .expect("serve");
-    println!("{}", peak_rss());
+    runtime().block_on(run());
 }
 
 async fn run() {
@@ -60,25 +34,12 @@ async fn run() {
             f.write_all(&buf).expect("write");
         }
     }
-    let mut server = Command::new(std::env::current_exe().expect("exe"))
-        .env(SERVE_VAR, tmp.path().join("store"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
-    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
-    let addr = lines.next().expect("address").expect("address");
+    let server = ChildServer::start(&tmp.path().join("store"));
     let rss_before = peak_rss();
     let start = Instant::now();
-    let report = lbsync_benches::sync(&dir, &format!("http://{addr}"), "pusher", "default").await;
+    let report = lbsync_benches::sync(&dir, &server.url(), "pusher", "default").await;
     let secs = start.elapsed().as_secs_f64();
-    drop(server.stdin.take());
-    let server_rss: u64 = lines
-        .next()
-        .and_then(|l| l.ok())
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(0);
-    let _ = server.wait();
+    let server_rss = server.stop();
     let mib_s = size as f64 / (1 << 20) as f64 / secs;
     println!(
         "{}",

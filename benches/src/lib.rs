@@ -343,3 +343,83 @@ pub fn snapshot(
 pub fn tree_bytes(root: &std::path::Path) -> u64 {
     files(root).iter().map(|(_, m)| m.len()).sum()
 }
+
+/// Set in a bench's server child: the store directory to serve.
+const CHILD_STORE_VAR: &str = "LBSYNC_BENCH_SERVE_STORE";
+
+/// An lbsync server in a child process (this bench binary re-run), so that its memory and CPU
+/// are its own. A bench's `main` calls [`ChildServer::serve_if_child`] first.
+pub struct ChildServer {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl ChildServer {
+    /// In the child, serves until stdin closes, prints the peak RSS, and returns true (the bench's
+    /// `main` then returns); in the bench itself returns false.
+    #[allow(clippy::print_stdout)] // stdout is the pipe to the parent: address, then peak RSS
+    pub fn serve_if_child() -> bool {
+        let Ok(store) = std::env::var(CHILD_STORE_VAR) else {
+            return false;
+        };
+        runtime().block_on(async {
+            use std::io::Write;
+            let store = lbsync_chunkstore::PackStore::open(&store).expect("open store");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            println!("{}", listener.local_addr().expect("addr"));
+            std::io::stdout().flush().expect("flush");
+            let shutdown = async {
+                let _ = tokio::task::spawn_blocking(|| {
+                    let mut line = String::new();
+                    let _ = std::io::stdin().read_line(&mut line);
+                })
+                .await;
+            };
+            lbsync_server::run(listener, store, Default::default(), shutdown)
+                .await
+                .expect("serve");
+            println!("{}", peak_rss());
+        });
+        true
+    }
+
+    /// Starts a server on a store in `store`.
+    pub fn start(store: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .env(CHILD_STORE_VAR, store)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let addr = lines
+            .next()
+            .and_then(|l| l.ok())
+            .and_then(|l| l.parse().ok())
+            .expect("the server's address");
+        Self { addr, child, lines }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops it and returns its peak RSS in bytes.
+    pub fn stop(mut self) -> u64 {
+        drop(self.child.stdin.take());
+        let rss = self
+            .lines
+            .next()
+            .and_then(|l| l.ok())
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        let _ = self.child.wait();
+        rss
+    }
+}
