@@ -423,3 +423,61 @@ impl ChildServer {
         rss
     }
 }
+
+/// Set in a bench's sync child: `dir\x1furl\x1fdevice`.
+const CHILD_SYNC_VAR: &str = "LBSYNC_BENCH_SYNC";
+
+/// A `sync` run in a child process (this bench binary re-run), so that its peak RSS is its own.
+pub struct ChildSync {
+    /// What the sync reported.
+    pub report: String,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// The child's peak RSS in bytes.
+    pub peak_rss: u64,
+}
+
+impl ChildSync {
+    /// In the child, syncs, prints the report and the peak RSS, and returns true (the bench's
+    /// `main` then returns); in the bench itself returns false.
+    #[allow(clippy::print_stdout)] // stdout is the pipe to the parent
+    pub fn sync_if_child() -> bool {
+        let Ok(args) = std::env::var(CHILD_SYNC_VAR) else {
+            return false;
+        };
+        let mut parts = args.split('\x1f');
+        let (dir, url, device) = (
+            parts.next().expect("dir"),
+            parts.next().expect("url"),
+            parts.next().expect("device"),
+        );
+        let report = runtime().block_on(sync(std::path::Path::new(dir), url, device, "default"));
+        println!("{report}");
+        println!("{}", peak_rss());
+        true
+    }
+
+    /// Runs one `sync` of `dir` in a child process.
+    pub fn run(dir: &std::path::Path, url: &str, device: &str) -> Self {
+        let start = std::time::Instant::now();
+        let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .env(
+                CHILD_SYNC_VAR,
+                format!("{}\x1f{url}\x1f{device}", dir.display()),
+            )
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run the sync child");
+        let seconds = start.elapsed().as_secs_f64();
+        assert!(out.status.success(), "the sync child failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines().rev();
+        let peak_rss = lines.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+        let report = lines.next().unwrap_or_default().to_owned();
+        Self {
+            report,
+            seconds,
+            peak_rss,
+        }
+    }
+}

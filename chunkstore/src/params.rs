@@ -51,6 +51,39 @@ impl ChunkParams {
     /// What a new store is created with.
     pub const DEFAULT: ChunkParams = ChunkParams::LBFS;
 
+    /// Files of at least this size are chunked with [`ChunkParams::for_file`]'s larger sizes.
+    pub const LARGE_FILE: u64 = 4 << 30;
+
+    /// The parameters for a file of `size` bytes: these parameters below [`Self::LARGE_FILE`],
+    /// and 16 times larger sizes (capped at [`MAX_CHUNK_LIMIT`]) from there on.
+    ///
+    /// A file's manifest costs 36 bytes per chunk wherever it is held, so at 8 KiB chunks a
+    /// 10 GB file would need 47 MB for its chunk list alone, in the client, in the index of local
+    /// chunks and on the wire. Like Syncthing, whose blocks grow with the file, a very large file
+    /// takes larger chunks: 10 GB then has about 80 000. An edit of such a file costs one larger
+    /// chunk (about 128 KiB instead of 8 KiB), and it dedups against other files of its class.
+    pub fn for_file(&self, size: u64) -> ChunkParams {
+        if size < Self::LARGE_FILE {
+            return *self;
+        }
+        let scale = |v: u32| v.saturating_mul(16).min(MAX_CHUNK_LIMIT);
+        let large = ChunkParams {
+            min_size: scale(self.min_size),
+            avg_size: scale(self.avg_size),
+            max_size: scale(self.max_size),
+        };
+        if large.validate().is_ok() {
+            large
+        } else {
+            *self
+        }
+    }
+
+    /// The longest chunk of any file: the largest `max_size` of [`ChunkParams::for_file`].
+    pub fn largest_chunk(&self) -> u32 {
+        self.for_file(u64::MAX).max_size.max(self.max_size)
+    }
+
     /// Parameters after checking them against what FastCDC v2020 and the wire allow.
     pub fn new(min_size: u32, avg_size: u32, max_size: u32) -> Result<Self> {
         let p = ChunkParams {
@@ -141,6 +174,23 @@ mod tests {
             p.validate().unwrap();
             assert_eq!(ChunkParams::from_bytes(&p.to_bytes()).unwrap(), p);
         }
+    }
+
+    #[test]
+    fn very_large_files_take_larger_chunks() {
+        let p = ChunkParams::LBFS;
+        assert_eq!(p.for_file(0), p);
+        assert_eq!(p.for_file(ChunkParams::LARGE_FILE - 1), p);
+        let large = p.for_file(10 << 30);
+        assert_eq!(
+            (large.min_size, large.avg_size, large.max_size),
+            (32 << 10, 128 << 10, 1 << 20)
+        );
+        assert_eq!(p.largest_chunk(), MAX_CHUNK_LIMIT);
+        // Where 16 times larger is not valid, a file keeps the store's parameters.
+        let p = ChunkParams::AVG_64K;
+        assert_eq!(p.for_file(u64::MAX), p);
+        assert_eq!(p.largest_chunk(), p.max_size);
     }
 
     #[test]

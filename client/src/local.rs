@@ -131,23 +131,31 @@ pub fn is_ignored(root: &Path, path: &SyncPath, is_dir: bool) -> bool {
     ignored
 }
 
-/// Where a chunk can be read locally.
-#[derive(Clone, Debug)]
-pub struct LocalChunk {
-    /// The file.
-    pub path: SyncPath,
-    /// The offset of the chunk in it.
-    pub offset: u64,
-    /// The chunk's length.
-    pub len: u32,
+/// Where a chunk can be read locally: a file of the index, and a place in it. 16 bytes, so that
+/// the index of a folder with millions of chunks stays small.
+#[derive(Clone, Copy, Debug)]
+struct LocalChunk {
+    file: u32,
+    len: u32,
+    offset: u64,
 }
 
-/// The chunks of the synced files, by id: known to be on the server, and readable from disk
-/// (checked by hashing when read: the file may have changed since).
+/// The chunks of the synced files: known to be on the server, and readable from disk (checked by
+/// hashing when read: the file may have changed since).
+///
+/// Chunks are keyed by the first 8 bytes of their id. Two ids sharing them (about one chance in
+/// 10^7 with a million chunks) cost nothing but a wasted read: `read` re-hashes, and a chunk
+/// wrongly believed on the server comes back from the commit as missing and is sent then.
 #[derive(Default)]
 pub struct ChunkIndex {
-    chunks: HashMap<ChunkId, LocalChunk>,
-    manifests: HashMap<lbsync_chunkstore::ManifestId, SyncPath>,
+    files: Vec<SyncPath>,
+    file_ids: HashMap<SyncPath, u32>,
+    chunks: HashMap<u64, LocalChunk>,
+    manifests: HashMap<lbsync_chunkstore::ManifestId, u32>,
+}
+
+fn key(id: &ChunkId) -> u64 {
+    u64::from_le_bytes(id.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 impl ChunkIndex {
@@ -167,19 +175,29 @@ impl ChunkIndex {
 
     /// Adds a synced file.
     pub fn add(&mut self, path: &SyncPath, m: &Manifest) {
-        self.manifests.insert(m.id(), path.clone());
+        let file = match self.file_ids.get(path) {
+            Some(&f) => f,
+            None => {
+                let f = self.files.len() as u32;
+                self.files.push(path.clone());
+                self.file_ids.insert(path.clone(), f);
+                f
+            }
+        };
+        self.manifests.insert(m.id(), file);
+        self.chunks.reserve(m.chunks().len());
         for (offset, c) in m.with_offsets() {
-            self.chunks.entry(c.id).or_insert_with(|| LocalChunk {
-                path: path.clone(),
-                offset,
+            self.chunks.entry(key(&c.id)).or_insert(LocalChunk {
+                file,
                 len: c.len,
+                offset,
             });
         }
     }
 
     /// Whether the chunk is known to be on the server.
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.chunks.contains_key(id)
+        self.chunks.contains_key(&key(id))
     }
 
     /// Whether a synced file has this manifest (so the server has it).
@@ -189,18 +207,22 @@ impl ChunkIndex {
 
     /// The chunk's bytes from a local file, if they are still there.
     pub fn read(&self, root: &Path, id: &ChunkId) -> Option<bytes::Bytes> {
-        let at = self.chunks.get(id)?;
-        let file = fs::File::open(at.path.to_local(root)).ok()?;
+        let at = self.chunks.get(&key(id))?;
+        let path = self.files.get(at.file as usize)?;
+        let file = fs::File::open(path.to_local(root)).ok()?;
         let mut buf = vec![0u8; at.len as usize];
         file.read_exact_at(&mut buf, at.offset).ok()?;
         (ChunkId::of(&buf) == *id).then(|| buf.into())
     }
 }
 
-/// Hashes a local file into its manifest (to compare content with the server's).
+/// Hashes a local file into its manifest (to compare content with the server's), with the
+/// parameters for its size (see [`lbsync_chunkstore::ChunkParams::for_file`]).
 pub fn manifest_of(path: &Path, params: lbsync_chunkstore::ChunkParams) -> Result<Manifest> {
     let file = fs::File::open(path).map_err(Error::io(format!("reading {}", path.display())))?;
-    let mut refs = Vec::new();
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let params = params.for_file(len);
+    let mut refs = Vec::with_capacity((len / u64::from(params.avg_size) + 16) as usize);
     lbsync_chunkstore::chunk_pipelined::<_, Error>(file, params, |_, c| {
         refs.push(lbsync_chunkstore::ChunkRef {
             id: c.id(),

@@ -20,10 +20,13 @@ use crate::state::{Fingerprint, Kind, Synced};
 
 /// Chunks go to the server in messages of about this size.
 const PUT_MESSAGE_BYTES: usize = 1 << 20;
-/// Chunks are checked against the server in batches of this many (about 4 MiB).
+/// Chunks are checked against the server in batches of at most this many chunks and about this
+/// many bytes (a batch of a very large file's 1 MiB chunks would otherwise hold half a gigabyte).
 const MISSING_BATCH: usize = 512;
-/// Chunks are downloaded in windows of this many.
+const MISSING_BATCH_BYTES: usize = 4 << 20;
+/// Chunks are downloaded in windows of at most this many chunks and about this many bytes.
 const DOWNLOAD_WINDOW: usize = 1024;
+const DOWNLOAD_WINDOW_BYTES: u64 = 8 << 20;
 
 /// What an upload came to.
 pub(crate) enum Uploaded {
@@ -110,13 +113,16 @@ impl Syncer {
             fs::File::open(local).map_err(Error::io(format!("reading {}", local.display())))?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut progress = Progress::new(len, format!("sending {}", local.display()));
-        let params = self.remote.params;
+        let params = self.remote.params.for_file(len);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Chunk>>(2);
         let reader = tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(MISSING_BATCH);
+            let mut batch_bytes = 0;
             lbsync_chunkstore::chunk_pipelined::<_, Error>(file, params, |_, c| {
+                batch_bytes += c.len();
                 batch.push(c);
-                if batch.len() == MISSING_BATCH {
+                if batch.len() == MISSING_BATCH || batch_bytes >= MISSING_BATCH_BYTES {
+                    batch_bytes = 0;
                     tx.blocking_send(std::mem::take(&mut batch))
                         .map_err(|_| Error::Usage("upload abandoned".into()))?;
                 }
@@ -127,7 +133,8 @@ impl Syncer {
             }
             Ok::<(), Error>(())
         });
-        let mut refs = Vec::new();
+        // Sized for the file up front: doubling a multi-GB file's list would briefly hold it twice.
+        let mut refs = Vec::with_capacity((len / u64::from(params.avg_size) + 16) as usize);
         let mut put: Option<(
             tokio::sync::mpsc::Sender<pb::PutChunksRequest>,
             tokio::task::JoinHandle<Result<pb::PutChunksResponse>>,
@@ -337,10 +344,10 @@ impl Syncer {
             .join(format!("{}.part", &id.to_string()[..16]));
         let mut file =
             fs::File::create(&tmp).map_err(Error::io(format!("creating {}", tmp.display())))?;
-        let max_len = self.remote.params.max_size;
+        let max_len = self.remote.params.largest_chunk();
         let (mut local_chunks, mut fetched) = (0u64, 0u64);
         let mut progress = Progress::new(m.size(), format!("receiving {}", r.path));
-        for window in m.chunks().chunks(DOWNLOAD_WINDOW) {
+        for window in windows(m.chunks()) {
             progress.inc(window.iter().map(|c| u64::from(c.len)).sum());
             let mut have: HashMap<ChunkId, Bytes> = HashMap::new();
             let mut need = Vec::new();
@@ -470,6 +477,30 @@ impl Syncer {
     }
 }
 
+/// A manifest's chunks in download windows: bounded in count and in bytes, so that a window of
+/// a very large file's 1 MiB chunks does not hold a gigabyte.
+fn windows(chunks: &[ChunkRef]) -> impl Iterator<Item = &[ChunkRef]> {
+    let mut rest = chunks;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0u64;
+        let n = rest
+            .iter()
+            .take(DOWNLOAD_WINDOW)
+            .take_while(|c| {
+                let fits = bytes < DOWNLOAD_WINDOW_BYTES;
+                bytes += u64::from(c.len);
+                fits
+            })
+            .count();
+        let (window, tail) = rest.split_at(n.max(1));
+        rest = tail;
+        Some(window)
+    })
+}
+
 pub(crate) fn kind_word(k: EntryKind) -> &'static str {
     match k {
         EntryKind::File => "file",
@@ -481,4 +512,31 @@ pub(crate) fn kind_word(k: EntryKind) -> &'static str {
 /// The device name without its id.
 pub(crate) fn display_device(device: &str) -> &str {
     device.split('#').next().unwrap_or(device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn download_windows_are_bounded_in_count_and_bytes_and_cover_everything() {
+        let refs = |lens: &[u32]| -> Vec<ChunkRef> {
+            lens.iter()
+                .enumerate()
+                .map(|(i, &len)| ChunkRef {
+                    id: ChunkId::of(&(i as u64).to_le_bytes()),
+                    len,
+                })
+                .collect()
+        };
+        let small = refs(&[8 << 10; 3000]);
+        let sizes: Vec<usize> = windows(&small).map(<[ChunkRef]>::len).collect();
+        assert_eq!(sizes, [1024, 1024, 952]);
+        let large = refs(&[1 << 20; 20]);
+        let sizes: Vec<usize> = windows(&large).map(<[ChunkRef]>::len).collect();
+        assert_eq!(sizes, [8, 8, 4], "8 MiB of 1 MiB chunks per window");
+        let joined: Vec<ChunkRef> = windows(&large).flatten().copied().collect();
+        assert_eq!(joined, large);
+        assert_eq!(windows(&[]).count(), 0);
+    }
 }

@@ -252,7 +252,7 @@ impl pb::sync_server::Sync for SyncService {
         req: Request<Streaming<pb::PutChunksRequest>>,
     ) -> Result<Response<pb::PutChunksResponse>, Status> {
         let mut stream = req.into_inner();
-        let max_len = self.store.params().max_size;
+        let max_len = self.store.params().largest_chunk();
         let mut pending: Vec<Chunk> = Vec::new();
         let mut pending_bytes = 0usize;
         let mut in_flight: Option<tokio::task::JoinHandle<Result<Vec<Inserted>>>> = None;

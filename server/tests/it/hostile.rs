@@ -76,7 +76,7 @@ async fn a_hostile_client_gets_clear_errors_and_harms_no_one() {
     );
 
     // A chunk over the store's maximum chunk size.
-    let huge = Chunk::new(seeded(70_000, 11));
+    let huge = Chunk::new(seeded((1 << 20) + 2, 11));
     let res = c
         .put_chunks(tokio_stream::iter([pb::PutChunksRequest {
             chunks: vec![encode_chunk(huge.id(), huge.data())],

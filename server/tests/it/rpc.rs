@@ -501,3 +501,28 @@ async fn tls_serves_clients_that_trust_the_certificate() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_very_large_files_larger_chunks_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    handshake(&mut c, "default").await;
+    // What a client chunks a file of many GB with: up to 1 MiB per chunk.
+    let params = lbsync_chunkstore::ChunkParams::DEFAULT.for_file(u64::MAX);
+    let data = seeded(6 << 20, 21);
+    let (m, sent) = upload_with(&mut c, &data, params).await;
+    assert!(
+        m.chunks().iter().any(|r| r.len > 64 << 10),
+        "larger chunks than the store's"
+    );
+    assert_eq!(sent, m.chunks().len());
+    committed(
+        commit(
+            &mut c,
+            file_commit("default", "huge.img", &m, 0, Content::Full(m.clone())),
+        )
+        .await,
+    );
+    assert_eq!(download(&mut c, &m).await, data);
+}

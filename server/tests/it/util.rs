@@ -114,9 +114,16 @@ pub(crate) async fn handshake(c: &mut Client, folder: &str) -> pb::HandshakeResp
 /// Chunks `data`, uploads the chunks the server lacks, and returns the manifest and how many
 /// chunks were sent.
 pub(crate) async fn upload(c: &mut Client, data: &[u8]) -> (Manifest, usize) {
-    let chunks: Vec<_> = Chunker::new(data, ChunkParams::DEFAULT)
-        .map(|r| r.unwrap().1)
-        .collect();
+    upload_with(c, data, ChunkParams::DEFAULT).await
+}
+
+/// [`upload`] with other chunking parameters.
+pub(crate) async fn upload_with(
+    c: &mut Client,
+    data: &[u8],
+    params: ChunkParams,
+) -> (Manifest, usize) {
+    let chunks: Vec<_> = Chunker::new(data, params).map(|r| r.unwrap().1).collect();
     let manifest = Manifest::new(
         chunks
             .iter()
