@@ -18,8 +18,10 @@ use crate::local::{fingerprint, unchanged};
 use crate::remote::Committed;
 use crate::state::{Fingerprint, Kind, Synced};
 
-/// Chunks go to the server in messages of about this size.
+/// Chunks go to the server in messages of about this size on the wire, and of at most about this
+/// many bytes once decompressed (the server refuses messages declaring over 64 MiB).
 const PUT_MESSAGE_BYTES: usize = 1 << 20;
+const PUT_MESSAGE_RAW_BYTES: usize = 16 << 20;
 /// Chunks are checked against the server in batches of at most this many chunks and about this
 /// many bytes (a batch of a very large file's 1 MiB chunks would otherwise hold half a gigabyte).
 const MISSING_BATCH: usize = 512;
@@ -140,7 +142,11 @@ impl Syncer {
             tokio::task::JoinHandle<Result<pb::PutChunksResponse>>,
         )> = None;
         let mut msg = pb::PutChunksRequest::default();
-        let mut msg_bytes = 0usize;
+        let (mut msg_bytes, mut msg_raw) = (0usize, 0usize);
+        // Chunks already queued in this upload, by 64-bit id prefix: a repeat (a file of zeros
+        // is one chunk many times) goes once, even before the server has it to say so.
+        let mut sent: HashSet<u64> = HashSet::new();
+        let prefix = |id: &ChunkId| u64::from_le_bytes(id.as_bytes()[..8].try_into().expect("8"));
         let (mut chunks_sent, mut bytes_sent) = (0u64, 0u64);
         while let Some(batch) = rx.recv().await {
             progress.inc(batch.iter().map(|c| c.len() as u64).sum());
@@ -155,24 +161,31 @@ impl Syncer {
                 .iter()
                 .map(Chunk::id)
                 .filter(|id| !(trust_index && self.index.contains(id)))
+                .filter(|id| !sent.contains(&prefix(id)))
                 .filter(|id| asked.insert(*id))
                 .collect();
             if ask.is_empty() {
                 continue;
             }
-            let missing: HashSet<ChunkId> = self.remote.missing(&ask).await?.into_iter().collect();
-            for c in batch.iter().filter(|c| missing.contains(&c.id())) {
+            let mut missing: HashSet<ChunkId> =
+                self.remote.missing(&ask).await?.into_iter().collect();
+            for c in batch.iter() {
+                if !missing.remove(&c.id()) {
+                    continue;
+                }
+                sent.insert(prefix(&c.id()));
                 let wire = encode_chunk(c.id(), c.data());
                 msg_bytes += wire.data.len();
+                msg_raw += c.len();
                 chunks_sent += 1;
                 msg.chunks.push(wire);
-                if msg_bytes >= PUT_MESSAGE_BYTES {
+                if msg_bytes >= PUT_MESSAGE_BYTES || msg_raw >= PUT_MESSAGE_RAW_BYTES {
                     let sender = &put.get_or_insert_with(|| self.remote.put_chunks()).0;
                     bytes_sent += prost::Message::encoded_len(&msg) as u64;
                     if sender.send(std::mem::take(&mut msg)).await.is_err() {
                         break;
                     }
-                    msg_bytes = 0;
+                    (msg_bytes, msg_raw) = (0, 0);
                 }
             }
         }

@@ -179,3 +179,22 @@ async fn ignored_files_never_reach_the_server() {
         .unwrap();
     assert!(history.is_empty());
 }
+
+/// A file that is mostly one chunk repeated (zeros: a disk image, a preallocated file) sends that
+/// chunk once, however many times it occurs before the server has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_zeros_uploads_its_chunk_once() {
+    let server = Server::start().await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut data = vec![0u8; 100 << 20];
+    data[50 << 20..(50 << 20) + 5].copy_from_slice(b"hello");
+    write(a.path(), "disk.img", &data);
+    let r = sync(a.path(), &server, "a").await;
+    assert!(r.in_sync(), "{r:?}");
+    assert!(
+        r.chunks_sent <= 4,
+        "one zero chunk, and the few around the text: {r:?}"
+    );
+    sync(b.path(), &server, "b").await;
+    assert_eq!(std::fs::read(b.path().join("disk.img")).unwrap(), data);
+}
