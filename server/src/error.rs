@@ -73,10 +73,14 @@ fn is_disk_full(e: &Error) -> bool {
     if let Error::Sled(sled::Error::Io(io)) = e {
         return full(io);
     }
+    // The chunk store wraps sled's errors, and sled's errors name no source: look inside both.
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if s.downcast_ref::<std::io::Error>().is_some_and(full) {
             return true;
+        }
+        if let Some(sled::Error::Io(io)) = s.downcast_ref::<sled::Error>() {
+            return full(io);
         }
         source = s.source();
     }

@@ -61,7 +61,12 @@ pub async fn run(
         None => Ok(req),
     });
     // Adaptive HTTP/2 windows: chunk uploads stream megabytes per RPC.
-    let mut builder = Server::builder().http2_adaptive_window(Some(true));
+    // Keepalive pings end connections whose peer is gone or speaks garbage.
+    let mut builder = Server::builder()
+        .http2_adaptive_window(Some(true))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)));
     if let Some((cert, key)) = &config.tls {
         builder = builder
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))

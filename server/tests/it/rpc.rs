@@ -434,7 +434,7 @@ async fn tokens_are_required_when_configured() {
     let mut anonymous = pb::sync_client::SyncClient::new(channel.clone());
     let err = anonymous
         .handshake(pb::HandshakeRequest {
-            protocol_version: 1,
+            protocol_version: lbsync_proto::PROTOCOL_VERSION,
             folder: "default".into(),
             device: "x".into(),
         })
@@ -452,7 +452,7 @@ async fn tokens_are_required_when_configured() {
         );
         let res = c
             .handshake(pb::HandshakeRequest {
-                protocol_version: 1,
+                protocol_version: lbsync_proto::PROTOCOL_VERSION,
                 folder: "default".into(),
                 device: "x".into(),
             })
@@ -485,14 +485,17 @@ async fn tls_serves_clients_that_trust_the_certificate() {
         .await
         .unwrap();
     let mut c = with_token(channel, None);
-    assert_eq!(handshake(&mut c, "default").await.protocol_version, 1);
+    assert_eq!(
+        handshake(&mut c, "default").await.protocol_version,
+        lbsync_proto::PROTOCOL_VERSION
+    );
     // Plain text is refused.
     let plain = pb::sync_client::SyncClient::connect(format!("http://{}", server.addr)).await;
     if let Ok(mut plain) = plain {
         assert!(
             plain
                 .handshake(pb::HandshakeRequest {
-                    protocol_version: 1,
+                    protocol_version: lbsync_proto::PROTOCOL_VERSION,
                     folder: "default".into(),
                     device: "x".into()
                 })
