@@ -146,6 +146,7 @@ impl Syncer {
             .canonicalize()
             .map_err(Error::io(format!("resolving {}", root.display())))?;
         let mut state = StateStore::load(&root)?;
+        state.clear_stale_tmp();
         let s = &mut state.state;
         let folder = opts.folder.clone().unwrap_or_else(|| {
             if s.folder.is_empty() {

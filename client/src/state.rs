@@ -162,6 +162,26 @@ impl StateStore {
         self.dir.join("tmp")
     }
 
+    /// Deletes what interrupted runs left in the temp directory: files untouched for an hour (a
+    /// download in progress in another process writes to its part file all the time).
+    pub fn clear_stale_tmp(&self) {
+        let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
+            return;
+        };
+        let hour = std::time::Duration::from_secs(3600);
+        for e in entries.flatten() {
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > hour);
+            if stale {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Caches a manifest of a synced file.
     pub fn put_manifest(&self, m: &Manifest) -> Result<()> {
         let path = self.dir.join("manifests").join(m.id().to_string());

@@ -160,6 +160,7 @@ pub async fn watch(
     let mut offline_since: Option<Instant> = None;
     let mut due: Option<Instant> = Some(Instant::now());
     let mut next_rescan = Instant::now() + rescan_every;
+    let mut events_closed = false;
     'run: loop {
         // Connect when needed.
         if syncer.is_none() {
@@ -168,8 +169,8 @@ pub async fn watch(
                     if offline_since.take().is_some() {
                         info!("back online");
                     }
+                    // The backoff is reset once the change stream is open too.
                     syncer = Some(s);
-                    backoff = BACKOFF_MIN;
                     due = Some(Instant::now());
                 }
                 Err(e) if e.is_offline() => {
@@ -228,11 +229,23 @@ pub async fn watch(
             if changes.is_none() {
                 let cursor = s.state.state.cursor;
                 match s.remote.follow(cursor).await {
-                    Ok(stream) => changes = Some(stream),
+                    Ok(stream) => {
+                        changes = Some(stream);
+                        backoff = BACKOFF_MIN;
+                    }
                     Err(e) => {
-                        warn!("cannot follow the server's changes: {e}");
+                        warn!(
+                            "cannot follow the server's changes: {e}; retrying in {:.1}s",
+                            backoff.as_secs_f64()
+                        );
                         syncer = None;
                         offline_since = Some(Instant::now());
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        tokio::select! {
+                            () = &mut shutdown => break 'run,
+                            () = tokio::time::sleep(wait) => {}
+                        }
                         continue;
                     }
                 }
@@ -249,7 +262,7 @@ pub async fn watch(
                     due = Some(Instant::now());
                 }
             }
-            ev = rx.recv() => match ev {
+            ev = rx.recv(), if !events_closed => match ev {
                 Some(Local::Changed { removal }) => {
                     // Hold deletions a little longer: a create of the same content may follow.
                     let quiet = if removal { wopts.debounce * 3 } else { wopts.debounce };
@@ -260,7 +273,8 @@ pub async fn watch(
                     warn!("{why}; rescanning");
                     due = Some(Instant::now());
                 }
-                None => {}
+                // The watcher is gone (it failed to start): rescans carry on alone.
+                None => events_closed = true,
             },
             msg = stream.message() => match msg {
                 Ok(Some(m)) => {

@@ -4,8 +4,9 @@ use lbsync_chunkstore::{Manifest, ManifestDelta, ManifestId};
 
 use crate::path::SyncPath;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks. 2: files of 4 GiB and more are chunked with larger
+/// sizes (`ChunkParams::for_file`), so both sides must agree on them.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What a path is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
