@@ -13,6 +13,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use lbsync_chunkstore::Manifest;
 use lbsync_proto::{CommitOutcome, Entry, EntryKind, SyncPath};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -384,9 +385,10 @@ impl Syncer {
         }
     }
 
-    /// Both sides changed a path that both still have. Equal contents: adopt. Otherwise move the
-    /// local version to a conflicted copy (returned, to be uploaded) so the server's can take the
-    /// path.
+    /// Both sides changed a path that both still have. Equal contents: adopt. A local file the
+    /// state does not know that holds an older server version (a download whose state was never
+    /// saved): replace it. Otherwise move the local version to a conflicted copy (returned, to be
+    /// uploaded) so the server's can take the path.
     async fn both_changed(
         &mut self,
         r: &Entry,
@@ -400,6 +402,18 @@ impl Syncer {
                 let m = manifest_of(&r.path.to_local(&self.root), self.remote.params)?;
                 if Some(m.id()) == r.manifest {
                     self.state.put_manifest(&m)?;
+                } else if self.is_old_server_version(&r.path, &m).await? {
+                    info!(
+                        "{} here is an older version from the server (its download was \
+                         interrupted before it was recorded): replacing it",
+                        r.path
+                    );
+                    let local = r.path.to_local(&self.root);
+                    fs::remove_file(&local)
+                        .map_err(Error::io(format!("replacing {}", local.display())))?;
+                    self.download_file(r).await?;
+                    self.report.downloaded += 1;
+                    return Ok(None);
                 }
                 Some(m.id()) == r.manifest
             }
@@ -440,6 +454,16 @@ impl Syncer {
             display_device(&r.device)
         );
         Ok(Some(copy))
+    }
+
+    /// Whether `m`, the content of a local file the state does not know, is a version the server
+    /// has held at `path`: then nobody edited it here, and the newer server version may replace it.
+    async fn is_old_server_version(&mut self, path: &SyncPath, m: &Manifest) -> Result<bool> {
+        if self.state.state.files.contains_key(path.as_str()) {
+            return Ok(false);
+        }
+        let versions = self.remote.history(path).await?;
+        Ok(versions.iter().any(|v| v.manifest == Some(m.id())))
     }
 
     /// Moves a local path aside to a conflicted-copy name (never deleting it) and returns the name.

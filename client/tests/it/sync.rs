@@ -198,3 +198,33 @@ async fn a_file_of_zeros_uploads_its_chunk_once() {
     sync(b.path(), &server, "b").await;
     assert_eq!(std::fs::read(b.path().join("disk.img")).unwrap(), data);
 }
+
+/// A download that landed but whose state was never saved (the client was killed in between)
+/// leaves a file the state does not know. When the server has moved on, that old server version
+/// is replaced, not kept as a conflicted copy: nobody edited it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrecorded_download_is_replaced_not_kept_as_a_conflict() {
+    let server = Server::start().await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a.path(), b.path());
+    write(a, "doc.txt", "version 1");
+    sync(a, &server, "a").await;
+    sync(b, &server, "b").await;
+    // b forgets it ever synced doc.txt, as if killed right after the download's rename.
+    let state_path = b.join(".lbsync/state.json");
+    let mut st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    st["files"].as_object_mut().unwrap().remove("doc.txt");
+    st["cursor"] = 0.into();
+    std::fs::write(&state_path, serde_json::to_vec(&st).unwrap()).unwrap();
+    write(a, "doc.txt", "version 2");
+    sync(a, &server, "a").await;
+    let r = sync(b, &server, "b").await;
+    assert_eq!(r.conflicts, 0, "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(b.join("doc.txt")).unwrap(),
+        "version 2"
+    );
+    converge(&[a, b], &server).await;
+    assert_eq!(tree(a), tree(b));
+}
