@@ -40,7 +40,6 @@ mod chunker;
 mod compress;
 mod delta;
 mod error;
-#[cfg(feature = "sled")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod id;

@@ -41,13 +41,6 @@ pub fn commit_request(data: &[u8]) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::path::PathBuf;
-
-    fn corpus(target: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/corpus")
-            .join(target)
-    }
 
     fn seeds() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         let paths: Vec<Vec<u8>> = [
@@ -87,25 +80,8 @@ mod tests {
     #[test]
     fn seed_corpus() {
         let (paths, commits) = seeds();
-        for (target, items) in [("sync_path", &paths), ("commit_request", &commits)] {
-            let dir = corpus(target);
-            if std::env::var_os("LBSYNC_FUZZ_WRITE_SEEDS").is_some() {
-                std::fs::create_dir_all(&dir).unwrap();
-                for (i, item) in items.iter().enumerate() {
-                    std::fs::write(dir.join(format!("seed-{i}")), item).unwrap();
-                }
-            }
-            let mut n = 0;
-            for e in std::fs::read_dir(&dir).unwrap() {
-                let data = std::fs::read(e.unwrap().path()).unwrap();
-                match target {
-                    "sync_path" => sync_path(&data),
-                    _ => commit_request(&data),
-                }
-                n += 1;
-            }
-            assert!(n >= items.len(), "{target}: the seed corpus is missing");
-        }
+        lbsync_chunkstore::fuzzing::check_corpus("sync_path", &paths, sync_path);
+        lbsync_chunkstore::fuzzing::check_corpus("commit_request", &commits, commit_request);
     }
 
     proptest! {
