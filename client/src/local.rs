@@ -154,7 +154,8 @@ pub struct ChunkIndex {
     manifests: HashMap<lbsync_chunkstore::ManifestId, u32>,
 }
 
-fn key(id: &ChunkId) -> u64 {
+/// A chunk id's first 8 bytes: the key of the local index and of an upload's set of sent chunks.
+pub(crate) fn key(id: &ChunkId) -> u64 {
     u64::from_le_bytes(id.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 

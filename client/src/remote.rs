@@ -9,8 +9,8 @@ use lbsync_proto::convert::delta_from_pb;
 use lbsync_proto::pb::sync_client::SyncClient;
 use lbsync_proto::wire::decode_chunk;
 use lbsync_proto::{
-    CommitOutcome, CommitRequest, Entry, PROTOCOL_VERSION, SyncPath, ids_from_bytes, ids_to_bytes,
-    pb,
+    CommitOutcome, CommitRequest, Entry, PROTOCOL_VERSION, SyncPath, error_chain, ids_from_bytes,
+    ids_to_bytes, pb,
 };
 use prost::Message;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -359,15 +359,4 @@ impl Remote {
             .into_inner();
         CommitOutcome::try_from(resp).map_err(Error::protocol("Restore"))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -14,7 +14,7 @@ use tracing::info;
 
 use crate::engine::Syncer;
 use crate::error::{Error, Result};
-use crate::local::{fingerprint, unchanged};
+use crate::local::{fingerprint, key, unchanged};
 use crate::remote::Committed;
 use crate::state::{Fingerprint, Kind, Synced};
 
@@ -146,7 +146,6 @@ impl Syncer {
         // Chunks already queued in this upload, by 64-bit id prefix: a repeat (a file of zeros
         // is one chunk many times) goes once, even before the server has it to say so.
         let mut sent: HashSet<u64> = HashSet::new();
-        let prefix = |id: &ChunkId| u64::from_le_bytes(id.as_bytes()[..8].try_into().expect("8"));
         let (mut chunks_sent, mut bytes_sent) = (0u64, 0u64);
         while let Some(batch) = rx.recv().await {
             progress.inc(batch.iter().map(|c| c.len() as u64).sum());
@@ -161,7 +160,7 @@ impl Syncer {
                 .iter()
                 .map(Chunk::id)
                 .filter(|id| !(trust_index && self.index.contains(id)))
-                .filter(|id| !sent.contains(&prefix(id)))
+                .filter(|id| !sent.contains(&key(id)))
                 .filter(|id| asked.insert(*id))
                 .collect();
             if ask.is_empty() {
@@ -173,7 +172,7 @@ impl Syncer {
                 if !missing.remove(&c.id()) {
                     continue;
                 }
-                sent.insert(prefix(&c.id()));
+                sent.insert(key(&c.id()));
                 let wire = encode_chunk(c.id(), c.data());
                 msg_bytes += wire.data.len();
                 msg_raw += c.len();

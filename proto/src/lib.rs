@@ -34,3 +34,15 @@ pub mod pb {
 pub use convert::{ConvertError, ids_from_bytes, ids_to_bytes};
 pub use model::{CommitOutcome, CommitRequest, Content, Entry, EntryKind, PROTOCOL_VERSION};
 pub use path::{PathError, SyncPath};
+
+/// An error and its sources, "a: b: c": how both ends put a transport or storage error in words.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

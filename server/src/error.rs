@@ -128,14 +128,4 @@ pub const MISSING_IDS_IN_METADATA: usize = 256;
 /// (the first [`MISSING_IDS_IN_METADATA`]).
 pub const MISSING_IDS_KEY: &str = "lbsync-missing-ids-bin";
 
-/// An error and its sources, "a: b: c".
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use lbsync_proto::error_chain as chain;
