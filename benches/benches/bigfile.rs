@@ -59,7 +59,15 @@ fn main() {
         hash(&b.join("big.bin")),
         "the pulled file differs"
     );
-    let rate = |s: f64| format!("{:.0} MiB/s", size as f64 / (1 << 20) as f64 / s);
+    let row = |direction: &str, s: ChildSync| {
+        vec![
+            direction.to_owned(),
+            format!("{:.1} s", s.seconds),
+            format!("{:.0} MiB/s", size as f64 / (1 << 20) as f64 / s.seconds),
+            format!("{} MB", s.peak_rss / 1_000_000),
+            s.report,
+        ]
+    };
     println!(
         "{}",
         table(
@@ -70,22 +78,7 @@ fn main() {
                 "client peak RSS",
                 "what the sync said"
             ],
-            &[
-                vec![
-                    "push".into(),
-                    format!("{:.1} s", push.seconds),
-                    rate(push.seconds),
-                    format!("{} MB", push.peak_rss / 1_000_000),
-                    push.report,
-                ],
-                vec![
-                    "pull".into(),
-                    format!("{:.1} s", pull.seconds),
-                    rate(pull.seconds),
-                    format!("{} MB", pull.peak_rss / 1_000_000),
-                    pull.report,
-                ],
-            ]
+            &[row("push", push), row("pull", pull)]
         )
     );
     println!("server peak RSS {} MB", server_rss / 1_000_000);
