@@ -224,7 +224,9 @@ async fn client(i: usize, url: &str, end: Instant, tally: &Mutex<Tally>) -> anyh
             let Some(id) = e.manifest else { continue };
             let m = remote.manifest(id, None).await?;
             let want: Vec<_> = m.chunks().iter().map(|r| r.id).take(64).collect();
-            let got = remote.chunks(&want, ChunkParams::DEFAULT.max_size).await?;
+            let got = remote
+                .chunks(&want, &Default::default(), ChunkParams::DEFAULT.max_size)
+                .await?;
             pulled.0 += 1;
             pulled.1 += got.len() as u64;
         }

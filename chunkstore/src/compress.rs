@@ -49,6 +49,36 @@ pub fn decompress(data: &[u8], max_len: usize) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// Deltas are small and rare next to plain chunks: a stronger level costs little.
+const DELTA_LEVEL: i32 = 3;
+
+/// `data` zstd-compressed with `base` as a raw-content prefix (a single-use dictionary): an edited
+/// chunk against the chunk(s) it replaced comes to little more than the edit. The receiver needs
+/// the same `base` ([`decompress_against`]).
+pub fn compress_against(data: &[u8], base: &[u8]) -> std::io::Result<Vec<u8>> {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    let io = |code: usize| std::io::Error::other(zstd::zstd_safe::get_error_name(code));
+    let mut cctx = CCtx::create();
+    cctx.set_parameter(CParameter::CompressionLevel(DELTA_LEVEL))
+        .map_err(io)?;
+    cctx.ref_prefix(base).map_err(io)?;
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+    cctx.compress2(&mut out, data).map_err(io)?;
+    Ok(out)
+}
+
+/// Inverts [`compress_against`]: `data` must inflate, with `base` as its prefix, to at most
+/// `max_len` bytes (more is an error).
+pub fn decompress_against(data: &[u8], base: &[u8], max_len: usize) -> std::io::Result<Vec<u8>> {
+    use zstd::zstd_safe::DCtx;
+    let io = |code: usize| std::io::Error::other(zstd::zstd_safe::get_error_name(code));
+    let mut dctx = DCtx::create();
+    dctx.ref_prefix(base).map_err(io)?;
+    let mut out = Vec::with_capacity(max_len);
+    dctx.decompress(&mut out, data).map_err(io)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +96,26 @@ mod tests {
         let mut noise = vec![0u8; 20_000];
         blake3::Hasher::new().finalize_xof().fill(&mut noise);
         assert!(compress_if_smaller(&noise).is_none());
+    }
+
+    #[test]
+    fn an_edit_against_its_base_costs_about_the_edit() {
+        let mut base = vec![0u8; 8192];
+        blake3::Hasher::new().finalize_xof().fill(&mut base);
+        let mut edited = base.clone();
+        edited.splice(4000..4000, *b"a line inserted in the middle\n");
+        let z = compress_against(&edited, &base).unwrap();
+        assert!(z.len() < 80, "{} bytes for a 30-byte insert", z.len());
+        assert_eq!(decompress_against(&z, &base, edited.len()).unwrap(), edited);
+        assert!(
+            decompress_against(&z, &base, edited.len() - 1).is_err(),
+            "never more than asked for"
+        );
+        let wrong_base = vec![1u8; 8192];
+        assert_ne!(
+            decompress_against(&z, &wrong_base, edited.len()).ok(),
+            Some(edited),
+            "the base is part of the encoding"
+        );
     }
 }

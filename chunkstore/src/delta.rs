@@ -130,6 +130,62 @@ impl ManifestDelta {
     }
 }
 
+/// For each chunk of `new`, the chunks of `old` it most likely replaced (at most `max`, in file
+/// order): those of the region of `old` between the unchanged chunks around it. Empty for a chunk
+/// `old` already has, and for new content with nothing replaced (an append). An edited chunk sent
+/// as a delta against these costs about the edit ([`crate::compress_against`]).
+pub fn edit_bases(old: &Manifest, new: &Manifest, max: usize) -> Vec<Vec<ChunkId>> {
+    let in_old: HashMap<ChunkId, usize> = old
+        .chunks()
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, c)| (c.id, i))
+        .collect();
+    let in_new: std::collections::HashSet<ChunkId> = new.chunks().iter().map(|c| c.id).collect();
+    let chunks = new.chunks();
+    let mut out = vec![Vec::new(); chunks.len()];
+    let mut i = 0;
+    // The old index just after the last unchanged chunk seen.
+    let mut gap_start = 0;
+    while i < chunks.len() {
+        if let Some(&j) = in_old.get(&chunks[i].id) {
+            gap_start = j + 1;
+            i += 1;
+            continue;
+        }
+        // A run of new chunks, chunks[i..run_end], replacing old[gap_start..gap_end].
+        let run_end = (i..chunks.len())
+            .find(|&k| in_old.contains_key(&chunks[k].id))
+            .unwrap_or(chunks.len());
+        let gap_end = chunks
+            .get(run_end)
+            .and_then(|c| in_old.get(&c.id))
+            .copied()
+            .unwrap_or(old.chunks().len())
+            .max(gap_start);
+        let gap: Vec<ChunkId> = old.chunks()[gap_start.min(old.chunks().len())..gap_end]
+            .iter()
+            .map(|c| c.id)
+            .filter(|id| !in_new.contains(id))
+            .collect();
+        let run = run_end - i;
+        for (k, bases) in out[i..run_end].iter_mut().enumerate() {
+            if gap.is_empty() || max == 0 {
+                break;
+            }
+            // The part of the gap at the same relative place as this chunk in its run.
+            let centre = k * gap.len() / run;
+            let from = centre
+                .saturating_sub(max / 2)
+                .min(gap.len().saturating_sub(max));
+            *bases = gap[from..(from + max).min(gap.len())].to_vec();
+        }
+        i = run_end;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +224,29 @@ mod tests {
             ]
         );
         assert_eq!(d.apply(&base).unwrap(), new);
+    }
+
+    #[test]
+    fn edited_chunks_are_based_on_the_chunks_they_replaced() {
+        let id = |i: u8| ChunkId::of(&[i]);
+        // One chunk edited in the middle: its base is the chunk it replaced.
+        let bases = edit_bases(&m(&[1, 2, 3, 4]), &m(&[1, 2, 9, 4]), 4);
+        assert_eq!(bases, vec![vec![], vec![], vec![id(3)], vec![]]);
+        // A one-chunk file rewritten: the old chunk.
+        assert_eq!(edit_bases(&m(&[1]), &m(&[2]), 4), vec![vec![id(1)]]);
+        // An edit that moved a cut point: two old chunks became three new ones.
+        let bases = edit_bases(&m(&[1, 2, 3, 4]), &m(&[1, 7, 8, 9, 4]), 1);
+        assert_eq!(bases[1..4], [vec![id(2)], vec![id(2)], vec![id(3)]]);
+        // An append replaced nothing; a chunk the new version still has is no base.
+        assert_eq!(edit_bases(&m(&[1, 2]), &m(&[1, 2, 5]), 4)[2], vec![]);
+        assert_eq!(
+            edit_bases(&m(&[1, 2]), &m(&[2, 5]), 4),
+            vec![vec![], vec![]]
+        );
+        // At most `max`.
+        let many = edit_bases(&m(&[1, 2, 3, 4, 5, 6]), &m(&[9]), 2);
+        assert_eq!(many[0].len(), 2);
+        assert!(edit_bases(&m(&[]), &m(&[1]), 4)[0].is_empty());
     }
 
     #[test]

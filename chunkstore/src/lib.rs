@@ -54,8 +54,8 @@ mod store;
 
 pub use chunk::Chunk;
 pub use chunker::{BLOCK_SIZE, Chunker, Cutter, NORMALIZATION, Piece, chunk_pipelined};
-pub use compress::{compress_if_smaller, decompress};
-pub use delta::{DeltaOp, ManifestDelta};
+pub use compress::{compress_against, compress_if_smaller, decompress, decompress_against};
+pub use delta::{DeltaOp, ManifestDelta, edit_bases};
 pub use error::{Error, Result};
 pub use id::{ChunkId, ManifestId};
 pub use manifest::{ChunkRef, MANIFEST_VERSION, MAX_MANIFEST_BYTES, MAX_MANIFEST_CHUNKS, Manifest};

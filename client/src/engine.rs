@@ -14,16 +14,17 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use lbsync_chunkstore::Manifest;
-use lbsync_proto::{CommitOutcome, Entry, EntryKind, SyncPath};
+use lbsync_proto::{BatchOutcome, CommitOutcome, CommitRequest, Entry, EntryKind, SyncPath};
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::cache::ChunkCache;
 use crate::conflict::conflicted_copy;
 use crate::error::{Error, Result};
 use crate::local::{ChunkIndex, fingerprint, manifest_of, scan, unchanged};
 use crate::remote::Remote;
 use crate::state::{Fingerprint, Kind, StateStore, Synced};
-use crate::transfer::{Uploaded, display_device, human, kind_word};
+use crate::transfer::{SMALL_FILE, Uploaded, display_device, human, kind_word};
 
 /// The default server when neither `--server`, `LBSYNC_SERVER` nor the state names one.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
@@ -105,6 +106,8 @@ pub struct Syncer {
     pub remote: Remote,
     /// Chunks local synced files hold.
     pub index: ChunkIndex,
+    /// Copies of small synced files' chunks, for deltas.
+    pub cache: ChunkCache,
     /// `name#id`, as committed.
     pub device: String,
     /// What happened so far.
@@ -190,11 +193,13 @@ impl Syncer {
         s.folder = folder;
         s.device_name = name;
         let index = ChunkIndex::build(&state);
+        let cache = ChunkCache::open(state.cache_dir());
         Ok(Self {
             root,
             state,
             remote,
             index,
+            cache,
             device,
             report: Report::default(),
             cursor: 0,
@@ -327,6 +332,13 @@ impl Syncer {
                 uploads.push((reupload, r.version));
             }
         }
+        let (small, mut uploads): (Vec<_>, Vec<_>) = uploads.into_iter().partition(|(p, _)| {
+            local
+                .get(p)
+                .is_some_and(|f| f.kind == Kind::File && f.size <= SMALL_FILE)
+        });
+        let left = self.upload_small_files(small).await;
+        uploads.extend(left);
         for (path, base) in uploads {
             if let Err(e) = self.upload(&path, base).await {
                 if e.is_offline() {
@@ -336,11 +348,7 @@ impl Syncer {
             }
         }
         deletes_there.sort_by(|a, b| b.0.cmp(&a.0));
-        for (path, base) in deletes_there {
-            if let Err(e) = self.delete_there(&path, base).await {
-                self.pending(&path, &e);
-            }
-        }
+        self.delete_there(deletes_there).await;
         remote_ok
     }
 
@@ -351,12 +359,12 @@ impl Syncer {
         }
     }
 
-    fn pending(&mut self, path: &SyncPath, e: &Error) {
+    pub(crate) fn pending(&mut self, path: &SyncPath, e: &Error) {
         warn!("{path}: {e}");
         self.report.pending.push(format!("{path}: {e}"));
     }
 
-    fn save_quietly(&self) {
+    pub(crate) fn save_quietly(&self) {
         if let Err(e) = self.state.save() {
             warn!("{e}");
         }
@@ -614,30 +622,60 @@ impl Syncer {
         }
     }
 
-    /// Commits a tombstone for a path deleted here.
-    async fn delete_there(&mut self, path: &SyncPath, base: u64) -> Result<()> {
-        let Some(synced) = self.state.state.files.get(path.as_str()).cloned() else {
-            return Ok(());
+    /// Commits tombstones for paths deleted here (children first), all in one CommitBatch.
+    async fn delete_there(&mut self, deletes: Vec<(SyncPath, u64)>) {
+        let mut paths = Vec::new();
+        let mut reqs = Vec::new();
+        for (path, base) in deletes {
+            let Some(synced) = self.state.state.files.get(path.as_str()) else {
+                continue;
+            };
+            let kind = match synced.local.kind {
+                Kind::File => EntryKind::File,
+                Kind::Dir => EntryKind::Dir,
+                Kind::Symlink => EntryKind::Symlink,
+            };
+            reqs.push(CommitRequest {
+                folder: self.remote.folder.clone(),
+                entry: Entry::tombstone(path.clone(), kind, &self.device),
+                base_version: base,
+                content: None,
+            });
+            paths.push(path);
+        }
+        if reqs.is_empty() {
+            return;
+        }
+        let device = self.device.clone();
+        let outcomes = match self.remote.commit_batch(&device, reqs).await {
+            Ok(o) => o,
+            Err(e) => {
+                for path in &paths {
+                    self.pending(path, &e);
+                }
+                return;
+            }
         };
-        let kind = match synced.local.kind {
-            Kind::File => EntryKind::File,
-            Kind::Dir => EntryKind::Dir,
-            Kind::Symlink => EntryKind::Symlink,
-        };
-        match self
-            .commit_plain(Entry::tombstone(path.clone(), kind, &self.device), base)
-            .await?
-        {
-            CommitOutcome::Committed(e) => {
-                self.saw_commit(e.seq);
+        for (path, outcome) in paths.into_iter().zip(outcomes) {
+            if let Err(e) = self.deleted_there(&path, outcome).await {
+                self.pending(&path, &e);
+            }
+        }
+    }
+
+    /// Applies the server's answer to a tombstone.
+    async fn deleted_there(&mut self, path: &SyncPath, outcome: BatchOutcome) -> Result<()> {
+        match outcome {
+            BatchOutcome::Committed { seq, .. } => {
+                self.saw_commit(seq);
                 info!("deleted {path} on the server");
                 self.state.state.files.remove(path.as_str());
                 self.report.deleted_there += 1;
             }
-            CommitOutcome::Conflict(cur) if cur.deleted => {
+            BatchOutcome::Conflict(cur) if cur.deleted => {
                 self.state.state.files.remove(path.as_str());
             }
-            CommitOutcome::Conflict(cur) => {
+            BatchOutcome::Conflict(cur) => {
                 // Edited elsewhere after we synced: the edit wins, bring it back.
                 info!(
                     "{path} was deleted here but edited on {}: restoring it",
@@ -649,6 +687,14 @@ impl Syncer {
                     _ => self.apply_plain(&cur)?,
                 }
                 self.report.downloaded += 1;
+            }
+            BatchOutcome::MissingChunks(_)
+            | BatchOutcome::UnknownManifest(_)
+            | BatchOutcome::Invalid(_) => {
+                return Err(Error::Protocol {
+                    what: "CommitBatch",
+                    reason: format!("the server refused the deletion of {path}: {outcome:?}"),
+                });
             }
         }
         Ok(())

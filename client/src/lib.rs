@@ -4,12 +4,14 @@
 //! - [`Syncer`] runs one two-way reconciliation ([`engine`] explains the rules: what counts as a
 //!   change, how conflicts keep both sides).
 //! - [`state`]: `DIR/.lbsync/`, the per-path record of what was synced, written atomically.
+//! - [`cache`]: copies of small synced files' chunks, so an edit travels as a delta.
 //! - [`local`]: scanning (with `.lbsyncignore`), fingerprints, the index of chunks local files hold.
 //! - [`remote`]: the server's RPCs with byte counts.
 //! - [`watch`](mod@watch): real-time sync (inotify + the server's change stream), offline queue, backoff.
 //! - [`transfer`]: uploading a file's new chunks and committing it as a delta; downloading into a
 //!   temp file and renaming it into place.
 
+pub mod cache;
 pub mod conflict;
 pub mod engine;
 pub mod error;

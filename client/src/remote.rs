@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use lbsync_chunkstore::{Chunk, ChunkId, ChunkParams, Manifest, ManifestId};
-use lbsync_proto::convert::delta_from_pb;
+use lbsync_proto::convert::{MAX_BATCH_COMMITS, batch_to_pb, delta_from_pb};
 use lbsync_proto::pb::sync_client::SyncClient;
-use lbsync_proto::wire::decode_chunk;
+use lbsync_proto::wire::{chunk_bases, decode_chunk_against};
 use lbsync_proto::{
-    CommitOutcome, CommitRequest, Entry, PROTOCOL_VERSION, SyncPath, error_chain, ids_from_bytes,
-    ids_to_bytes, pb,
+    BatchOutcome, CommitOutcome, CommitRequest, Entry, PROTOCOL_VERSION, SyncPath, error_chain,
+    ids_from_bytes, ids_to_bytes, pb,
 };
 use prost::Message;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -56,6 +56,34 @@ pub struct Remote {
     pub sent: u64,
     /// See `sent`.
     pub received: u64,
+}
+
+/// Per chunk, chunks this side holds that it may come as a delta against: their ids and their
+/// concatenated bytes.
+pub type DeltaBases = HashMap<ChunkId, (Vec<ChunkId>, Vec<u8>)>;
+
+/// A chunk from the server, checked against its id; a delta only against the bases offered.
+fn receive_chunk(c: pb::ChunkData, bases: &DeltaBases, max_len: u32) -> Result<Chunk> {
+    let bad = |reason: String| Error::Protocol {
+        what: "GetChunks",
+        reason,
+    };
+    let named = chunk_bases(&c).map_err(|e| bad(e.to_string()))?;
+    let base = if named.is_empty() {
+        None
+    } else {
+        let id =
+            ChunkId::from_slice(&c.id).ok_or_else(|| bad("a chunk id is not 32 bytes".into()))?;
+        match bases.get(&id) {
+            Some((offered, bytes)) if *offered == named => Some(bytes.as_slice()),
+            _ => {
+                return Err(bad(format!(
+                    "chunk {id} came as a delta against chunks not offered"
+                )));
+            }
+        }
+    };
+    decode_chunk_against(c, max_len, base).map_err(Error::protocol("GetChunks"))
 }
 
 /// What a commit of missing chunks answers.
@@ -196,6 +224,40 @@ impl Remote {
         }
     }
 
+    /// Commits several requests by `device`, each decided on its own; one outcome per request,
+    /// in order.
+    pub async fn commit_batch(
+        &mut self,
+        device: &str,
+        reqs: Vec<CommitRequest>,
+    ) -> Result<Vec<BatchOutcome>> {
+        let mut out = Vec::with_capacity(reqs.len());
+        let mut reqs = reqs.into_iter().peekable();
+        while reqs.peek().is_some() {
+            let batch: Vec<CommitRequest> = reqs.by_ref().take(MAX_BATCH_COMMITS).collect();
+            let n = batch.len();
+            let req = batch_to_pb(&self.folder, device, batch);
+            self.sent += req.encoded_len() as u64;
+            let resp = self
+                .client
+                .commit_batch(req)
+                .await
+                .map_err(Error::rpc("CommitBatch"))?
+                .into_inner();
+            self.received += resp.encoded_len() as u64;
+            if resp.results.len() != n {
+                return Err(Error::Protocol {
+                    what: "CommitBatch",
+                    reason: format!("{} results for {n} commits", resp.results.len()),
+                });
+            }
+            for r in resp.results {
+                out.push(BatchOutcome::try_from(r).map_err(Error::protocol("CommitBatch"))?);
+            }
+        }
+        Ok(out)
+    }
+
     /// The Changes stream from `cursor`.
     pub async fn changes(&mut self, cursor: u64) -> Result<tonic::Streaming<pb::ChangesResponse>> {
         let req = pb::ChangesRequest {
@@ -292,16 +354,32 @@ impl Remote {
         Ok(m)
     }
 
-    /// Chunks by id, each checked against its id.
+    /// Chunks by id, each checked against its id. `bases` offers, per chunk, chunks this side
+    /// holds (ids and their concatenated bytes) that the server may send it as a delta against.
     pub async fn chunks(
         &mut self,
         ids: &[ChunkId],
+        bases: &DeltaBases,
         max_len: u32,
     ) -> Result<HashMap<ChunkId, Bytes>> {
         let mut out = HashMap::with_capacity(ids.len());
         for batch in ids.chunks(self.max_ids) {
+            let offered = if bases.is_empty() {
+                Vec::new()
+            } else {
+                batch
+                    .iter()
+                    .map(|id| {
+                        bases
+                            .get(id)
+                            .map(|(b, _)| ids_to_bytes(b))
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            };
             let req = pb::GetChunksRequest {
                 ids: ids_to_bytes(batch),
+                bases: offered,
             };
             self.sent += req.encoded_len() as u64;
             let mut stream = self
@@ -313,8 +391,7 @@ impl Remote {
             while let Some(msg) = stream.message().await.map_err(Error::rpc("GetChunks"))? {
                 self.received += msg.encoded_len() as u64;
                 for c in msg.chunks {
-                    let chunk: Chunk =
-                        decode_chunk(c, max_len).map_err(Error::protocol("GetChunks"))?;
+                    let chunk = receive_chunk(c, bases, max_len)?;
                     out.insert(chunk.id(), chunk.into_data());
                 }
             }

@@ -162,6 +162,11 @@ impl StateStore {
         self.dir.join("tmp")
     }
 
+    /// Where the chunk cache lives (see [`crate::cache`]).
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.join("cache")
+    }
+
     /// Deletes what interrupted runs left in the temp directory: files untouched for an hour (a
     /// download in progress in another process writes to its part file all the time).
     pub fn clear_stale_tmp(&self) {

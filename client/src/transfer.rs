@@ -7,15 +7,18 @@ use std::io::Write;
 use std::path::Path;
 
 use bytes::Bytes;
-use lbsync_chunkstore::{Chunk, ChunkId, ChunkRef, Manifest, ManifestDelta};
-use lbsync_proto::wire::encode_chunk;
-use lbsync_proto::{CommitOutcome, CommitRequest, Content, Entry, EntryKind, SyncPath, pb};
-use tracing::info;
+use lbsync_chunkstore::{Chunk, ChunkId, ChunkRef, Manifest, ManifestDelta, edit_bases};
+use lbsync_proto::wire::{MAX_DELTA_BASES, encode_chunk, encode_chunk_against};
+use lbsync_proto::{
+    BatchOutcome, CommitOutcome, CommitRequest, Content, Entry, EntryKind, SyncPath, pb,
+};
+use tracing::{info, warn};
 
+use crate::cache::CACHED_FILE_MAX;
 use crate::engine::Syncer;
 use crate::error::{Error, Result};
 use crate::local::{fingerprint, key, unchanged};
-use crate::remote::Committed;
+use crate::remote::{Committed, DeltaBases, Remote};
 use crate::state::{Fingerprint, Kind, Synced};
 
 /// Chunks go to the server in messages of about this size on the wire, and of at most about this
@@ -106,6 +109,87 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+/// One PutChunks call fed chunk by chunk, in messages bounded on the wire and decompressed;
+/// opened with the first chunk.
+struct Puts {
+    call: Option<(
+        tokio::sync::mpsc::Sender<pb::PutChunksRequest>,
+        tokio::task::JoinHandle<Result<pb::PutChunksResponse>>,
+    )>,
+    msg: pb::PutChunksRequest,
+    msg_bytes: usize,
+    msg_raw: usize,
+    /// Encoded bytes handed to the call.
+    sent: u64,
+}
+
+impl Puts {
+    fn new() -> Self {
+        Self {
+            call: None,
+            msg: pb::PutChunksRequest::default(),
+            msg_bytes: 0,
+            msg_raw: 0,
+            sent: 0,
+        }
+    }
+
+    /// Queues a chunk. False when the call has ended early (`finish` says why).
+    async fn push(&mut self, remote: &Remote, wire: pb::ChunkData) -> bool {
+        self.msg_bytes += wire.data.len();
+        self.msg_raw += wire.raw_len as usize;
+        self.msg.chunks.push(wire);
+        if self.msg_bytes >= PUT_MESSAGE_BYTES || self.msg_raw >= PUT_MESSAGE_RAW_BYTES {
+            return self.flush(remote).await;
+        }
+        true
+    }
+
+    async fn flush(&mut self, remote: &Remote) -> bool {
+        if self.msg.chunks.is_empty() {
+            return true;
+        }
+        let sender = &self.call.get_or_insert_with(|| remote.put_chunks()).0;
+        self.sent += prost::Message::encoded_len(&self.msg) as u64;
+        (self.msg_bytes, self.msg_raw) = (0, 0);
+        sender.send(std::mem::take(&mut self.msg)).await.is_ok()
+    }
+
+    /// Sends what is queued and waits for the server's answer; returns the bytes sent.
+    async fn finish(mut self, remote: &Remote) -> Result<u64> {
+        self.flush(remote).await;
+        if let Some((sender, handle)) = self.call {
+            drop(sender);
+            handle
+                .await
+                .map_err(|e| Error::Usage(format!("upload task failed: {e}")))??;
+        }
+        Ok(self.sent)
+    }
+}
+
+/// Files up to this size are uploaded together ([`Syncer::upload_small_files`]).
+pub(crate) const SMALL_FILE: u64 = CACHED_FILE_MAX;
+/// A batch of small files holds at most this many files and about this many bytes.
+const SMALL_BATCH_FILES: usize = 1024;
+const SMALL_BATCH_BYTES: u64 = 16 << 20;
+
+/// A small file read and chunked for a batch upload.
+struct Staged {
+    path: SyncPath,
+    base_version: u64,
+    before: Fingerprint,
+    chunks: Vec<Chunk>,
+    manifest: Manifest,
+    /// The manifest last synced at this path, if cached.
+    synced: Option<Manifest>,
+    /// Chunks and bytes sent for it.
+    chunks_sent: u64,
+    bytes_sent: u64,
+    /// How many of those went as deltas.
+    deltas: u64,
+}
+
 impl Syncer {
     /// Chunks `local`, sends the chunks the server lacks, and returns the manifest. Chunks of
     /// synced files are known to be on the server and are not even asked about, unless
@@ -137,22 +221,23 @@ impl Syncer {
         });
         // Sized for the file up front: doubling a multi-GB file's list would briefly hold it twice.
         let mut refs = Vec::with_capacity((len / u64::from(params.avg_size) + 16) as usize);
-        let mut put: Option<(
-            tokio::sync::mpsc::Sender<pb::PutChunksRequest>,
-            tokio::task::JoinHandle<Result<pb::PutChunksResponse>>,
-        )> = None;
-        let mut msg = pb::PutChunksRequest::default();
-        let (mut msg_bytes, mut msg_raw) = (0usize, 0usize);
+        let mut puts = Puts::new();
         // Chunks already queued in this upload, by 64-bit id prefix: a repeat (a file of zeros
         // is one chunk many times) goes once, even before the server has it to say so.
         let mut sent: HashSet<u64> = HashSet::new();
-        let (mut chunks_sent, mut bytes_sent) = (0u64, 0u64);
-        while let Some(batch) = rx.recv().await {
+        let mut chunks_sent = 0u64;
+        let cache_them = len <= CACHED_FILE_MAX;
+        'batches: while let Some(batch) = rx.recv().await {
             progress.inc(batch.iter().map(|c| c.len() as u64).sum());
             refs.extend(batch.iter().map(|c| ChunkRef {
                 id: c.id(),
                 len: c.len() as u32,
             }));
+            if cache_them {
+                for c in &batch {
+                    self.cache.put(&c.id(), c.data());
+                }
+            }
             // Deduplicated within the batch only: a set over the whole file would grow with it
             // (a repeat in a later batch is asked again; the server stores it once anyway).
             let mut asked: HashSet<ChunkId> = HashSet::with_capacity(batch.len());
@@ -173,36 +258,22 @@ impl Syncer {
                     continue;
                 }
                 sent.insert(key(&c.id()));
-                let wire = encode_chunk(c.id(), c.data());
-                msg_bytes += wire.data.len();
-                msg_raw += c.len();
                 chunks_sent += 1;
-                msg.chunks.push(wire);
-                if msg_bytes >= PUT_MESSAGE_BYTES || msg_raw >= PUT_MESSAGE_RAW_BYTES {
-                    let sender = &put.get_or_insert_with(|| self.remote.put_chunks()).0;
-                    bytes_sent += prost::Message::encoded_len(&msg) as u64;
-                    if sender.send(std::mem::take(&mut msg)).await.is_err() {
-                        break;
-                    }
-                    (msg_bytes, msg_raw) = (0, 0);
+                if !puts
+                    .push(&self.remote, encode_chunk(c.id(), c.data()))
+                    .await
+                {
+                    break 'batches;
                 }
             }
         }
+        // An early end leaves the chunking thread waiting to send: release it first.
+        drop(rx);
+        let bytes_sent = puts.finish(&self.remote).await?;
+        self.remote.sent += bytes_sent;
         reader
             .await
             .map_err(|e| Error::Usage(format!("chunking thread failed: {e}")))??;
-        if !msg.chunks.is_empty() {
-            let sender = &put.get_or_insert_with(|| self.remote.put_chunks()).0;
-            bytes_sent += prost::Message::encoded_len(&msg) as u64;
-            let _ = sender.send(msg).await;
-        }
-        if let Some((sender, handle)) = put {
-            drop(sender);
-            handle
-                .await
-                .map_err(|e| Error::Usage(format!("upload task failed: {e}")))??;
-        }
-        self.remote.sent += bytes_sent;
         Ok(Pushed {
             manifest: Manifest::new(refs),
             chunks_sent,
@@ -217,13 +288,7 @@ impl Syncer {
         base_version: u64,
     ) -> Result<Uploaded> {
         let local = path.to_local(&self.root);
-        let base = self
-            .state
-            .state
-            .files
-            .get(path.as_str())
-            .and_then(Synced::manifest_id)
-            .and_then(|id| self.state.manifest(&id));
+        let base = self.synced_manifest(path);
         let mut trust_index = true;
         let mut full = false;
         for _attempt in 0..3 {
@@ -235,33 +300,7 @@ impl Syncer {
                 return Ok(Uploaded::NotSettled);
             }
             let m = &pushed.manifest;
-            let content = if !full
-                && (self.index.has_manifest(&m.id())
-                    || base.as_ref().is_some_and(|b| b.id() == m.id()))
-            {
-                Content::Known(m.id())
-            } else {
-                match base.as_ref().filter(|_| !full) {
-                    Some(b) => Content::Delta {
-                        base: b.id(),
-                        delta: ManifestDelta::diff(b, m),
-                    },
-                    None => Content::Full(m.clone()),
-                }
-            };
-            let entry = Entry {
-                size: m.size(),
-                mode: before.mode,
-                mtime_ns: before.mtime_ns,
-                manifest: Some(m.id()),
-                ..Entry::new(path.clone(), EntryKind::File, &self.device)
-            };
-            let req = CommitRequest {
-                folder: self.remote.folder.clone(),
-                entry,
-                base_version,
-                content: Some(content),
-            };
+            let req = self.file_commit(path, base_version, &before, m, base.as_ref(), full);
             match self.remote.commit(req).await? {
                 Committed::Outcome(CommitOutcome::Committed(e)) => {
                     self.saw_commit(e.seq);
@@ -285,6 +324,257 @@ impl Syncer {
         Err(Error::Usage(format!(
             "the server kept refusing {path}'s chunks; run `lbsync-server fsck` on the server"
         )))
+    }
+
+    /// The commit of a file's new content `m` on `base_version`: a manifest the server has by id,
+    /// else a delta against the synced one `base`, else (or when `full`) the whole manifest.
+    fn file_commit(
+        &self,
+        path: &SyncPath,
+        base_version: u64,
+        before: &Fingerprint,
+        m: &Manifest,
+        base: Option<&Manifest>,
+        full: bool,
+    ) -> CommitRequest {
+        let content = if !full
+            && (self.index.has_manifest(&m.id()) || base.is_some_and(|b| b.id() == m.id()))
+        {
+            Content::Known(m.id())
+        } else {
+            match base.filter(|_| !full) {
+                Some(b) => Content::Delta {
+                    base: b.id(),
+                    delta: ManifestDelta::diff(b, m),
+                },
+                None => Content::Full(m.clone()),
+            }
+        };
+        // The entry's manifest id is left out: the content names it, and the server fills it in.
+        let entry = Entry {
+            size: m.size(),
+            mode: before.mode,
+            mtime_ns: before.mtime_ns,
+            ..Entry::new(path.clone(), EntryKind::File, &self.device)
+        };
+        CommitRequest {
+            folder: self.remote.folder.clone(),
+            entry,
+            base_version,
+            content: Some(content),
+        }
+    }
+
+    /// The manifest last synced at `path`, if cached.
+    fn synced_manifest(&self, path: &SyncPath) -> Option<Manifest> {
+        self.state
+            .state
+            .files
+            .get(path.as_str())
+            .and_then(Synced::manifest_id)
+            .and_then(|id| self.state.manifest(&id))
+    }
+
+    /// Uploads small files together: their new chunks in one PutChunks call (an edited chunk as
+    /// a delta against the chunks it replaced, when the cache holds them), their commits in one
+    /// CommitBatch, so a sync that touched many small files pays a few round trips, not three
+    /// per file. Returns what is left for [`Syncer::upload`] to take one at a time: directories,
+    /// links, large files, conflicts, refusals, files that changed while read. When the server
+    /// is unreachable, the files are left pending instead.
+    pub(crate) async fn upload_small_files(
+        &mut self,
+        files: Vec<(SyncPath, u64)>,
+    ) -> Vec<(SyncPath, u64)> {
+        let mut rest = Vec::new();
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut offline: Option<Error> = None;
+        let n = files.len();
+        for (i, (path, base)) in files.into_iter().enumerate() {
+            if let Some(e) = &offline {
+                self.pending(&path, e);
+                continue;
+            }
+            match self.stage(&path, base) {
+                Some(s) => {
+                    bytes += s.manifest.size();
+                    batch.push(s);
+                }
+                None => rest.push((path, base)),
+            }
+            let last = i + 1 == n;
+            if batch.is_empty()
+                || !(last || batch.len() >= SMALL_BATCH_FILES || bytes >= SMALL_BATCH_BYTES)
+            {
+                continue;
+            }
+            bytes = 0;
+            let paths: Vec<(SyncPath, u64)> = batch
+                .iter()
+                .map(|s| (s.path.clone(), s.base_version))
+                .collect();
+            match self.upload_staged(std::mem::take(&mut batch)).await {
+                Ok(left) => rest.extend(left),
+                Err(e) if e.is_offline() => {
+                    for (path, _) in &paths {
+                        self.pending(path, &e);
+                    }
+                    self.save_quietly();
+                    offline = Some(e);
+                }
+                Err(e) => {
+                    warn!(
+                        "uploading {} files together failed ({e}): sending them one by one",
+                        paths.len()
+                    );
+                    rest.extend(paths);
+                }
+            }
+        }
+        rest
+    }
+
+    /// Reads and chunks a small file; `None` if it is not one (or is changing).
+    fn stage(&self, path: &SyncPath, base_version: u64) -> Option<Staged> {
+        let local = path.to_local(&self.root);
+        let before =
+            fingerprint(&local).filter(|f| f.kind == Kind::File && f.size <= SMALL_FILE)?;
+        let data = fs::read(&local).ok()?;
+        if data.len() as u64 != before.size {
+            return None;
+        }
+        let params = self.remote.params.for_file(before.size);
+        let chunks = lbsync_chunkstore::Chunker::new(&data[..], params)
+            .map(|r| r.map(|(_, c)| c))
+            .collect::<lbsync_chunkstore::Result<Vec<Chunk>>>()
+            .ok()?;
+        let manifest = Manifest::new(
+            chunks
+                .iter()
+                .map(|c| ChunkRef {
+                    id: c.id(),
+                    len: c.len() as u32,
+                })
+                .collect(),
+        );
+        Some(Staged {
+            synced: self.synced_manifest(path),
+            path: path.clone(),
+            base_version,
+            before,
+            chunks,
+            manifest,
+            chunks_sent: 0,
+            bytes_sent: 0,
+            deltas: 0,
+        })
+    }
+
+    /// One batch of [`Syncer::upload_small_files`]; returns the files left over.
+    async fn upload_staged(&mut self, mut batch: Vec<Staged>) -> Result<Vec<(SyncPath, u64)>> {
+        // What to send: an edited chunk whose predecessors are cached goes as a delta without
+        // asking (the delta is about the size of the question); the others are asked about.
+        let mut queued: HashSet<ChunkId> = HashSet::new();
+        let mut deltas: Vec<(usize, pb::ChunkData)> = Vec::new();
+        let mut ask: Vec<(usize, usize)> = Vec::new();
+        for (f, s) in batch.iter().enumerate() {
+            let bases = s
+                .synced
+                .as_ref()
+                .map(|old| edit_bases(old, &s.manifest, MAX_DELTA_BASES));
+            for (i, c) in s.chunks.iter().enumerate() {
+                if self.index.contains(&c.id()) || !queued.insert(c.id()) {
+                    continue;
+                }
+                let (mut present, mut base) = (Vec::new(), Vec::new());
+                for b in bases.as_ref().map_or(&[][..], |b| &b[i]) {
+                    if let Some(bytes) = self.cache.get(b) {
+                        present.push(*b);
+                        base.extend_from_slice(&bytes);
+                    }
+                }
+                if !present.is_empty() {
+                    let wire = encode_chunk_against(c.id(), c.data(), &present, &base);
+                    if !wire.base_ids.is_empty() {
+                        deltas.push((f, wire));
+                        continue;
+                    }
+                }
+                ask.push((f, i));
+            }
+        }
+        let ids: Vec<ChunkId> = ask.iter().map(|&(f, i)| batch[f].chunks[i].id()).collect();
+        let missing: HashSet<ChunkId> = if ids.is_empty() {
+            HashSet::new()
+        } else {
+            self.remote.missing(&ids).await?.into_iter().collect()
+        };
+        let plain = ask.into_iter().filter_map(|(f, i)| {
+            let c = &batch[f].chunks[i];
+            missing
+                .contains(&c.id())
+                .then(|| (f, encode_chunk(c.id(), c.data())))
+        });
+        let wires: Vec<(usize, pb::ChunkData)> = deltas.into_iter().chain(plain).collect();
+        let mut puts = Puts::new();
+        for (f, wire) in wires {
+            let s = &mut batch[f];
+            s.chunks_sent += 1;
+            s.deltas += u64::from(!wire.base_ids.is_empty());
+            s.bytes_sent += prost::Message::encoded_len(&wire) as u64;
+            if !puts.push(&self.remote, wire).await {
+                break;
+            }
+        }
+        self.remote.sent += puts.finish(&self.remote).await?;
+
+        // Commit the files that did not change meanwhile.
+        let mut left = Vec::new();
+        let mut committing = Vec::new();
+        let mut reqs = Vec::new();
+        for s in batch {
+            if fingerprint(&s.path.to_local(&self.root)).as_ref() != Some(&s.before) {
+                left.push((s.path, s.base_version));
+                continue;
+            }
+            reqs.push(self.file_commit(
+                &s.path,
+                s.base_version,
+                &s.before,
+                &s.manifest,
+                s.synced.as_ref(),
+                false,
+            ));
+            committing.push(s);
+        }
+        let device = self.device.clone();
+        let outcomes = self.remote.commit_batch(&device, reqs).await?;
+        for (s, outcome) in committing.into_iter().zip(outcomes) {
+            let BatchOutcome::Committed { version, seq } = outcome else {
+                left.push((s.path, s.base_version));
+                continue;
+            };
+            self.saw_commit(seq);
+            let how = if s.deltas > 0 {
+                format!(" ({} as a delta against the previous version)", s.deltas)
+            } else {
+                String::new()
+            };
+            info!(
+                "uploaded {}: {} of {} chunks new{how}, {} sent",
+                s.path,
+                s.chunks_sent,
+                s.chunks.len(),
+                human(s.bytes_sent)
+            );
+            self.report.chunks_sent += s.chunks_sent;
+            self.report.uploaded += 1;
+            for c in &s.chunks {
+                self.cache.put(&c.id(), c.data());
+            }
+            self.record_file(&s.path, version, &s.manifest, s.before)?;
+        }
+        Ok(left)
     }
 
     /// Records a synced file: state, cached manifest, chunk index.
@@ -359,6 +649,17 @@ impl Syncer {
         let max_len = self.remote.params.largest_chunk();
         let (mut local_chunks, mut fetched) = (0u64, 0u64);
         let mut progress = Progress::new(m.size(), format!("receiving {}", r.path));
+        // Per chunk, the chunks of the version here it most likely replaced: the server may send
+        // an edited chunk as a delta against them.
+        let edits: Option<HashMap<ChunkId, Vec<ChunkId>>> =
+            self.synced_manifest(&r.path).map(|old| {
+                m.chunks()
+                    .iter()
+                    .zip(edit_bases(&old, &m, MAX_DELTA_BASES))
+                    .filter(|(_, b)| !b.is_empty())
+                    .map(|(c, b)| (c.id, b))
+                    .collect()
+            });
         for window in windows(m.chunks()) {
             progress.inc(window.iter().map(|c| u64::from(c.len)).sum());
             let mut have: HashMap<ChunkId, Bytes> = HashMap::new();
@@ -377,7 +678,13 @@ impl Syncer {
             }
             if !need.is_empty() {
                 fetched += need.len() as u64;
-                have.extend(self.remote.chunks(&need, max_len).await?);
+                let bases = self.delta_bases(&need, edits.as_ref());
+                have.extend(self.remote.chunks(&need, &bases, max_len).await?);
+            }
+            if m.size() <= CACHED_FILE_MAX {
+                for (id, bytes) in &have {
+                    self.cache.put(id, bytes);
+                }
             }
             for c in window {
                 let bytes = have.get(&c.id).ok_or_else(|| Error::Protocol {
@@ -416,6 +723,35 @@ impl Syncer {
             m.chunks().len()
         );
         self.record_file(&r.path, r.version, &m, local)
+    }
+
+    /// For chunks to fetch, the bases to offer (from `edits`) whose bytes are at hand: in local
+    /// files or the cache.
+    fn delta_bases(
+        &self,
+        need: &[ChunkId],
+        edits: Option<&HashMap<ChunkId, Vec<ChunkId>>>,
+    ) -> DeltaBases {
+        let Some(edits) = edits else {
+            return DeltaBases::new();
+        };
+        need.iter()
+            .filter_map(|id| {
+                let (mut ids, mut bytes) = (Vec::new(), Vec::new());
+                for b in edits.get(id)? {
+                    let got = self
+                        .index
+                        .read(&self.root, b)
+                        .map(|b| b.to_vec())
+                        .or_else(|| self.cache.get(b));
+                    if let Some(got) = got {
+                        ids.push(*b);
+                        bytes.extend_from_slice(&got);
+                    }
+                }
+                (!ids.is_empty()).then_some((*id, (ids, bytes)))
+            })
+            .collect()
     }
 
     /// Creates a directory or symlink from the server.

@@ -6,7 +6,7 @@ use lbsync_chunkstore::{
     ChunkId, ChunkParams, ChunkRef, DeltaOp, Manifest, ManifestDelta, ManifestId,
 };
 
-use crate::model::{CommitOutcome, CommitRequest, Content, Entry, EntryKind};
+use crate::model::{BatchOutcome, CommitOutcome, CommitRequest, Content, Entry, EntryKind};
 use crate::path::{PathError, SyncPath};
 use crate::pb;
 
@@ -36,6 +36,16 @@ pub enum ConvertError {
     /// A chunk on the wire does not check out (size, compression).
     #[error("{0}")]
     BadChunk(String),
+    /// A list longer than the protocol allows.
+    #[error("{count} {what}, the limit is {limit}: split it")]
+    TooMany {
+        /// What was counted.
+        what: &'static str,
+        /// How many came.
+        count: usize,
+        /// How many are allowed.
+        limit: usize,
+    },
     /// An enum value this build does not know.
     #[error("unknown {field} value {value}: upgrade lbsync")]
     UnknownEnum {
@@ -339,6 +349,118 @@ impl TryFrom<pb::CommitResponse> for CommitOutcome {
     }
 }
 
+/// The most commits one CommitBatch may carry.
+pub const MAX_BATCH_COMMITS: usize = 4096;
+
+/// A batch of commits to one folder by one device, as sent: the folder and device once, not
+/// per entry.
+pub fn batch_to_pb(
+    folder: &str,
+    device: &str,
+    commits: Vec<CommitRequest>,
+) -> pb::CommitBatchRequest {
+    pb::CommitBatchRequest {
+        folder: folder.to_owned(),
+        device: device.to_owned(),
+        commits: commits
+            .into_iter()
+            .map(|c| {
+                let mut c = pb::CommitRequest::from(c);
+                c.folder.clear();
+                if let Some(e) = c.entry.as_mut().filter(|e| e.device == device) {
+                    e.device.clear();
+                }
+                c
+            })
+            .collect(),
+    }
+}
+
+/// A received batch: each commit with the batch's folder, and its device where it names none.
+pub fn batch_from_pb(b: pb::CommitBatchRequest) -> Result<Vec<CommitRequest>, ConvertError> {
+    if b.commits.len() > MAX_BATCH_COMMITS {
+        return Err(ConvertError::TooMany {
+            what: "commits in one CommitBatch",
+            count: b.commits.len(),
+            limit: MAX_BATCH_COMMITS,
+        });
+    }
+    b.commits
+        .into_iter()
+        .map(|mut c| {
+            c.folder.clone_from(&b.folder);
+            if let Some(e) = c.entry.as_mut().filter(|e| e.device.is_empty()) {
+                e.device.clone_from(&b.device);
+            }
+            CommitRequest::try_from(c)
+        })
+        .collect()
+}
+
+impl From<BatchOutcome> for pb::CommitResult {
+    fn from(o: BatchOutcome) -> Self {
+        use pb::commit_result::Result as R;
+        let refused = |reason: pb::Refusal, message: String, missing: &[ChunkId]| {
+            R::Refused(pb::Refused {
+                reason: reason.into(),
+                message,
+                missing_ids: ids_to_bytes(missing),
+            })
+        };
+        Self {
+            result: Some(match o {
+                BatchOutcome::Committed { version, seq } => {
+                    R::Committed(pb::Committed { version, seq })
+                }
+                BatchOutcome::Conflict(e) => R::Conflict(pb::Conflict {
+                    current: Some(e.into()),
+                }),
+                BatchOutcome::MissingChunks(ids) => refused(
+                    pb::Refusal::MissingChunks,
+                    format!("{} chunks are not on the server", ids.len()),
+                    &ids,
+                ),
+                BatchOutcome::UnknownManifest(m) => refused(pb::Refusal::UnknownManifest, m, &[]),
+                BatchOutcome::Invalid(m) => refused(pb::Refusal::Invalid, m, &[]),
+            }),
+        }
+    }
+}
+
+impl TryFrom<pb::CommitResult> for BatchOutcome {
+    type Error = ConvertError;
+
+    fn try_from(r: pb::CommitResult) -> Result<Self, ConvertError> {
+        use pb::commit_result::Result as R;
+        Ok(
+            match r.result.ok_or(ConvertError::MissingField("result"))? {
+                R::Committed(c) => BatchOutcome::Committed {
+                    version: c.version,
+                    seq: c.seq,
+                },
+                R::Conflict(c) => BatchOutcome::Conflict(
+                    c.current
+                        .ok_or(ConvertError::MissingField("current"))?
+                        .try_into()?,
+                ),
+                R::Refused(r) => match pb::Refusal::try_from(r.reason) {
+                    Ok(pb::Refusal::MissingChunks) => {
+                        BatchOutcome::MissingChunks(ids_from_bytes(&r.missing_ids)?)
+                    }
+                    Ok(pb::Refusal::UnknownManifest) => BatchOutcome::UnknownManifest(r.message),
+                    Ok(pb::Refusal::Invalid) => BatchOutcome::Invalid(r.message),
+                    Err(_) => {
+                        return Err(ConvertError::UnknownEnum {
+                            field: "reason",
+                            value: r.reason,
+                        });
+                    }
+                },
+            },
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +496,43 @@ mod tests {
             };
             let back = CommitRequest::try_from(pb::CommitRequest::from(req.clone())).unwrap();
             assert_eq!(back, req);
+        }
+    }
+
+    #[test]
+    fn batches_carry_folder_and_device_once_and_round_trip() {
+        let m = Manifest::new(refs(3));
+        let req = |p: &str, device: &str| CommitRequest {
+            folder: "f".into(),
+            entry: Entry::file(SyncPath::new(p).unwrap(), &m, device),
+            base_version: 1,
+            content: Some(Content::Known(m.id())),
+        };
+        let sent = vec![req("a", "laptop#1"), req("b", "other#2")];
+        let wire = batch_to_pb("f", "laptop#1", sent.clone());
+        assert!(wire.commits.iter().all(|c| c.folder.is_empty()));
+        assert_eq!(wire.commits[0].entry.as_ref().unwrap().device, "");
+        assert_eq!(wire.commits[1].entry.as_ref().unwrap().device, "other#2");
+        assert_eq!(batch_from_pb(wire).unwrap(), sent);
+
+        let too_many = pb::CommitBatchRequest {
+            commits: vec![pb::CommitRequest::default(); MAX_BATCH_COMMITS + 1],
+            ..Default::default()
+        };
+        let err = batch_from_pb(too_many).unwrap_err().to_string();
+        assert!(err.contains("4097 commits in one CommitBatch"), "{err}");
+
+        for o in [
+            BatchOutcome::Committed { version: 3, seq: 9 },
+            BatchOutcome::Conflict(Entry::dir(SyncPath::new("d").unwrap(), "x")),
+            BatchOutcome::MissingChunks(vec![ChunkId::of(b"1")]),
+            BatchOutcome::UnknownManifest("manifest m is not on the server".into()),
+            BatchOutcome::Invalid("bad".into()),
+        ] {
+            assert_eq!(
+                BatchOutcome::try_from(pb::CommitResult::from(o.clone())).unwrap(),
+                o
+            );
         }
     }
 

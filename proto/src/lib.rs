@@ -32,7 +32,9 @@ pub mod pb {
 }
 
 pub use convert::{ConvertError, ids_from_bytes, ids_to_bytes};
-pub use model::{CommitOutcome, CommitRequest, Content, Entry, EntryKind, PROTOCOL_VERSION};
+pub use model::{
+    BatchOutcome, CommitOutcome, CommitRequest, Content, Entry, EntryKind, PROTOCOL_VERSION,
+};
 pub use path::{PathError, SyncPath};
 
 /// An error and its sources, "a: b: c": how both ends put a transport or storage error in words.

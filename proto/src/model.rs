@@ -5,8 +5,9 @@ use lbsync_chunkstore::{Manifest, ManifestDelta, ManifestId};
 use crate::path::SyncPath;
 
 /// The protocol version this build speaks. 2: files of 4 GiB and more are chunked with larger
-/// sizes (`ChunkParams::for_file`), so both sides must agree on them.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// sizes (`ChunkParams::for_file`), so both sides must agree on them. 3: chunks may travel as
+/// deltas against chunks the receiver holds, and commits in batches.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// What a path is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -126,4 +127,24 @@ pub enum CommitOutcome {
     Committed(Entry),
     /// The path is not at the base version; this is its current entry.
     Conflict(Entry),
+}
+
+/// What one commit of a batch came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// It took effect: the path's new version and the commit's journal seq.
+    Committed {
+        /// The new version.
+        version: u64,
+        /// The journal seq.
+        seq: u64,
+    },
+    /// The path is not at the base version; this is its current entry.
+    Conflict(Entry),
+    /// The server lacks these chunks of the manifest.
+    MissingChunks(Vec<lbsync_chunkstore::ChunkId>),
+    /// The server does not have the manifest or delta base the commit names.
+    UnknownManifest(String),
+    /// The commit itself is wrong (what is wrong is said).
+    Invalid(String),
 }

@@ -1,10 +1,14 @@
-//! Chunks on the wire: zstd-compressed when that helps, checked on arrival.
+//! Chunks on the wire: zstd-compressed when that helps, or as a delta against chunks the receiver
+//! holds; checked on arrival.
 
 use bytes::Bytes;
 use lbsync_chunkstore::{Chunk, ChunkId};
 
-use crate::convert::ConvertError;
+use crate::convert::{ConvertError, ids_from_bytes, ids_to_bytes};
 use crate::pb;
+
+/// The most chunks a delta may name as its base.
+pub const MAX_DELTA_BASES: usize = 4;
 
 /// A chunk as sent: compressed when that saves at least 1/32 of its size. `raw` must be the bytes
 /// of `id` (the receiver checks).
@@ -19,12 +23,62 @@ pub fn encode_chunk(id: ChunkId, raw: &Bytes) -> pb::ChunkData {
         compression: compression.into(),
         raw_len: raw.len() as u32,
         data,
+        base_ids: Bytes::new(),
     }
 }
 
-/// A received chunk: decompressed within its declared length (never more than `max_len`) and
-/// checked against its id.
+/// A chunk as sent to a receiver that holds `base_ids`, whose concatenated bytes are `base`: as
+/// a delta against them when that is smaller than [`encode_chunk`]'s choice. At most
+/// [`MAX_DELTA_BASES`] ids are used; with none, this is [`encode_chunk`].
+pub fn encode_chunk_against(
+    id: ChunkId,
+    raw: &Bytes,
+    base_ids: &[ChunkId],
+    base: &[u8],
+) -> pb::ChunkData {
+    let plain = encode_chunk(id, raw);
+    if base_ids.is_empty() || base_ids.len() > MAX_DELTA_BASES {
+        return plain;
+    }
+    match lbsync_chunkstore::compress_against(raw, base) {
+        Ok(z) if z.len() < plain.data.len() => pb::ChunkData {
+            compression: pb::Compression::Zstd.into(),
+            data: Bytes::from(z),
+            base_ids: ids_to_bytes(base_ids),
+            ..plain
+        },
+        _ => plain,
+    }
+}
+
+/// The chunks a received chunk is a delta against: none for a plain chunk, at most
+/// [`MAX_DELTA_BASES`].
+pub fn chunk_bases(c: &pb::ChunkData) -> Result<Vec<ChunkId>, ConvertError> {
+    let ids = ids_from_bytes(&c.base_ids)?;
+    if ids.len() > MAX_DELTA_BASES {
+        return Err(ConvertError::TooMany {
+            what: "delta base chunks",
+            count: ids.len(),
+            limit: MAX_DELTA_BASES,
+        });
+    }
+    Ok(ids)
+}
+
+/// A received plain chunk (a delta is an error: see [`decode_chunk_against`]): decompressed within
+/// its declared length (never more than `max_len`) and checked against its id.
 pub fn decode_chunk(c: pb::ChunkData, max_len: u32) -> Result<Chunk, ConvertError> {
+    decode_chunk_against(c, max_len, None)
+}
+
+/// A received chunk, plain or a delta against `base` (the concatenated bytes of
+/// [`chunk_bases`]): decompressed within its declared length (never more than `max_len`) and
+/// checked against its id.
+pub fn decode_chunk_against(
+    c: pb::ChunkData,
+    max_len: u32,
+    base: Option<&[u8]>,
+) -> Result<Chunk, ConvertError> {
     let id = ChunkId::from_slice(&c.id).ok_or(ConvertError::BadLength {
         field: "chunk id",
         len: c.id.len(),
@@ -37,7 +91,28 @@ pub fn decode_chunk(c: pb::ChunkData, max_len: u32) -> Result<Chunk, ConvertErro
         )));
     }
     let data = match pb::Compression::try_from(c.compression) {
+        Ok(pb::Compression::None) if !c.base_ids.is_empty() => {
+            return Err(ConvertError::BadChunk(format!(
+                "chunk {id} names delta bases but is not zstd: a delta is always compressed"
+            )));
+        }
         Ok(pb::Compression::None) => c.data,
+        Ok(pb::Compression::Zstd) if !c.base_ids.is_empty() => {
+            let base = base.ok_or_else(|| {
+                ConvertError::BadChunk(format!(
+                    "chunk {id} is a delta, but no delta was expected here"
+                ))
+            })?;
+            lbsync_chunkstore::decompress_against(&c.data, base, c.raw_len as usize)
+                .map(Bytes::from)
+                .map_err(|e| {
+                    ConvertError::BadChunk(format!(
+                        "chunk {id}: delta does not decompress against its base to at most {} \
+                         bytes: {e}",
+                        c.raw_len
+                    ))
+                })?
+        }
         Ok(pb::Compression::Zstd) => lbsync_chunkstore::decompress(&c.data, c.raw_len as usize)
             .map(Bytes::from)
             .map_err(|e| {
@@ -87,5 +162,55 @@ mod tests {
         wrong.data = Bytes::from_static(b"abd");
         let err = decode_chunk(wrong, 1 << 20).unwrap_err().to_string();
         assert!(err.contains("do not match their id"), "{err}");
+    }
+
+    #[test]
+    fn deltas_round_trip_against_their_base_only() {
+        let lines: String = (0..400u64)
+            .map(|i| format!("let v{i} = {};\n", i.wrapping_mul(0x9e37_79b9) % 100_003))
+            .collect();
+        let old = Chunk::new(lines.into_bytes());
+        let mut text = old.data().to_vec();
+        text.splice(3000..3000, *b"    // patched\n");
+        let new = Chunk::new(text);
+        let wire = encode_chunk_against(new.id(), new.data(), &[old.id()], old.data());
+        assert_eq!(chunk_bases(&wire).unwrap(), [old.id()]);
+        assert!(
+            wire.data.len() < encode_chunk(new.id(), new.data()).data.len(),
+            "a delta is chosen when it is smaller"
+        );
+        let back = decode_chunk_against(wire.clone(), 1 << 20, Some(old.data())).unwrap();
+        assert_eq!(back, new);
+
+        let err = decode_chunk(wire.clone(), 1 << 20).unwrap_err().to_string();
+        assert!(err.contains("no delta was expected"), "{err}");
+        let err = decode_chunk_against(wire.clone(), 1 << 20, Some(b"another base"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("chunk"), "{err}");
+        let mut raw_delta = wire.clone();
+        raw_delta.compression = pb::Compression::None.into();
+        let err = decode_chunk_against(raw_delta, 1 << 20, Some(old.data()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a delta is always compressed"), "{err}");
+        let mut many = wire;
+        many.base_ids = ids_to_bytes(&[old.id(); MAX_DELTA_BASES + 1]);
+        let err = chunk_bases(&many).unwrap_err().to_string();
+        assert!(err.contains("5 delta base chunks, the limit is 4"), "{err}");
+
+        // Noise does not delta-compress: the plain encoding is kept.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let noise: Vec<u8> = (0..5000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let noise = Chunk::new(noise);
+        let plain = encode_chunk_against(noise.id(), noise.data(), &[old.id()], old.data());
+        assert!(plain.base_ids.is_empty());
     }
 }

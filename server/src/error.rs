@@ -19,6 +19,9 @@ pub enum Error {
     /// A folder, path, version, manifest or chunk that does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A commit names a manifest (or delta base) the server does not have.
+    #[error("{0}")]
+    UnknownManifest(String),
     /// A commit references chunks the server does not have.
     #[error(
         "the server lacks {} chunk(s) this manifest references (first: {}): upload them with PutChunks, then commit again",
@@ -91,7 +94,7 @@ fn is_disk_full(e: &Error) -> bool {
 pub fn status(e: &Error) -> Status {
     let code = match e {
         Error::BadRequest(_) => Code::InvalidArgument,
-        Error::NotFound(_) => Code::NotFound,
+        Error::NotFound(_) | Error::UnknownManifest(_) => Code::NotFound,
         Error::MissingChunks(_) => Code::FailedPrecondition,
         Error::CursorAhead { .. } => Code::OutOfRange,
         Error::ShuttingDown => Code::Unavailable,

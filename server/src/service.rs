@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use lbsync_chunkstore::{Chunk, ChunkStore, Inserted, Manifest, ManifestDelta, PackStore};
-use lbsync_proto::convert::{delta_to_pb, manifest_id};
-use lbsync_proto::wire::{decode_chunk, encode_chunk};
+use lbsync_proto::convert::{batch_from_pb, delta_to_pb, manifest_id};
+use lbsync_proto::wire::{
+    MAX_DELTA_BASES, chunk_bases, decode_chunk_against, encode_chunk, encode_chunk_against,
+};
 use lbsync_proto::{
-    CommitOutcome, CommitRequest, Content, Entry, EntryKind, PROTOCOL_VERSION, SyncPath,
-    ids_from_bytes, ids_to_bytes, pb,
+    BatchOutcome, CommitOutcome, CommitRequest, Content, Entry, EntryKind, PROTOCOL_VERSION,
+    SyncPath, ids_from_bytes, ids_to_bytes, pb,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::Stream;
@@ -102,7 +104,7 @@ impl SyncService {
         let (manifest, new_refs) = match content {
             Content::Known(id) => {
                 let m = store.get_manifest(&id)?.ok_or_else(|| {
-                    Error::NotFound(format!(
+                    Error::UnknownManifest(format!(
                         "manifest {id} is not on the server: send the manifest in full"
                     ))
                 })?;
@@ -114,7 +116,7 @@ impl SyncService {
             }
             Content::Delta { base, delta } => {
                 let base_m = store.get_manifest(&base)?.ok_or_else(|| {
-                    Error::NotFound(format!(
+                    Error::UnknownManifest(format!(
                         "delta base manifest {base} is not on the server: send the manifest in full"
                     ))
                 })?;
@@ -283,10 +285,11 @@ impl pb::sync_server::Sync for SyncService {
                 } else {
                     m
                 };
+                let store = self.store.clone();
                 let verified = blocking(move || {
                     m.chunks
                         .into_iter()
-                        .map(|c| decode_chunk(c, max_len).map_err(Error::from))
+                        .map(|c| receive_chunk(&store, c, max_len))
                         .collect::<Result<Vec<Chunk>>>()
                 })
                 .await;
@@ -338,6 +341,29 @@ impl pb::sync_server::Sync for SyncService {
         let req = to_status(CommitRequest::try_from(r).map_err(Error::from))?;
         let outcome = to_status(self.commit_request(req, metadata_bytes).await)?;
         Ok(Response::new(outcome.into()))
+    }
+
+    async fn commit_batch(
+        &self,
+        req: Request<pb::CommitBatchRequest>,
+    ) -> Result<Response<pb::CommitBatchResponse>, Status> {
+        let r = req.into_inner();
+        to_status(check_folder_name(&r.folder))?;
+        let sizes: Vec<usize> = r.commits.iter().map(prost::Message::encoded_len).collect();
+        let reqs = to_status(batch_from_pb(r).map_err(Error::from))?;
+        let mut results = Vec::with_capacity(reqs.len());
+        for (req, size) in reqs.into_iter().zip(sizes) {
+            let outcome = match self.commit_request(req, size).await {
+                Ok(CommitOutcome::Committed(e)) => BatchOutcome::Committed {
+                    version: e.version,
+                    seq: e.seq,
+                },
+                Ok(CommitOutcome::Conflict(e)) => BatchOutcome::Conflict(e),
+                Err(e) => to_status(batch_refusal(e))?,
+            };
+            results.push(outcome.into());
+        }
+        Ok(Response::new(pb::CommitBatchResponse { results }))
     }
 
     type ChangesStream = BoxStream<pb::ChangesResponse>;
@@ -439,14 +465,37 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::GetChunksRequest>,
     ) -> Result<Response<Self::GetChunksStream>, Status> {
-        let ids = to_status(check_ids(&req.into_inner().ids, &self.limits))?;
+        let r = req.into_inner();
+        let ids = to_status(check_ids(&r.ids, &self.limits))?;
+        if !r.bases.is_empty() && r.bases.len() != ids.len() {
+            return Err(status(&Error::BadRequest(format!(
+                "GetChunks names delta bases for {} of {} chunks: send one (maybe empty) per chunk",
+                r.bases.len(),
+                ids.len()
+            ))));
+        }
+        let bases = to_status(
+            r.bases
+                .iter()
+                .map(|b| {
+                    let ids = ids_from_bytes(b)?;
+                    if ids.len() > MAX_DELTA_BASES {
+                        return Err(Error::BadRequest(format!(
+                            "{} delta bases for one chunk, the limit is {MAX_DELTA_BASES}",
+                            ids.len()
+                        )));
+                    }
+                    Ok(ids)
+                })
+                .collect::<Result<Vec<_>>>(),
+        )?;
         let (tx, rx) = mpsc::channel(4);
         let store = self.store.clone();
         // Reading and compressing is blocking work: one blocking task feeds the stream.
         tokio::task::spawn_blocking(move || {
             let mut msg = pb::GetChunksResponse::default();
             let mut size = 0usize;
-            for id in ids {
+            for (i, id) in ids.into_iter().enumerate() {
                 // `get` has checked the bytes against the id.
                 let chunk = match store.get(&id) {
                     Ok(Some(bytes)) => Ok(bytes),
@@ -455,7 +504,10 @@ impl pb::sync_server::Sync for SyncService {
                 };
                 match chunk {
                     Ok(bytes) => {
-                        let wire = encode_chunk(id, &bytes);
+                        let wire = match bases.get(i).filter(|b| !b.is_empty()) {
+                            Some(b) => encode_against_stored(&store, id, &bytes, b),
+                            None => encode_chunk(id, &bytes),
+                        };
                         size += wire.data.len();
                         msg.chunks.push(wire);
                     }
@@ -529,6 +581,56 @@ impl pb::sync_server::Sync for SyncService {
             .await,
         )?;
         Ok(Response::new(outcome.into()))
+    }
+}
+
+/// A chunk off the wire, checked against its id; a delta is rebuilt on the stored chunks it names.
+fn receive_chunk(store: &PackStore, c: pb::ChunkData, max_len: u32) -> Result<Chunk> {
+    let bases = chunk_bases(&c)?;
+    if bases.is_empty() {
+        return Ok(decode_chunk_against(c, max_len, None)?);
+    }
+    let mut base = Vec::new();
+    for b in &bases {
+        let bytes = store.get(b)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "delta base chunk {b} is not on the server: send the chunk whole"
+            ))
+        })?;
+        base.extend_from_slice(&bytes);
+    }
+    Ok(decode_chunk_against(c, max_len, Some(&base))?)
+}
+
+/// A chunk for a client that holds `bases`: a delta against them when the store has them all and
+/// that is smaller, else plain.
+fn encode_against_stored(
+    store: &PackStore,
+    id: lbsync_chunkstore::ChunkId,
+    bytes: &Bytes,
+    bases: &[lbsync_chunkstore::ChunkId],
+) -> pb::ChunkData {
+    let mut base = Vec::new();
+    for b in bases {
+        match store.get(b) {
+            Ok(Some(bb)) => base.extend_from_slice(&bb),
+            _ => return encode_chunk(id, bytes),
+        }
+    }
+    encode_chunk_against(id, bytes, bases, &base)
+}
+
+/// How one commit of a batch ended, when it ended for a reason of its own: the errors a single
+/// Commit answers with a status of its own. Others (the disk is full, the store failed) end the
+/// whole batch.
+fn batch_refusal(e: Error) -> Result<BatchOutcome> {
+    match e {
+        Error::MissingChunks(ids) => Ok(BatchOutcome::MissingChunks(ids)),
+        Error::UnknownManifest(m) => Ok(BatchOutcome::UnknownManifest(m)),
+        e if status(&e).code() == tonic::Code::InvalidArgument => {
+            Ok(BatchOutcome::Invalid(e.to_string()))
+        }
+        e => Err(e),
     }
 }
 

@@ -228,3 +228,91 @@ async fn an_unrecorded_download_is_replaced_not_kept_as_a_conflict() {
     converge(&[a, b], &server).await;
     assert_eq!(tree(a), tree(b));
 }
+
+/// A generated text file of about `lines` lines, different for each seed.
+fn text(lines: usize, seed: u64) -> String {
+    use rand::{Rng, SeedableRng};
+    const WORDS: &[&str] = &[
+        "let", "mut", "match", "fn", "return", "chunk", "store", "path", "sync", "{", "}", ";",
+    ];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..lines)
+        .map(|_| {
+            let n = rng.random_range(3..10);
+            let words: Vec<&str> = (0..n)
+                .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+                .collect();
+            words.join(" ") + "\n"
+        })
+        .collect()
+}
+
+/// Edited small files go as deltas against the versions they replaced, both ways, all in a few
+/// calls; without the cache they still sync, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_of_small_files_travel_as_deltas_both_ways() {
+    let server = Server::start().await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a.path(), b.path());
+    for i in 0..30 {
+        write(a, &format!("src/f{i}.rs"), text(200, i));
+    }
+    converge(&[a, b], &server).await;
+
+    let mut whole = 0;
+    for i in 0..10 {
+        let path = a.join(format!("src/f{i}.rs"));
+        let mut t = fs::read_to_string(&path).unwrap();
+        t.insert_str(t.len() / 2, "    // fixed\n");
+        whole += t.len();
+        fs::write(&path, t).unwrap();
+    }
+    for i in 27..30 {
+        fs::remove_file(a.join(format!("src/f{i}.rs"))).unwrap();
+    }
+    let up = sync(a, &server, "a").await;
+    assert_eq!((up.uploaded, up.deleted_there), (10, 3), "{up:?}");
+    let total = up.bytes_sent + up.bytes_received;
+    assert!(
+        total < 6_000,
+        "10 one-line edits and 3 deletions cost {total} bytes (the files are {whole}): {up:?}"
+    );
+    let down = sync(b, &server, "b").await;
+    assert_eq!(down.chunks_received, 10, "{down:?}");
+    assert!(
+        down.bytes_received < 6_000,
+        "10 one-line edits cost {} bytes down: {down:?}",
+        down.bytes_received
+    );
+    assert_eq!(tree(a), tree(b));
+
+    // Without the cache, an edit goes whole, and arrives all the same.
+    fs::remove_dir_all(a.join(".lbsync/cache")).unwrap();
+    let path = a.join("src/f0.rs");
+    let mut t = fs::read_to_string(&path).unwrap();
+    t.push_str("// appended\n");
+    fs::write(&path, &t).unwrap();
+    converge(&[a, b], &server).await;
+    assert_eq!(fs::read_to_string(b.join("src/f0.rs")).unwrap(), t);
+    server.stop().await;
+}
+
+/// A server whose store was replaced lacks the chunks deltas would be made against: an edit
+/// still arrives, sent whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_server_store_gets_edits_whole() {
+    let old = Server::start().await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a.path(), b.path());
+    write(a, "notes.txt", text(150, 1));
+    sync(a, &old, "a").await;
+    old.stop().await;
+
+    let server = Server::start().await;
+    let mut t = fs::read_to_string(a.join("notes.txt")).unwrap();
+    t.insert_str(100, "an edit\n");
+    write(a, "notes.txt", &t);
+    converge(&[a, b], &server).await;
+    assert_eq!(fs::read_to_string(b.join("notes.txt")).unwrap(), t);
+    server.stop().await;
+}

@@ -89,6 +89,98 @@ async fn a_hostile_client_gets_clear_errors_and_harms_no_one() {
         "over the maximum chunk size",
     );
 
+    // Deltas: against a chunk the server does not have; forged against one it has (the victim's,
+    // which it must not be able to alter); with too many bases; uncompressed.
+    let victim_chunk = vm.chunks()[0].id;
+    let unknown_base = Chunk::new(seeded(3000, 13));
+    let edited = Chunk::new([unknown_base.data().as_ref(), b"!"].concat());
+    let as_delta = |base: &Chunk| {
+        lbsync_proto::wire::encode_chunk_against(
+            edited.id(),
+            edited.data(),
+            &[base.id()],
+            base.data(),
+        )
+    };
+    let mut delta = as_delta(&unknown_base);
+    delta.base_ids = ids_to_bytes(&[unknown_base.id()]);
+    let mut bad_deltas = vec![(delta, Code::NotFound, "is not on the server")];
+    // Made against another base: against the victim's chunk it inflates to other bytes.
+    let mut forged = as_delta(&unknown_base);
+    forged.base_ids = ids_to_bytes(&[victim_chunk]);
+    let edited_id = edited.id().to_string();
+    bad_deltas.push((forged, Code::InvalidArgument, &edited_id));
+    let mut many = as_delta(&unknown_base);
+    many.base_ids = ids_to_bytes(&[victim_chunk; 5]);
+    bad_deltas.push((
+        many,
+        Code::InvalidArgument,
+        "5 delta base chunks, the limit is 4",
+    ));
+    let mut raw = encode_chunk(edited.id(), edited.data());
+    raw.base_ids = ids_to_bytes(&[victim_chunk]);
+    bad_deltas.push((raw, Code::InvalidArgument, "a delta is always compressed"));
+    for (chunk, code, says) in bad_deltas {
+        let res = c
+            .put_chunks(tokio_stream::iter([pb::PutChunksRequest {
+                chunks: vec![chunk],
+            }]))
+            .await;
+        refused(&format!("delta ({says})"), res, code, says);
+    }
+
+    // Offered bases that do not line up with the chunks asked for, or too many of them.
+    for (bases, says) in [
+        (vec![Bytes::new(); 2], "delta bases for 2 of 1 chunks"),
+        (
+            vec![ids_to_bytes(&[victim_chunk; 5])],
+            "5 delta bases for one chunk, the limit is 4",
+        ),
+    ] {
+        let res = c
+            .get_chunks(pb::GetChunksRequest {
+                ids: ids_to_bytes(&[victim_chunk]),
+                bases,
+            })
+            .await;
+        refused(says, res.map(|_| ()), Code::InvalidArgument, says);
+    }
+
+    // Batches: one bad path fails the whole batch; too many commits; a bad folder name.
+    let mut bad_path = file_commit("default", "ok", &m, 0, Content::Known(m.id()));
+    bad_path.entry.as_mut().unwrap().path = Bytes::from_static(b"../escape");
+    for (req, says) in [
+        (
+            pb::CommitBatchRequest {
+                folder: "default".into(),
+                device: "hostile".into(),
+                commits: vec![
+                    file_commit("default", "fine", &m, 0, Content::Known(m.id())),
+                    bad_path,
+                ],
+            },
+            "path",
+        ),
+        (
+            pb::CommitBatchRequest {
+                folder: "default".into(),
+                device: "hostile".into(),
+                commits: vec![pb::CommitRequest::default(); 4097],
+            },
+            "4097 commits in one CommitBatch, the limit is 4096",
+        ),
+        (
+            pb::CommitBatchRequest {
+                folder: "../x".into(),
+                ..Default::default()
+            },
+            "folder",
+        ),
+    ] {
+        let res = c.commit_batch(req).await;
+        refused(says, res, Code::InvalidArgument, says);
+    }
+
     // Paths: `..`, absolute, NUL, and the other malformed kinds; one overwriting the victim's
     // file by a detour.
     for bad in [
@@ -155,6 +247,27 @@ async fn a_hostile_client_gets_clear_errors_and_harms_no_one() {
         Code::FailedPrecondition,
         "lacks 3 chunk",
     );
+    // The same in a batch is refused on its own, naming the chunks.
+    let res = c
+        .commit_batch(pb::CommitBatchRequest {
+            folder: "default".into(),
+            device: "hostile".into(),
+            commits: vec![file_commit(
+                "default",
+                "victim/data.bin",
+                &ghost,
+                ventry.version,
+                Content::Full(ghost.clone()),
+            )],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let outcome = lbsync_proto::BatchOutcome::try_from(res.results[0].clone()).unwrap();
+    assert_eq!(
+        outcome,
+        lbsync_proto::BatchOutcome::MissingChunks(ghost.chunks().iter().map(|c| c.id).collect())
+    );
 
     // A wrong token, and none.
     for token in [Some("guess"), None] {
@@ -162,6 +275,7 @@ async fn a_hostile_client_gets_clear_errors_and_harms_no_one() {
         let res = intruder
             .get_chunks(pb::GetChunksRequest {
                 ids: ids_to_bytes(&[vm.chunks()[0].id]),
+                ..Default::default()
             })
             .await;
         refused(

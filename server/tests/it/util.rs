@@ -209,6 +209,7 @@ pub(crate) async fn download(c: &mut Client, m: &Manifest) -> Vec<u8> {
     let mut stream = c
         .get_chunks(pb::GetChunksRequest {
             ids: ids_to_bytes(&ids),
+            ..Default::default()
         })
         .await
         .unwrap()
