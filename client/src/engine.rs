@@ -332,11 +332,23 @@ impl Syncer {
                 uploads.push((reupload, r.version));
             }
         }
-        let (small, mut uploads): (Vec<_>, Vec<_>) = uploads.into_iter().partition(|(p, _)| {
-            local
-                .get(p)
-                .is_some_and(|f| f.kind == Kind::File && f.size <= SMALL_FILE)
-        });
+        // Directories first (parents before what they hold), then small files together, then
+        // large files, links and what the batch left.
+        let kind = |p: &SyncPath| local.get(p).map(|f| (f.kind, f.size));
+        let (dirs, uploads): (Vec<_>, Vec<_>) = uploads
+            .into_iter()
+            .partition(|(p, _)| matches!(kind(p), Some((Kind::Dir, _))));
+        let (small, mut uploads): (Vec<_>, Vec<_>) = uploads
+            .into_iter()
+            .partition(|(p, _)| matches!(kind(p), Some((Kind::File, size)) if size <= SMALL_FILE));
+        for (path, base) in dirs {
+            if let Err(e) = self.upload(&path, base).await {
+                if e.is_offline() {
+                    self.save_quietly();
+                }
+                self.pending(&path, &e);
+            }
+        }
         let left = self.upload_small_files(small).await;
         uploads.extend(left);
         for (path, base) in uploads {
@@ -688,12 +700,18 @@ impl Syncer {
                 }
                 self.report.downloaded += 1;
             }
-            BatchOutcome::MissingChunks(_)
-            | BatchOutcome::UnknownManifest(_)
-            | BatchOutcome::Invalid(_) => {
-                return Err(Error::Protocol {
-                    what: "CommitBatch",
-                    reason: format!("the server refused the deletion of {path}: {outcome:?}"),
+            BatchOutcome::MissingChunks(_) => {
+                return Err(Error::Refused {
+                    what: format!("delete {path}"),
+                    reason: "it asked for chunks, which a deletion has none of".into(),
+                });
+            }
+            BatchOutcome::UnknownManifest(reason)
+            | BatchOutcome::Invalid(reason)
+            | BatchOutcome::NotAttempted(reason) => {
+                return Err(Error::Refused {
+                    what: format!("delete {path}"),
+                    reason,
                 });
             }
         }

@@ -35,6 +35,14 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
+    /// The server refused one commit of a batch, for the reason it gives.
+    #[error("the server refused to {what}: {reason}")]
+    Refused {
+        /// What was asked ("delete notes.txt").
+        what: String,
+        /// The server's reason.
+        reason: String,
+    },
     /// The server sent something malformed.
     #[error("the server sent a malformed answer to {what}: {reason}")]
     Protocol {

@@ -29,6 +29,8 @@ const PUT_MESSAGE_RAW_BYTES: usize = 16 << 20;
 /// many bytes (a batch of a very large file's 1 MiB chunks would otherwise hold half a gigabyte).
 const MISSING_BATCH: usize = 512;
 const MISSING_BATCH_BYTES: usize = 4 << 20;
+/// A download offers delta bases (read from local files) only when they total at most this.
+const DOWNLOAD_BASE_BYTES: u64 = 16 << 20;
 /// Chunks are downloaded in windows of at most this many chunks and about this many bytes.
 const DOWNLOAD_WINDOW: usize = 1024;
 const DOWNLOAD_WINDOW_BYTES: u64 = 8 << 20;
@@ -572,7 +574,10 @@ impl Syncer {
             for c in &s.chunks {
                 self.cache.put(&c.id(), c.data());
             }
-            self.record_file(&s.path, version, &s.manifest, s.before)?;
+            // Committed: a local failure to record it must not make the rest look uncommitted.
+            if let Err(e) = self.record_file(&s.path, version, &s.manifest, s.before) {
+                self.pending(&s.path, &e);
+            }
         }
         Ok(left)
     }
@@ -650,15 +655,25 @@ impl Syncer {
         let (mut local_chunks, mut fetched) = (0u64, 0u64);
         let mut progress = Progress::new(m.size(), format!("receiving {}", r.path));
         // Per chunk, the chunks of the version here it most likely replaced: the server may send
-        // an edited chunk as a delta against them.
+        // an edited chunk as a delta against them. Not for a rewrite of a large file, where
+        // reading the old bases would cost more than the deltas save.
         let edits: Option<HashMap<ChunkId, Vec<ChunkId>>> =
-            self.synced_manifest(&r.path).map(|old| {
-                m.chunks()
+            self.synced_manifest(&r.path).and_then(|old| {
+                let lens: HashMap<ChunkId, u32> =
+                    old.chunks().iter().map(|c| (c.id, c.len)).collect();
+                let edits: HashMap<ChunkId, Vec<ChunkId>> = m
+                    .chunks()
                     .iter()
                     .zip(edit_bases(&old, &m, MAX_DELTA_BASES))
                     .filter(|(_, b)| !b.is_empty())
                     .map(|(c, b)| (c.id, b))
-                    .collect()
+                    .collect();
+                let base_bytes: u64 = edits
+                    .values()
+                    .flatten()
+                    .map(|b| u64::from(lens.get(b).copied().unwrap_or(0)))
+                    .sum();
+                (base_bytes <= DOWNLOAD_BASE_BYTES).then_some(edits)
             });
         for window in windows(m.chunks()) {
             progress.inc(window.iter().map(|c| u64::from(c.len)).sum());

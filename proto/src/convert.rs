@@ -422,6 +422,7 @@ impl From<BatchOutcome> for pb::CommitResult {
                 ),
                 BatchOutcome::UnknownManifest(m) => refused(pb::Refusal::UnknownManifest, m, &[]),
                 BatchOutcome::Invalid(m) => refused(pb::Refusal::Invalid, m, &[]),
+                BatchOutcome::NotAttempted(m) => refused(pb::Refusal::NotAttempted, m, &[]),
             }),
         }
     }
@@ -449,6 +450,7 @@ impl TryFrom<pb::CommitResult> for BatchOutcome {
                     }
                     Ok(pb::Refusal::UnknownManifest) => BatchOutcome::UnknownManifest(r.message),
                     Ok(pb::Refusal::Invalid) => BatchOutcome::Invalid(r.message),
+                    Ok(pb::Refusal::NotAttempted) => BatchOutcome::NotAttempted(r.message),
                     Err(_) => {
                         return Err(ConvertError::UnknownEnum {
                             field: "reason",
@@ -528,6 +530,7 @@ mod tests {
             BatchOutcome::MissingChunks(vec![ChunkId::of(b"1")]),
             BatchOutcome::UnknownManifest("manifest m is not on the server".into()),
             BatchOutcome::Invalid("bad".into()),
+            BatchOutcome::NotAttempted("the disk is full".into()),
         ] {
             assert_eq!(
                 BatchOutcome::try_from(pb::CommitResult::from(o.clone())).unwrap(),

@@ -147,4 +147,6 @@ pub enum BatchOutcome {
     UnknownManifest(String),
     /// The commit itself is wrong (what is wrong is said).
     Invalid(String),
+    /// Not tried: an earlier commit of the batch failed for a reason not its own (said).
+    NotAttempted(String),
 }

@@ -104,7 +104,8 @@ pub fn status(e: &Error) -> Status {
         Error::Store(_) | Error::Sled(_) if is_disk_full(e) => {
             tracing::error!("the disk is full: {}", chain(e));
             return Status::resource_exhausted(
-                "the server's disk is full: nothing was committed; free space on the server, then sync again",
+                "the server's disk is full: nothing was committed; free space on the server (and restart \
+                 lbsync-server if this persists once there is space), then sync again",
             );
         }
         Error::Store(_) | Error::Sled(_) | Error::Metadata(_) | Error::Serve(_) => {

@@ -28,6 +28,8 @@ const PUT_BATCH_BYTES: usize = 8 << 20;
 /// The most chunk bytes (after decompression) one PutChunks message may declare: bounds the
 /// memory one message can make the server allocate.
 const PUT_MESSAGE_RAW_LIMIT: u64 = 64 << 20;
+/// The most bytes of offered delta bases one GetChunks request makes the server read.
+const GET_BASE_BUDGET: u64 = 64 << 20;
 /// GetChunks answers in messages of about this size.
 const GET_MESSAGE_BYTES: usize = 1 << 20;
 /// A Changes message carries at most this many entries.
@@ -287,9 +289,10 @@ impl pb::sync_server::Sync for SyncService {
                 };
                 let store = self.store.clone();
                 let verified = blocking(move || {
+                    let mut base_budget = PUT_MESSAGE_RAW_LIMIT;
                     m.chunks
                         .into_iter()
-                        .map(|c| receive_chunk(&store, c, max_len))
+                        .map(|c| receive_chunk(&store, c, max_len, &mut base_budget))
                         .collect::<Result<Vec<Chunk>>>()
                 })
                 .await;
@@ -352,14 +355,24 @@ impl pb::sync_server::Sync for SyncService {
         let sizes: Vec<usize> = r.commits.iter().map(prost::Message::encoded_len).collect();
         let reqs = to_status(batch_from_pb(r).map_err(Error::from))?;
         let mut results = Vec::with_capacity(reqs.len());
+        // Set once a commit fails for a reason not its own: the rest are not tried, and the
+        // answer still reports the commits that took effect before it.
+        let mut stopped: Option<String> = None;
         for (req, size) in reqs.into_iter().zip(sizes) {
-            let outcome = match self.commit_request(req, size).await {
-                Ok(CommitOutcome::Committed(e)) => BatchOutcome::Committed {
-                    version: e.version,
-                    seq: e.seq,
+            let outcome = match &stopped {
+                Some(why) => BatchOutcome::NotAttempted(why.clone()),
+                None => match self.commit_request(req, size).await {
+                    Ok(CommitOutcome::Committed(e)) => BatchOutcome::Committed {
+                        version: e.version,
+                        seq: e.seq,
+                    },
+                    Ok(CommitOutcome::Conflict(e)) => BatchOutcome::Conflict(e),
+                    Err(e) => batch_refusal(e).unwrap_or_else(|e| {
+                        let why = status(&e).message().to_owned();
+                        stopped = Some(why.clone());
+                        BatchOutcome::NotAttempted(why)
+                    }),
                 },
-                Ok(CommitOutcome::Conflict(e)) => BatchOutcome::Conflict(e),
-                Err(e) => to_status(batch_refusal(e))?,
             };
             results.push(outcome.into());
         }
@@ -495,6 +508,8 @@ impl pb::sync_server::Sync for SyncService {
         tokio::task::spawn_blocking(move || {
             let mut msg = pb::GetChunksResponse::default();
             let mut size = 0usize;
+            // Offered bases are read up to this many bytes a request; past it, chunks go plain.
+            let mut base_budget = GET_BASE_BUDGET;
             for (i, id) in ids.into_iter().enumerate() {
                 // `get` has checked the bytes against the id.
                 let chunk = match store.get(&id) {
@@ -505,7 +520,9 @@ impl pb::sync_server::Sync for SyncService {
                 match chunk {
                     Ok(bytes) => {
                         let wire = match bases.get(i).filter(|b| !b.is_empty()) {
-                            Some(b) => encode_against_stored(&store, id, &bytes, b),
+                            Some(b) => {
+                                encode_against_stored(&store, id, &bytes, b, &mut base_budget)
+                            }
                             None => encode_chunk(id, &bytes),
                         };
                         size += wire.data.len();
@@ -585,7 +602,14 @@ impl pb::sync_server::Sync for SyncService {
 }
 
 /// A chunk off the wire, checked against its id; a delta is rebuilt on the stored chunks it names.
-fn receive_chunk(store: &PackStore, c: pb::ChunkData, max_len: u32) -> Result<Chunk> {
+/// The bases of one message may total at most `base_budget` bytes (it is decremented): a few
+/// bytes of deltas must not make the server read gigabytes.
+fn receive_chunk(
+    store: &PackStore,
+    c: pb::ChunkData,
+    max_len: u32,
+    base_budget: &mut u64,
+) -> Result<Chunk> {
     let bases = chunk_bases(&c)?;
     if bases.is_empty() {
         return Ok(decode_chunk_against(c, max_len, None)?);
@@ -597,23 +621,33 @@ fn receive_chunk(store: &PackStore, c: pb::ChunkData, max_len: u32) -> Result<Ch
                 "delta base chunk {b} is not on the server: send the chunk whole"
             ))
         })?;
+        *base_budget = base_budget.checked_sub(bytes.len() as u64).ok_or_else(|| {
+            Error::BadRequest(format!(
+                "the deltas of one PutChunks message name over {PUT_MESSAGE_RAW_LIMIT} bytes of \
+                 bases: send fewer deltas per message"
+            ))
+        })?;
         base.extend_from_slice(&bytes);
     }
     Ok(decode_chunk_against(c, max_len, Some(&base))?)
 }
 
-/// A chunk for a client that holds `bases`: a delta against them when the store has them all and
-/// that is smaller, else plain.
+/// A chunk for a client that holds `bases`: a delta against them when the store has them all,
+/// they fit in what is left of `budget` (decremented) and the delta is smaller; else plain.
 fn encode_against_stored(
     store: &PackStore,
     id: lbsync_chunkstore::ChunkId,
     bytes: &Bytes,
     bases: &[lbsync_chunkstore::ChunkId],
+    budget: &mut u64,
 ) -> pb::ChunkData {
     let mut base = Vec::new();
     for b in bases {
         match store.get(b) {
-            Ok(Some(bb)) => base.extend_from_slice(&bb),
+            Ok(Some(bb)) if bb.len() as u64 <= *budget => {
+                *budget -= bb.len() as u64;
+                base.extend_from_slice(&bb);
+            }
             _ => return encode_chunk(id, bytes),
         }
     }

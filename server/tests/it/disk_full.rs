@@ -120,8 +120,22 @@ fn inside() {
         }
         let copied = res.is_ok();
 
-        // Space comes back: the same upload and commit go through.
+        // Space comes back: the same upload and commit go through. When sled itself met the full
+        // disk (its background flush can), it refuses writes until it is reopened, so the
+        // server is restarted then, as its error message says.
         std::fs::remove_file(&filler).unwrap();
+        let (server, mut c) = match upload_result(&mut c, &second).await {
+            Ok(()) => (server, c),
+            Err(err) => {
+                assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+                assert!(err.message().contains("restart"), "{}", err.message());
+                server.stop().await;
+                let server = TestServer::start(&store).await;
+                let mut c = server.client().await;
+                handshake(&mut c, "default").await;
+                (server, c)
+            }
+        };
         let (m2, _) = upload(&mut c, &second).await;
         committed(
             commit(
