@@ -37,12 +37,48 @@ pub fn commit_request(data: &[u8]) {
     }
 }
 
+/// The base every [`chunk_data`] delta is decoded against.
+pub const FUZZ_BASE: &[u8] = b"fn main() { println!(\"lbsync keeps folders in sync\"); }\n";
+
+/// A chunk as it arrives on the wire, plain or a delta against [`FUZZ_BASE`]: never more than
+/// the limit is inflated, and an accepted chunk is what its id says.
+pub fn chunk_data(data: &[u8]) {
+    let Ok(msg) = pb::ChunkData::decode(data) else {
+        return;
+    };
+    if crate::wire::chunk_bases(&msg).is_err() {
+        return;
+    }
+    if let Ok(chunk) = crate::wire::decode_chunk_against(msg, 1 << 16, Some(FUZZ_BASE)) {
+        assert!(chunk.len() <= 1 << 16);
+        assert_eq!(lbsync_chunkstore::ChunkId::of(chunk.data()), chunk.id());
+    }
+}
+
+/// A batch of commits as it arrives on the wire: accepted batches are within the limit and
+/// carry only valid paths, each with the batch's folder.
+pub fn commit_batch(data: &[u8]) {
+    let Ok(msg) = pb::CommitBatchRequest::decode(data) else {
+        return;
+    };
+    let folder = msg.folder.clone();
+    if let Ok(reqs) = crate::convert::batch_from_pb(msg) {
+        assert!(reqs.len() <= crate::convert::MAX_BATCH_COMMITS);
+        for r in reqs {
+            assert_eq!(r.folder, folder);
+            sync_path(r.entry.path.as_str().as_bytes());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn seeds() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    type Seeds = (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+    fn seeds() -> Seeds {
         let paths: Vec<Vec<u8>> = [
             "notes.txt",
             "a/b/c.txt",
@@ -69,19 +105,40 @@ mod tests {
             content: Some(crate::Content::Known(m.id())),
             ..req.clone()
         };
+        let batch =
+            crate::convert::batch_to_pb("default", "laptop#1", vec![req.clone(), known.clone()]);
         let commits = [req, known]
             .into_iter()
             .map(|r| pb::CommitRequest::from(r).encode_to_vec())
             .collect();
-        (paths, commits)
+        let mut edited = FUZZ_BASE.to_vec();
+        edited.splice(10..10, *b" // edited");
+        let chunks = [
+            crate::wire::encode_chunk_against(
+                lbsync_chunkstore::ChunkId::of(&edited),
+                &edited.into(),
+                &[lbsync_chunkstore::ChunkId::of(FUZZ_BASE)],
+                FUZZ_BASE,
+            ),
+            crate::wire::encode_chunk(
+                lbsync_chunkstore::ChunkId::of(FUZZ_BASE),
+                &bytes::Bytes::from_static(FUZZ_BASE),
+            ),
+        ]
+        .iter()
+        .map(Message::encode_to_vec)
+        .collect();
+        (paths, commits, vec![batch.encode_to_vec()], chunks)
     }
 
     /// The committed seed corpus passes; `LBSYNC_FUZZ_WRITE_SEEDS=1` (re)writes it.
     #[test]
     fn seed_corpus() {
-        let (paths, commits) = seeds();
+        let (paths, commits, batches, chunks) = seeds();
         lbsync_chunkstore::fuzzing::check_corpus("sync_path", &paths, sync_path);
         lbsync_chunkstore::fuzzing::check_corpus("commit_request", &commits, commit_request);
+        lbsync_chunkstore::fuzzing::check_corpus("commit_batch", &batches, commit_batch);
+        lbsync_chunkstore::fuzzing::check_corpus("chunk_data", &chunks, chunk_data);
     }
 
     proptest! {
@@ -108,6 +165,21 @@ mod tests {
             }),
         ]) {
             commit_request(&data);
+        }
+
+        #[test]
+        fn batches_and_chunks_never_panic(
+            which in 0..3usize,
+            flips in prop::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+        ) {
+            let (_, _, batches, chunks) = seeds();
+            let mut v = [&batches[0], &chunks[0], &chunks[1]][which].clone();
+            for (at, b) in flips {
+                let n = v.len();
+                v[at % n] ^= b;
+            }
+            commit_batch(&v);
+            chunk_data(&v);
         }
     }
 }
