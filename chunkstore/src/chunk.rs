@@ -14,6 +14,14 @@ pub struct Chunk {
 }
 
 impl Chunk {
+    /// The chunk as a manifest names it: id and length.
+    pub fn chunk_ref(&self) -> crate::ChunkRef {
+        crate::ChunkRef {
+            id: self.id(),
+            len: self.len() as u32,
+        }
+    }
+
     /// Hashes `data` and wraps it.
     pub fn new(data: impl Into<Bytes>) -> Self {
         let data = data.into();

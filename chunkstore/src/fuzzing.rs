@@ -73,9 +73,9 @@ pub fn pack_record(data: &[u8]) {
 #[cfg(all(test, feature = "sled"))]
 mod tests {
     use super::*;
+    use crate::Chunk;
     use crate::pack::Record;
     use crate::pack::{RECORD_HEADER_LEN, RecordHeader, decode_payload};
-    use crate::{Chunk, ChunkRef};
     use proptest::prelude::*;
 
     fn seeds() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
@@ -87,16 +87,7 @@ mod tests {
         .into_iter()
         .map(|d| Chunk::new(d.to_vec()))
         .collect();
-        let refs = |cs: &[Chunk]| {
-            Manifest::new(
-                cs.iter()
-                    .map(|c| ChunkRef {
-                        id: c.id(),
-                        len: c.len() as u32,
-                    })
-                    .collect(),
-            )
-        };
+        let refs = |cs: &[Chunk]| Manifest::new(cs.iter().map(Chunk::chunk_ref).collect());
         let manifests = vec![
             Manifest::empty().encode(),
             refs(&chunks[..1]).encode(),

@@ -231,10 +231,7 @@ impl Syncer {
         let cache_them = len <= CACHED_FILE_MAX;
         'batches: while let Some(batch) = rx.recv().await {
             progress.inc(batch.iter().map(|c| c.len() as u64).sum());
-            refs.extend(batch.iter().map(|c| ChunkRef {
-                id: c.id(),
-                len: c.len() as u32,
-            }));
+            refs.extend(batch.iter().map(Chunk::chunk_ref));
             if cache_them {
                 for c in &batch {
                     self.cache.put(&c.id(), c.data());
@@ -450,15 +447,7 @@ impl Syncer {
             .map(|r| r.map(|(_, c)| c))
             .collect::<lbsync_chunkstore::Result<Vec<Chunk>>>()
             .ok()?;
-        let manifest = Manifest::new(
-            chunks
-                .iter()
-                .map(|c| ChunkRef {
-                    id: c.id(),
-                    len: c.len() as u32,
-                })
-                .collect(),
-        );
+        let manifest = Manifest::new(chunks.iter().map(Chunk::chunk_ref).collect());
         Some(Staged {
             synced: self.synced_manifest(path),
             path: path.clone(),

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use bytes::Bytes;
-use lbsync_chunkstore::{Chunk, ChunkId, ChunkRef, Manifest, PackStore};
+use lbsync_chunkstore::{Chunk, ChunkId, Manifest, PackStore};
 use lbsync_proto::wire::encode_chunk;
 use lbsync_proto::{Content, ids_to_bytes, pb};
 use lbsync_server::{ServerConfig, Tokens};
@@ -223,15 +223,7 @@ async fn a_hostile_client_gets_clear_errors_and_harms_no_one() {
 
     // A commit of chunks never uploaded, over the victim's path.
     let never: Vec<Chunk> = (0..3).map(|i| Chunk::new(seeded(5000, 100 + i))).collect();
-    let ghost = Manifest::new(
-        never
-            .iter()
-            .map(|c| ChunkRef {
-                id: c.id(),
-                len: c.len() as u32,
-            })
-            .collect(),
-    );
+    let ghost = Manifest::new(never.iter().map(Chunk::chunk_ref).collect());
     let res = c
         .commit(file_commit(
             "default",

@@ -133,15 +133,7 @@ async fn commit_with_missing_chunks_is_refused_with_their_ids() {
     let mut c = server.client().await;
     handshake(&mut c, "default").await;
     let chunks: Vec<_> = (0..3).map(|i| Chunk::new(seeded(5000, i))).collect();
-    let m = Manifest::new(
-        chunks
-            .iter()
-            .map(|c| lbsync_chunkstore::ChunkRef {
-                id: c.id(),
-                len: c.len() as u32,
-            })
-            .collect(),
-    );
+    let m = Manifest::new(chunks.iter().map(Chunk::chunk_ref).collect());
     let err = c
         .commit(file_commit("default", "x", &m, 0, Content::Full(m.clone())))
         .await

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use bytes::Bytes;
-use lbsync_chunkstore::{ChunkParams, ChunkRef, Chunker, Manifest, PackStore};
+use lbsync_chunkstore::{Chunk, ChunkParams, Chunker, Manifest, PackStore};
 use lbsync_proto::pb::sync_client::SyncClient;
 use lbsync_proto::wire::encode_chunk;
 use lbsync_proto::{
@@ -124,15 +124,7 @@ pub(crate) async fn upload_with(
     params: ChunkParams,
 ) -> (Manifest, usize) {
     let chunks: Vec<_> = Chunker::new(data, params).map(|r| r.unwrap().1).collect();
-    let manifest = Manifest::new(
-        chunks
-            .iter()
-            .map(|c| ChunkRef {
-                id: c.id(),
-                len: c.len() as u32,
-            })
-            .collect(),
-    );
+    let manifest = Manifest::new(chunks.iter().map(Chunk::chunk_ref).collect());
     let ids: Vec<_> = chunks.iter().map(|c| c.id()).collect();
     let missing = missing(c, &ids).await;
     let to_send: Vec<_> = chunks
