@@ -341,16 +341,17 @@ impl Syncer {
         let (small, mut uploads): (Vec<_>, Vec<_>) = uploads
             .into_iter()
             .partition(|(p, _)| matches!(kind(p), Some((Kind::File, size)) if size <= SMALL_FILE));
-        for (path, base) in dirs {
-            if let Err(e) = self.upload(&path, base).await {
-                if e.is_offline() {
-                    self.save_quietly();
-                }
-                self.pending(&path, &e);
-            }
-        }
+        self.upload_each(dirs).await;
         let left = self.upload_small_files(small).await;
         uploads.extend(left);
+        self.upload_each(uploads).await;
+        deletes_there.sort_by(|a, b| b.0.cmp(&a.0));
+        self.delete_there(deletes_there).await;
+        remote_ok
+    }
+
+    /// Uploads paths one at a time; a failure leaves that path pending.
+    async fn upload_each(&mut self, uploads: Vec<(SyncPath, u64)>) {
         for (path, base) in uploads {
             if let Err(e) = self.upload(&path, base).await {
                 if e.is_offline() {
@@ -359,9 +360,6 @@ impl Syncer {
                 self.pending(&path, &e);
             }
         }
-        deletes_there.sort_by(|a, b| b.0.cmp(&a.0));
-        self.delete_there(deletes_there).await;
-        remote_ok
     }
 
     /// Notes a commit of ours: when it directly follows what we have seen, nothing was missed.

@@ -225,10 +225,7 @@ pub fn manifest_of(path: &Path, params: lbsync_chunkstore::ChunkParams) -> Resul
     let params = params.for_file(len);
     let mut refs = Vec::with_capacity((len / u64::from(params.avg_size) + 16) as usize);
     lbsync_chunkstore::chunk_pipelined::<_, Error>(file, params, |_, c| {
-        refs.push(lbsync_chunkstore::ChunkRef {
-            id: c.id(),
-            len: c.len() as u32,
-        });
+        refs.push(c.chunk_ref());
         Ok(())
     })?;
     Ok(Manifest::new(refs))

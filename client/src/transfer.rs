@@ -388,8 +388,7 @@ impl Syncer {
         let mut batch = Vec::new();
         let mut bytes = 0;
         let mut offline: Option<Error> = None;
-        let n = files.len();
-        for (i, (path, base)) in files.into_iter().enumerate() {
+        for (path, base) in files {
             if let Some(e) = &offline {
                 self.pending(&path, e);
                 continue;
@@ -401,36 +400,46 @@ impl Syncer {
                 }
                 None => rest.push((path, base)),
             }
-            let last = i + 1 == n;
-            if batch.is_empty()
-                || !(last || batch.len() >= SMALL_BATCH_FILES || bytes >= SMALL_BATCH_BYTES)
-            {
-                continue;
-            }
-            bytes = 0;
-            let paths: Vec<(SyncPath, u64)> = batch
-                .iter()
-                .map(|s| (s.path.clone(), s.base_version))
-                .collect();
-            match self.upload_staged(std::mem::take(&mut batch)).await {
-                Ok(left) => rest.extend(left),
-                Err(e) if e.is_offline() => {
-                    for (path, _) in &paths {
-                        self.pending(path, &e);
-                    }
-                    self.save_quietly();
-                    offline = Some(e);
-                }
-                Err(e) => {
-                    warn!(
-                        "uploading {} files together failed ({e}): sending them one by one",
-                        paths.len()
-                    );
-                    rest.extend(paths);
-                }
+            if batch.len() >= SMALL_BATCH_FILES || bytes >= SMALL_BATCH_BYTES {
+                bytes = 0;
+                offline = self.send_batch(std::mem::take(&mut batch), &mut rest).await;
             }
         }
+        if !batch.is_empty() && offline.is_none() {
+            self.send_batch(batch, &mut rest).await;
+        }
         rest
+    }
+
+    /// Uploads one batch of staged files, adding what is left over to `rest`. Returns the error
+    /// when the server is unreachable (the batch's files are then pending).
+    async fn send_batch(
+        &mut self,
+        batch: Vec<Staged>,
+        rest: &mut Vec<(SyncPath, u64)>,
+    ) -> Option<Error> {
+        let paths: Vec<(SyncPath, u64)> = batch
+            .iter()
+            .map(|s| (s.path.clone(), s.base_version))
+            .collect();
+        match self.upload_staged(batch).await {
+            Ok(left) => rest.extend(left),
+            Err(e) if e.is_offline() => {
+                for (path, _) in &paths {
+                    self.pending(path, &e);
+                }
+                self.save_quietly();
+                return Some(e);
+            }
+            Err(e) => {
+                warn!(
+                    "uploading {} files together failed ({e}): sending them one by one",
+                    paths.len()
+                );
+                rest.extend(paths);
+            }
+        }
+        None
     }
 
     /// Reads and chunks a small file; `None` if it is not one (or is changing).
@@ -477,13 +486,7 @@ impl Syncer {
                 if self.index.contains(&c.id()) || !queued.insert(c.id()) {
                     continue;
                 }
-                let (mut present, mut base) = (Vec::new(), Vec::new());
-                for b in bases.as_ref().map_or(&[][..], |b| &b[i]) {
-                    if let Some(bytes) = self.cache.get(b) {
-                        present.push(*b);
-                        base.extend_from_slice(&bytes);
-                    }
-                }
+                let (present, base) = self.held(bases.as_ref().map_or(&[][..], |b| &b[i]));
                 if !present.is_empty() {
                     let wire = encode_chunk_against(c.id(), c.data(), &present, &base);
                     if !wire.base_ids.is_empty() {
@@ -741,21 +744,28 @@ impl Syncer {
         };
         need.iter()
             .filter_map(|id| {
-                let (mut ids, mut bytes) = (Vec::new(), Vec::new());
-                for b in edits.get(id)? {
-                    let got = self
-                        .index
-                        .read(&self.root, b)
-                        .map(|b| b.to_vec())
-                        .or_else(|| self.cache.get(b));
-                    if let Some(got) = got {
-                        ids.push(*b);
-                        bytes.extend_from_slice(&got);
-                    }
-                }
+                let (ids, bytes) = self.held(edits.get(id)?);
                 (!ids.is_empty()).then_some((*id, (ids, bytes)))
             })
             .collect()
+    }
+
+    /// Of `ids`, those whose bytes are at hand (in local files or the cache), and their bytes
+    /// concatenated: what a delta can be made or read against.
+    fn held(&self, ids: &[ChunkId]) -> (Vec<ChunkId>, Vec<u8>) {
+        let (mut held, mut bytes) = (Vec::new(), Vec::new());
+        for id in ids {
+            let got = self
+                .index
+                .read(&self.root, id)
+                .map(|b| b.to_vec())
+                .or_else(|| self.cache.get(id));
+            if let Some(got) = got {
+                held.push(*id);
+                bytes.extend_from_slice(&got);
+            }
+        }
+        (held, bytes)
     }
 
     /// Creates a directory or symlink from the server.
