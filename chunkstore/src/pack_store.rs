@@ -23,6 +23,7 @@
 //! (compression happens before taking it); reads use positional reads and run in parallel.
 //! Garbage collection and fsck hold the writer lock. One process at a time: sled locks the index.
 
+mod direct;
 mod fsck;
 mod gc;
 mod index;
@@ -48,6 +49,7 @@ use crate::pack::{
 use crate::params::ChunkParams;
 use crate::store::{ChunkStore, GcOptions, GcReport, Inserted, StoreStats};
 
+use direct::{DIRECT_MIN, DirectAppender};
 pub use fsck::{FsckProblem, FsckReport};
 use index::{IndexEntry, chunk_key, watermark_key};
 use present::PresentSet;
@@ -125,6 +127,9 @@ struct Writer {
     pack: u32,
     file: File,
     len: u64,
+    /// Large appends go through this handle, past the page cache; `None` where direct I/O is
+    /// unavailable.
+    direct: Option<DirectAppender>,
 }
 
 impl std::fmt::Debug for PackStore {
@@ -217,6 +222,7 @@ impl PackStore {
                     pack: last,
                     file,
                     len,
+                    direct: DirectAppender::open(&path),
                 };
                 if len >= opts.pack_target {
                     w.roll(&packs_dir)?;
@@ -353,6 +359,7 @@ impl Writer {
             pack,
             file,
             len: PACK_HEADER_LEN,
+            direct: DirectAppender::open(&path),
         })
     }
 
@@ -361,15 +368,25 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes `parts` at the end of the pack (one vectored write, no copying) and syncs it. On
-    /// failure the pack is cut back to where it was, so a later append leaves no damaged record in
-    /// the middle.
+    /// Writes `parts` at the end of the pack and syncs it: a large append past the page cache
+    /// ([`direct`]), a small one in one vectored write. On failure the pack is cut back to where
+    /// it was, so a later append leaves no damaged record in the middle.
     fn write_synced(&mut self, parts: &mut [IoSlice<'_>], packs_dir: &Path) -> Result<()> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         if total == 0 {
             return Ok(());
         }
         let res = (|| {
+            if total >= DIRECT_MIN
+                && let Some(direct) = &mut self.direct
+            {
+                match direct.append(&self.file, self.len, parts) {
+                    Ok(()) => return self.file.sync_data(),
+                    // The file system takes the flag but not the writes: stay buffered.
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => self.direct = None,
+                    Err(e) => return Err(e),
+                }
+            }
             self.file.seek(SeekFrom::Start(self.len))?;
             let mut parts = &mut parts[..];
             while !parts.is_empty() {
