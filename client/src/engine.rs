@@ -22,7 +22,7 @@ use crate::cache::ChunkCache;
 use crate::conflict::conflicted_copy;
 use crate::error::{Error, Result};
 use crate::local::{ChunkIndex, fingerprint, manifest_of, scan, unchanged};
-use crate::remote::Remote;
+use crate::remote::{Committed, Remote};
 use crate::state::{Fingerprint, Kind, StateStore, Synced};
 use crate::transfer::{SMALL_FILE, Uploaded, display_device, human, kind_word};
 
@@ -120,7 +120,7 @@ pub struct Syncer {
 #[derive(Debug)]
 enum Action {
     Upload { base: u64 },
-    DeleteThere { base: u64 },
+    DeleteThere { base: u64, kind: EntryKind },
     Apply(Entry),
     DeleteHere(Entry),
     Adopt(Entry),
@@ -216,6 +216,16 @@ impl Syncer {
             .changes_until_caught_up(self.state.state.cursor)
             .await?;
         self.cursor = cursor;
+        // A commit in doubt that the server does not show did not happen.
+        let files = &self.state.state.files;
+        self.state.state.in_doubt.retain(|p| {
+            SyncPath::new(p.clone())
+                .ok()
+                .and_then(|p| remote.get(&p))
+                .is_some_and(|r| {
+                    r.device == self.device && files.get(p).is_none_or(|s| s.version != r.version)
+                })
+        });
         let local = scan(&self.root)?;
         let plan = self.plan(&local, remote);
         let ok = self.execute(plan, &local).await;
@@ -256,11 +266,33 @@ impl Syncer {
                 _ => true,
             };
             let base = synced.map_or(0, |s| s.version);
+            // Our own commit whose answer never came (the connection broke first): the server
+            // holds what we sent, so plan from there. Read as someone else's new file, it would
+            // bring back a file deleted here since.
+            if let Some(r) = there
+                .as_ref()
+                .filter(|_| self.state.state.in_doubt.contains(path.as_str()))
+            {
+                let action = match (here, r.deleted) {
+                    (None, true) => Action::Adopt(r.clone()),
+                    (None, false) => Action::DeleteThere {
+                        base: r.version,
+                        kind: r.kind,
+                    },
+                    // Perhaps edited since: sending it again is safe, adopting it is not.
+                    (Some(_), _) => Action::Upload { base: r.version },
+                };
+                plan.insert(path, action);
+                continue;
+            }
             let action = match (changed_here, there) {
                 (false, None) => continue,
                 (true, None) => match here {
                     Some(_) => Action::Upload { base },
-                    None => Action::DeleteThere { base },
+                    None => Action::DeleteThere {
+                        base,
+                        kind: synced.map_or(EntryKind::File, |s| entry_kind(s.local.kind)),
+                    },
                 },
                 (false, Some(r)) if r.deleted => match here {
                     Some(_) => Action::DeleteHere(r),
@@ -289,14 +321,14 @@ impl Syncer {
         local: &BTreeMap<SyncPath, Fingerprint>,
     ) -> bool {
         let mut uploads: Vec<(SyncPath, u64)> = Vec::new();
-        let mut deletes_there: Vec<(SyncPath, u64)> = Vec::new();
+        let mut deletes_there: Vec<(SyncPath, u64, EntryKind)> = Vec::new();
         let mut deletes_here: Vec<Entry> = Vec::new();
         let mut applies: Vec<Entry> = Vec::new();
         let mut remote_ok = true;
         for (path, action) in plan {
             match action {
                 Action::Upload { base } => uploads.push((path, base)),
-                Action::DeleteThere { base } => deletes_there.push((path, base)),
+                Action::DeleteThere { base, kind } => deletes_there.push((path, base, kind)),
                 Action::Apply(r) => applies.push(r),
                 Action::DeleteHere(r) => deletes_here.push(r),
                 Action::Adopt(r) => self.adopt(&r, local.get(&path)),
@@ -383,6 +415,7 @@ impl Syncer {
     /// Takes the server's entry as synced without touching the disk (the local side already
     /// matches it).
     fn adopt(&mut self, r: &Entry, here: Option<&Fingerprint>) {
+        self.state.state.in_doubt.remove(r.path.as_str());
         match (r.deleted, here) {
             (true, _) | (false, None) => {
                 self.state.state.files.remove(r.path.as_str());
@@ -632,19 +665,38 @@ impl Syncer {
         }
     }
 
+    /// Sends one commit. Its path is in doubt until the answer comes (see `State::in_doubt`).
+    pub(crate) async fn commit(&mut self, req: CommitRequest) -> Result<Committed> {
+        let path = req.entry.path.as_str().to_owned();
+        self.state.state.in_doubt.insert(path.clone());
+        let answer = self.remote.commit(req).await?;
+        self.state.state.in_doubt.remove(&path);
+        Ok(answer)
+    }
+
+    /// Sends commits in one batch, with this device; like [`Syncer::commit`] for doubt.
+    pub(crate) async fn commit_batch(
+        &mut self,
+        reqs: Vec<CommitRequest>,
+    ) -> Result<Vec<BatchOutcome>> {
+        let paths: Vec<String> = reqs
+            .iter()
+            .map(|r| r.entry.path.as_str().to_owned())
+            .collect();
+        self.state.state.in_doubt.extend(paths.iter().cloned());
+        let device = self.device.clone();
+        let answers = self.remote.commit_batch(&device, reqs).await?;
+        for p in &paths {
+            self.state.state.in_doubt.remove(p);
+        }
+        Ok(answers)
+    }
+
     /// Commits tombstones for paths deleted here (children first), all in one CommitBatch.
-    async fn delete_there(&mut self, deletes: Vec<(SyncPath, u64)>) {
+    async fn delete_there(&mut self, deletes: Vec<(SyncPath, u64, EntryKind)>) {
         let mut paths = Vec::new();
         let mut reqs = Vec::new();
-        for (path, base) in deletes {
-            let Some(synced) = self.state.state.files.get(path.as_str()) else {
-                continue;
-            };
-            let kind = match synced.local.kind {
-                Kind::File => EntryKind::File,
-                Kind::Dir => EntryKind::Dir,
-                Kind::Symlink => EntryKind::Symlink,
-            };
+        for (path, base, kind) in deletes {
             reqs.push(CommitRequest {
                 folder: self.remote.folder.clone(),
                 entry: Entry::tombstone(path.clone(), kind, &self.device),
@@ -656,8 +708,7 @@ impl Syncer {
         if reqs.is_empty() {
             return;
         }
-        let device = self.device.clone();
-        let outcomes = match self.remote.commit_batch(&device, reqs).await {
+        let outcomes = match self.commit_batch(reqs).await {
             Ok(o) => o,
             Err(e) => {
                 for path in &paths {
@@ -714,5 +765,14 @@ impl Syncer {
             }
         }
         Ok(())
+    }
+}
+
+/// The entry kind of a local kind.
+fn entry_kind(k: Kind) -> EntryKind {
+    match k {
+        Kind::File => EntryKind::File,
+        Kind::Dir => EntryKind::Dir,
+        Kind::Symlink => EntryKind::Symlink,
     }
 }

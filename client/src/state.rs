@@ -6,7 +6,7 @@
 //! local files. A crash leaves the previous state: the next sync re-hashes what changed since, and
 //! a commit answered "conflict" with equal content is adopted silently, so no edit is lost.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -93,6 +93,10 @@ pub struct State {
     pub bytes_received: u64,
     /// Per path, what was last synced.
     pub files: BTreeMap<String, Synced>,
+    /// Paths whose last commit got no answer (the connection broke): the server may hold a
+    /// version of ours that `files` does not know (see `Syncer::plan`).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub in_doubt: BTreeSet<String>,
 }
 
 /// The state of one synced directory, on disk.

@@ -300,7 +300,7 @@ impl Syncer {
             }
             let m = &pushed.manifest;
             let req = self.file_commit(path, base_version, &before, m, base.as_ref(), full);
-            match self.remote.commit(req).await? {
+            match self.commit(req).await? {
                 Committed::Outcome(CommitOutcome::Committed(e)) => {
                     self.saw_commit(e.seq);
                     info!(
@@ -541,8 +541,7 @@ impl Syncer {
             ));
             committing.push(s);
         }
-        let device = self.device.clone();
-        let outcomes = self.remote.commit_batch(&device, reqs).await?;
+        let outcomes = self.commit_batch(reqs).await?;
         for (s, outcome) in committing.into_iter().zip(outcomes) {
             let BatchOutcome::Committed { version, seq } = outcome else {
                 left.push((s.path, s.base_version));
@@ -607,7 +606,7 @@ impl Syncer {
             base_version,
             content: None,
         };
-        match self.remote.commit(req).await? {
+        match self.commit(req).await? {
             Committed::Outcome(o) => Ok(o),
             Committed::MissingChunks(_) | Committed::UnknownManifest => Err(Error::Protocol {
                 what: "Commit",
@@ -714,14 +713,16 @@ impl Syncer {
         };
         finish().map_err(Error::io(format!("finishing {}", tmp.display())))?;
         drop(file);
+        // Fingerprinted before it takes its place (a rename keeps inode, size and mtime): a write
+        // that lands the instant after must read as a local change, not as synced.
+        let local =
+            fingerprint(&tmp).ok_or_else(|| Error::Usage(format!("{} vanished", tmp.display())))?;
         let dest = r.path.to_local(&self.root);
         self.make_room(&r.path)?;
         fs::rename(&tmp, &dest).map_err(Error::io(format!(
             "moving the download into {}",
             dest.display()
         )))?;
-        let local = fingerprint(&dest)
-            .ok_or_else(|| Error::Usage(format!("{} vanished", dest.display())))?;
         self.report.chunks_received += fetched;
         info!(
             "downloaded {} from {}: {fetched} of {} chunks fetched, {local_chunks} copied from local files",

@@ -330,6 +330,18 @@ fn eight_concurrent_writers_lose_no_update() {
         .filter(|k| k.contains("(conflicted copy "))
         .count();
     eprintln!("{edits} edits by 8 writers; {copies} conflicted copies; all folders equal");
+    if !lost.is_empty() {
+        // What each watcher said about the files that lost a line.
+        let files: BTreeSet<&str> = lost.iter().filter_map(|l| l.split(':').next()).collect();
+        for (i, w) in watchers.iter().enumerate() {
+            let log = w.log();
+            let said: Vec<&str> = log
+                .lines()
+                .filter(|l| files.iter().any(|f| l.contains(&f[..f.len() - 4])))
+                .collect();
+            eprintln!("c{i} on {files:?}:\n{}", said.join("\n"));
+        }
+    }
     assert!(lost.is_empty(), "lost updates: {lost:?}");
     for w in watchers {
         assert!(w.stop(), "the watchers exit 0 on SIGTERM");

@@ -170,11 +170,21 @@ impl Watcher {
         self.child.wait().unwrap();
     }
 
-    /// SIGTERM, and whether it exited 0.
+    /// SIGTERM, and whether it exited 0 (if not, its status and log's end are printed).
     pub(crate) fn stop(mut self) -> bool {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        self.child.wait().unwrap().success()
+        let status = self.child.wait().unwrap();
+        if !status.success() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            eprintln!(
+                "watcher {} ended with {status}; its log ends:\n{tail}",
+                self.log.display()
+            );
+        }
+        status.success()
     }
 }
 

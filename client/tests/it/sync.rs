@@ -229,6 +229,43 @@ async fn an_unrecorded_download_is_replaced_not_kept_as_a_conflict() {
     assert_eq!(tree(a), tree(b));
 }
 
+/// A commit whose answer was lost (the server committed, then the connection broke) leaves a
+/// server version this client made but never recorded. Deleting the file afterwards must delete
+/// it on the server, not bring it back as someone's new file; editing it must upload the edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_was_lost_is_recognised_as_ours() {
+    let server = Server::start().await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a.path(), b.path());
+    write(a, "gone.txt", "deleted after a lost answer");
+    write(a, "kept.txt", "version 1");
+    sync(a, &server, "a").await;
+    sync(b, &server, "b").await;
+    // a's state as if both commits' answers had never arrived: not recorded, in doubt.
+    let state_path = a.join(".lbsync/state.json");
+    let mut st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    let files = st["files"].as_object_mut().unwrap();
+    files.remove("gone.txt");
+    files.remove("kept.txt");
+    st["cursor"] = 0.into();
+    st["in_doubt"] = serde_json::json!(["gone.txt", "kept.txt"]);
+    std::fs::write(&state_path, serde_json::to_vec(&st).unwrap()).unwrap();
+    fs::remove_file(a.join("gone.txt")).unwrap();
+    write(a, "kept.txt", "version 2, written after the lost answer");
+    let r = sync(a, &server, "a").await;
+    assert_eq!(r.conflicts, 0, "{r:?}");
+    assert!(!a.join("gone.txt").exists(), "the deleted file came back");
+    sync(b, &server, "b").await;
+    assert!(!b.join("gone.txt").exists(), "the deletion did not reach b");
+    assert_eq!(
+        fs::read_to_string(b.join("kept.txt")).unwrap(),
+        "version 2, written after the lost answer"
+    );
+    converge(&[a, b], &server).await;
+    assert_eq!(tree(a), tree(b));
+}
+
 /// A generated text file of about `lines` lines, different for each seed.
 fn text(lines: usize, seed: u64) -> String {
     use rand::{Rng, SeedableRng};
