@@ -211,12 +211,10 @@ async fn an_unrecorded_download_is_replaced_not_kept_as_a_conflict() {
     sync(a, &server, "a").await;
     sync(b, &server, "b").await;
     // b forgets it ever synced doc.txt, as if killed right after the download's rename.
-    let state_path = b.join(".lbsync/state.json");
-    let mut st: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
-    st["files"].as_object_mut().unwrap().remove("doc.txt");
-    st["cursor"] = 0.into();
-    std::fs::write(&state_path, serde_json::to_vec(&st).unwrap()).unwrap();
+    edit_state(b, |st| {
+        st["files"].as_object_mut().unwrap().remove("doc.txt");
+        st["cursor"] = 0.into();
+    });
     write(a, "doc.txt", "version 2");
     sync(a, &server, "a").await;
     let r = sync(b, &server, "b").await;
@@ -242,15 +240,13 @@ async fn a_commit_whose_answer_was_lost_is_recognised_as_ours() {
     sync(a, &server, "a").await;
     sync(b, &server, "b").await;
     // a's state as if both commits' answers had never arrived: not recorded, in doubt.
-    let state_path = a.join(".lbsync/state.json");
-    let mut st: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
-    let files = st["files"].as_object_mut().unwrap();
-    files.remove("gone.txt");
-    files.remove("kept.txt");
-    st["cursor"] = 0.into();
-    st["in_doubt"] = serde_json::json!(["gone.txt", "kept.txt"]);
-    std::fs::write(&state_path, serde_json::to_vec(&st).unwrap()).unwrap();
+    edit_state(a, |st| {
+        let files = st["files"].as_object_mut().unwrap();
+        files.remove("gone.txt");
+        files.remove("kept.txt");
+        st["cursor"] = 0.into();
+        st["in_doubt"] = serde_json::json!(["gone.txt", "kept.txt"]);
+    });
     fs::remove_file(a.join("gone.txt")).unwrap();
     write(a, "kept.txt", "version 2, written after the lost answer");
     let r = sync(a, &server, "a").await;
@@ -264,6 +260,16 @@ async fn a_commit_whose_answer_was_lost_is_recognised_as_ours() {
     );
     converge(&[a, b], &server).await;
     assert_eq!(tree(a), tree(b));
+}
+
+/// Rewrites `dir`'s client state with `edit`, as a crash or a lost answer would have left it.
+fn edit_state(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join(".lbsync/state.json");
+    let text = std::fs::read_to_string(&path).expect("read the state");
+    let mut st: serde_json::Value = serde_json::from_str(&text).expect("state is JSON");
+    edit(&mut st);
+    let text = serde_json::to_vec(&st).expect("JSON encodes");
+    std::fs::write(&path, text).expect("write the state");
 }
 
 /// A generated text file of about `lines` lines, different for each seed.
