@@ -616,15 +616,7 @@ impl Syncer {
                     mode: fp.mode,
                     mtime_ns: fp.mtime_ns,
                     symlink_target: fp.target.clone(),
-                    ..Entry::new(
-                        path.clone(),
-                        if fp.kind == Kind::Dir {
-                            EntryKind::Dir
-                        } else {
-                            EntryKind::Symlink
-                        },
-                        &self.device,
-                    )
+                    ..Entry::new(path.clone(), entry_kind(fp.kind), &self.device)
                 };
                 self.commit_plain(entry, base).await?
             }

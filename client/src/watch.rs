@@ -219,8 +219,6 @@ pub async fn watch(
                 }
                 Err(e) if e.is_offline() => {
                     warn!("lost the server: {e}");
-                    // Keep what this sync recorded (commits answered, paths in doubt).
-                    s.save_quietly();
                     offline_since = Some(Instant::now());
                     syncer = None;
                     changes = None;

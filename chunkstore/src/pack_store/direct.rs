@@ -95,8 +95,8 @@ impl DirectAppender {
             stage[fill..padded].fill(0);
             self.file.write_all_at(&stage[..padded], at)?;
         }
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        pack.set_len(len + total as u64)
+        // `at + fill` is where the appended bytes end.
+        pack.set_len(at + fill as u64)
     }
 }
 
