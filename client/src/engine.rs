@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use lbsync_chunkstore::Manifest;
@@ -22,6 +22,7 @@ use crate::cache::ChunkCache;
 use crate::conflict::conflicted_copy;
 use crate::error::{Error, Result};
 use crate::local::{ChunkIndex, fingerprint, manifest_of, scan, unchanged};
+use crate::place;
 use crate::remote::{Committed, Remote};
 use crate::state::{Fingerprint, Kind, StateStore, Synced};
 use crate::transfer::{SMALL_FILE, Uploaded, display_device, human, kind_word};
@@ -234,7 +235,9 @@ impl Syncer {
         let st = &mut self.state.state;
         st.bytes_sent += self.report.bytes_sent;
         st.bytes_received += self.report.bytes_received;
-        if ok {
+        // The cursor never passes a commit of ours still in doubt: the next sync must see it
+        // again, or it would take our own version for someone else's and make a conflict of it.
+        if ok && st.in_doubt.is_empty() {
             st.cursor = self.cursor;
         }
         st.last_sync_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
@@ -519,17 +522,38 @@ impl Syncer {
 
     /// Moves a local path aside to a conflicted-copy name (never deleting it) and returns the name.
     pub(crate) fn conflict_copy_of(&mut self, path: &SyncPath) -> Result<SyncPath> {
+        let from = path.to_local(&self.root);
+        self.keep_as_conflicted_copy(path, &from)
+    }
+
+    /// Moves `from`, a version of `path` this device made, to a conflicted-copy name of `path`
+    /// (never over anything) and returns the name. `path` is no longer synced until it is again.
+    pub(crate) fn keep_as_conflicted_copy(
+        &mut self,
+        path: &SyncPath,
+        from: &Path,
+    ) -> Result<SyncPath> {
         let name = self.state.state.device_name.clone();
-        let copy = conflicted_copy(&self.root, path, &name, chrono::Local::now());
-        let (from, to) = (path.to_local(&self.root), copy.to_local(&self.root));
-        fs::rename(&from, &to).map_err(Error::io(format!(
-            "keeping {} as {}",
-            from.display(),
-            to.display()
-        )))?;
-        self.state.state.files.remove(path.as_str());
-        self.report.conflicts += 1;
-        Ok(copy)
+        loop {
+            let copy = conflicted_copy(&self.root, path, &name, chrono::Local::now());
+            let to = copy.to_local(&self.root);
+            match place::rename_noreplace(from, &to) {
+                Ok(()) => {
+                    self.state.state.files.remove(path.as_str());
+                    self.report.conflicts += 1;
+                    return Ok(copy);
+                }
+                // The name was taken in the meantime: pick the next one.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(Error::io(format!(
+                        "keeping {} as {}",
+                        from.display(),
+                        to.display()
+                    ))(e));
+                }
+            }
+        }
     }
 
     /// Deletes a local path the server deleted, unless it was edited since it was synced (then it
@@ -557,12 +581,20 @@ impl Syncer {
             return Some(r.path.clone());
         }
         let res = match now.map(|n| n.kind) {
-            Some(Kind::Dir) => fs::remove_dir(&dest),
-            Some(_) => fs::remove_file(&dest),
-            None => Ok(()),
+            Some(Kind::Dir) => fs::remove_dir(&dest).map(|()| true),
+            Some(_) => self.remove_unchanged(&r.path, synced.as_ref()),
+            None => Ok(true),
         };
         match res {
-            Ok(()) => {
+            Ok(false) => {
+                info!(
+                    "{} was deleted on {} but edited here at that moment: keeping it",
+                    r.path,
+                    display_device(&r.device)
+                );
+                Some(r.path.clone())
+            }
+            Ok(true) => {
                 self.state.state.files.remove(r.path.as_str());
                 self.report.deleted_here += 1;
                 info!(
@@ -587,6 +619,38 @@ impl Syncer {
                 );
                 None
             }
+        }
+    }
+
+    /// Removes the file or symlink at `path` if it is still what was synced (`synced`): it is
+    /// moved aside first and looked at there, so a write that lands meanwhile is not lost. `false`
+    /// if it changed: then it is back in its place, or beside it as a conflicted copy if that
+    /// place was taken in the meantime.
+    fn remove_unchanged(
+        &mut self,
+        path: &SyncPath,
+        synced: Option<&Fingerprint>,
+    ) -> std::io::Result<bool> {
+        let dest = path.to_local(&self.root);
+        let Some(aside) = place::move_aside(&dest, &self.state.tmp_dir(), "deleted")? else {
+            return Ok(true);
+        };
+        let old = fingerprint(&aside);
+        if old.is_none_or(|o| synced.is_some_and(|s| unchanged(&o, s))) {
+            fs::remove_file(&aside)?;
+            return Ok(true);
+        }
+        match place::rename_noreplace(&aside, &dest) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let copy = self
+                    .keep_as_conflicted_copy(path, &aside)
+                    .map_err(std::io::Error::other)?;
+                info!(
+                    "{path} was replaced here while it was deleted: kept the edited file as {copy}"
+                );
+                Ok(false)
+            }
+            res => res.map(|()| false),
         }
     }
 

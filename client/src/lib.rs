@@ -6,6 +6,8 @@
 //! - [`state`]: `DIR/.lbsync/`, the per-path record of what was synced, written atomically.
 //! - [`cache`]: copies of small synced files' chunks, so an edit travels as a delta.
 //! - [`local`]: scanning (with `.lbsyncignore`), fingerprints, the index of chunks local files hold.
+//! - [`place`]: swapping a download into place and moving deletions aside, so a write that lands
+//!   meanwhile is kept.
 //! - [`remote`]: the server's RPCs with byte counts.
 //! - [`watch`](mod@watch): real-time sync (inotify + the server's change stream), offline queue, backoff.
 //! - [`transfer`]: uploading a file's new chunks and committing it as a delta; downloading into a
@@ -16,6 +18,7 @@ pub mod conflict;
 pub mod engine;
 pub mod error;
 pub mod local;
+pub mod place;
 pub mod remote;
 pub mod state;
 pub mod transfer;

@@ -18,6 +18,7 @@ use crate::cache::CACHED_FILE_MAX;
 use crate::engine::Syncer;
 use crate::error::{Error, Result};
 use crate::local::{fingerprint, key, unchanged};
+use crate::place;
 use crate::remote::{Committed, DeltaBases, Remote};
 use crate::state::{Fingerprint, Kind, Synced};
 
@@ -259,7 +260,10 @@ impl Syncer {
                 sent.insert(key(&c.id()));
                 chunks_sent += 1;
                 if !puts
-                    .push(&self.remote, encode_chunk(c.id(), c.data()))
+                    .push(
+                        &self.remote,
+                        encode_chunk(c.id(), c.data()),
+                    )
                     .await
                 {
                     break 'batches;
@@ -717,12 +721,7 @@ impl Syncer {
         // that lands the instant after must read as a local change, not as synced.
         let local =
             fingerprint(&tmp).ok_or_else(|| Error::Usage(format!("{} vanished", tmp.display())))?;
-        let dest = r.path.to_local(&self.root);
-        self.make_room(&r.path)?;
-        fs::rename(&tmp, &dest).map_err(Error::io(format!(
-            "moving the download into {}",
-            dest.display()
-        )))?;
+        self.put_in_place(&r.path, &tmp)?;
         self.report.chunks_received += fetched;
         info!(
             "downloaded {} from {}: {fetched} of {} chunks fetched, {local_chunks} copied from local files",
@@ -772,9 +771,9 @@ impl Syncer {
     /// Creates a directory or symlink from the server.
     pub(crate) fn apply_plain(&mut self, r: &Entry) -> Result<()> {
         let dest = r.path.to_local(&self.root);
-        self.make_room(&r.path)?;
         match r.kind {
             EntryKind::Dir => {
+                self.make_room(&r.path)?;
                 if !dest.is_dir() {
                     fs::create_dir_all(&dest)
                         .map_err(Error::io(format!("creating {}", dest.display())))?;
@@ -787,8 +786,14 @@ impl Syncer {
             }
             EntryKind::Symlink => {
                 let target = r.symlink_target.clone().unwrap_or_default();
-                std::os::unix::fs::symlink(&target, &dest)
-                    .map_err(Error::io(format!("creating symlink {}", dest.display())))?;
+                let tmp = self.state.tmp_dir().join(format!(
+                    "{}.link",
+                    &ChunkId::of(r.path.as_str().as_bytes()).to_string()[..16]
+                ));
+                let _ = fs::remove_file(&tmp);
+                std::os::unix::fs::symlink(&target, &tmp)
+                    .map_err(Error::io(format!("creating symlink {}", tmp.display())))?;
+                self.put_in_place(&r.path, &tmp)?;
             }
             EntryKind::File => unreachable!("files are downloaded"),
         }
@@ -811,6 +816,32 @@ impl Syncer {
         Ok(())
     }
 
+    /// Puts `new` (a finished download or a fresh symlink, in the temp directory) at `path`. What
+    /// was there is swapped out atomically and then looked at: deleted if it is what was synced,
+    /// kept as a conflicted copy if it changed, even in the instant before the swap.
+    fn put_in_place(&mut self, path: &SyncPath, new: &Path) -> Result<()> {
+        let dest = path.to_local(&self.root);
+        self.make_room(path)?;
+        let swapped = place::swap_in(new, &dest).map_err(Error::io(format!(
+            "moving {} into {}",
+            new.display(),
+            dest.display()
+        )))?;
+        if !swapped {
+            return Ok(());
+        }
+        let Some(old) = fingerprint(new) else {
+            return Ok(());
+        };
+        let synced = self.state.state.files.get(path.as_str()).map(|s| &s.local);
+        if old.kind != Kind::Dir && synced.is_some_and(|s| unchanged(&old, s)) {
+            return fs::remove_file(new).map_err(Error::io(format!("removing {}", new.display())));
+        }
+        let copy = self.keep_as_conflicted_copy(path, new)?;
+        info!("{path} changed here as the server's version arrived: kept it as {copy}");
+        Ok(())
+    }
+
     /// Makes `path` free to be replaced: creates its parent, and if something unsynced or changed
     /// is there (it changed after the plan was made), moves it to a conflicted copy first.
     fn make_room(&mut self, path: &SyncPath) -> Result<()> {
@@ -823,15 +854,7 @@ impl Syncer {
             return Ok(());
         };
         let synced = self.state.state.files.get(path.as_str()).map(|s| &s.local);
-        let safe_to_replace = synced.is_some_and(|s| unchanged(&now, s)) && now.kind != Kind::Dir;
-        if safe_to_replace {
-            if now.kind == Kind::Symlink {
-                fs::remove_file(&dest)
-                    .map_err(Error::io(format!("replacing {}", dest.display())))?;
-            }
-            return Ok(());
-        }
-        if now.kind == Kind::Dir {
+        if now.kind == Kind::Dir || synced.is_some_and(|s| unchanged(&now, s)) {
             return Ok(());
         }
         let copy = self.conflict_copy_of(path)?;

@@ -54,6 +54,24 @@ fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// Copies the logs under `tmp` (servers', watchers') and each folder's sync state to a directory
+/// that outlives the test, and returns it: a failure report names it.
+fn keep_logs(tmp: &Path, test: &str) -> PathBuf {
+    let keep = std::env::temp_dir().join(format!("lbsync-{test}-{}", std::process::id()));
+    fs::create_dir_all(&keep).unwrap();
+    for e in fs::read_dir(tmp).unwrap().flatten() {
+        let (path, name) = (e.path(), e.file_name().to_string_lossy().into_owned());
+        if name.ends_with(".log") {
+            let _ = fs::copy(&path, keep.join(&name));
+        }
+        let state = path.join(".lbsync/state.json");
+        if state.exists() {
+            let _ = fs::copy(&state, keep.join(format!("{name}.state.json")));
+        }
+    }
+    keep
+}
+
 /// What differs between two trees, briefly.
 fn tree_diff(a: &Path, b: &Path) -> String {
     let (ta, tb) = (tree(a), tree(b));
@@ -228,7 +246,8 @@ fn server_killed_at_random_loses_nothing() {
     );
     let explain = || {
         format!(
-            "\ndiff:\n{}\nA: {:?}\nB: {:?}\nA's log:\n{}\nB's log:\n{}",
+            "logs and states kept in {}\ndiff:\n{}\nA: {:?}\nB: {:?}\nA's log:\n{}\nB's log:\n{}",
+            keep_logs(tmp.path(), "server_killed").display(),
             tree_diff(&a, &b),
             writers.iter().flat_map(|w| w.check(&a)).collect::<Vec<_>>(),
             writers.iter().flat_map(|w| w.check(&b)).collect::<Vec<_>>(),
