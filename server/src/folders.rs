@@ -9,8 +9,15 @@
 //! Entries are stored as encoded `lbsync.v1.Entry` protobuf messages (additive, versionable). A
 //! commit updates all four in one sled transaction: either the new version, its history record, its
 //! journal record and the new head are all visible, or none is.
+//!
+//! A transaction is visible to readers the moment it ends, before the flush that makes it durable.
+//! Nothing read leaves the server before that flush: a reader that may have seen a commit still
+//! being flushed flushes too (see [`Folders::settle`]). Otherwise a client could download a
+//! version that a crash then takes back, and never hear that it is gone.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lbsync_proto::{CommitOutcome, Entry, SyncPath, pb};
@@ -27,6 +34,24 @@ const JOURNAL_SCAN_LIMIT: u64 = 4096;
 pub struct Folders {
     db: sled::Db,
     heads: sled::Tree,
+    /// Commits between the start of their transaction and the end of their flush.
+    flushing: Arc<AtomicUsize>,
+}
+
+/// Counts one commit in [`Folders::flushing`] while it lives.
+struct Flushing<'a>(&'a AtomicUsize);
+
+impl<'a> Flushing<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Flushing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct Trees {
@@ -93,7 +118,18 @@ impl Folders {
         Ok(Self {
             db: db.clone(),
             heads: db.open_tree("folders")?,
+            flushing: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Makes what this thread has read durable before it is shown to anyone: if a commit may be
+    /// between its transaction and the end of its flush, flushes (which covers every transaction
+    /// that has ended). Cheap when no commit is in flight.
+    fn settle(&self) -> Result<()> {
+        if self.flushing.load(Ordering::SeqCst) > 0 {
+            self.db.flush()?;
+        }
+        Ok(())
     }
 
     fn trees(&self, folder: &str) -> Result<Trees> {
@@ -110,6 +146,7 @@ impl Folders {
         let head = self.heads.fetch_and_update(folder, |old| {
             Some(old.map_or_else(|| 0u64.to_be_bytes().to_vec(), |v| v.to_vec()))
         })?;
+        self.settle()?;
         Ok(head.map_or(0, |v| be_u64(&v)))
     }
 
@@ -133,11 +170,9 @@ impl Folders {
     /// The path's current entry.
     pub fn current(&self, folder: &str, path: &SyncPath) -> Result<Option<Entry>> {
         self.head(folder)?;
-        self.trees(folder)?
-            .entries
-            .get(path.as_str())?
-            .map(|v| decode(&v))
-            .transpose()
+        let entry = self.trees(folder)?.entries.get(path.as_str())?;
+        self.settle()?;
+        entry.map(|v| decode(&v)).transpose()
     }
 
     /// Makes `entry` the path's current version if the path is at `base_version` (or is new or
@@ -153,6 +188,7 @@ impl Folders {
         let path_key = entry.path.as_str().as_bytes().to_vec();
         let folder_key = folder.as_bytes().to_vec();
         entry.committed_ns = now_ns();
+        let _flushing = Flushing::start(&self.flushing);
         let res = (&t.entries, &t.history, &t.journal, &self.heads).transaction(
             |(entries, history, journal, heads)| {
                 let current = match entries.get(&path_key)? {
@@ -184,10 +220,9 @@ impl Folders {
         );
         match res {
             Ok(outcome) => {
-                // A commit is acknowledged only once it is on disk: sled alone flushes on a timer.
-                if matches!(outcome, CommitOutcome::Committed(_)) {
-                    self.db.flush()?;
-                }
+                // A commit is acknowledged only once it is on disk (sled alone flushes on a
+                // timer), and so is the current entry a conflict answer shows.
+                self.db.flush()?;
                 Ok(outcome)
             }
             Err(TransactionError::Abort(e)) => Err(e),
@@ -240,6 +275,7 @@ impl Folders {
         // Commits that landed while we read are delivered by their own notification.
         entries.retain(|e| e.seq <= head);
         entries.sort_by_key(|e| e.seq);
+        self.settle()?;
         Ok((entries, head))
     }
 
@@ -252,6 +288,7 @@ impl Folders {
             .scan_prefix(history_prefix(path))
             .map(|kv| decode(&kv?.1))
             .collect::<Result<Vec<_>>>()?;
+        self.settle()?;
         out.reverse();
         Ok(out)
     }
@@ -259,11 +296,12 @@ impl Folders {
     /// One retained version of a path.
     pub fn version(&self, folder: &str, path: &SyncPath, version: u64) -> Result<Option<Entry>> {
         self.head(folder)?;
-        self.trees(folder)?
+        let entry = self
+            .trees(folder)?
             .history
-            .get(history_key(path, version))?
-            .map(|v| decode(&v))
-            .transpose()
+            .get(history_key(path, version))?;
+        self.settle()?;
+        entry.map(|v| decode(&v)).transpose()
     }
 
     /// Every current entry of a folder.
