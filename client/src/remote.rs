@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use lbsync_chunkstore::{Chunk, ChunkId, ChunkParams, Manifest, ManifestId};
 use lbsync_proto::convert::{MAX_BATCH_COMMITS, batch_to_pb, delta_from_pb};
+use lbsync_proto::http2::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use lbsync_proto::pb::sync_client::SyncClient;
 use lbsync_proto::wire::{chunk_bases, decode_chunk_against};
 use lbsync_proto::{
@@ -108,7 +109,9 @@ impl Remote {
             .map_err(|_| Error::BadUrl(url.to_owned()))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
-            .http2_adaptive_window(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
         let channel = endpoint.connect().await.map_err(|e| Error::Connect {

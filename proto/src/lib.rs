@@ -37,6 +37,17 @@ pub use model::{
 };
 pub use path::{PathError, SyncPath};
 
+/// HTTP/2 settings both ends use. Fixed, large flow-control windows and frames: chunk uploads
+/// stream megabytes per RPC, and hyper's adaptive windows stall such a stream on a fast link.
+pub mod http2 {
+    /// Per-stream flow-control window.
+    pub const STREAM_WINDOW: u32 = 4 << 20;
+    /// Per-connection flow-control window (two streams in full flight).
+    pub const CONNECTION_WINDOW: u32 = 8 << 20;
+    /// Largest frame: one 1 MiB chunk message in a few frames, not 64.
+    pub const MAX_FRAME: u32 = 1 << 20;
+}
+
 /// An error and its sources, "a: b: c": how both ends put a transport or storage error in words.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();

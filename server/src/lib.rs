@@ -15,10 +15,11 @@ pub mod service;
 use std::future::Future;
 
 use lbsync_chunkstore::PackStore;
+use lbsync_proto::http2::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use lbsync_proto::pb::sync_server::SyncServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 pub use auth::Tokens;
@@ -60,13 +61,13 @@ pub async fn run(
         Some(t) => t.check(&req).map(|()| req),
         None => Ok(req),
     });
-    // Adaptive HTTP/2 windows: chunk uploads stream megabytes per RPC.
     // Keepalive pings end connections whose peer is gone or speaks garbage.
     let mut builder = Server::builder()
-        .http2_adaptive_window(Some(true))
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .max_frame_size(Some(MAX_FRAME))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .tcp_keepalive(Some(std::time::Duration::from_secs(60)));
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
     if let Some((cert, key)) = &config.tls {
         builder = builder
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
@@ -89,7 +90,11 @@ pub async fn run(
     );
     let (began_tx, began_rx) = tokio::sync::oneshot::channel();
     let serve = builder.add_service(authed).serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
+        // The builder's TCP options apply only to listeners it binds itself; set them here. Without
+        // TCP_NODELAY every small answer (MissingChunks, a commit) waits ~40 ms for a delayed ACK.
+        TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(std::time::Duration::from_secs(60))),
         async move {
             shutdown.await;
             tracing::info!("shutting down");
