@@ -24,17 +24,53 @@ fn compress(data: &[u8]) -> Option<Vec<u8>> {
     })
 }
 
+/// Whether `compressed` bytes for `raw` bytes are worth keeping: they save at least 1/32.
+pub(crate) fn pays(compressed: usize, raw: usize) -> bool {
+    compressed < raw - raw / 32
+}
+
 /// `data` zstd-compressed, if that saves at least 1/32 of its size. Random data (most media,
 /// archives, encrypted files) is recognised from a 4 KiB sample without compressing it all.
 pub fn compress_if_smaller(data: &[u8]) -> Option<Vec<u8>> {
     if data.len() > 2 * SAMPLE {
         let sample = &data[..SAMPLE];
-        let probe = compress(sample)?;
-        if probe.len() >= sample.len() - sample.len() / 32 {
+        if !pays(compress(sample)?.len(), sample.len()) {
             return None;
         }
     }
-    compress(data).filter(|z| z.len() < data.len() - data.len() / 32)
+    compress(data).filter(|z| pays(z.len(), data.len()))
+}
+
+/// [`compress_if_smaller`] for the chunks of one file in turn, trying less after chunks that did
+/// not compress: after the n-th such chunk in a row it skips the next 2^(n-1) - 1 (at most
+/// [`CompressProbe::MAX_SKIP`]). A file of random data (media, archives) then costs a probe
+/// every 64 chunks instead of one a chunk, and a compressible stretch after a random one is found
+/// again within 64 chunks; one chunk that compresses starts trying every chunk again.
+#[derive(Clone, Debug, Default)]
+pub struct CompressProbe {
+    misses: u32,
+    skip: u32,
+}
+
+impl CompressProbe {
+    /// The most chunks skipped in a row.
+    pub const MAX_SKIP: u32 = 63;
+
+    /// `data` compressed when that pays and this chunk's turn to be tried came.
+    pub fn compress(&mut self, data: &[u8]) -> Option<Vec<u8>> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return None;
+        }
+        let z = compress_if_smaller(data);
+        if z.is_some() {
+            self.misses = 0;
+        } else {
+            self.misses += 1;
+            self.skip = (1u32 << (self.misses - 1).min(6)) - 1;
+        }
+        z
+    }
 }
 
 /// Decompresses zstd `data` that must inflate to at most `max_len` bytes (more is an error, so a
@@ -96,6 +132,30 @@ mod tests {
         let mut noise = vec![0u8; 20_000];
         blake3::Hasher::new().finalize_xof().fill(&mut noise);
         assert!(compress_if_smaller(&noise).is_none());
+    }
+
+    #[test]
+    fn the_probe_backs_off_on_noise_and_comes_back_for_text() {
+        let text = b"lbsync keeps folders in sync ".repeat(300);
+        let mut noise = vec![0u8; 8192];
+        blake3::Hasher::new().finalize_xof().fill(&mut noise);
+        let mut probe = CompressProbe::default();
+        assert!(probe.compress(&text).is_some());
+        // Noise is tried as the 1st, 2nd, 4th, 8th... chunk in a row, then every 64th.
+        let mut tries = Vec::new();
+        for i in 0..300 {
+            if probe.skip == 0 {
+                tries.push(i);
+            }
+            assert!(probe.compress(&noise).is_none());
+        }
+        assert_eq!(&tries[..8], &[0, 1, 3, 7, 15, 31, 63, 127]);
+        assert_eq!(tries[8] - tries[7], 64);
+        // Text after noise is compressed again within 64 chunks, then every chunk.
+        let found = (0..64).position(|_| probe.compress(&text).is_some());
+        assert!(found.is_some(), "text was never tried");
+        assert!(probe.compress(&text).is_some());
+        assert!(probe.compress(&text).is_some());
     }
 
     #[test]

@@ -58,6 +58,14 @@ pub enum Error {
         /// The BLAKE3 of the bytes.
         actual: ChunkId,
     },
+    /// Bytes sent compressed do not decompress to the length they were declared with.
+    #[error("chunk {id} was sent compressed, but {what}; send the chunk again")]
+    BadCompression {
+        /// The id the bytes came with.
+        id: ChunkId,
+        /// What did not check out.
+        what: String,
+    },
     /// Chunking parameters outside what FastCDC and the wire format allow.
     #[error("invalid chunking parameters: {0}")]
     BadParams(String),

@@ -54,7 +54,9 @@ mod store;
 
 pub use chunk::Chunk;
 pub use chunker::{BLOCK_SIZE, Chunker, Cutter, NORMALIZATION, Piece, chunk_pipelined};
-pub use compress::{compress_against, compress_if_smaller, decompress, decompress_against};
+pub use compress::{
+    CompressProbe, compress_against, compress_if_smaller, decompress, decompress_against,
+};
 pub use delta::{DeltaOp, ManifestDelta, edit_bases};
 pub use error::{Error, Result};
 pub use id::{ChunkId, ManifestId};

@@ -127,10 +127,17 @@ pub(crate) struct Record {
 
 impl Record {
     pub(crate) fn encode(chunk: &Chunk) -> Record {
+        use crate::chunk::Packed;
         let raw = chunk.data();
-        let (flags, payload) = match crate::compress::compress_if_smaller(raw) {
-            Some(z) => (FLAG_ZSTD, Bytes::from(z)),
-            None => (0, raw.clone()),
+        // What the sender found is used as it is: compressing again would cost as much as
+        // hashing, for the same bytes.
+        let (flags, payload) = match chunk.packed() {
+            Packed::Zstd(z) if crate::compress::pays(z.len(), raw.len()) => (FLAG_ZSTD, z.clone()),
+            Packed::Zstd(_) | Packed::Raw => (0, raw.clone()),
+            Packed::Unknown => match crate::compress::compress_if_smaller(raw) {
+                Some(z) => (FLAG_ZSTD, Bytes::from(z)),
+                None => (0, raw.clone()),
+            },
         };
         let header = RecordHeader {
             flags,
@@ -292,6 +299,22 @@ mod tests {
         let rec = Record::encode(&noise);
         assert_eq!(rec.header.flags, 0);
         assert_eq!(rec.to_vec().len(), RECORD_HEADER_LEN + noise.len());
+    }
+
+    #[test]
+    fn what_the_sender_found_is_kept_as_it_is() {
+        let text = b"all work and no play ".repeat(500);
+        let frame = Bytes::from(crate::compress_if_smaller(&text).unwrap());
+        let sent = Chunk::from_zstd(ChunkId::of(&text), frame.clone(), text.len()).unwrap();
+        let rec = Record::encode(&sent);
+        assert_eq!((rec.header.flags, &rec.payload), (FLAG_ZSTD, &frame));
+
+        let raw = Record::encode(&Chunk::new(text.clone()).keep_raw());
+        assert_eq!(raw.header.flags, 0, "not compressed again");
+        assert_eq!(raw.payload, text);
+        for rec in [rec, raw] {
+            assert_eq!(decode_payload(&rec.header, &rec.payload).unwrap(), text);
+        }
     }
 
     trait XofBytes {

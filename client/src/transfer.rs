@@ -7,8 +7,12 @@ use std::io::Write;
 use std::path::Path;
 
 use bytes::Bytes;
-use lbsync_chunkstore::{Chunk, ChunkId, ChunkRef, Manifest, ManifestDelta, edit_bases};
-use lbsync_proto::wire::{MAX_DELTA_BASES, encode_chunk, encode_chunk_against};
+use lbsync_chunkstore::{
+    Chunk, ChunkId, ChunkRef, CompressProbe, Manifest, ManifestDelta, edit_bases,
+};
+use lbsync_proto::wire::{
+    MAX_DELTA_BASES, encode_chunk, encode_chunk_against, encode_chunk_probed,
+};
 use lbsync_proto::{
     BatchOutcome, CommitOutcome, CommitRequest, Content, Entry, EntryKind, SyncPath, pb,
 };
@@ -229,6 +233,7 @@ impl Syncer {
         // is one chunk many times) goes once, even before the server has it to say so.
         let mut sent: HashSet<u64> = HashSet::new();
         let mut chunks_sent = 0u64;
+        let mut probe = CompressProbe::default();
         let cache_them = len <= CACHED_FILE_MAX;
         'batches: while let Some(batch) = rx.recv().await {
             progress.inc(batch.iter().map(|c| c.len() as u64).sum());
@@ -262,7 +267,7 @@ impl Syncer {
                 if !puts
                     .push(
                         &self.remote,
-                        encode_chunk(c.id(), c.data()),
+                        encode_chunk_probed(c.id(), c.data(), &mut probe),
                     )
                     .await
                 {

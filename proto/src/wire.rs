@@ -2,7 +2,7 @@
 //! holds; checked on arrival.
 
 use bytes::Bytes;
-use lbsync_chunkstore::{Chunk, ChunkId};
+use lbsync_chunkstore::{Chunk, ChunkId, CompressProbe};
 
 use crate::convert::{ConvertError, ids_from_bytes, ids_to_bytes};
 use crate::pb;
@@ -13,7 +13,16 @@ pub const MAX_DELTA_BASES: usize = 4;
 /// A chunk as sent: compressed when that saves at least 1/32 of its size. `raw` must be the bytes
 /// of `id` (the receiver checks).
 pub fn encode_chunk(id: ChunkId, raw: &Bytes) -> pb::ChunkData {
-    let compressed = lbsync_chunkstore::compress_if_smaller(raw);
+    chunk_data(id, raw, lbsync_chunkstore::compress_if_smaller(raw))
+}
+
+/// [`encode_chunk`] for one of a file's chunks in turn: `probe` skips trying to compress after
+/// chunks that did not compress (see [`CompressProbe`]).
+pub fn encode_chunk_probed(id: ChunkId, raw: &Bytes, probe: &mut CompressProbe) -> pb::ChunkData {
+    chunk_data(id, raw, probe.compress(raw))
+}
+
+fn chunk_data(id: ChunkId, raw: &Bytes, compressed: Option<Vec<u8>>) -> pb::ChunkData {
     let (compression, data) = match compressed {
         Some(z) => (pb::Compression::Zstd, Bytes::from(z)),
         None => (pb::Compression::None, raw.clone()),
@@ -90,20 +99,34 @@ pub fn decode_chunk_against(
             c.raw_len
         )));
     }
-    let data = match pb::Compression::try_from(c.compression) {
-        Ok(pb::Compression::None) if !c.base_ids.is_empty() => {
-            return Err(ConvertError::BadChunk(format!(
-                "chunk {id} names delta bases but is not zstd: a delta is always compressed"
-            )));
+    let declared = |data: &Bytes| {
+        if data.len() == c.raw_len as usize {
+            Ok(())
+        } else {
+            Err(ConvertError::BadChunk(format!(
+                "chunk {id} has {} bytes where {} were declared",
+                data.len(),
+                c.raw_len
+            )))
         }
-        Ok(pb::Compression::None) => c.data,
+    };
+    match pb::Compression::try_from(c.compression) {
+        Ok(pb::Compression::None) if !c.base_ids.is_empty() => Err(ConvertError::BadChunk(
+            format!("chunk {id} names delta bases but is not zstd: a delta is always compressed"),
+        )),
+        // The sender found it does not compress, or did not try because the chunks before it
+        // did not: the store need not try again.
+        Ok(pb::Compression::None) => {
+            declared(&c.data)?;
+            Ok(Chunk::verify(id, c.data)?.keep_raw())
+        }
         Ok(pb::Compression::Zstd) if !c.base_ids.is_empty() => {
             let base = base.ok_or_else(|| {
                 ConvertError::BadChunk(format!(
                     "chunk {id} is a delta, but no delta was expected here"
                 ))
             })?;
-            lbsync_chunkstore::decompress_against(&c.data, base, c.raw_len as usize)
+            let data = lbsync_chunkstore::decompress_against(&c.data, base, c.raw_len as usize)
                 .map(Bytes::from)
                 .map_err(|e| {
                     ConvertError::BadChunk(format!(
@@ -111,31 +134,17 @@ pub fn decode_chunk_against(
                          bytes: {e}",
                         c.raw_len
                     ))
-                })?
+                })?;
+            declared(&data)?;
+            Ok(Chunk::verify(id, data)?)
         }
-        Ok(pb::Compression::Zstd) => lbsync_chunkstore::decompress(&c.data, c.raw_len as usize)
-            .map(Bytes::from)
-            .map_err(|e| {
-                ConvertError::BadChunk(format!(
-                    "chunk {id}: zstd data does not decompress to at most {} bytes: {e}",
-                    c.raw_len
-                ))
-            })?,
-        Err(_) => {
-            return Err(ConvertError::UnknownEnum {
-                field: "compression",
-                value: c.compression,
-            });
-        }
-    };
-    if data.len() != c.raw_len as usize {
-        return Err(ConvertError::BadChunk(format!(
-            "chunk {id} has {} bytes where {} were declared",
-            data.len(),
-            c.raw_len
-        )));
+        // Kept compressed as it came, for the store.
+        Ok(pb::Compression::Zstd) => Ok(Chunk::from_zstd(id, c.data, c.raw_len as usize)?),
+        Err(_) => Err(ConvertError::UnknownEnum {
+            field: "compression",
+            value: c.compression,
+        }),
     }
-    Ok(Chunk::verify(id, data)?)
 }
 
 #[cfg(test)]
@@ -162,6 +171,11 @@ mod tests {
         wrong.data = Bytes::from_static(b"abd");
         let err = decode_chunk(wrong, 1 << 20).unwrap_err().to_string();
         assert!(err.contains("do not match their id"), "{err}");
+
+        let mut short = encode_chunk(abc.id(), abc.data());
+        short.raw_len = 2;
+        let err = decode_chunk(short, 1 << 20).unwrap_err().to_string();
+        assert!(err.contains("3 bytes where 2 were declared"), "{err}");
     }
 
     #[test]
