@@ -53,7 +53,7 @@ fn main() {
     let server = ChildServer::start(&tmp.path().join("store"));
     let push = ChildSync::run(&a, &server.url(), "pusher");
     let pull = ChildSync::run(&b, &server.url(), "puller");
-    let server_rss = server.stop();
+    let server_rss = server.stop().peak_rss;
     assert_eq!(
         hash(&a.join("big.bin")),
         hash(&b.join("big.bin")),

@@ -65,7 +65,7 @@ async fn run() {
         t.await.expect("client task");
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let server_rss = server.stop();
+    let server_rss = server.stop().peak_rss;
     let mut t = Arc::try_unwrap(tally)
         .ok()
         .expect("all tasks done")

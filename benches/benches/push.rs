@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use lbsync_benches::{ChildServer, machine, peak_rss, quick, runtime, table};
+use lbsync_benches::{ChildServer, cpu_seconds, machine, peak_rss, quick, runtime, table};
 use rand::{RngCore, SeedableRng};
 
 fn main() {
@@ -36,10 +36,12 @@ async fn run() {
     }
     let server = ChildServer::start(&tmp.path().join("store"));
     let rss_before = peak_rss();
+    let cpu_before = cpu_seconds();
     let start = Instant::now();
     let report = lbsync_benches::sync(&dir, &server.url(), "pusher", "default").await;
     let secs = start.elapsed().as_secs_f64();
-    let server_rss = server.stop();
+    let client_cpu = cpu_seconds() - cpu_before;
+    let server = server.stop();
     let mib_s = size as f64 / (1 << 20) as f64 / secs;
     println!(
         "{}",
@@ -50,7 +52,8 @@ async fn run() {
                 "time",
                 "rate",
                 "client peak RSS",
-                "server peak RSS"
+                "server peak RSS",
+                "CPU client + server",
             ],
             &[vec![
                 format!("{} chunks sent", report.chunks_sent),
@@ -58,7 +61,8 @@ async fn run() {
                 format!("{secs:.2} s"),
                 format!("{mib_s:.0} MiB/s"),
                 format!("{} MB", peak_rss().max(rss_before) / 1_000_000),
-                format!("{} MB", server_rss / 1_000_000),
+                format!("{} MB", server.peak_rss / 1_000_000),
+                format!("{client_cpu:.1} + {:.1} s", server.cpu_seconds),
             ]]
         )
     );

@@ -35,6 +35,24 @@ pub fn peak_rss() -> u64 {
     proc_status_kb("VmHWM:") * 1024
 }
 
+/// CPU time this process has used so far (all threads, user and system), in seconds.
+pub fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields 14 and 15 (utime, stime), counted after the ")" that ends the command name, in
+    // USER_HZ ticks (100 a second on Linux).
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
 /// Current resident memory of this process, in bytes (VmRSS).
 pub fn rss() -> u64 {
     proc_status_kb("VmRSS:") * 1024
@@ -382,7 +400,7 @@ impl ChildServer {
             lbsync_server::run(listener, store, Default::default(), shutdown)
                 .await
                 .expect("serve");
-            println!("{}", peak_rss());
+            println!("{} {}", peak_rss(), cpu_seconds());
         });
         true
     }
@@ -410,18 +428,27 @@ impl ChildServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops it and returns its peak RSS in bytes.
-    pub fn stop(mut self) -> u64 {
+    /// Stops it and returns what it used.
+    pub fn stop(mut self) -> Usage {
         drop(self.child.stdin.take());
-        let rss = self
-            .lines
-            .next()
-            .and_then(|l| l.ok())
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(0);
+        let line = self.lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        let mut fields = line.split_whitespace();
+        let usage = Usage {
+            peak_rss: fields.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+            cpu_seconds: fields.next().and_then(|v| v.parse().ok()).unwrap_or(0.0),
+        };
         let _ = self.child.wait();
-        rss
+        usage
     }
+}
+
+/// What a [`ChildServer`] used over its life.
+#[derive(Clone, Copy, Debug)]
+pub struct Usage {
+    /// Peak resident memory, bytes.
+    pub peak_rss: u64,
+    /// CPU time, all threads, seconds.
+    pub cpu_seconds: f64,
 }
 
 /// Set in a bench's sync child: `dir\x1furl\x1fdevice`.
