@@ -10,19 +10,20 @@
 //!
 //! # Durability
 //! [`ChunkStore::insert_batch`] appends the batch's records to the current pack, `fdatasync`s it,
-//! then writes the index entries and the pack's watermark in one sled batch, and only then
-//! returns. The pack is the source of truth and the index a cache of it: on open, each pack is
-//! scanned from its watermark, records past it that check out (header checksum, payload hashing to
-//! the id) are indexed, and a torn or damaged tail is truncated. So after a crash at any instant
-//! (kill -9 or power loss), every chunk whose insert returned reads back, and every indexed chunk
-//! reads back with the right hash. sled's own writes are flushed on a timer; a lost index update is
-//! redone from the pack.
+//! and returns; a thread of the store's then writes the index entries and the pack's watermark in
+//! one sled batch (until then reads find the entries in memory; see [`behind`]). The pack is the
+//! source of truth and the index a cache of it: on open, each pack is scanned from its watermark,
+//! records past it that check out (header checksum, payload hashing to the id) are indexed, and a
+//! torn or damaged tail is truncated. So after a crash at any instant (kill -9 or power loss),
+//! every chunk whose insert returned reads back, and every indexed chunk reads back with the right
+//! hash. sled's own writes are flushed on a timer; a lost index update is redone from the pack.
 //!
 //! # Concurrency
 //! Handles are `Clone` and shared between threads. Appends are serialised by one writer lock
 //! (compression happens before taking it); reads use positional reads and run in parallel.
 //! Garbage collection and fsck hold the writer lock. One process at a time: sled locks the index.
 
+mod behind;
 mod direct;
 mod fsck;
 mod gc;
@@ -49,6 +50,7 @@ use crate::pack::{
 use crate::params::ChunkParams;
 use crate::store::{ChunkStore, GcOptions, GcReport, Inserted, StoreStats};
 
+use behind::{Appended, Indexer};
 use direct::{DIRECT_MIN, DirectAppender};
 pub use fsck::{FsckProblem, FsckReport};
 use index::{IndexEntry, chunk_key, watermark_key};
@@ -106,8 +108,10 @@ struct Inner {
     packs_dir: PathBuf,
     db: sled::Db,
     index: sled::Tree,
-    /// The ids in `index`, for fast membership tests.
+    /// The ids in `index` (or on their way there), for fast membership tests.
     present: PresentSet,
+    /// Writes index entries behind the packs.
+    indexer: Indexer,
     params: ChunkParams,
     pack_target: u64,
     writer: Mutex<Writer>,
@@ -118,6 +122,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // Nothing is lost without this (the packs are the truth), but reopening is faster.
+        let _ = self.indexer.settle();
         let _ = self.db.flush();
     }
 }
@@ -236,6 +241,9 @@ impl PackStore {
         }
         let present = PresentSet::default();
         present.replace(indexed_ids(&index)?);
+        let indexer = Indexer::start(index.clone()).map_err(Error::io(
+            "starting the thread that writes the index".to_owned(),
+        ))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 dir,
@@ -243,6 +251,7 @@ impl PackStore {
                 db,
                 index,
                 present,
+                indexer,
                 params,
                 pack_target: opts.pack_target,
                 writer: Mutex::new(writer),
@@ -271,6 +280,7 @@ impl PackStore {
     /// Flushes the index to disk. Not needed for durability (see the module docs); it shortens
     /// the scan on the next open.
     pub fn flush(&self) -> Result<()> {
+        self.inner.indexer.settle()?;
         self.inner.db.flush()?;
         Ok(())
     }
@@ -282,6 +292,10 @@ impl PackStore {
     }
 
     fn entry(&self, id: &ChunkId) -> Result<Option<IndexEntry>> {
+        // Pending first: the indexer writes an entry to sled before it forgets it.
+        if let Some(e) = self.inner.indexer.get(id) {
+            return Ok(Some(e));
+        }
         Ok(self
             .inner
             .index
@@ -411,15 +425,15 @@ impl Writer {
     }
 
     /// Appends records (header bytes and payload), rolling to a new pack when this one is full,
-    /// and adds their index entries and the touched packs' watermarks to `batch`. Returns after
-    /// every byte is synced.
+    /// and returns their index entries and the touched packs' watermarks. Returns after every byte
+    /// is synced.
     fn append<'a>(
         &mut self,
         records: impl IntoIterator<Item = (&'a RecordHeader, [&'a [u8]; 2], u64)>,
         packs_dir: &Path,
         pack_target: u64,
-        batch: &mut sled::Batch,
-    ) -> Result<()> {
+    ) -> Result<Appended> {
+        let mut out = Appended::default();
         let mut parts: Vec<IoSlice<'a>> = Vec::new();
         let mut pending = 0u64;
         for (header, [head, payload], inserted_at) in records {
@@ -427,7 +441,7 @@ impl Writer {
             let len = (head.len() + payload.len()) as u64;
             if end + len > pack_target && end > PACK_HEADER_LEN {
                 self.write_synced(&mut parts, packs_dir)?;
-                batch.insert(&watermark_key(self.pack), &self.len.to_le_bytes());
+                out.watermarks.push((self.pack, self.len));
                 parts.clear();
                 pending = 0;
                 self.roll(packs_dir)?;
@@ -440,14 +454,14 @@ impl Writer {
                 flags: header.flags,
                 inserted_at,
             };
-            batch.insert(header.id.as_bytes(), &entry.encode());
+            out.entries.push((header.id, entry));
             parts.push(IoSlice::new(head));
             parts.push(IoSlice::new(payload));
             pending += len;
         }
         self.write_synced(&mut parts, packs_dir)?;
-        batch.insert(&watermark_key(self.pack), &self.len.to_le_bytes());
-        Ok(())
+        out.watermarks.push((self.pack, self.len));
+        Ok(out)
     }
 }
 
@@ -456,10 +470,9 @@ impl ChunkStore for PackStore {
         self.inner.params
     }
 
-    /// Returns once the new chunks' bytes are `fdatasync`ed and their index entries written (see
-    /// the module docs for what survives a crash). One sync covers the whole batch.
+    /// Returns once the new chunks' bytes are `fdatasync`ed (see the module docs for what
+    /// survives a crash); their index entries follow. One sync covers the whole batch.
     fn insert_batch(&self, chunks: &[Chunk]) -> Result<Vec<Inserted>> {
-        let index = &self.inner.index;
         let mut outcome = vec![Inserted::AlreadyPresent; chunks.len()];
         let mut seen = HashSet::with_capacity(chunks.len());
         let mut todo = Vec::new();
@@ -477,6 +490,7 @@ impl ChunkStore for PackStore {
             .map(|i| (i, Record::encode(&chunks[i])))
             .collect();
         let mut writer = lock(&self.inner.writer);
+        self.inner.indexer.reserve()?;
         // Another thread may have stored some of these while we compressed.
         let mut fresh = Vec::with_capacity(records.len());
         for (i, r) in &records {
@@ -488,14 +502,9 @@ impl ChunkStore for PackStore {
         if fresh.is_empty() {
             return Ok(outcome);
         }
-        let mut batch = sled::Batch::default();
-        writer.append(
-            fresh,
-            &self.inner.packs_dir,
-            self.inner.pack_target,
-            &mut batch,
-        )?;
-        index.apply_batch(batch)?;
+        let appended = writer.append(fresh, &self.inner.packs_dir, self.inner.pack_target)?;
+        // Readable (pending) before it is said to be present.
+        self.inner.indexer.submit(appended);
         self.inner
             .present
             .insert_all(records.iter().map(|(_, r)| &r.header.id));
@@ -536,6 +545,7 @@ impl ChunkStore for PackStore {
     }
 
     fn stats(&self) -> Result<StoreStats> {
+        self.inner.indexer.settle()?;
         let mut s = StoreStats::default();
         for kv in self.inner.index.iter() {
             let (k, v) = kv?;

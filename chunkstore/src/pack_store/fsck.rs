@@ -124,6 +124,7 @@ impl FsckReport {
 pub(super) fn run(store: &PackStore, repair: bool) -> Result<FsckReport> {
     let inner = &store.inner;
     let mut writer = lock(&inner.writer);
+    inner.indexer.settle()?;
     let mut report = FsckReport::default();
     // Where each sound record is, and the first sound copy of each chunk.
     let mut sound_at: HashMap<(u32, u64), ChunkId> = HashMap::new();

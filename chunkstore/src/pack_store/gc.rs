@@ -24,6 +24,7 @@ pub(super) fn run(
     let marked = mark(store, live)?;
     let inner = &store.inner;
     let mut writer = lock(&inner.writer);
+    inner.indexer.settle()?;
     let now = unix_now();
     let grace = opts.grace.as_secs();
     let mut report = GcReport {
@@ -106,15 +107,16 @@ pub(super) fn run(
                     .map_err(|what| corrupt(*id, pack, e.offset, &what))?;
                 copies.push((header, buf, e.inserted_at));
             }
-            writer.append(
-                copies.iter().map(|(h, b, at)| {
-                    let (head, payload) = b.split_at(RECORD_HEADER_LEN);
-                    (h, [head, payload], *at)
-                }),
-                &inner.packs_dir,
-                inner.pack_target,
-                &mut batch,
-            )?;
+            writer
+                .append(
+                    copies.iter().map(|(h, b, at)| {
+                        let (head, payload) = b.split_at(RECORD_HEADER_LEN);
+                        (h, [head, payload], *at)
+                    }),
+                    &inner.packs_dir,
+                    inner.pack_target,
+                )?
+                .add_to(&mut batch);
         }
         // Until the file is gone, its watermark says "all indexed", so a crash in between does not
         // re-index the swept records.

@@ -489,3 +489,38 @@ fn manifests_over_the_chunk_limit_round_trip() {
     let store = PackStore::open(dir.path()).unwrap();
     assert_eq!(store.get_manifest(&m.id()).unwrap(), Some(m));
 }
+
+/// Entries are written to sled behind the packs: readable at once, in sled once settled, and a
+/// clean close leaves nothing for the next open to re-index.
+#[test]
+fn index_entries_reach_sled_behind_the_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks: Vec<Chunk> = (0..300).map(chunk).collect();
+    {
+        let store = PackStore::open(dir.path()).unwrap();
+        for batch in chunks.chunks(50) {
+            store.insert_batch(batch).unwrap();
+            for c in batch {
+                assert_eq!(store.get(&c.id()).unwrap().as_ref(), Some(c.data()));
+            }
+        }
+        store.flush().unwrap();
+        for c in &chunks {
+            assert!(store.inner.index.contains_key(c.id().as_bytes()).unwrap());
+        }
+        assert_eq!(
+            store.inner.indexer.get(&chunks[0].id()),
+            None,
+            "none left pending"
+        );
+        store.insert_batch(&[chunk(1000)]).unwrap();
+    }
+    let store = PackStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.recovery().reindexed,
+        0,
+        "the close wrote what was pending"
+    );
+    assert_eq!(store.stats().unwrap().chunks, 301);
+    assert!(store.fsck(false).unwrap().is_clean());
+}
