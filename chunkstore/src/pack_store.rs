@@ -11,12 +11,13 @@
 //! # Durability
 //! [`ChunkStore::insert_batch`] appends the batch's records to the current pack, `fdatasync`s it,
 //! and returns; a thread of the store's then writes the index entries and the pack's watermark in
-//! one sled batch (until then reads find the entries in memory; see [`behind`]). The pack is the
-//! source of truth and the index a cache of it: on open, each pack is scanned from its watermark,
-//! records past it that check out (header checksum, payload hashing to the id) are indexed, and a
-//! torn or damaged tail is truncated. So after a crash at any instant (kill -9 or power loss),
-//! every chunk whose insert returned reads back, and every indexed chunk reads back with the right
-//! hash. sled's own writes are flushed on a timer; a lost index update is redone from the pack.
+//! one sled batch (until then reads find the entries in memory; see `pack_store/behind.rs`). The
+//! pack is the source of truth and the index a cache of it: on open, each pack is scanned from its
+//! watermark, records past it that check out (header checksum, payload hashing to the id) are
+//! indexed, and a torn or damaged tail is truncated. So after a crash at any instant (kill -9 or
+//! power loss), every chunk whose insert returned reads back, and every indexed chunk reads back
+//! with the right hash. sled's own writes are flushed on a timer; a lost index update is redone
+//! from the pack.
 //!
 //! # Concurrency
 //! Handles are `Clone` and shared between threads. Appends are serialised by one writer lock

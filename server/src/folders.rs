@@ -12,7 +12,7 @@
 //!
 //! A transaction is visible to readers the moment it ends, before the flush that makes it durable.
 //! Nothing read leaves the server before that flush: a reader that may have seen a commit still
-//! being flushed flushes too (see [`Folders::settle`]). Otherwise a client could download a
+//! being flushed flushes too (see `Folders::settle`). Otherwise a client could download a
 //! version that a crash then takes back, and never hear that it is gone.
 
 use std::collections::HashMap;
