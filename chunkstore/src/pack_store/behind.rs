@@ -24,9 +24,10 @@ use crate::id::ChunkId;
 
 use super::index::{IndexEntry, watermark_key};
 
-/// Entries written to packs but not yet to sled, at most. At 8 KiB chunks that is about 1.5 GiB
-/// of uploads, in about 20 MB of memory.
-pub(crate) const MAX_PENDING: usize = 192 * 1024;
+/// Entries written to packs but not yet to sled, at most. At 8 KiB chunks that is about 1 GiB of
+/// uploads, in about 20 MB of memory (each entry waits twice: in the map reads use, and in its
+/// queued job).
+pub(crate) const MAX_PENDING: usize = 128 * 1024;
 
 /// How long a failed sled batch waits before it is tried again.
 const RETRY: Duration = Duration::from_millis(100);
@@ -53,7 +54,7 @@ impl Appended {
 /// Writes index entries to sled behind the packs. See the module docs.
 pub(crate) struct Indexer {
     shared: Arc<Shared>,
-    jobs: Option<mpsc::Sender<Job>>,
+    jobs: Option<mpsc::Sender<Appended>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -72,12 +73,6 @@ struct State {
     failure: Option<sled::Error>,
     /// The store is closing: a job that fails is given up (the packs still hold it).
     closing: bool,
-}
-
-/// One append's worth of index: entry ids (the entries wait in `pending`) and watermarks.
-struct Job {
-    ids: Vec<ChunkId>,
-    watermarks: Vec<(u32, u64)>,
 }
 
 impl Indexer {
@@ -124,16 +119,11 @@ impl Indexer {
     pub(crate) fn submit(&self, appended: Appended) {
         let Some(jobs) = &self.jobs else { return };
         let mut st = self.shared.lock();
-        let ids = appended.entries.iter().map(|(id, _)| *id).collect();
-        st.pending.extend(appended.entries);
+        st.pending.extend(appended.entries.iter().copied());
         st.queued += 1;
         drop(st);
-        let job = Job {
-            ids,
-            watermarks: appended.watermarks,
-        };
         // The thread lives as long as `jobs`; it only ends when this is dropped.
-        let _ = jobs.send(job);
+        let _ = jobs.send(appended);
     }
 
     /// Waits until everything queued is in sled (before walking or rewriting the index).
@@ -172,26 +162,16 @@ impl Shared {
     }
 }
 
-fn run(shared: &Shared, index: &sled::Tree, jobs: &mpsc::Receiver<Job>) {
+fn run(shared: &Shared, index: &sled::Tree, jobs: &mpsc::Receiver<Appended>) {
     while let Ok(job) = jobs.recv() {
         loop {
             let mut batch = sled::Batch::default();
-            {
-                let st = shared.lock();
-                for id in &job.ids {
-                    if let Some(e) = st.pending.get(id) {
-                        batch.insert(id.as_bytes(), &e.encode());
-                    }
-                }
-            }
-            for (pack, end) in &job.watermarks {
-                batch.insert(&watermark_key(*pack), &end.to_le_bytes());
-            }
+            job.add_to(&mut batch);
             let res = index.apply_batch(batch);
             let mut st = shared.lock();
             match res {
                 Ok(()) => {
-                    for id in &job.ids {
+                    for (id, _) in &job.entries {
                         st.pending.remove(id);
                     }
                     st.queued -= 1;
