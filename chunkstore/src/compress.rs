@@ -66,8 +66,8 @@ impl CompressProbe {
         if z.is_some() {
             self.misses = 0;
         } else {
-            self.misses += 1;
-            self.skip = (1u32 << (self.misses - 1).min(6)) - 1;
+            self.misses = self.misses.saturating_add(1);
+            self.skip = Self::MAX_SKIP.min((1 << (self.misses - 1).min(31)) - 1);
         }
         z
     }
