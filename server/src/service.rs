@@ -23,8 +23,10 @@ use tracing::{debug, info};
 use crate::error::{Error, Result, status};
 use crate::folders::{Folders, check_folder_name};
 
-/// Chunks received are stored in batches of about this size: one fsync each.
-const PUT_BATCH_BYTES: usize = 8 << 20;
+/// Chunks received are stored in batches of about this size: one fsync each. Received chunks
+/// share their messages' buffers, so a batch holds several times its size in memory: at 8 MiB
+/// the server's peak RSS in a 1 GiB push was ~165 MB, at 4 MiB ~125 MB, at the same speed.
+const PUT_BATCH_BYTES: usize = 4 << 20;
 /// The most chunk bytes (after decompression) one PutChunks message may declare: bounds the
 /// memory one message can make the server allocate.
 const PUT_MESSAGE_RAW_LIMIT: u64 = 64 << 20;
