@@ -3,6 +3,10 @@
 
 use std::fmt::Write as _;
 
+/// The benches measure what the binaries run, and the binaries use jemalloc.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -12,6 +12,9 @@ use lbsync_client::state::StateStore;
 use lbsync_client::{SyncOptions, Syncer};
 use lbsync_proto::{CommitOutcome, SyncPath};
 
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Keeps a directory in sync with a folder on an lbsync server, sending only what changed.
 #[derive(Parser, Debug)]
 #[command(version, about)]
