@@ -70,26 +70,19 @@ impl<R: Read> Cutter<R> {
         if self.eof {
             return Ok(None);
         }
-        // `vec![0; n]` comes from calloc: fresh pages, no memset.
-        let mut buf = vec![0u8; self.block_size];
-        let mut filled = self.carry.len();
-        buf[..filled].copy_from_slice(&self.carry);
-        self.carry.clear();
-        while filled < buf.len() {
-            match self.reader.read(&mut buf[filled..]) {
-                Ok(0) => {
-                    self.eof = true;
-                    break;
-                }
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.eof = true;
-                    return Err(e);
-                }
+        let mut buf = Vec::with_capacity(self.block_size);
+        buf.append(&mut self.carry);
+        // `read_to_end` reads into the spare capacity without zeroing it first (a memset of
+        // every byte read, otherwise); fewer bytes than asked for means the input ended.
+        let want = self.block_size - buf.len();
+        match (&mut self.reader).take(want as u64).read_to_end(&mut buf) {
+            Ok(n) if n < want => self.eof = true,
+            Ok(_) => {}
+            Err(e) => {
+                self.eof = true;
+                return Err(e);
             }
         }
-        buf.truncate(filled);
         let block = Bytes::from(buf);
         let p = self.params;
         let mut pieces = Vec::with_capacity(block.len() / p.avg_size as usize + 1);
