@@ -13,18 +13,25 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
 use lbsync_chunkstore::Manifest;
 use lbsync_proto::{BatchOutcome, CommitOutcome, CommitRequest, Entry, EntryKind, SyncPath};
 use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::cache::ChunkCache;
+use crate::confine;
 use crate::conflict::conflicted_copy;
 use crate::error::{Error, Result};
-use crate::local::{ChunkIndex, fingerprint, manifest_of, scan, unchanged};
+use crate::local::{
+    ChunkIndex, IgnoreRules, LocalTree, fingerprint, manifest_of, same_file, scan, unchanged,
+};
 use crate::place;
+use crate::plan::{Action, DeleteGuard, Hashed, Held, View, entry_kind, plan};
 use crate::remote::{Committed, Remote};
-use crate::state::{Fingerprint, Kind, StateStore, Synced};
+use crate::state::{FolderLock, Fingerprint, Kind, Problem, StateStore, Synced, marker_problem};
 use crate::transfer::{SMALL_FILE, Uploaded, display_device, human, kind_word};
 
 /// The default server when neither `--server`, `LBSYNC_SERVER` nor the state names one.
@@ -41,6 +48,10 @@ pub struct SyncOptions {
     pub folder: Option<String>,
     /// The device name (else the state's, else the host name).
     pub device: Option<String>,
+    /// Carry out deletions even when they are more than the guard lets through.
+    pub allow_mass_delete: bool,
+    /// The guard's limits (see [`DeleteGuard`]).
+    pub delete_guard: DeleteGuard,
 }
 
 /// What a sync did.
@@ -66,6 +77,11 @@ pub struct Report {
     pub bytes_received: u64,
     /// Paths left for the next sync (still being written, or failed), with the reason.
     pub pending: Vec<String>,
+    /// What waits for a person: unreadable subtrees, held deletions, paths that cannot be
+    /// applied here. Retried, but not soon.
+    pub waiting: Vec<String>,
+    /// Deletions held back by the guard.
+    pub held: Held,
     /// Seconds taken.
     pub seconds: f64,
 }
@@ -73,7 +89,7 @@ pub struct Report {
 impl Report {
     /// True when the directory and the server agree.
     pub fn in_sync(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.is_empty() && self.waiting.is_empty()
     }
 }
 
@@ -92,6 +108,9 @@ impl std::fmt::Display for Report {
         )?;
         if !self.pending.is_empty() {
             write!(f, "; {} left for the next sync", self.pending.len())?;
+        }
+        if !self.waiting.is_empty() {
+            write!(f, "; {} need attention", self.waiting.len())?;
         }
         Ok(())
     }
@@ -115,17 +134,16 @@ pub struct Syncer {
     pub report: Report,
     /// The journal seq up to which this sync has seen everything (its own commits included).
     pub(crate) cursor: u64,
-}
-
-/// What to do about one path.
-#[derive(Debug)]
-enum Action {
-    Upload { base: u64 },
-    DeleteThere { base: u64, kind: EntryKind },
-    Apply(Entry),
-    DeleteHere(Entry),
-    Adopt(Entry),
-    BothChanged(Entry),
+    /// How this sync was asked to behave.
+    opts: SyncOptions,
+    /// The root's device and inode when opened: a folder put in its place is another folder.
+    root_id: (u64, u64),
+    /// Directories that received files this sync: synced before the state that records them.
+    pub(crate) placed_dirs: BTreeSet<PathBuf>,
+    /// Problems found this sync (see `State::problems`).
+    problems: BTreeMap<String, Problem>,
+    /// The folder lock, held while this syncer lives.
+    _lock: Arc<FolderLock>,
 }
 
 fn host_name() -> String {
@@ -138,9 +156,23 @@ fn host_name() -> String {
 }
 
 impl Syncer {
-    /// Loads the state of `root` and connects to its server folder.
+    /// Loads the state of `root` and connects to its server folder. Takes the folder's lock
+    /// (waiting a few seconds for another client to let go of it).
     pub async fn open(root: &std::path::Path, opts: &SyncOptions) -> Result<Self> {
-        let md = fs::metadata(root).map_err(Error::io(format!("opening {}", root.display())))?;
+        let lock = Arc::new(FolderLock::acquire(root, std::time::Duration::from_secs(3))?);
+        Self::open_locked(root, opts, lock).await
+    }
+
+    /// [`Syncer::open`] with the folder's lock already held (`watch` keeps it across reconnects).
+    pub async fn open_locked(
+        root: &std::path::Path,
+        opts: &SyncOptions,
+        lock: Arc<FolderLock>,
+    ) -> Result<Self> {
+        let md = fs::metadata(root).map_err(|e| Error::FolderStopped {
+            root: root.to_path_buf(),
+            reason: format!("it cannot be opened ({e})"),
+        })?;
         if !md.is_dir() {
             return Err(Error::Usage(format!(
                 "{} is not a directory",
@@ -151,7 +183,6 @@ impl Syncer {
             .canonicalize()
             .map_err(Error::io(format!("resolving {}", root.display())))?;
         let mut state = StateStore::load(&root)?;
-        state.clear_stale_tmp();
         let s = &mut state.state;
         let folder = opts.folder.clone().unwrap_or_else(|| {
             if s.folder.is_empty() {
@@ -182,20 +213,35 @@ impl Syncer {
         });
         let device = format!("{name}#{}", s.device_id);
         let remote = Remote::connect(&server, opts.token.as_deref(), &folder, &device).await?;
-        if s.cursor > remote.head {
+        if !s.store_id.is_empty() && s.store_id != remote.store_id {
             warn!(
-                "the server's journal is behind this directory's cursor ({} < {}): its store was \
-                 replaced; comparing everything again",
+                "the server's store is not the one {} was synced with (its id is {}, it was {}): \
+                 it was replaced or wiped. Nothing will be deleted or replaced for it; every file \
+                 here is offered to it again",
+                root.display(),
+                remote.store_id,
+                s.store_id
+            );
+            s.forgotten = true;
+            s.cursor = 0;
+        } else if s.cursor > remote.head {
+            warn!(
+                "the server's journal is behind this directory's ({} < {}): its store was \
+                 restored from an older copy. Nothing it holds is taken as newer than what was \
+                 synced here; every file here is offered to it again",
                 remote.head, s.cursor
             );
+            s.forgotten = true;
             s.cursor = 0;
         }
+        s.store_id = remote.store_id.clone();
         s.server = server;
         s.folder = folder;
         s.device_name = name;
         let index = ChunkIndex::build(&state);
         let cache = ChunkCache::open(state.cache_dir());
-        Ok(Self {
+        let root_id = (md.dev(), md.ino());
+        let mut syncer = Self {
             root,
             state,
             remote,
@@ -204,7 +250,96 @@ impl Syncer {
             device,
             report: Report::default(),
             cursor: 0,
-        })
+            opts: opts.clone(),
+            root_id,
+            placed_dirs: BTreeSet::new(),
+            problems: BTreeMap::new(),
+            _lock: lock,
+        };
+        syncer.recover_tmp();
+        syncer.state.clear_stale_tmp();
+        Ok(syncer)
+    }
+
+    /// Whether the folder is still the one the state was loaded from: the root is there, is the
+    /// same directory, and holds the same marker. A folder moved away, unplugged or replaced is
+    /// stopped, so that it is never read as every file deleted.
+    pub fn check_folder(&self) -> Result<()> {
+        let stopped = |reason: String| Error::FolderStopped {
+            root: self.root.clone(),
+            reason,
+        };
+        if let Some(why) = marker_problem(&self.root, &self.state.state.marker) {
+            return Err(stopped(why));
+        }
+        match fs::symlink_metadata(&self.root) {
+            Ok(md) if (md.dev(), md.ino()) == self.root_id => Ok(()),
+            Ok(_) => Err(stopped(
+                "another directory took its place (restart lbsync-client if it is the same \
+                 folder, restored)"
+                    .into(),
+            )),
+            Err(e) => Err(stopped(format!("it cannot be read ({e})"))),
+        }
+    }
+
+    /// Puts back what a crash left in `.lbsync/tmp`: a file moved aside for a deletion, or
+    /// displaced by a download, whose origin is recorded (see [`place::note_origin`]). It is
+    /// deleted only if it is what was synced; otherwise it goes back to its path, or beside it
+    /// as a conflicted copy if that is taken.
+    fn recover_tmp(&mut self) {
+        let Ok(entries) = fs::read_dir(self.state.tmp_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let file = e.path();
+            if file.extension().is_some_and(|x| x == "origin") {
+                if fs::symlink_metadata(file.with_extension("")).is_err() {
+                    let _ = fs::remove_file(&file);
+                }
+                continue;
+            }
+            let Some((inode_before, path)) = place::origin_of(&file) else {
+                continue;
+            };
+            let Some(now) = fingerprint(&file) else {
+                place::clear_origin(&file);
+                continue;
+            };
+            if inode_before != 0 && now.inode == inode_before {
+                // A download that was never swapped in: the server still has it.
+                let _ = fs::remove_file(&file);
+                place::clear_origin(&file);
+                continue;
+            }
+            let synced = self.state.state.files.get(path.as_str()).map(|s| &s.local);
+            let res = if now.kind != Kind::Dir && synced.is_some_and(|s| same_file(&now, s)) {
+                fs::remove_file(&file).map_err(Error::io(format!("removing {}", file.display())))
+            } else {
+                match confine::make_parents(&self.root, &path) {
+                    Ok(dest) => match place::rename_noreplace(&file, &dest) {
+                        Ok(()) => {
+                            info!("{path}: put back what an interrupted sync had moved aside");
+                            Ok(())
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self
+                            .keep_as_conflicted_copy(&path, &file)
+                            .map(|copy| {
+                                info!(
+                                    "{path}: an interrupted sync had moved an edit of it aside; \
+                                     kept it as {copy}"
+                                );
+                            }),
+                        Err(e) => Err(Error::io(format!("putting back {path}"))(e)),
+                    },
+                    Err(e) => Err(e),
+                }
+            };
+            match res {
+                Ok(()) => place::clear_origin(&file),
+                Err(e) => warn!("{e}; it stays in {}", file.display()),
+            }
+        }
     }
 
     /// One two-way reconciliation. Returns what was done; `pending` lists what is left.
@@ -212,7 +347,9 @@ impl Syncer {
         let start = Instant::now();
         let (sent0, received0) = (self.remote.sent, self.remote.received);
         self.report = Report::default();
-        let (remote, cursor) = self
+        self.problems.clear();
+        self.check_folder()?;
+        let (mut remote, cursor) = self
             .remote
             .changes_until_caught_up(self.state.state.cursor)
             .await?;
@@ -228,11 +365,57 @@ impl Syncer {
                 })
         });
         let local = scan(&self.root)?;
-        let plan = self.plan(&local, remote);
-        let ok = self.execute(plan, &local).await;
+        // The folder may have gone while it was scanned: then the scan saw nothing of it.
+        self.check_folder()?;
+        self.retry_problems(&mut remote).await?;
+        let hashed = self.hash_changed(&local);
+        let rules = IgnoreRules::default();
+        let root = self.root.clone();
+        let ignored = |p: &SyncPath, dir: bool| rules.ignored(&root, p, dir);
+        let st = &self.state.state;
+        let files = st.files.values().filter(|s| s.local.kind != Kind::Dir).count() as u64;
+        let view = View {
+            local: &local,
+            synced: &st.files,
+            in_doubt: &st.in_doubt,
+            forgotten: st.forgotten,
+            hashed: &hashed,
+        };
+        let mut plan = plan(&view, remote, &ignored);
+        // Where only the fingerprint moved (the bytes hash as synced), the new one is the
+        // evidence the executor checks before it replaces or deletes the file.
+        for (path, h) in &hashed {
+            let upload = matches!(plan.get(path), Some(Action::Upload { .. }));
+            if *h == Hashed::Same || (*h == Hashed::ModeOnly && !upload) {
+                if let (Some(s), Some(l)) = (
+                    self.state.state.files.get_mut(path.as_str()),
+                    local.files.get(path),
+                ) {
+                    s.local = l.clone();
+                    s.seen_ns = crate::state::now_ns();
+                }
+            }
+        }
+        let held = if self.opts.allow_mass_delete {
+            Held::default()
+        } else {
+            self.opts.delete_guard.hold(&mut plan, files)
+        };
+        self.report_held(held);
+        for (path, why) in &local.unknown {
+            self.report
+                .waiting
+                .push(format!("{path}: cannot be read ({why}); nothing under it is synced"));
+        }
+        let ok = self.execute(plan, &local).await && held.here == 0;
         self.report.bytes_sent = self.remote.sent - sent0;
         self.report.bytes_received = self.remote.received - received0;
+        let problems = std::mem::take(&mut self.problems);
         let st = &mut self.state.state;
+        st.problems = problems;
+        for (path, p) in &st.problems {
+            self.report.waiting.push(format!("{path}: {}", p.reason));
+        }
         st.bytes_sent += self.report.bytes_sent;
         st.bytes_received += self.report.bytes_received;
         // The cursor never passes a commit of ours still in doubt: the next sync must see it
@@ -240,89 +423,148 @@ impl Syncer {
         if ok && st.in_doubt.is_empty() {
             st.cursor = self.cursor;
         }
+        if ok && st.forgotten && self.report.pending.is_empty() && local.unknown.is_empty() {
+            info!("the server has everything this folder holds again");
+            st.forgotten = false;
+        }
         st.last_sync_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        self.sync_placed_dirs();
         self.state.save()?;
         self.state.prune_manifests();
         self.report.seconds = start.elapsed().as_secs_f64();
         Ok(self.report.clone())
     }
 
-    fn plan(
-        &self,
-        local: &BTreeMap<SyncPath, Fingerprint>,
-        mut remote: HashMap<SyncPath, Entry>,
-    ) -> BTreeMap<SyncPath, Action> {
-        let files = &self.state.state.files;
-        let mut paths: BTreeSet<SyncPath> = local.keys().cloned().collect();
-        paths.extend(files.keys().filter_map(|p| SyncPath::new(p.clone()).ok()));
-        paths.extend(remote.keys().cloned());
-        let mut plan = BTreeMap::new();
-        for path in paths {
-            let synced = files.get(path.as_str());
-            let here = local.get(&path);
-            let there = remote
-                .remove(&path)
-                .filter(|r| synced.is_none_or(|s| s.version != r.version));
-            let changed_here = match (here, synced) {
-                (None, None) => false,
-                (Some(l), Some(s)) => !unchanged(l, &s.local),
-                _ => true,
+    /// Says what the guard held back, and how to let it through.
+    fn report_held(&mut self, held: Held) {
+        self.report.held = held;
+        let confirm = format!(
+            "lbsync-client sync {} --allow-mass-delete",
+            self.root.display()
+        );
+        if held.there > 0 {
+            let msg = format!(
+                "held back {} deletions made here: that is more than this folder's guard lets \
+                 through at once, so nothing was deleted on the server. If you meant it, run \
+                 `{confirm}`; if not, put the files back (they are still on the server: \
+                 `lbsync-client sync` in an empty directory fetches them)",
+                held.there
+            );
+            warn!("{msg}");
+            self.report.waiting.push(msg);
+        }
+        if held.here > 0 {
+            let msg = format!(
+                "held back {} deletions from the server: that is more than this folder's guard \
+                 lets through at once, so nothing was deleted here. If they are meant, run \
+                 `{confirm}`; if not, `lbsync-client undelete {}` brings them back everywhere",
+                held.here,
+                self.root.display()
+            );
+            warn!("{msg}");
+            self.report.waiting.push(msg);
+        }
+    }
+
+    /// Hashes the files whose fingerprint moved, or was taken too close to their last change to
+    /// be trusted: a file whose bytes and mode are as synced is not a change.
+    fn hash_changed(&self, local: &LocalTree) -> HashMap<SyncPath, Hashed> {
+        let mut out = HashMap::new();
+        for (path, fp) in &local.files {
+            let Some(s) = self.state.state.files.get(path.as_str()) else {
+                continue;
             };
-            let base = synced.map_or(0, |s| s.version);
-            // Our own commit whose answer never came (the connection broke first): the server
-            // holds what we sent, so plan from there. Read as someone else's new file, it would
-            // bring back a file deleted here since.
-            if let Some(r) = there
-                .as_ref()
-                .filter(|_| self.state.state.in_doubt.contains(path.as_str()))
-            {
-                let action = match (here, r.deleted) {
-                    (None, true) => Action::Adopt(r.clone()),
-                    (None, false) => Action::DeleteThere {
-                        base: r.version,
-                        kind: r.kind,
-                    },
-                    // Perhaps edited since: sending it again is safe, adopting it is not.
-                    (Some(_), _) => Action::Upload { base: r.version },
-                };
-                plan.insert(path, action);
+            if fp.kind != Kind::File || s.local.kind != Kind::File {
                 continue;
             }
-            let action = match (changed_here, there) {
-                (false, None) => continue,
-                (true, None) => match here {
-                    Some(_) => Action::Upload { base },
-                    None => Action::DeleteThere {
-                        base,
-                        kind: synced.map_or(EntryKind::File, |s| entry_kind(s.local.kind)),
-                    },
-                },
-                (false, Some(r)) if r.deleted => match here {
-                    Some(_) => Action::DeleteHere(r),
-                    None => Action::Adopt(r),
-                },
-                (false, Some(r)) => Action::Apply(r),
-                (true, Some(r)) => match (here, r.deleted) {
-                    (None, true) => Action::Adopt(r),
-                    // A modification beats a deletion, on either side.
-                    (None, false) => Action::Apply(r),
-                    (Some(_), true) => Action::Upload { base: r.version },
-                    (Some(_), false) => Action::BothChanged(r),
-                },
+            if unchanged(fp, &s.local) && !s.racy() {
+                continue;
+            }
+            let same = s.manifest_id().is_some_and(|id| {
+                manifest_of(&path.to_local(&self.root), self.remote.params)
+                    .is_ok_and(|m| m.id() == id)
+            });
+            let h = match (same, fp.mode == s.local.mode) {
+                (true, true) => Hashed::Same,
+                (true, false) => Hashed::ModeOnly,
+                (false, _) => Hashed::Changed,
             };
-            plan.insert(path, action);
+            out.insert(path.clone(), h);
         }
-        plan
+        out
+    }
+
+    /// Puts the paths whose problems are due for a retry back in the plan, with their newest
+    /// server entry. The others keep their problem as it was.
+    async fn retry_problems(&mut self, remote: &mut HashMap<SyncPath, Entry>) -> Result<()> {
+        let problems = self.state.state.problems.clone();
+        for (path, p) in problems {
+            let Ok(sp) = SyncPath::new(path.clone()) else {
+                continue;
+            };
+            if !p.due() || remote.contains_key(&sp) {
+                if !p.due() {
+                    self.problems.insert(path, p);
+                }
+                continue;
+            }
+            match self.remote.history(&sp).await {
+                Ok(versions) => {
+                    if let Some(newest) = versions.into_iter().max_by_key(|e| e.version) {
+                        remote.insert(sp, newest);
+                    }
+                }
+                Err(e) if e.is_offline() => return Err(e),
+                Err(e) => {
+                    self.problems.insert(path, p);
+                    warn!("{sp}: cannot ask the server for it again: {e}");
+                }
+            }
+        }
+        // Seen again this sync: the old problem is passed on in case it fails again.
+        Ok(())
+    }
+
+    /// When the earliest problem that waits for its backoff is due, if any.
+    pub fn next_retry(&self) -> Option<tokio::time::Instant> {
+        let ns = self
+            .state
+            .state
+            .problems
+            .values()
+            .map(|p| p.retry_ns)
+            .min()?;
+        let wait = (ns - crate::state::now_ns()).max(0) as u64;
+        Some(tokio::time::Instant::now() + std::time::Duration::from_nanos(wait))
+    }
+
+    /// Records that the server's version `version` of `path` could not be applied here.
+    pub(crate) fn problem(&mut self, path: &SyncPath, e: &Error, version: u64) {
+        let prev = self.state.state.problems.get(path.as_str());
+        let p = Problem::next(prev, e.to_string(), version);
+        warn!(
+            "{path}: {e}; other paths go on, and it is tried again{}",
+            if p.attempts > 3 { " later" } else { " at the next sync" }
+        );
+        self.problems.insert(path.as_str().to_owned(), p);
+    }
+
+    /// fsyncs the directories that received files, so that what the state records is on disk.
+    fn sync_placed_dirs(&mut self) {
+        for dir in std::mem::take(&mut self.placed_dirs) {
+            if let Err(e) = fs::File::open(&dir).and_then(|d| d.sync_all()) {
+                warn!("syncing directory {}: {e}", dir.display());
+            }
+        }
     }
 
     /// Runs the plan: conflicts, then what comes from the server (parents first), local deletions
     /// (children first), uploads (parents first), server deletions (children first). Returns
-    /// false if a server change could not be applied (the cursor then stays where it was).
-    async fn execute(
-        &mut self,
-        plan: BTreeMap<SyncPath, Action>,
-        local: &BTreeMap<SyncPath, Fingerprint>,
-    ) -> bool {
+    /// false if a server change could not be applied for a reason that goes away by itself (the
+    /// server went away): the cursor then stays where it was. A change that cannot be applied
+    /// here for a local reason becomes a problem of its path, and the others go on.
+    async fn execute(&mut self, plan: BTreeMap<SyncPath, Action>, local: &LocalTree) -> bool {
+        let local = &local.files;
         let mut uploads: Vec<(SyncPath, u64)> = Vec::new();
         let mut deletes_there: Vec<(SyncPath, u64, EntryKind)> = Vec::new();
         let mut deletes_here: Vec<Entry> = Vec::new();
@@ -335,16 +577,40 @@ impl Syncer {
                 Action::Apply(r) => applies.push(r),
                 Action::DeleteHere(r) => deletes_here.push(r),
                 Action::Adopt(r) => self.adopt(&r, local.get(&path)),
+                // Done before the plan ran (see `sync`).
+                Action::Refresh => {}
+                Action::Forget => {
+                    self.state.state.files.remove(path.as_str());
+                    self.state.state.in_doubt.remove(path.as_str());
+                    info!(
+                        "{path} is ignored now: it stays as it is, here and on other devices, \
+                         but no longer syncs"
+                    );
+                }
+                Action::Defer { entry, reason } => {
+                    let e = Error::Usage(format!(
+                        "the {} from {} waits: {reason}",
+                        kind_word(entry.kind),
+                        display_device(&entry.device)
+                    ));
+                    self.problem(&path, &e, entry.version);
+                }
+                Action::Returning(r) => match self.returning(&r).await {
+                    Ok(true) => {}
+                    Ok(false) => uploads.push((path, r.version)),
+                    Err(e) => self.pending(&path, &e),
+                },
                 Action::BothChanged(r) => match self.both_changed(&r, local.get(&path)).await {
                     Ok(Some(copy)) => {
                         uploads.push((copy, 0));
                         applies.push(r);
                     }
                     Ok(None) => {}
-                    Err(e) => {
+                    Err(e) if e.is_offline() => {
                         remote_ok = false;
                         self.pending(&path, &e);
                     }
+                    Err(e) => self.problem(&path, &e, r.version),
                 },
             }
         }
@@ -355,10 +621,11 @@ impl Syncer {
             };
             match res {
                 Ok(()) => self.report.downloaded += 1,
-                Err(e) => {
+                Err(e) if e.is_offline() => {
                     remote_ok = false;
                     self.pending(&r.path, &e);
                 }
+                Err(e) => self.problem(&r.path, &e, r.version),
             }
         }
         deletes_here.sort_by(|a, b| b.path.cmp(&a.path));
@@ -383,6 +650,63 @@ impl Syncer {
         deletes_there.sort_by(|a, b| b.0.cmp(&a.0));
         self.delete_there(deletes_there).await;
         remote_ok
+    }
+
+    /// A local file the state does not know, where the server has a tombstone (a device whose
+    /// state was lost, a folder seeded from a backup): if its content is a version the path had
+    /// before it was deleted, it is not brought back but moved to `.lbsync/trash/` (true);
+    /// otherwise it is new, and is uploaded (false).
+    pub(crate) async fn returning(&mut self, r: &Entry) -> Result<bool> {
+        let local = confine::check(&self.root, &r.path)?;
+        let Some(fp) = fingerprint(&local) else {
+            return Ok(true);
+        };
+        let old = match fp.kind {
+            Kind::File => {
+                let m = manifest_of(&local, self.remote.params)?;
+                let versions = self.remote.history(&r.path).await?;
+                versions
+                    .iter()
+                    .any(|v| !v.deleted && v.version < r.version && v.manifest == Some(m.id()))
+            }
+            // A directory holds what it holds; a link is as cheap to keep as to send.
+            _ => false,
+        };
+        if !old {
+            return Ok(false);
+        }
+        let trash = self.bury(&r.path, &local)?;
+        self.adopt(r, None);
+        info!(
+            "{} was deleted on {}, and this copy is a version it had before: it was not brought \
+             back, but moved to {}",
+            r.path,
+            display_device(&r.device),
+            trash.display()
+        );
+        Ok(true)
+    }
+
+    /// Moves `local` (the file at `path`) to `.lbsync/trash/<path>` under a free name.
+    fn bury(&mut self, path: &SyncPath, local: &Path) -> Result<PathBuf> {
+        let dest = self.state.trash_dir().join(path.as_str());
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)
+                .map_err(Error::io(format!("creating {}", parent.display())))?;
+        }
+        for n in 1u32.. {
+            let to = if n == 1 {
+                dest.clone()
+            } else {
+                PathBuf::from(format!("{} ({n})", dest.display()))
+            };
+            match place::rename_noreplace(local, &to) {
+                Ok(()) => return Ok(to),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(format!("moving {path} to {}", to.display()))(e)),
+            }
+        }
+        unreachable!("some name is free")
     }
 
     /// Uploads paths one at a time; a failure leaves that path pending.
@@ -427,9 +751,8 @@ impl Syncer {
                 self.state.state.files.insert(
                     r.path.as_str().to_owned(),
                     Synced {
-                        version: r.version,
-                        manifest: r.manifest.map(|m| m.to_string()),
-                        local: l.clone(),
+                        committed_ns: r.committed_ns,
+                        ..Synced::new(r.version, r.manifest, l.clone())
                     },
                 );
                 if let Some(m) = r.manifest.and_then(|id| self.state.manifest(&id)) {
@@ -559,7 +882,13 @@ impl Syncer {
     /// Deletes a local path the server deleted, unless it was edited since it was synced (then it
     /// is returned, to be uploaded again: a modification beats a deletion).
     fn delete_here(&mut self, r: &Entry) -> Option<SyncPath> {
-        let dest = r.path.to_local(&self.root);
+        let dest = match confine::check(&self.root, &r.path) {
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(&r.path, &e, r.version);
+                return None;
+            }
+        };
         let synced = self
             .state
             .state
@@ -613,9 +942,10 @@ impl Syncer {
                 Some(r.path.clone())
             }
             Err(e) => {
-                self.pending(
+                self.problem(
                     &r.path,
                     &Error::io(format!("deleting {}", dest.display()))(e),
+                    r.version,
                 );
                 None
             }
@@ -632,19 +962,25 @@ impl Syncer {
         synced: Option<&Fingerprint>,
     ) -> std::io::Result<bool> {
         let dest = path.to_local(&self.root);
-        let Some(aside) = place::move_aside(&dest, &self.state.tmp_dir(), "deleted")? else {
+        let Some(aside) = place::move_aside(&dest, &self.state.tmp_dir(), "deleted", path)? else {
             return Ok(true);
         };
         let old = fingerprint(&aside);
-        if old.is_none_or(|o| synced.is_some_and(|s| unchanged(&o, s))) {
+        if old.is_none_or(|o| synced.is_some_and(|s| same_file(&o, s))) {
             fs::remove_file(&aside)?;
+            place::clear_origin(&aside);
             return Ok(true);
         }
-        match place::rename_noreplace(&aside, &dest) {
+        let back = place::rename_noreplace(&aside, &dest);
+        if back.is_ok() {
+            place::clear_origin(&aside);
+        }
+        match back {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let copy = self
                     .keep_as_conflicted_copy(path, &aside)
                     .map_err(std::io::Error::other)?;
+                place::clear_origin(&aside);
                 info!(
                     "{path} was replaced here while it was deleted: kept the edited file as {copy}"
                 );
@@ -656,7 +992,7 @@ impl Syncer {
 
     /// Uploads one local path (file, directory or symlink) on `base`.
     async fn upload(&mut self, path: &SyncPath, base: u64) -> Result<()> {
-        let local = path.to_local(&self.root);
+        let local = confine::check(&self.root, path)?;
         let Some(fp) = fingerprint(&local) else {
             return Ok(());
         };
@@ -692,9 +1028,8 @@ impl Syncer {
                 self.state.state.files.insert(
                     path.as_str().to_owned(),
                     Synced {
-                        version: e.version,
-                        manifest: None,
-                        local: fp,
+                        committed_ns: e.committed_ns,
+                        ..Synced::new(e.version, None, fp)
                     },
                 );
                 self.report.uploaded += 1;
@@ -703,6 +1038,10 @@ impl Syncer {
             CommitOutcome::Conflict(cur) => {
                 // Someone committed in between: resolve as if the plan had seen it.
                 let here = fingerprint(&local);
+                let unknown_here = !self.state.state.files.contains_key(path.as_str());
+                if cur.deleted && unknown_here && self.returning(&cur).await? {
+                    return Ok(());
+                }
                 if cur.deleted || cur.version == 0 {
                     return Box::pin(self.upload(path, cur.version)).await;
                 }
@@ -725,6 +1064,8 @@ impl Syncer {
     pub(crate) async fn commit(&mut self, req: CommitRequest) -> Result<Committed> {
         let path = req.entry.path.as_str().to_owned();
         self.state.state.in_doubt.insert(path.clone());
+        // On disk before it is sent: a crash after the server committed must still know.
+        self.state.save()?;
         let answer = self.remote.commit(req).await?;
         self.state.state.in_doubt.remove(&path);
         Ok(answer)
@@ -740,6 +1081,7 @@ impl Syncer {
             .map(|r| r.entry.path.as_str().to_owned())
             .collect();
         self.state.state.in_doubt.extend(paths.iter().cloned());
+        self.state.save()?;
         let device = self.device.clone();
         let answers = self.remote.commit_batch(&device, reqs).await?;
         for p in &paths {
@@ -821,14 +1163,5 @@ impl Syncer {
             }
         }
         Ok(())
-    }
-}
-
-/// The entry kind of a local kind.
-fn entry_kind(k: Kind) -> EntryKind {
-    match k {
-        Kind::File => EntryKind::File,
-        Kind::Dir => EntryKind::Dir,
-        Kind::Symlink => EntryKind::Symlink,
     }
 }

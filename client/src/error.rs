@@ -76,6 +76,39 @@ pub enum Error {
     /// The directory is not usable.
     #[error("{0}")]
     Usage(String),
+    /// The folder is not there as it was synced (moved, unplugged, replaced, marker gone):
+    /// nothing is sent or deleted until it is back.
+    #[error(
+        "{} is stopped: {reason}; nothing is synced until it is back as it was (put it back, or \
+         sync a new directory)",
+        root.display()
+    )]
+    FolderStopped {
+        /// The synced directory.
+        root: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Another client holds the folder's lock.
+    #[error(
+        "{} is being synced by another lbsync-client (pid {pid}): stop it first, or let it do \
+         the work",
+        root.display()
+    )]
+    Busy {
+        /// The synced directory.
+        root: PathBuf,
+        /// The other process, as it wrote itself in the lock file.
+        pid: String,
+    },
+    /// A path cannot be written or read without leaving the folder.
+    #[error("{path}: {reason}; it is not synced until that is fixed")]
+    Confined {
+        /// The path inside the folder.
+        path: String,
+        /// What is in the way.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -14,11 +14,13 @@
 //!   temp file and renaming it into place.
 
 pub mod cache;
+pub mod confine;
 pub mod conflict;
 pub mod engine;
 pub mod error;
 pub mod local;
 pub mod place;
+pub mod plan;
 pub mod remote;
 pub mod state;
 pub mod transfer;

@@ -42,11 +42,14 @@ pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
         inode: md.ino(),
         mode: md.mode() & 0o7777,
         target,
+        ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+        dev: md.dev(),
     })
 }
 
-/// Whether a path looks as it did when synced. Directories change their mtime whenever their
-/// children do, so for them only the kind and the exec bits count.
+/// Whether a path looks as it did when synced: kind, size, mtime, inode, mode and ctime (which
+/// every write and chmod moves and no program can set back). Directories change their mtime
+/// whenever their children do, so for them only the kind counts.
 pub fn unchanged(now: &Fingerprint, synced: &Fingerprint) -> bool {
     match now.kind {
         Kind::Dir => synced.kind == Kind::Dir,
@@ -55,10 +58,58 @@ pub fn unchanged(now: &Fingerprint, synced: &Fingerprint) -> bool {
     }
 }
 
+/// [`unchanged`] for a file this client itself just renamed (moved aside, swapped out): a rename
+/// moves the ctime, so it is left out; the other fields still tell an edit.
+pub fn same_file(now: &Fingerprint, synced: &Fingerprint) -> bool {
+    let strip = |f: &Fingerprint| Fingerprint {
+        ctime_ns: 0,
+        ..f.clone()
+    };
+    unchanged(&strip(now), &strip(synced))
+}
+
+/// What a scan saw of the folder.
+#[derive(Debug, Default)]
+pub struct LocalTree {
+    /// Every path that syncs, with its fingerprint.
+    pub files: BTreeMap<SyncPath, Fingerprint>,
+    /// Subtrees that could not be read (permission, I/O error, vanished while scanned, another
+    /// file system mounted there): what is under them is unknown, never taken as deleted.
+    pub unknown: Vec<(SyncPath, String)>,
+}
+
+impl LocalTree {
+    /// Why `path` is unknown (it is in, or is, a subtree the scan could not read), if it is.
+    pub fn unknown_reason(&self, path: &SyncPath) -> Option<&str> {
+        self.unknown
+            .iter()
+            .find(|(u, _)| path == u || path.as_str().starts_with(&format!("{u}/")))
+            .map(|(_, why)| why.as_str())
+    }
+}
+
+/// The path an error of the walker is about, if it says.
+fn error_path(e: &ignore::Error) -> Option<&Path> {
+    match e {
+        ignore::Error::WithPath { path, .. } => Some(path),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+            error_path(err)
+        }
+        ignore::Error::Loop { child, .. } => Some(child),
+        _ => None,
+    }
+}
+
 /// Every path under `root` that syncs: not `.lbsync/`, not excluded by a `.lbsyncignore`, not
-/// special files, not names that are not UTF-8 (those are reported).
-pub fn scan(root: &Path) -> Result<BTreeMap<SyncPath, Fingerprint>> {
-    let mut out = BTreeMap::new();
+/// special files, not names that are not UTF-8 (those are reported). A subtree that cannot be
+/// read is reported in [`LocalTree::unknown`]; an error that names no path, or one at the root,
+/// fails the scan (then nothing is known, and nothing may be taken as deleted).
+pub fn scan(root: &Path) -> Result<LocalTree> {
+    let root_dev = fs::symlink_metadata(root)
+        .map_err(Error::io(format!("scanning {}", root.display())))?
+        .dev();
+    let mounts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let found = mounts.clone();
     let walker = ignore::WalkBuilder::new(root)
         .hidden(false)
         .ignore(false)
@@ -68,13 +119,59 @@ pub fn scan(root: &Path) -> Result<BTreeMap<SyncPath, Fingerprint>> {
         .parents(false)
         .follow_links(false)
         .add_custom_ignore_filename(IGNORE_FILE)
-        .filter_entry(|e| e.depth() != 1 || e.file_name() != STATE_DIR)
+        .filter_entry(move |e| {
+            if e.depth() == 1 && e.file_name() == STATE_DIR {
+                return false;
+            }
+            // Another file system mounted inside the folder is not crossed: unmounted, it
+            // would look like a deleted subtree.
+            let other_fs = e.file_type().is_some_and(|t| t.is_dir())
+                && e.metadata().is_ok_and(|m| m.dev() != root_dev);
+            if other_fs {
+                found
+                    .lock()
+                    .expect("not poisoned")
+                    .push(e.path().to_path_buf());
+            }
+            !other_fs
+        })
         .build();
+    let mut tree = LocalTree::default();
+    let unknown_at = |tree: &mut LocalTree, at: &Path, why: String| -> Result<()> {
+        match SyncPath::from_local(root, at) {
+            Ok(p) => {
+                warn!("cannot read {}: {why}; nothing under it is synced or deleted", at.display());
+                tree.unknown.push((p, why));
+                Ok(())
+            }
+            Err(_) => Err(Error::Usage(format!(
+                "scanning {} failed: {why}",
+                root.display()
+            ))),
+        }
+    };
     for entry in walker {
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                warn!("skipped while scanning: {e}");
+                let why = match e.io_error() {
+                    Some(io) => io.to_string(),
+                    None => e.to_string(),
+                };
+                match error_path(&e) {
+                    // An unreadable .lbsyncignore leaves the rules of its directory unknown.
+                    Some(p) if p.file_name().is_some_and(|n| n == IGNORE_FILE) => {
+                        let dir = p.parent().unwrap_or(root).to_path_buf();
+                        unknown_at(&mut tree, &dir, why)?;
+                    }
+                    Some(p) => unknown_at(&mut tree, p, why)?,
+                    None => {
+                        return Err(Error::Usage(format!(
+                            "scanning {} failed: {why}",
+                            root.display()
+                        )));
+                    }
+                }
                 continue;
             }
         };
@@ -88,47 +185,78 @@ pub fn scan(root: &Path) -> Result<BTreeMap<SyncPath, Fingerprint>> {
                 continue;
             }
         };
-        if let Some(fp) = fingerprint(entry.path()) {
-            out.insert(path, fp);
+        match fingerprint(entry.path()) {
+            Some(fp) => {
+                tree.files.insert(path, fp);
+            }
+            // It vanished between the walk and the look: not known to be deleted.
+            None if fs::symlink_metadata(entry.path()).is_err() => {
+                tree.unknown
+                    .push((path, "it vanished while the folder was scanned".into()));
+            }
+            None => {} // a socket, a fifo, a device: never synced
         }
     }
-    Ok(out)
+    let mounts = std::mem::take(&mut *mounts.lock().expect("not poisoned"));
+    for m in mounts {
+        unknown_at(&mut tree, &m, "another file system is mounted there".into())?;
+    }
+    Ok(tree)
+}
+
+/// The ignore rules of a folder, read once per sync: which paths `.lbsyncignore` files exclude.
+#[derive(Default)]
+pub struct IgnoreRules {
+    dirs: std::cell::RefCell<HashMap<String, Option<ignore::gitignore::Gitignore>>>,
+}
+
+impl IgnoreRules {
+    /// Whether `path` (relative) is excluded by the `.lbsyncignore` files of `root` (in its
+    /// directory or any parent, nearest last, as in gitignore; an excluded directory excludes
+    /// everything below it).
+    pub fn ignored(&self, root: &Path, path: &SyncPath, is_dir: bool) -> bool {
+        if path.as_str() == STATE_DIR || path.as_str().starts_with(".lbsync/") {
+            return true;
+        }
+        let parts: Vec<&str> = path.as_str().split('/').collect();
+        let mut ignored = false;
+        for depth in 0..parts.len() {
+            let rel = parts[..depth].join("/");
+            let mut cache = self.dirs.borrow_mut();
+            let gi = cache.entry(rel.clone()).or_insert_with(|| {
+                let dir = if rel.is_empty() {
+                    root.to_path_buf()
+                } else {
+                    root.join(&rel)
+                };
+                let file = dir.join(IGNORE_FILE);
+                if fs::symlink_metadata(&file).is_err() {
+                    return None;
+                }
+                let mut b = ignore::gitignore::GitignoreBuilder::new(&dir);
+                if b.add(&file).is_some() {
+                    return None;
+                }
+                b.build().ok()
+            });
+            let Some(gi) = gi else { continue };
+            for j in depth + 1..=parts.len() {
+                let sub = root.join(parts[..j].join("/"));
+                let m = gi.matched(&sub, j < parts.len() || is_dir);
+                if m.is_ignore() {
+                    ignored = true;
+                } else if m.is_whitelist() {
+                    ignored = false;
+                }
+            }
+        }
+        ignored
+    }
 }
 
 /// Whether `path` (relative) is excluded by the `.lbsyncignore` files of `root`.
 pub fn is_ignored(root: &Path, path: &SyncPath, is_dir: bool) -> bool {
-    if path.as_str() == STATE_DIR || path.as_str().starts_with(".lbsync/") {
-        return true;
-    }
-    // Check each ancestor directory's ignore file, nearest last (gitignore semantics).
-    let mut dirs = vec![root.to_path_buf()];
-    let parts: Vec<&str> = path.as_str().split('/').collect();
-    for i in 1..parts.len() {
-        dirs.push(root.join(parts[..i].join("/")));
-    }
-    let mut ignored = false;
-    for (depth, dir) in dirs.iter().enumerate() {
-        let file = dir.join(IGNORE_FILE);
-        if !file.exists() {
-            continue;
-        }
-        let mut b = ignore::gitignore::GitignoreBuilder::new(dir);
-        if b.add(&file).is_some() {
-            continue;
-        }
-        let Ok(gi) = b.build() else { continue };
-        // Any ancestor directory matching excludes everything below it.
-        for j in depth + 1..=parts.len() {
-            let sub = root.join(parts[..j].join("/"));
-            let m = gi.matched(&sub, j < parts.len() || is_dir);
-            if m.is_ignore() {
-                ignored = true;
-            } else if m.is_whitelist() {
-                ignored = false;
-            }
-        }
-    }
-    ignored
+    IgnoreRules::default().ignored(root, path, is_dir)
 }
 
 /// Where a chunk can be read locally: a file of the index, and a place in it. 16 bytes, so that
@@ -210,7 +338,7 @@ impl ChunkIndex {
     pub fn read(&self, root: &Path, id: &ChunkId) -> Option<bytes::Bytes> {
         let at = self.chunks.get(&key(id))?;
         let path = self.files.get(at.file as usize)?;
-        let file = fs::File::open(path.to_local(root)).ok()?;
+        let file = crate::state::open_nofollow(&crate::confine::check(root, path).ok()?).ok()?;
         let mut buf = vec![0u8; at.len as usize];
         file.read_exact_at(&mut buf, at.offset).ok()?;
         (ChunkId::of(&buf) == *id).then(|| buf.into())
@@ -220,7 +348,8 @@ impl ChunkIndex {
 /// Hashes a local file into its manifest (to compare content with the server's), with the
 /// parameters for its size (see [`lbsync_chunkstore::ChunkParams::for_file`]).
 pub fn manifest_of(path: &Path, params: lbsync_chunkstore::ChunkParams) -> Result<Manifest> {
-    let file = fs::File::open(path).map_err(Error::io(format!("reading {}", path.display())))?;
+    let file = crate::state::open_nofollow(path)
+        .map_err(Error::io(format!("reading {}", path.display())))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let params = params.for_file(len);
     let mut refs = Vec::with_capacity((len / u64::from(params.avg_size) + 16) as usize);
@@ -247,7 +376,12 @@ mod tests {
         fs::write(root.join("notes.tmp"), b"x").unwrap();
         fs::write(root.join(IGNORE_FILE), b"*.tmp\nbuild/\n").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
-        let paths: Vec<String> = scan(root).unwrap().keys().map(|p| p.to_string()).collect();
+        let paths: Vec<String> = scan(root)
+            .unwrap()
+            .files
+            .keys()
+            .map(|p| p.to_string())
+            .collect();
         assert_eq!(paths, [".lbsyncignore", "empty", "link", "src", "src/a.rs"]);
         assert!(is_ignored(root, &SyncPath::new("x/y.tmp").unwrap(), false));
         assert!(is_ignored(

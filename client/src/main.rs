@@ -15,6 +15,35 @@ use lbsync_proto::{CommitOutcome, SyncPath};
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// `println!` that ends the program quietly when standard output is gone (`| head`), as Unix
+/// tools do, instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut o = std::io::stdout().lock();
+        if let Err(e) = writeln!(o, $($arg)*).and_then(|()| o.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
+/// A log writer that never fails its caller: a log pipe that is gone must not stop a sync.
+struct Quiet;
+
+impl std::io::Write for Quiet {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stdout().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stdout().flush();
+        Ok(())
+    }
+}
+
 /// Keeps a directory in sync with a folder on an lbsync server, sending only what changed.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -31,6 +60,13 @@ struct Cli {
     /// This device's name, shown to others and in conflicted copies [default: the host name]
     #[arg(long, global = true)]
     device: Option<String>,
+    /// Carry out deletions even when there are more than the guard lets through (see --max-deletes)
+    #[arg(long, global = true)]
+    allow_mass_delete: bool,
+    /// The guard: a sync that would delete more files than this, or more than half of the
+    /// folder's files (and at least 10), deletes nothing until confirmed with --allow-mass-delete
+    #[arg(long, global = true, default_value_t = 1000)]
+    max_deletes: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -109,12 +145,13 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
         )
         .event_format(Lines)
-        .with_writer(std::io::stdout)
+        .with_writer(|| Quiet)
         .init();
     match run(Cli::parse()).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("lbsync-client: {e:#}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "lbsync-client: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -138,6 +175,11 @@ fn options(cli: &Cli) -> anyhow::Result<SyncOptions> {
         token,
         folder: cli.folder.clone(),
         device: cli.device.clone(),
+        allow_mass_delete: cli.allow_mass_delete,
+        delete_guard: lbsync_client::plan::DeleteGuard {
+            max_files: cli.max_deletes,
+            ..Default::default()
+        },
     })
 }
 
@@ -164,17 +206,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sync { dir } => {
             let mut syncer = Syncer::open(dir, &opts).await?;
             let report = syncer.sync().await?;
-            println!("sync done: {report}");
+            out!("sync done: {report}");
             if report.in_sync() {
-                Ok(ExitCode::SUCCESS)
-            } else {
-                println!(
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !report.pending.is_empty() {
+                out!(
                     "{} is not fully in sync; run sync again to finish:\n  {}",
                     dir.display(),
                     report.pending.join("\n  ")
                 );
-                Ok(ExitCode::FAILURE)
             }
+            if !report.waiting.is_empty() {
+                out!("needs your attention:\n  {}", report.waiting.join("\n  "));
+            }
+            Ok(ExitCode::FAILURE)
         }
         Command::Watch {
             dir,
@@ -194,7 +240,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut syncer = Syncer::open(&root, &opts).await?;
             let versions = syncer.remote.history(&rel).await?;
             if versions.is_empty() {
-                println!("{rel}: no versions on the server");
+                out!("{rel}: no versions on the server");
             }
             for e in versions {
                 let when = chrono::DateTime::from_timestamp_nanos(e.committed_ns)
@@ -206,24 +252,51 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     format!("{} bytes", e.size)
                 };
                 let device = e.device.split('#').next().unwrap_or("");
-                println!("v{:<4} {when}  {what:>16}  by {device}", e.version);
+                out!("v{:<4} {when}  {what:>16}  by {device}", e.version);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore { path, version } => {
             let (root, rel) = locate(path)?;
-            let mut syncer = Syncer::open(&root, &opts).await?;
+            // A running `watch` holds the folder: then the restore is made on the server, and
+            // that watch brings it here.
+            let mut syncer = match Syncer::open(&root, &opts).await {
+                Err(lbsync_client::Error::Busy { .. }) => {
+                    let state = StateStore::load(&root)?;
+                    let device = format!("{}#{}", state.state.device_name, state.state.device_id);
+                    let mut remote = lbsync_client::remote::Remote::connect(
+                        opts.server.as_deref().unwrap_or(&state.state.server),
+                        opts.token.as_deref(),
+                        &state.state.folder,
+                        &device,
+                    )
+                    .await?;
+                    match remote.restore(&rel, *version, &device).await? {
+                        CommitOutcome::Committed(e) => out!(
+                            "restored {rel} v{version} as v{}; the lbsync-client running on {} \
+                             brings it there",
+                            e.version,
+                            root.display()
+                        ),
+                        CommitOutcome::Conflict(e) => {
+                            bail!("{rel} changed meanwhile (now v{}): try again", e.version)
+                        }
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                res => res?,
+            };
             let device = syncer.device.clone();
             match syncer.remote.restore(&rel, *version, &device).await? {
                 CommitOutcome::Committed(e) => {
-                    println!("restored {rel} v{version} as v{}", e.version)
+                    out!("restored {rel} v{version} as v{}", e.version)
                 }
                 CommitOutcome::Conflict(e) => {
                     bail!("{rel} changed meanwhile (now v{}): try again", e.version)
                 }
             }
             let report = syncer.sync().await?;
-            println!("sync done: {report}");
+            out!("sync done: {report}");
             Ok(if report.in_sync() {
                 ExitCode::SUCCESS
             } else {
@@ -260,7 +333,7 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let s = &store.state;
     let local = scan(dir)?;
     let mut pending: Vec<String> = Vec::new();
-    for (path, fp) in &local {
+    for (path, fp) in &local.files {
         match s.files.get(path.as_str()) {
             Some(synced) if unchanged(fp, &synced.local) => {}
             Some(_) => pending.push(format!("modified {path}")),
@@ -272,7 +345,21 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             pending.push(format!("deleted {path}"));
         }
     }
+    let mut problems: Vec<String> = local
+        .unknown
+        .iter()
+        .map(|(p, why)| format!("{p}: cannot be read ({why}); nothing under it is synced"))
+        .collect();
+    problems.extend(s.problems.iter().map(|(p, why)| format!("{p}: {}", why.reason)));
+    if s.forgotten {
+        problems.push(
+            "the server forgot what this folder synced (its store was replaced or restored); \
+             the next sync offers it every file again"
+                .into(),
+        );
+    }
     let conflicts: Vec<String> = local
+        .files
         .keys()
         .filter(|p| lbsync_client::conflict::is_conflicted_copy(p))
         .map(ToString::to_string)
@@ -292,25 +379,30 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             "cursor": s.cursor,
             "synced_paths": s.files.len(),
             "pending": pending,
+            "problems": problems,
             "conflicts": conflicts,
             "bytes_sent": s.bytes_sent,
             "bytes_received": s.bytes_received,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        out!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("server:    {} (folder {})", s.server, s.folder);
-        println!("device:    {}", s.device_name);
-        println!("last sync: {}", last_sync.as_deref().unwrap_or("never"));
-        println!("synced:    {} paths", s.files.len());
-        println!("pending:   {} local changes", pending.len());
+        out!("server:    {} (folder {})", s.server, s.folder);
+        out!("device:    {}", s.device_name);
+        out!("last sync: {}", last_sync.as_deref().unwrap_or("never"));
+        out!("synced:    {} paths", s.files.len());
+        out!("pending:   {} local changes", pending.len());
         for p in &pending {
-            println!("  {p}");
+            out!("  {p}");
         }
-        println!("conflicts: {}", conflicts.len());
+        out!("problems:  {}", problems.len());
+        for p in &problems {
+            out!("  {p}");
+        }
+        out!("conflicts: {}", conflicts.len());
         for c in &conflicts {
-            println!("  {c}");
+            out!("  {c}");
         }
-        println!(
+        out!(
             "traffic:   {} sent, {} received",
             lbsync_client::transfer::human(s.bytes_sent),
             lbsync_client::transfer::human(s.bytes_received)

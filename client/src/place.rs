@@ -12,7 +12,39 @@
 //! back to a plain rename, and the check made just before it is all there is.
 
 use std::io;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use lbsync_proto::SyncPath;
+
+/// Before a file in the temp directory may come to hold something a person wrote (a file moved
+/// aside, or the one a download swaps out), a record beside it, `<file>.origin`, says which path
+/// it came from and the inode the temp file had before (0: none). A crash then cannot strand it:
+/// on start, `Syncer::recover_tmp` puts each such file back, or keeps it as a conflicted copy.
+pub fn note_origin(file: &Path, path: &SyncPath, inode_before: u64) -> io::Result<()> {
+    let mut f = std::fs::File::create(origin_file(file))?;
+    write!(f, "{inode_before}\n{path}\n")?;
+    f.sync_all()
+}
+
+/// The record written by [`note_origin`] for `file`, if any: (inode before, path).
+pub fn origin_of(file: &Path) -> Option<(u64, SyncPath)> {
+    let text = std::fs::read_to_string(origin_file(file)).ok()?;
+    let (inode, path) = text.split_once('\n')?;
+    Some((inode.parse().ok()?, SyncPath::new(path.strip_suffix('\n')?).ok()?))
+}
+
+/// Forgets the record of `file` (it was dealt with).
+pub fn clear_origin(file: &Path) {
+    let _ = std::fs::remove_file(origin_file(file));
+}
+
+/// `<file>.origin`.
+pub fn origin_file(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".origin");
+    PathBuf::from(name)
+}
 
 /// Moves `from` to `to`. If something is at `to`, the two swap places and `true` is returned:
 /// `from` then holds what was at `to`, for the caller to inspect and keep or delete.
@@ -61,8 +93,14 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Moves `path` into `dir` under a name not taken there (`<stem>.aside`, `<stem>.aside.2`, ...)
-/// and returns the new path; `None` if nothing was at `path`.
-pub fn move_aside(path: &Path, dir: &Path, stem: &str) -> io::Result<Option<PathBuf>> {
+/// and returns the new path; `None` if nothing was at `path`. `origin`, the synced path it is, is
+/// recorded first (see [`note_origin`]); the caller clears the record once it has dealt with it.
+pub fn move_aside(
+    path: &Path,
+    dir: &Path,
+    stem: &str,
+    origin: &SyncPath,
+) -> io::Result<Option<PathBuf>> {
     for n in 1u32.. {
         let name = if n == 1 {
             format!("{stem}.aside")
@@ -70,11 +108,21 @@ pub fn move_aside(path: &Path, dir: &Path, stem: &str) -> io::Result<Option<Path
             format!("{stem}.aside.{n}")
         };
         let to = dir.join(name);
+        if present(&to) {
+            continue;
+        }
+        note_origin(&to, origin, 0)?;
         match rename_noreplace(path, &to) {
             Ok(()) => return Ok(Some(to)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !present(path) => return Ok(None),
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !present(path) => {
+                clear_origin(&to);
+                return Ok(None);
+            }
+            Err(e) => {
+                clear_origin(&to);
+                return Err(e);
+            }
         }
     }
     unreachable!("some name is free")
@@ -143,11 +191,13 @@ mod tests {
 
         let aside = dir.path().join("aside");
         fs::create_dir(&aside).unwrap();
-        let first = move_aside(&a, &aside, "x").unwrap().unwrap();
-        let second = move_aside(&b, &aside, "x").unwrap().unwrap();
+        let origin = SyncPath::new("sub/a").unwrap();
+        let first = move_aside(&a, &aside, "x", &origin).unwrap().unwrap();
+        let second = move_aside(&b, &aside, "x", &origin).unwrap().unwrap();
         assert_ne!(first, second);
         assert_eq!(fs::read(&first).unwrap(), b"a");
         assert_eq!(fs::read(&second).unwrap(), b"b");
-        assert_eq!(move_aside(&a, &aside, "x").unwrap(), None, "a is gone");
+        assert_eq!(origin_of(&first), Some((0, origin.clone())), "its origin is recorded");
+        assert_eq!(move_aside(&a, &aside, "x", &origin).unwrap(), None, "a is gone");
     }
 }

@@ -52,6 +52,8 @@ pub struct Remote {
     pub params: ChunkParams,
     /// The folder's journal head at the handshake.
     pub head: u64,
+    /// The id of the server's store (empty from a server too old to say).
+    pub store_id: String,
     max_ids: usize,
     /// Payload bytes sent (requests) and received (answers).
     pub sent: u64,
@@ -105,6 +107,17 @@ impl Remote {
         folder: &str,
         device: &str,
     ) -> Result<Self> {
+        // A URL that can never work is a mistake to fix, not a server to wait for.
+        match url.split_once("://").map(|(scheme, _)| scheme) {
+            Some("http") => {}
+            Some("https") => {
+                return Err(Error::Usage(format!(
+                    "{url}: this client does not speak TLS yet; reach the server over http:// \
+                     on a trusted network (or through an SSH tunnel)"
+                )));
+            }
+            _ => return Err(Error::BadUrl(url.to_owned())),
+        }
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|_| Error::BadUrl(url.to_owned()))?
             .connect_timeout(Duration::from_secs(5))
@@ -155,6 +168,7 @@ impl Remote {
             folder: folder.to_owned(),
             params,
             head: hs.head,
+            store_id: hs.store_id,
             max_ids: (hs.max_ids_per_request as usize).clamp(1, 65_536),
             sent: 0,
             received: 0,

@@ -49,7 +49,19 @@ pub struct Fingerprint {
     /// A symlink's target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Status-change time, Unix nanoseconds: it moves on every write and chmod, and no program
+    /// can set it back, so an edit that restores size and mtime is still seen.
+    #[serde(default)]
+    pub ctime_ns: i64,
+    /// The device (file system) the path is on.
+    #[serde(default)]
+    pub dev: u64,
 }
+
+/// How long after its fingerprint was taken a file may still change unseen: a write within the
+/// same clock tick leaves size and times as they were. A file whose mtime or ctime is this close
+/// to the moment its fingerprint was taken is hashed again on the next scan (git's "racy clean").
+pub const RACY_NS: i64 = 3_000_000_000;
 
 /// A path as last synced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,12 +73,86 @@ pub struct Synced {
     pub manifest: Option<String>,
     /// The local fingerprint at that moment.
     pub local: Fingerprint,
+    /// When that fingerprint was taken, Unix nanoseconds (0: unknown, treated as long ago).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seen_ns: i64,
+    /// When the server committed this version, by its clock (0: unknown). Tells an older version
+    /// that a restored server holds from a newer edit made there since.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub committed_ns: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl Synced {
+    /// A record of `version`, whose local copy has `local` as fingerprint now.
+    pub fn new(version: u64, manifest: Option<ManifestId>, local: Fingerprint) -> Self {
+        Self {
+            version,
+            manifest: manifest.map(|m| m.to_string()),
+            local,
+            seen_ns: now_ns(),
+            committed_ns: 0,
+        }
+    }
+
     /// The manifest id, if this is a file.
     pub fn manifest_id(&self) -> Option<ManifestId> {
         self.manifest.as_deref().and_then(|m| m.parse().ok())
+    }
+
+    /// Whether the file may have changed without its fingerprint showing it: its times were
+    /// within [`RACY_NS`] of the moment the fingerprint was taken.
+    pub fn racy(&self) -> bool {
+        let l = &self.local;
+        l.kind == Kind::File
+            && (self.seen_ns == 0
+                || self.seen_ns - l.mtime_ns.max(l.ctime_ns) < RACY_NS)
+    }
+}
+
+/// Now, Unix nanoseconds.
+pub fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+/// A path that could not be synced, kept until it can: shown in `status`, retried with backoff.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// What went wrong, in words.
+    pub reason: String,
+    /// The server version that could not be applied here (0: a local change).
+    #[serde(default)]
+    pub version: u64,
+    /// How many times it failed.
+    pub attempts: u32,
+    /// Not retried before this time, Unix nanoseconds.
+    pub retry_ns: i64,
+}
+
+impl Problem {
+    /// The next failure of `prev` (or a first one): retried at the next sync three times, then
+    /// after 5 s, 10 s, 20 s ... at most 10 minutes.
+    pub fn next(prev: Option<&Problem>, reason: String, version: u64) -> Self {
+        let attempts = prev.map_or(0, |p| p.attempts).saturating_add(1);
+        let wait_s = if attempts <= 3 {
+            0
+        } else {
+            (5u64 << (attempts - 4).min(7)).min(600)
+        };
+        Problem {
+            reason,
+            version,
+            attempts,
+            retry_ns: now_ns() + (wait_s as i64) * 1_000_000_000,
+        }
+    }
+
+    /// Whether it is time to try again.
+    pub fn due(&self) -> bool {
+        self.retry_ns <= now_ns()
     }
 }
 
@@ -97,7 +183,24 @@ pub struct State {
     /// version of ours that `files` does not know (see `Syncer::plan`).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub in_doubt: BTreeSet<String>,
+    /// The id in `.lbsync/marker`: the folder is synced only while that file holds it.
+    #[serde(default)]
+    pub marker: String,
+    /// The id of the server's store this state was synced with.
+    #[serde(default)]
+    pub store_id: String,
+    /// The server forgot what was synced (its store was replaced or restored from a backup):
+    /// until a sync finishes, nothing it holds is taken as newer than what this folder synced,
+    /// nothing is deleted for it, and every local path is offered to it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forgotten: bool,
+    /// Paths that could not be synced, with why; retried with backoff.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub problems: BTreeMap<String, Problem>,
 }
+
+/// The marker file: a synced folder is one whose `.lbsync/marker` holds its state's id.
+pub const MARKER_FILE: &str = "marker";
 
 /// The state of one synced directory, on disk.
 pub struct StateStore {
@@ -106,20 +209,90 @@ pub struct StateStore {
     pub state: State,
 }
 
+/// Opens `path` for reading without following a symlink at its end.
+pub(crate) fn open_nofollow(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
+/// Reads a whole file without following a symlink at its end.
+fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    open_nofollow(path)?.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Creates (or truncates) `path` for writing without following a symlink at its end.
+fn create_nofollow(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
+/// Why a folder is not synced right now.
+pub fn marker_problem(root: &Path, marker: &str) -> Option<String> {
+    match fs::symlink_metadata(root) {
+        Ok(md) if md.is_dir() => {}
+        Ok(_) => return Some(format!("{} is no longer a directory", root.display())),
+        Err(e) => {
+            return Some(format!(
+                "{} is gone ({e}): was it moved, or its disk unplugged?",
+                root.display()
+            ));
+        }
+    }
+    let file = StateStore::dir_of(root).join(MARKER_FILE);
+    match read_nofollow(&file) {
+        Ok(bytes) if marker_id(&bytes) == Some(marker) => None,
+        Ok(_) => Some(format!(
+            "{} belongs to another synced folder",
+            file.display()
+        )),
+        Err(e) => Some(format!(
+            "its marker {} cannot be read ({e}): was the folder replaced or its .lbsync/ removed?",
+            file.display()
+        )),
+    }
+}
+
+fn marker_id(bytes: &[u8]) -> Option<&str> {
+    std::str::from_utf8(bytes)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .map(str::trim)
+}
+
 impl StateStore {
     /// `DIR/.lbsync`.
     pub fn dir_of(root: &Path) -> PathBuf {
         root.join(STATE_DIR)
     }
 
-    /// Loads the state of `root`, or a fresh one.
+    /// Loads the state of `root`, or a fresh one (and its marker) if `root` was never synced. A
+    /// state whose marker is missing or another folder's is refused: the folder is not the one
+    /// the state describes, and syncing it would read every file as deleted.
     pub fn load(root: &Path) -> Result<Self> {
         let dir = Self::dir_of(root);
-        fs::create_dir_all(dir.join("manifests"))
-            .and_then(|()| fs::create_dir_all(dir.join("tmp")))
-            .map_err(Error::io(format!("creating {}", dir.display())))?;
+        match fs::symlink_metadata(&dir) {
+            Ok(md) if !md.is_dir() => {
+                return Err(Error::Usage(format!(
+                    "{} is not a directory (a symlink or a file): lbsync keeps its state there;                      move it away",
+                    dir.display()
+                )));
+            }
+            _ => {}
+        }
         let path = dir.join(STATE_FILE);
-        let state = match fs::read(&path) {
+        let mut state = match read_nofollow(&path) {
             Ok(bytes) => {
                 let state: State = serde_json::from_slice(&bytes).map_err(|e| Error::State {
                     path: path.clone(),
@@ -140,7 +313,43 @@ impl StateStore {
             },
             Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
         };
-        Ok(Self { dir, state })
+        if !state.marker.is_empty() {
+            if let Some(why) = marker_problem(root, &state.marker) {
+                return Err(Error::FolderStopped {
+                    root: root.to_path_buf(),
+                    reason: why,
+                });
+            }
+        }
+        fs::create_dir_all(dir.join("manifests"))
+            .and_then(|()| fs::create_dir_all(dir.join("tmp")))
+            .map_err(Error::io(format!("creating {}", dir.display())))?;
+        let store = if state.marker.is_empty() {
+            // A new folder, or a state from before markers: mark it now.
+            state.marker = new_device_id(&dir) + &new_device_id(root);
+            let store = Self { dir, state };
+            store.write_marker()?;
+            store.save()?;
+            store
+        } else {
+            Self { dir, state }
+        };
+        Ok(store)
+    }
+
+    fn write_marker(&self) -> Result<()> {
+        let path = self.dir.join(MARKER_FILE);
+        let text = format!(
+            "lbsync folder marker: this directory is synced while this file holds its id.\n\
+             id: {}\n",
+            self.state.marker
+        );
+        let write = || -> std::io::Result<()> {
+            let mut f = create_nofollow(&path)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        };
+        write().map_err(Error::io(format!("writing {}", path.display())))
     }
 
     /// Writes the state atomically.
@@ -152,13 +361,19 @@ impl StateStore {
             reason: e.to_string(),
         })?;
         let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
+            let mut f = create_nofollow(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;
             fs::File::open(&self.dir)?.sync_all()
         };
         write().map_err(Error::io(format!("saving {}", path.display())))
+    }
+
+    /// Where files are moved that a lost state would otherwise have brought back (see
+    /// `Syncer::bury`): `.lbsync/trash/`.
+    pub fn trash_dir(&self) -> PathBuf {
+        self.dir.join("trash")
     }
 
     /// Where temporary downloads go (same file system as the synced files, so renames are atomic).
@@ -171,14 +386,21 @@ impl StateStore {
         self.dir.join("cache")
     }
 
-    /// Deletes what interrupted runs left in the temp directory: files untouched for an hour (a
-    /// download in progress in another process writes to its part file all the time).
+    /// Deletes downloads that interrupted runs left half-written in the temp directory (files
+    /// untouched for an hour). Files with an origin record (moved aside, or displaced by a swap)
+    /// are never aged out: `Syncer::recover_tmp` puts them back first.
     pub fn clear_stale_tmp(&self) {
         let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
             return;
         };
         let hour = std::time::Duration::from_secs(3600);
         for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "origin")
+                || crate::place::origin_of(&path).is_some()
+            {
+                continue;
+            }
             let stale = e
                 .metadata()
                 .and_then(|m| m.modified())
@@ -186,7 +408,7 @@ impl StateStore {
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age > hour);
             if stale {
-                let _ = fs::remove_file(e.path());
+                let _ = fs::remove_file(path);
             }
         }
     }
@@ -205,7 +427,7 @@ impl StateStore {
 
     /// A cached manifest.
     pub fn manifest(&self, id: &ManifestId) -> Option<Manifest> {
-        let bytes = fs::read(self.dir.join("manifests").join(id.to_string())).ok()?;
+        let bytes = read_nofollow(&self.dir.join("manifests").join(id.to_string())).ok()?;
         Manifest::decode(&bytes).ok().filter(|m| m.id() == *id)
     }
 
@@ -225,6 +447,57 @@ impl StateStore {
                 }
             }
         }
+    }
+}
+
+/// One process per folder: an exclusive lock on `.lbsync/lock`, held while a client syncs it.
+#[derive(Debug)]
+pub struct FolderLock {
+    _file: fs::File,
+}
+
+impl FolderLock {
+    /// Takes the lock of `root`, waiting up to `wait` for another client to let go of it.
+    pub fn acquire(root: &Path, wait: std::time::Duration) -> Result<Self> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        use rustix::fs::{FlockOperation, flock};
+        let dir = StateStore::dir_of(root);
+        if fs::symlink_metadata(&dir).is_err() {
+            fs::create_dir(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        }
+        let path = dir.join("lock");
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .map_err(Error::io(format!("opening {}", path.display())))?;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    let mut pid = String::new();
+                    let _ = file.read_to_string(&mut pid);
+                    return Err(Error::Busy {
+                        root: root.to_path_buf(),
+                        pid: pid.trim().to_owned(),
+                    });
+                }
+                Err(e) => {
+                    return Err(Error::io(format!("locking {}", path.display()))(e.into()));
+                }
+            }
+        }
+        let _ = file.set_len(0);
+        let _ = write!(file, "{}", std::process::id());
+        Ok(Self { _file: file })
     }
 }
 
@@ -250,18 +523,20 @@ mod tests {
         s.state.cursor = 42;
         s.state.files.insert(
             "a.txt".into(),
-            Synced {
-                version: 3,
-                manifest: Some(Manifest::empty().id().to_string()),
-                local: Fingerprint {
+            Synced::new(
+                3,
+                Some(Manifest::empty().id()),
+                Fingerprint {
                     kind: Kind::File,
                     size: 0,
                     mtime_ns: 1,
                     inode: 2,
                     mode: 0o644,
                     target: None,
+                    ctime_ns: 1,
+                    dev: 1,
                 },
-            },
+            ),
         );
         s.put_manifest(&Manifest::empty()).unwrap();
         s.save().unwrap();

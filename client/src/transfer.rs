@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use lbsync_chunkstore::{
@@ -21,7 +21,8 @@ use tracing::{info, warn};
 use crate::cache::CACHED_FILE_MAX;
 use crate::engine::Syncer;
 use crate::error::{Error, Result};
-use crate::local::{fingerprint, key, unchanged};
+use crate::confine;
+use crate::local::{fingerprint, key, same_file, unchanged};
 use crate::place;
 use crate::remote::{Committed, DeltaBases, Remote};
 use crate::state::{Fingerprint, Kind, Synced};
@@ -295,7 +296,7 @@ impl Syncer {
         path: &SyncPath,
         base_version: u64,
     ) -> Result<Uploaded> {
-        let local = path.to_local(&self.root);
+        let local = confine::check(&self.root, path)?;
         let base = self.synced_manifest(path);
         let mut trust_index = true;
         let mut full = false;
@@ -453,7 +454,7 @@ impl Syncer {
 
     /// Reads and chunks a small file; `None` if it is not one (or is changing).
     fn stage(&self, path: &SyncPath, base_version: u64) -> Option<Staged> {
-        let local = path.to_local(&self.root);
+        let local = confine::check(&self.root, path).ok()?;
         let before =
             fingerprint(&local).filter(|f| f.kind == Kind::File && f.size <= SMALL_FILE)?;
         let data = fs::read(&local).ok()?;
@@ -592,14 +593,10 @@ impl Syncer {
     ) -> Result<()> {
         self.state.put_manifest(m)?;
         self.index.add(path, m);
-        self.state.state.files.insert(
-            path.as_str().to_owned(),
-            Synced {
-                version,
-                manifest: Some(m.id().to_string()),
-                local,
-            },
-        );
+        self.state
+            .state
+            .files
+            .insert(path.as_str().to_owned(), Synced::new(version, Some(m.id()), local));
         Ok(())
     }
 
@@ -710,7 +707,8 @@ impl Syncer {
                     .map_err(Error::io(format!("writing {}", tmp.display())))?;
             }
         }
-        let mode = if r.mode == 0 { 0o644 } else { r.mode & 0o7777 };
+        // A peer's setuid, setgid and sticky bits are never applied.
+        let mode = if r.mode == 0 { 0o644 } else { r.mode & 0o777 };
         let finish = || -> std::io::Result<()> {
             file.sync_all()?;
             file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
@@ -722,11 +720,7 @@ impl Syncer {
         };
         finish().map_err(Error::io(format!("finishing {}", tmp.display())))?;
         drop(file);
-        // Fingerprinted before it takes its place (a rename keeps inode, size and mtime): a write
-        // that lands the instant after must read as a local change, not as synced.
-        let local =
-            fingerprint(&tmp).ok_or_else(|| Error::Usage(format!("{} vanished", tmp.display())))?;
-        self.put_in_place(&r.path, &tmp)?;
+        let local = self.put_in_place(&r.path, &tmp)?;
         self.report.chunks_received += fetched;
         info!(
             "downloaded {} from {}: {fetched} of {} chunks fetched, {local_chunks} copied from local files",
@@ -734,7 +728,11 @@ impl Syncer {
             display_device(&r.device),
             m.chunks().len()
         );
-        self.record_file(&r.path, r.version, &m, local)
+        self.record_file(&r.path, r.version, &m, local)?;
+        if let Some(s) = self.state.state.files.get_mut(r.path.as_str()) {
+            s.committed_ns = r.committed_ns;
+        }
+        Ok(())
     }
 
     /// For chunks to fetch, the bases to offer (from `edits`) whose bytes are at hand: in local
@@ -775,19 +773,22 @@ impl Syncer {
 
     /// Creates a directory or symlink from the server.
     pub(crate) fn apply_plain(&mut self, r: &Entry) -> Result<()> {
-        let dest = r.path.to_local(&self.root);
-        match r.kind {
+        let dest = confine::check(&self.root, &r.path)?;
+        let local = match r.kind {
             EntryKind::Dir => {
                 self.make_room(&r.path)?;
-                if !dest.is_dir() {
-                    fs::create_dir_all(&dest)
-                        .map_err(Error::io(format!("creating {}", dest.display())))?;
+                match fs::symlink_metadata(&dest) {
+                    Ok(md) if md.is_dir() => {}
+                    _ => fs::create_dir(&dest)
+                        .map_err(Error::io(format!("creating {}", dest.display())))?,
                 }
                 if r.mode != 0 {
-                    let perm = std::os::unix::fs::PermissionsExt::from_mode(r.mode & 0o7777);
+                    let perm = std::os::unix::fs::PermissionsExt::from_mode(r.mode & 0o777);
                     fs::set_permissions(&dest, perm)
                         .map_err(Error::io(format!("setting mode of {}", dest.display())))?;
                 }
+                fingerprint(&dest)
+                    .ok_or_else(|| Error::Usage(format!("{} vanished", dest.display())))?
             }
             EntryKind::Symlink => {
                 let target = r.symlink_target.clone().unwrap_or_default();
@@ -798,18 +799,15 @@ impl Syncer {
                 let _ = fs::remove_file(&tmp);
                 std::os::unix::fs::symlink(&target, &tmp)
                     .map_err(Error::io(format!("creating symlink {}", tmp.display())))?;
-                self.put_in_place(&r.path, &tmp)?;
+                self.put_in_place(&r.path, &tmp)?
             }
             EntryKind::File => unreachable!("files are downloaded"),
-        }
-        let local = fingerprint(&dest)
-            .ok_or_else(|| Error::Usage(format!("{} vanished", dest.display())))?;
+        };
         self.state.state.files.insert(
             r.path.as_str().to_owned(),
             Synced {
-                version: r.version,
-                manifest: None,
-                local,
+                committed_ns: r.committed_ns,
+                ..Synced::new(r.version, None, local)
             },
         );
         info!(
@@ -821,50 +819,64 @@ impl Syncer {
         Ok(())
     }
 
-    /// Puts `new` (a finished download or a fresh symlink, in the temp directory) at `path`. What
-    /// was there is swapped out atomically and then looked at: deleted if it is what was synced,
-    /// kept as a conflicted copy if it changed, even in the instant before the swap.
-    fn put_in_place(&mut self, path: &SyncPath, new: &Path) -> Result<()> {
-        let dest = path.to_local(&self.root);
-        self.make_room(path)?;
+    /// Puts `new` (a finished download or a fresh symlink, in the temp directory) at `path` and
+    /// returns its fingerprint there. What was there is swapped out atomically and then looked
+    /// at: deleted if it is what was synced, kept as a conflicted copy if it changed, even in the
+    /// instant before the swap. The fingerprint is taken after the swap, and is racy (see
+    /// `Synced::racy`), so a write landing just after it is still found by the next scan.
+    fn put_in_place(&mut self, path: &SyncPath, new: &Path) -> Result<Fingerprint> {
+        let dest = self.make_room(path)?;
+        let inode = fingerprint(new).map_or(0, |f| f.inode);
+        place::note_origin(new, path, inode)
+            .map_err(Error::io(format!("recording {}", new.display())))?;
         let swapped = place::swap_in(new, &dest).map_err(Error::io(format!(
             "moving {} into {}",
             new.display(),
             dest.display()
-        )))?;
-        if !swapped {
-            return Ok(());
+        )));
+        let placed = fingerprint(&dest);
+        if let Some(parent) = dest.parent() {
+            self.placed_dirs.insert(parent.to_path_buf());
         }
-        let Some(old) = fingerprint(new) else {
-            return Ok(());
+        let old = match swapped {
+            Ok(true) => fingerprint(new),
+            Ok(false) => None,
+            Err(e) => {
+                place::clear_origin(new);
+                return Err(e);
+            }
+        };
+        let placed = placed.ok_or_else(|| Error::Usage(format!("{} vanished", dest.display())))?;
+        let Some(old) = old else {
+            place::clear_origin(new);
+            return Ok(placed);
         };
         let synced = self.state.state.files.get(path.as_str()).map(|s| &s.local);
-        if old.kind != Kind::Dir && synced.is_some_and(|s| unchanged(&old, s)) {
-            return fs::remove_file(new).map_err(Error::io(format!("removing {}", new.display())));
+        if old.kind != Kind::Dir && synced.is_some_and(|s| same_file(&old, s)) {
+            fs::remove_file(new).map_err(Error::io(format!("removing {}", new.display())))?;
+            place::clear_origin(new);
+            return Ok(placed);
         }
         let copy = self.keep_as_conflicted_copy(path, new)?;
+        place::clear_origin(new);
         info!("{path} changed here as the server's version arrived: kept it as {copy}");
-        Ok(())
+        Ok(placed)
     }
 
     /// Makes `path` free to be replaced: creates its parent, and if something unsynced or changed
     /// is there (it changed after the plan was made), moves it to a conflicted copy first.
-    fn make_room(&mut self, path: &SyncPath) -> Result<()> {
-        let dest = path.to_local(&self.root);
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent)
-                .map_err(Error::io(format!("creating {}", parent.display())))?;
-        }
+    fn make_room(&mut self, path: &SyncPath) -> Result<PathBuf> {
+        let dest = confine::make_parents(&self.root, path)?;
         let Some(now) = fingerprint(&dest) else {
-            return Ok(());
+            return Ok(dest);
         };
         let synced = self.state.state.files.get(path.as_str()).map(|s| &s.local);
         if now.kind == Kind::Dir || synced.is_some_and(|s| unchanged(&now, s)) {
-            return Ok(());
+            return Ok(dest);
         }
         let copy = self.conflict_copy_of(path)?;
         info!("{path} changed here while the server's version arrived: kept it as {copy}");
-        Ok(())
+        Ok(dest)
     }
 }
 

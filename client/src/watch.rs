@@ -23,7 +23,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{info, warn};
 
 use crate::engine::{SyncOptions, Syncer};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::local::{fingerprint, scan, unchanged};
 use crate::state::{STATE_DIR, StateStore};
 
@@ -113,6 +113,7 @@ fn queued(root: &Path) -> usize {
         return 0;
     };
     let changed = local
+        .files
         .iter()
         .filter(|(p, fp)| {
             state
@@ -131,6 +132,36 @@ fn queued(root: &Path) -> usize {
     changed + gone
 }
 
+/// The folder is stopped (moved away, unplugged, its marker gone): says so loudly once, then
+/// waits for a local event or a few seconds before looking again. True if shut down meanwhile.
+async fn wait_while_stopped(
+    stopped: &mut Option<String>,
+    e: &Error,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    rx: &mut mpsc::Receiver<Local>,
+) -> bool {
+    let msg = e.to_string();
+    if stopped.as_deref() != Some(msg.as_str()) {
+        tracing::error!("{msg}");
+        *stopped = Some(msg);
+    }
+    let retry = tokio::time::sleep(STOPPED_RECHECK);
+    tokio::pin!(retry);
+    loop {
+        tokio::select! {
+            () = shutdown.as_mut() => return true,
+            () = &mut retry => return false,
+            ev = rx.recv() => if ev.is_none() {
+                (&mut retry).await;
+                return false;
+            },
+        }
+    }
+}
+
+/// How often a stopped folder is looked at again.
+const STOPPED_RECHECK: Duration = Duration::from_secs(2);
+
 /// Syncs `root` now and then keeps it in step with the server until `shutdown` resolves.
 pub async fn watch(
     root: &Path,
@@ -139,6 +170,11 @@ pub async fn watch(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let root: PathBuf = root.to_path_buf();
+    // One process per folder, for as long as this watch runs (across reconnects too).
+    let lock = std::sync::Arc::new(crate::state::FolderLock::acquire(
+        &root,
+        Duration::from_secs(3),
+    )?);
     let (tx, mut rx) = mpsc::channel::<Local>(4096);
     let mut rescan_every = wopts.rescan_interval;
     let _watcher = match start_watcher(&root, tx) {
@@ -161,10 +197,11 @@ pub async fn watch(
     let mut due: Option<Instant> = Some(Instant::now());
     let mut next_rescan = Instant::now() + rescan_every;
     let mut events_closed = false;
+    let mut stopped: Option<String> = None;
     'run: loop {
         // Connect when needed.
         if syncer.is_none() {
-            match Syncer::open(&root, opts).await {
+            match Syncer::open_locked(&root, opts, lock.clone()).await {
                 Ok(s) => {
                     if offline_since.take().is_some() {
                         info!("back online");
@@ -202,6 +239,12 @@ pub async fn watch(
                     }
                     continue;
                 }
+                Err(e @ Error::FolderStopped { .. }) => {
+                    if wait_while_stopped(&mut stopped, &e, &mut shutdown, &mut rx).await {
+                        break 'run;
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -212,10 +255,23 @@ pub async fn watch(
             due = None;
             match s.sync().await {
                 Ok(report) => {
-                    if !report.in_sync() {
+                    if stopped.take().is_some() {
+                        info!("{} is back: syncing again", root.display());
+                    }
+                    if !report.pending.is_empty() {
                         // Something still being written: look again once it has settled.
                         due = Some(Instant::now() + wopts.debounce * 4);
+                    } else if let Some(at) = s.next_retry() {
+                        // A path that could not be applied: try it when its backoff ends.
+                        due = Some(at);
                     }
+                }
+                Err(e @ Error::FolderStopped { .. }) => {
+                    if wait_while_stopped(&mut stopped, &e, &mut shutdown, &mut rx).await {
+                        break 'run;
+                    }
+                    due = Some(Instant::now());
+                    continue;
                 }
                 Err(e) if e.is_offline() => {
                     warn!("lost the server: {e}");

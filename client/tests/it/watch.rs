@@ -116,13 +116,11 @@ async fn an_editor_save_by_rename_is_one_change() {
         read(&b.join("doc.txt")).as_deref() == Some("draft 2")
     })
     .await;
-    let opts = lbsync_client::SyncOptions {
-        server: Some(server.url.clone()),
-        ..Default::default()
-    };
-    let mut s = lbsync_client::Syncer::open(&b, &opts).await.unwrap();
-    let versions = s
-        .remote
+    // B's watch holds B's folder: ask the server directly.
+    let mut remote = lbsync_client::remote::Remote::connect(&server.url, None, "default", "t#1")
+        .await
+        .unwrap();
+    let versions = remote
         .history(&lbsync_proto::SyncPath::new("doc.txt").unwrap())
         .await
         .unwrap();
@@ -131,8 +129,7 @@ async fn an_editor_save_by_rename_is_one_change() {
         versions.iter().all(|v| !v.deleted),
         "never deleted: {versions:?}"
     );
-    let swap = s
-        .remote
+    let swap = remote
         .history(&lbsync_proto::SyncPath::new(".doc.txt.swp").unwrap())
         .await
         .unwrap();

@@ -1,0 +1,343 @@
+//! The planner: what to do about each path, decided purely from three views (what the scan saw
+//! here, what was last synced, what the server holds that is newer), touching neither disk nor
+//! network, so that a model test can call it as often as it likes.
+//!
+//! The rules, per path:
+//! - Unknown is not absent. A path in a subtree the scan could not read is left alone: nothing is
+//!   deleted for it, and a server change under it waits (as a problem, retried).
+//! - Ignored is not deleted. A synced path that `.lbsyncignore` now excludes stops syncing: its
+//!   record is forgotten and it stays as it is, here and everywhere else; server changes to it
+//!   are not applied here.
+//! - Changed here means the fingerprint moved *and* (for files) the content or mode did: a file
+//!   whose fingerprint changed but whose bytes hash as synced is only refreshed.
+//! - Only-local changes are uploaded, only-remote ones applied; both: equal contents are adopted,
+//!   a modification beats a deletion on either side, and otherwise both are kept (conflicted
+//!   copy). A local file the state does not know, at a path the server deleted, is checked
+//!   against the path's history before it is sent: an old version is not brought back.
+//! - A server that forgot (its store was replaced or restored from a backup) is never believed
+//!   over this folder: an older version it holds is not applied, nothing is deleted for it, and
+//!   every local path is offered to it again. A version newer than what was synced here (someone
+//!   edited since) meets the local one as a conflict.
+//! - Our own commit whose answer was lost (in doubt) is recognised as ours.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use lbsync_proto::{Entry, EntryKind, SyncPath};
+
+use crate::local::{LocalTree, unchanged};
+use crate::state::{Kind, Synced};
+
+/// What to do about one path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send the local version on top of server version `base`.
+    Upload {
+        /// The version it edits (0: a new path).
+        base: u64,
+    },
+    /// Commit a tombstone on top of `base`: a person deleted the path here.
+    DeleteThere {
+        /// The version deleted.
+        base: u64,
+        /// What it was.
+        kind: EntryKind,
+    },
+    /// Write the server's version here.
+    Apply(Entry),
+    /// Delete the local path: a person deleted it elsewhere after the version here was written.
+    DeleteHere(Entry),
+    /// Take the server's entry as synced; the local side already matches it.
+    Adopt(Entry),
+    /// Both sides changed: equal contents are adopted, else both are kept.
+    BothChanged(Entry),
+    /// A local file the state does not know, where the server has a tombstone: buried if it is
+    /// an old version of the path, uploaded otherwise.
+    Returning(Entry),
+    /// The fingerprint moved but the content did not: record the new fingerprint.
+    Refresh,
+    /// The path is ignored now: stop syncing it, touching nothing.
+    Forget,
+    /// A server change that cannot be applied now (it is under an unknown subtree).
+    Defer {
+        /// The change.
+        entry: Entry,
+        /// Why it waits.
+        reason: String,
+    },
+}
+
+impl Action {
+    /// Where the action deletes, if it does, and whether what it deletes is a directory.
+    fn deletes(&self) -> Option<(Side, bool)> {
+        match self {
+            Action::DeleteThere { kind, .. } => Some((Side::There, *kind == EntryKind::Dir)),
+            Action::DeleteHere(e) => Some((Side::Here, e.kind == EntryKind::Dir)),
+            _ => None,
+        }
+    }
+}
+
+/// Where a deletion would happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// On the server (and so on every other device).
+    There,
+    /// In this folder.
+    Here,
+}
+
+/// A file whose fingerprint moved (or was taken too close to its last change to be trusted),
+/// hashed before planning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hashed {
+    /// Same bytes and mode as synced.
+    Same,
+    /// Same bytes, another mode: a metadata change.
+    ModeOnly,
+    /// Other bytes (or unreadable: then it is treated as changed, which is safe).
+    Changed,
+}
+
+/// Everything the planner looks at.
+pub struct View<'a> {
+    /// The scan.
+    pub local: &'a LocalTree,
+    /// What was last synced, by path.
+    pub synced: &'a BTreeMap<String, Synced>,
+    /// Paths whose last commit got no answer.
+    pub in_doubt: &'a BTreeSet<String>,
+    /// The server forgot what was synced (see `State::forgotten`).
+    pub forgotten: bool,
+    /// Files hashed because their fingerprint moved or was racy.
+    pub hashed: &'a HashMap<SyncPath, Hashed>,
+}
+
+/// Whether a path is excluded by ignore rules (`is_dir` for the rule syntax).
+pub type Ignored<'a> = &'a dyn Fn(&SyncPath, bool) -> bool;
+
+/// The plan for every path that needs something done.
+pub fn plan(
+    view: &View<'_>,
+    mut remote: HashMap<SyncPath, Entry>,
+    ignored: Ignored<'_>,
+) -> BTreeMap<SyncPath, Action> {
+    let mut paths: BTreeSet<SyncPath> = view.local.files.keys().cloned().collect();
+    paths.extend(
+        view.synced
+            .keys()
+            .filter_map(|p| SyncPath::new(p.clone()).ok()),
+    );
+    paths.extend(remote.keys().cloned());
+    let mut out = BTreeMap::new();
+    for path in paths {
+        let synced = view.synced.get(path.as_str());
+        let there = remote
+            .remove(&path)
+            .filter(|r| synced.is_none_or(|s| s.version != r.version));
+        if let Some(action) = plan_path(view, &path, synced, there, ignored) {
+            out.insert(path, action);
+        }
+    }
+    out
+}
+
+fn plan_path(
+    view: &View<'_>,
+    path: &SyncPath,
+    synced: Option<&Synced>,
+    there: Option<Entry>,
+    ignored: Ignored<'_>,
+) -> Option<Action> {
+    let here = view.local.files.get(path);
+    if let Some(reason) = view.local.unknown_reason(path) {
+        return there.map(|entry| Action::Defer {
+            entry,
+            reason: format!("cannot read it here ({reason})"),
+        });
+    }
+    // The scan leaves ignored paths out: absent here is not deleted if it is ignored.
+    if here.is_none() && (synced.is_some() || there.is_some()) {
+        let is_dir = synced.is_some_and(|s| s.local.kind == Kind::Dir)
+            || there.as_ref().is_some_and(|r| r.kind == EntryKind::Dir);
+        if ignored(path, is_dir) {
+            return synced.map(|_| Action::Forget);
+        }
+    }
+    let hashed = view.hashed.get(path).copied();
+    let changed_here = match (here, synced) {
+        (None, None) => false,
+        (Some(l), Some(s)) => match hashed {
+            Some(Hashed::Same) => false,
+            Some(Hashed::ModeOnly) => there.is_none(),
+            Some(Hashed::Changed) => true,
+            None => !unchanged(l, &s.local),
+        },
+        _ => true,
+    };
+    let refresh = || (hashed == Some(Hashed::Same)).then_some(Action::Refresh);
+    let base = synced.map_or(0, |s| s.version);
+
+    // Our own commit whose answer never came: the server holds what we sent.
+    if let Some(r) = there
+        .as_ref()
+        .filter(|_| view.in_doubt.contains(path.as_str()))
+    {
+        return Some(match (here, r.deleted) {
+            (None, true) => Action::Adopt(r.clone()),
+            (None, false) => Action::DeleteThere {
+                base: r.version,
+                kind: r.kind,
+            },
+            (Some(_), _) => Action::Upload { base: r.version },
+        });
+    }
+
+    // A server that forgot, or a version older than the one synced here.
+    if let Some(s) = synced {
+        let regressed = there.as_ref().is_some_and(|r| r.version < s.version);
+        if view.forgotten || regressed {
+            return Some(forgetful_server(here, s, there, changed_here));
+        }
+    }
+
+    Some(match (changed_here, there) {
+        (false, None) => return refresh(),
+        (true, None) => match here {
+            Some(_) => Action::Upload { base },
+            None => Action::DeleteThere {
+                base,
+                kind: synced.map_or(EntryKind::File, |s| entry_kind(s.local.kind)),
+            },
+        },
+        (false, Some(r)) if r.deleted => match here {
+            Some(_) => Action::DeleteHere(r),
+            None => Action::Adopt(r),
+        },
+        (false, Some(r)) => Action::Apply(r),
+        (true, Some(r)) => match (here, r.deleted) {
+            (None, true) => Action::Adopt(r),
+            // A modification beats a deletion, on either side.
+            (None, false) => Action::Apply(r),
+            (Some(_), true) if synced.is_none() => Action::Returning(r),
+            (Some(_), true) => Action::Upload { base: r.version },
+            (Some(_), false) => Action::BothChanged(r),
+        },
+    })
+}
+
+/// The plan for a synced path when the server forgot (or holds an older version than `s`):
+/// nothing it holds that is not newer than `s` is applied, nothing is deleted for it, and the
+/// local version is offered to it again.
+fn forgetful_server(
+    here: Option<&crate::state::Fingerprint>,
+    s: &Synced,
+    there: Option<Entry>,
+    changed_here: bool,
+) -> Action {
+    let Some(r) = there else {
+        return match here {
+            Some(_) => Action::Upload { base: 0 },
+            // Deleted here since it was synced, and the server does not have it: done.
+            None => Action::Forget,
+        };
+    };
+    let same_content = !r.deleted
+        && entry_kind(s.local.kind) == r.kind
+        && (r.kind != EntryKind::File || r.manifest.map(|m| m.to_string()) == s.manifest)
+        && (r.kind != EntryKind::Symlink || r.symlink_target == s.local.target);
+    if same_content {
+        return if changed_here {
+            Action::Upload { base: r.version }
+        } else {
+            Action::Adopt(r)
+        };
+    }
+    let newer = if r.committed_ns > 0 && s.committed_ns > 0 {
+        r.committed_ns > s.committed_ns
+    } else {
+        r.version > s.version
+    };
+    match (here, newer) {
+        // What the server holds is older than what was synced here: ours goes on top.
+        (Some(_), false) => Action::Upload { base: r.version },
+        (None, false) if r.deleted => Action::Adopt(r),
+        (None, false) => Action::DeleteThere {
+            base: r.version,
+            kind: r.kind,
+        },
+        // Someone changed it since the server forgot: the version here may exist nowhere
+        // else, so a deletion there does not remove it, and an edit meets it as a conflict.
+        (Some(_), true) if r.deleted => Action::Upload { base: r.version },
+        (Some(_), true) => Action::BothChanged(r),
+        (None, true) if r.deleted => Action::Adopt(r),
+        (None, true) => Action::Apply(r),
+    }
+}
+
+/// When deletions are too many to be what a person meant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeleteGuard {
+    /// More deletions than this in one sync are held back.
+    pub max_files: u64,
+    /// More than this fraction of the folder's files deleted in one sync is held back...
+    pub max_fraction: f64,
+    /// ...once that is at least this many files.
+    pub min_files: u64,
+}
+
+impl Default for DeleteGuard {
+    fn default() -> Self {
+        Self {
+            max_files: 1000,
+            max_fraction: 0.5,
+            min_files: 10,
+        }
+    }
+}
+
+/// Deletions the guard held back, on each side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Held {
+    /// Deletions that would have gone to the server.
+    pub there: u64,
+    /// Deletions that would have been made here.
+    pub here: u64,
+}
+
+impl DeleteGuard {
+    /// Takes out of `plan` the deletions of a side that deletes too much, and says how many.
+    /// `files` is how many files and links the folder had when last synced.
+    pub fn hold(&self, plan: &mut BTreeMap<SyncPath, Action>, files: u64) -> Held {
+        // Directories do not count (their files do), but are held with them.
+        let count = |plan: &BTreeMap<SyncPath, Action>, side| {
+            plan.values()
+                .filter(|a| a.deletes() == Some((side, false)))
+                .count() as u64
+        };
+        let too_many = |n: u64| {
+            n > self.max_files
+                || (n >= self.min_files && n as f64 > self.max_fraction * files as f64)
+        };
+        let mut held = Held::default();
+        for (side, slot) in [(Side::There, &mut held.there), (Side::Here, &mut held.here)] {
+            let n = count(plan, side);
+            if too_many(n) {
+                *slot = n;
+                plan.retain(|_, a| a.deletes().is_none_or(|(s, _)| s != side));
+            }
+        }
+        held
+    }
+}
+
+/// The entry kind of a local kind.
+pub fn entry_kind(k: Kind) -> EntryKind {
+    match k {
+        Kind::File => EntryKind::File,
+        Kind::Dir => EntryKind::Dir,
+        Kind::Symlink => EntryKind::Symlink,
+    }
+}
+
+#[cfg(test)]
+mod tests;
