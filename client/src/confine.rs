@@ -35,7 +35,10 @@ fn blocked_parent(root: &Path, path: &SyncPath) -> io::Result<Option<String>> {
                 } else {
                     "not a directory"
                 };
-                return Ok(Some(format!("its parent {} is {what}", parts[..=i].join("/"))));
+                return Ok(Some(format!(
+                    "its parent {} is {what}",
+                    parts[..=i].join("/")
+                )));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -98,9 +101,14 @@ mod tests {
         let p = |s: &str| SyncPath::new(s).unwrap();
         assert!(check(&root, &p("real/a.txt")).is_ok());
         assert!(check(&root, &p("new/deeper/a.txt")).is_ok());
-        let err = make_parents(&root, &p("link/sub/a.txt")).unwrap_err().to_string();
+        let err = make_parents(&root, &p("link/sub/a.txt"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("link is a symlink"), "{err}");
-        assert!(fs::read_dir(&outside).unwrap().next().is_none(), "nothing written outside");
+        assert!(
+            fs::read_dir(&outside).unwrap().next().is_none(),
+            "nothing written outside"
+        );
         let err = check(&root, &p("file/a.txt")).unwrap_err().to_string();
         assert!(err.contains("not a directory"), "{err}");
 

@@ -31,7 +31,7 @@ use crate::local::{
 use crate::place;
 use crate::plan::{Action, DeleteGuard, Hashed, Held, View, entry_kind, plan};
 use crate::remote::{Committed, Remote};
-use crate::state::{FolderLock, Fingerprint, Kind, Problem, StateStore, Synced, marker_problem};
+use crate::state::{Fingerprint, FolderLock, Kind, Problem, StateStore, Synced, marker_problem};
 use crate::transfer::{SMALL_FILE, Uploaded, display_device, human, kind_word};
 
 /// The default server when neither `--server`, `LBSYNC_SERVER` nor the state names one.
@@ -159,7 +159,10 @@ impl Syncer {
     /// Loads the state of `root` and connects to its server folder. Takes the folder's lock
     /// (waiting a few seconds for another client to let go of it).
     pub async fn open(root: &std::path::Path, opts: &SyncOptions) -> Result<Self> {
-        let lock = Arc::new(FolderLock::acquire(root, std::time::Duration::from_secs(3))?);
+        let lock = Arc::new(FolderLock::acquire(
+            root,
+            std::time::Duration::from_secs(3),
+        )?);
         Self::open_locked(root, opts, lock).await
     }
 
@@ -322,14 +325,14 @@ impl Syncer {
                             info!("{path}: put back what an interrupted sync had moved aside");
                             Ok(())
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self
-                            .keep_as_conflicted_copy(&path, &file)
-                            .map(|copy| {
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                            self.keep_as_conflicted_copy(&path, &file).map(|copy| {
                                 info!(
                                     "{path}: an interrupted sync had moved an edit of it aside; \
                                      kept it as {copy}"
                                 );
-                            }),
+                            })
+                        }
                         Err(e) => Err(Error::io(format!("putting back {path}"))(e)),
                     },
                     Err(e) => Err(e),
@@ -373,7 +376,11 @@ impl Syncer {
         let root = self.root.clone();
         let ignored = |p: &SyncPath, dir: bool| rules.ignored(&root, p, dir);
         let st = &self.state.state;
-        let files = st.files.values().filter(|s| s.local.kind != Kind::Dir).count() as u64;
+        let files = st
+            .files
+            .values()
+            .filter(|s| s.local.kind != Kind::Dir)
+            .count() as u64;
         let view = View {
             local: &local,
             synced: &st.files,
@@ -386,14 +393,14 @@ impl Syncer {
         // evidence the executor checks before it replaces or deletes the file.
         for (path, h) in &hashed {
             let upload = matches!(plan.get(path), Some(Action::Upload { .. }));
-            if *h == Hashed::Same || (*h == Hashed::ModeOnly && !upload) {
-                if let (Some(s), Some(l)) = (
-                    self.state.state.files.get_mut(path.as_str()),
-                    local.files.get(path),
-                ) {
-                    s.local = l.clone();
-                    s.seen_ns = crate::state::now_ns();
-                }
+            let evidence = *h == Hashed::Same || (*h == Hashed::ModeOnly && !upload);
+            if let (true, Some(s), Some(l)) = (
+                evidence,
+                self.state.state.files.get_mut(path.as_str()),
+                local.files.get(path),
+            ) {
+                s.local = l.clone();
+                s.seen_ns = crate::state::now_ns();
             }
         }
         let held = if self.opts.allow_mass_delete {
@@ -403,9 +410,9 @@ impl Syncer {
         };
         self.report_held(held);
         for (path, why) in &local.unknown {
-            self.report
-                .waiting
-                .push(format!("{path}: cannot be read ({why}); nothing under it is synced"));
+            self.report.waiting.push(format!(
+                "{path}: cannot be read ({why}); nothing under it is synced"
+            ));
         }
         let ok = self.execute(plan, &local).await && held.here == 0;
         self.report.bytes_sent = self.remote.sent - sent0;
@@ -544,7 +551,11 @@ impl Syncer {
         let p = Problem::next(prev, e.to_string(), version);
         warn!(
             "{path}: {e}; other paths go on, and it is tried again{}",
-            if p.attempts > 3 { " later" } else { " at the next sync" }
+            if p.attempts > 3 {
+                " later"
+            } else {
+                " at the next sync"
+            }
         );
         self.problems.insert(path.as_str().to_owned(), p);
     }

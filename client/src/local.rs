@@ -140,7 +140,10 @@ pub fn scan(root: &Path) -> Result<LocalTree> {
     let unknown_at = |tree: &mut LocalTree, at: &Path, why: String| -> Result<()> {
         match SyncPath::from_local(root, at) {
             Ok(p) => {
-                warn!("cannot read {}: {why}; nothing under it is synced or deleted", at.display());
+                warn!(
+                    "cannot read {}: {why}; nothing under it is synced or deleted",
+                    at.display()
+                );
                 tree.unknown.push((p, why));
                 Ok(())
             }

@@ -350,7 +350,11 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|(p, why)| format!("{p}: cannot be read ({why}); nothing under it is synced"))
         .collect();
-    problems.extend(s.problems.iter().map(|(p, why)| format!("{p}: {}", why.reason)));
+    problems.extend(
+        s.problems
+            .iter()
+            .map(|(p, why)| format!("{p}: {}", why.reason)),
+    );
     if s.forgotten {
         problems.push(
             "the server forgot what this folder synced (its store was replaced or restored); \

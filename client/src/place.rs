@@ -31,7 +31,10 @@ pub fn note_origin(file: &Path, path: &SyncPath, inode_before: u64) -> io::Resul
 pub fn origin_of(file: &Path) -> Option<(u64, SyncPath)> {
     let text = std::fs::read_to_string(origin_file(file)).ok()?;
     let (inode, path) = text.split_once('\n')?;
-    Some((inode.parse().ok()?, SyncPath::new(path.strip_suffix('\n')?).ok()?))
+    Some((
+        inode.parse().ok()?,
+        SyncPath::new(path.strip_suffix('\n')?).ok()?,
+    ))
 }
 
 /// Forgets the record of `file` (it was dealt with).
@@ -197,7 +200,15 @@ mod tests {
         assert_ne!(first, second);
         assert_eq!(fs::read(&first).unwrap(), b"a");
         assert_eq!(fs::read(&second).unwrap(), b"b");
-        assert_eq!(origin_of(&first), Some((0, origin.clone())), "its origin is recorded");
-        assert_eq!(move_aside(&a, &aside, "x", &origin).unwrap(), None, "a is gone");
+        assert_eq!(
+            origin_of(&first),
+            Some((0, origin.clone())),
+            "its origin is recorded"
+        );
+        assert_eq!(
+            move_aside(&a, &aside, "x", &origin).unwrap(),
+            None,
+            "a is gone"
+        );
     }
 }

@@ -17,6 +17,7 @@ use prost::Message;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tracing::warn;
 
 use crate::error::{Error, Result};
 
@@ -325,8 +326,14 @@ impl Remote {
             };
             self.received += msg.encoded_len() as u64;
             for e in msg.entries {
-                let e = Entry::try_from(e).map_err(Error::protocol("Changes"))?;
-                out.insert(e.path.clone(), e);
+                // One entry this client cannot take (a path it refuses, such as one inside
+                // `.lbsync/`) must not stop the others, nor hold the cursor forever.
+                match Entry::try_from(e) {
+                    Ok(e) => {
+                        out.insert(e.path.clone(), e);
+                    }
+                    Err(err) => warn!("the server sent an entry that is refused here: {err}"),
+                }
             }
             if msg.caught_up {
                 return Ok((out, msg.cursor));

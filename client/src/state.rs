@@ -108,8 +108,7 @@ impl Synced {
     pub fn racy(&self) -> bool {
         let l = &self.local;
         l.kind == Kind::File
-            && (self.seen_ns == 0
-                || self.seen_ns - l.mtime_ns.max(l.ctime_ns) < RACY_NS)
+            && (self.seen_ns == 0 || self.seen_ns - l.mtime_ns.max(l.ctime_ns) < RACY_NS)
     }
 }
 
@@ -313,13 +312,14 @@ impl StateStore {
             },
             Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
         };
-        if !state.marker.is_empty() {
-            if let Some(why) = marker_problem(root, &state.marker) {
-                return Err(Error::FolderStopped {
-                    root: root.to_path_buf(),
-                    reason: why,
-                });
-            }
+        if let Some(why) = (!state.marker.is_empty())
+            .then(|| marker_problem(root, &state.marker))
+            .flatten()
+        {
+            return Err(Error::FolderStopped {
+                root: root.to_path_buf(),
+                reason: why,
+            });
         }
         fs::create_dir_all(dir.join("manifests"))
             .and_then(|()| fs::create_dir_all(dir.join("tmp")))
@@ -459,9 +459,9 @@ pub struct FolderLock {
 impl FolderLock {
     /// Takes the lock of `root`, waiting up to `wait` for another client to let go of it.
     pub fn acquire(root: &Path, wait: std::time::Duration) -> Result<Self> {
+        use rustix::fs::{FlockOperation, flock};
         use std::io::Read;
         use std::os::unix::fs::OpenOptionsExt;
-        use rustix::fs::{FlockOperation, flock};
         let dir = StateStore::dir_of(root);
         if fs::symlink_metadata(&dir).is_err() {
             fs::create_dir(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;

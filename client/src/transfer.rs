@@ -19,9 +19,9 @@ use lbsync_proto::{
 use tracing::{info, warn};
 
 use crate::cache::CACHED_FILE_MAX;
+use crate::confine;
 use crate::engine::Syncer;
 use crate::error::{Error, Result};
-use crate::confine;
 use crate::local::{fingerprint, key, same_file, unchanged};
 use crate::place;
 use crate::remote::{Committed, DeltaBases, Remote};
@@ -593,10 +593,10 @@ impl Syncer {
     ) -> Result<()> {
         self.state.put_manifest(m)?;
         self.index.add(path, m);
-        self.state
-            .state
-            .files
-            .insert(path.as_str().to_owned(), Synced::new(version, Some(m.id()), local));
+        self.state.state.files.insert(
+            path.as_str().to_owned(),
+            Synced::new(version, Some(m.id()), local),
+        );
         Ok(())
     }
 
