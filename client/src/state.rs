@@ -59,7 +59,7 @@ pub struct Fingerprint {
 }
 
 /// How long after its fingerprint was taken a file may still change unseen: a write within the
-/// same clock tick leaves size and times as they were. A file whose mtime or ctime is this close
+/// same clock tick leaves size and times as they were. A file whose ctime is this close
 /// to the moment its fingerprint was taken is hashed again on the next scan (git's "racy clean").
 pub const RACY_NS: i64 = 3_000_000_000;
 
@@ -106,9 +106,15 @@ impl Synced {
     /// Whether the file may have changed without its fingerprint showing it: its times were
     /// within [`RACY_NS`] of the moment the fingerprint was taken.
     pub fn racy(&self) -> bool {
+        // The ctime, not the mtime: the ctime is the local clock at the last change, while an
+        // mtime can be anything (a peer's clock, `touch -d`), and any change moves the ctime.
         let l = &self.local;
-        l.kind == Kind::File
-            && (self.seen_ns == 0 || self.seen_ns - l.mtime_ns.max(l.ctime_ns) < RACY_NS)
+        let changed = if l.ctime_ns != 0 {
+            l.ctime_ns
+        } else {
+            l.mtime_ns
+        };
+        l.kind == Kind::File && (self.seen_ns == 0 || self.seen_ns - changed < RACY_NS)
     }
 }
 
