@@ -118,6 +118,8 @@ struct Inner {
     writer: Mutex<Writer>,
     readers: Mutex<HashMap<u32, Arc<File>>>,
     recovery: RecoveryReport,
+    /// See [`PackStore::store_id`].
+    store_id: String,
 }
 
 impl Drop for Inner {
@@ -203,13 +205,17 @@ impl PackStore {
             }
             None => {
                 opts.params.validate()?;
-                meta.insert("format", &STORE_FORMAT.to_le_bytes())?;
-                meta.insert("params", &opts.params.to_bytes())?;
+                let mut batch = sled::Batch::default();
+                batch.insert("format", &STORE_FORMAT.to_le_bytes());
+                batch.insert("params", &opts.params.to_bytes());
+                batch.insert(STORE_ID_KEY, new_store_id().as_bytes());
+                meta.apply_batch(batch)?;
                 db.flush()?;
                 recovery.created = true;
                 opts.params
             }
         };
+        let store_id = load_store_id(&dir, &db, &meta)?;
 
         let packs = list_packs(&packs_dir)?;
         for &pack in &packs {
@@ -258,6 +264,7 @@ impl PackStore {
                 writer: Mutex::new(writer),
                 readers: Mutex::new(HashMap::new()),
                 recovery,
+                store_id,
             }),
         })
     }
@@ -265,6 +272,14 @@ impl PackStore {
     /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The store's identity: 32 lowercase hex digits (16 random bytes) made when the store was
+    /// created (or, for a store older than ids, at its first open) and never changed. A store
+    /// rebuilt from nothing, or another store at the same address, has another id; a client that
+    /// sees the id change knows the server forgot what the client synced.
+    pub fn store_id(&self) -> &str {
+        &self.inner.store_id
     }
 
     /// What opening the store repaired.
@@ -567,6 +582,72 @@ impl ChunkStore for PackStore {
             s.packs += 1;
         }
         Ok(s)
+    }
+}
+
+/// The key of the store id in the `meta` tree.
+const STORE_ID_KEY: &str = "store_id";
+
+/// 16 random bytes as 32 lowercase hex digits: from the OS's random source, mixed with the time,
+/// the process id and std's per-process random hash keys, so that even without `/dev/urandom` two
+/// stores never share an id.
+fn new_store_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::io::Read;
+    let mut hasher = blake3::Hasher::new();
+    let mut os = [0u8; 32];
+    if File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut os))
+        .is_ok()
+    {
+        hasher.update(&os);
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    hasher.update(&nanos.to_le_bytes());
+    hasher.update(&std::process::id().to_le_bytes());
+    let keyed = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.update(&keyed.finish().to_le_bytes());
+    let hash = hasher.finalize();
+    hash.as_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The store id in `meta`; a store made before ids gets one now, flushed before it is used.
+fn load_store_id(dir: &Path, db: &sled::Db, meta: &sled::Tree) -> Result<String> {
+    let bad = |what: String| Error::BadStore {
+        dir: dir.to_path_buf(),
+        what,
+    };
+    match meta.get(STORE_ID_KEY)? {
+        Some(v) => {
+            let id = std::str::from_utf8(&v)
+                .ok()
+                .filter(|s| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "its recorded store id {:?} is not 32 hex digits; restore the index from \
+                         a backup, or delete the `store_id` key only if you accept that clients \
+                         will treat this as a new store",
+                        String::from_utf8_lossy(&v)
+                    ))
+                })?;
+            Ok(id.to_owned())
+        }
+        None => {
+            let id = new_store_id();
+            // Two openers racing (sled locks the index, so only in theory) agree on the first.
+            match meta.compare_and_swap(STORE_ID_KEY, None as Option<&[u8]>, Some(id.as_bytes()))? {
+                Ok(()) => {}
+                Err(_) => return load_store_id(dir, db, meta),
+            }
+            db.flush()?;
+            Ok(id)
+        }
     }
 }
 

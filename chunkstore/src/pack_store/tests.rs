@@ -524,3 +524,33 @@ fn index_entries_reach_sled_behind_the_packs() {
     assert_eq!(store.stats().unwrap().chunks, 301);
     assert!(store.fsck(false).unwrap().is_clean());
 }
+
+#[test]
+fn each_store_has_its_own_id_and_keeps_it() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let id_a = PackStore::open(a.path()).unwrap().store_id().to_owned();
+    let id_b = PackStore::open(b.path()).unwrap().store_id().to_owned();
+    for id in [&id_a, &id_b] {
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(
+            id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+            "{id}"
+        );
+    }
+    assert_ne!(id_a, id_b);
+    assert_eq!(PackStore::open(a.path()).unwrap().store_id(), id_a);
+}
+
+#[test]
+fn a_store_made_before_ids_gets_one_at_its_first_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = PackStore::open(dir.path()).unwrap();
+        let meta = store.db().open_tree("meta").unwrap();
+        meta.remove(STORE_ID_KEY).unwrap();
+        store.db().flush().unwrap();
+    }
+    let first = PackStore::open(dir.path()).unwrap().store_id().to_owned();
+    assert_eq!(first.len(), 32);
+    assert_eq!(PackStore::open(dir.path()).unwrap().store_id(), first);
+}

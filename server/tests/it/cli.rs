@@ -57,10 +57,11 @@ fn binary_serves_stops_on_sigterm_and_runs_admin_commands() {
         }
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
+    let store_id = rt.block_on(async {
         let mut c = crate::util::connect(addr.parse().unwrap(), None).await;
         let hs = crate::util::handshake(&mut c, "default").await;
         assert_eq!(hs.head, 0);
+        assert_eq!(hs.store_id.len(), 32, "{hs:?}");
         let (m, _) = crate::util::upload(&mut c, b"from the binary test").await;
         let content = lbsync_proto::Content::Full(m.clone());
         crate::util::commit(
@@ -68,6 +69,7 @@ fn binary_serves_stops_on_sigterm_and_runs_admin_commands() {
             crate::util::file_commit("default", "f.txt", &m, 0, content),
         )
         .await;
+        hs.store_id
     });
     drop(rt);
 
@@ -93,6 +95,10 @@ fn binary_serves_stops_on_sigterm_and_runs_admin_commands() {
     assert!(
         ok && stats.contains("files:          1 (20 bytes)"),
         "{stats}"
+    );
+    assert!(
+        stats.contains(&format!("store id:       {store_id}")),
+        "stats shows the id the handshake announced: {stats}"
     );
     let (ok, fsck) = run(&["fsck"]);
     assert!(ok && fsck.contains("store is clean"), "{fsck}");

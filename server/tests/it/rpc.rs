@@ -521,3 +521,30 @@ async fn a_very_large_files_larger_chunks_are_accepted() {
     );
     assert_eq!(download(&mut c, &m).await, data);
 }
+
+#[tokio::test]
+async fn the_handshake_names_the_store_and_a_new_store_has_a_new_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let first = handshake(&mut server.client().await, "default")
+        .await
+        .store_id;
+    assert_eq!(first.len(), 32, "{first:?}");
+    server.stop().await;
+
+    let server = TestServer::start(dir.path()).await;
+    let again = handshake(&mut server.client().await, "default")
+        .await
+        .store_id;
+    assert_eq!(again, first, "a restart keeps the id");
+    server.stop().await;
+
+    // The store lost and made anew at the same place: another id.
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let fresh = handshake(&mut server.client().await, "default")
+        .await
+        .store_id;
+    assert_ne!(fresh, first);
+    server.stop().await;
+}
