@@ -77,18 +77,42 @@ fn default_store() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("lbsync-store"))
 }
 
-fn open_store(dir: &Path) -> anyhow::Result<PackStore> {
-    let store =
-        PackStore::open(dir).with_context(|| format!("opening store at {}", dir.display()))?;
+/// Opens the store; `read_only` for the commands that only look (they change no pack).
+fn open_store(dir: &Path, read_only: bool) -> anyhow::Result<PackStore> {
+    let store = if read_only {
+        PackStore::open_read_only(dir)
+    } else {
+        PackStore::open(dir)
+    }
+    .with_context(|| format!("opening store at {}", dir.display()))?;
     let r = store.recovery();
     if r.created {
         tracing::info!("created a new store at {}", dir.display());
     }
     if r.reindexed > 0 || !r.truncated.is_empty() {
         tracing::warn!(
-            "recovered from an unclean stop: re-indexed {} chunks, cut {} torn pack tails",
+            "recovered from an unclean stop: re-indexed {} chunks{}, cut {} torn pack tails",
             r.reindexed,
+            if read_only { " (in memory)" } else { "" },
             r.truncated.len()
+        );
+    }
+    for (pack, offset, bytes) in &r.skipped {
+        tracing::warn!(
+            "pack {pack:08}: skipped {bytes} damaged bytes at offset {offset}; the chunks stored \
+             there are missing until a client uploads them again"
+        );
+    }
+    if r.salvaged > 0 {
+        tracing::warn!(
+            "kept {} sound records found after damaged bytes",
+            r.salvaged
+        );
+    }
+    for (pack, offset, bytes) in &r.torn_left {
+        tracing::warn!(
+            "pack {pack:08}: {bytes} bytes of an unfinished record at offset {offset}, left in \
+             place (read-only); the next server start or `fsck --repair` cuts them"
         );
     }
     Ok(store)
@@ -129,7 +153,13 @@ where
 }
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    let store = open_store(&cli.store)?;
+    let read_only = match &cli.command {
+        Some(Command::Fsck { repair }) => !repair,
+        Some(Command::Gc { dry_run, .. }) => *dry_run,
+        Some(Command::Stats) => true,
+        None => false,
+    };
+    let store = open_store(&cli.store, read_only)?;
     match cli.command {
         Some(Command::Fsck { repair }) => {
             let report = tokio::task::spawn_blocking(move || admin::fsck(&store, repair)).await??;
