@@ -162,3 +162,82 @@ fn refuses_public_address_without_tokens() {
         "{err}"
     );
 }
+
+/// The server's log goes to stderr; when nobody reads it any more (a closed pipe, a terminal
+/// gone), requests must go on succeeding and the server must stay up.
+#[test]
+fn a_closed_stderr_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut child = Command::new(BIN)
+        .args([
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut child = Reaper(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("server started").unwrap();
+        if let Some(rest) = line
+            .split(" on ")
+            .nth(1)
+            .filter(|_| line.contains("serving"))
+        {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Close the read end: from here on every log line meets a broken pipe.
+    drop(lines);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = crate::util::connect(addr.parse().unwrap(), None).await;
+        for i in 0..20u64 {
+            let hs = crate::util::handshake(&mut c, "default").await;
+            assert_eq!(hs.head, i);
+            let data = crate::util::seeded(20_000, i);
+            let (m, _) = crate::util::upload(&mut c, &data).await;
+            let content = lbsync_proto::Content::Full(m.clone());
+            let path = format!("f{i}.bin");
+            crate::util::committed(
+                crate::util::commit(
+                    &mut c,
+                    crate::util::file_commit("default", &path, &m, 0, content),
+                )
+                .await,
+            );
+            assert_eq!(crate::util::download(&mut c, &m).await, data);
+        }
+    });
+    drop(rt);
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the server is still running"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.0.wait().unwrap().success(), "exits 0 after SIGTERM");
+
+    // A report whose reader has gone: the command still succeeds, without a panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["stats", "--store", store.to_str().unwrap()])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "{err}");
+}
