@@ -83,6 +83,17 @@ pub enum Error {
         /// What is wrong with it, and what to do.
         what: String,
     },
+    /// The store was opened read-only and was asked to change.
+    #[error(
+        "store at {dir} is open read-only, so it cannot {what}; run the command that changes it \
+         (e.g. `fsck --repair`, `gc` without --dry-run) while no server uses the store"
+    )]
+    ReadOnly {
+        /// The store directory.
+        dir: PathBuf,
+        /// What was asked, e.g. "store chunks".
+        what: &'static str,
+    },
     /// Garbage collection was given a live manifest that the store does not hold.
     #[error(
         "live manifest {0} is not in the store; garbage collection stopped before deleting anything \

@@ -232,6 +232,18 @@ impl PackReader<'_> {
         })
     }
 
+    /// The offset of the next sound record (a well-formed header and a payload that hashes to
+    /// its id) after `offset`, if any: where a scan resumes after damaged bytes.
+    pub(crate) fn next_sound_after(&self, mut offset: u64) -> io::Result<Option<u64>> {
+        while let Some(at) = self.find_header_after(offset)? {
+            if let RecordAt::Valid { .. } = self.record_at(at)? {
+                return Ok(Some(at));
+            }
+            offset = at;
+        }
+        Ok(None)
+    }
+
     /// The offset of the next well-formed record header after `offset`, if any: how a scan
     /// resynchronises after damaged bytes.
     pub(crate) fn find_header_after(&self, offset: u64) -> io::Result<Option<u64>> {

@@ -14,10 +14,19 @@
 //! one sled batch (until then reads find the entries in memory; see `pack_store/behind.rs`). The
 //! pack is the source of truth and the index a cache of it: on open, each pack is scanned from its
 //! watermark, records past it that check out (header checksum, payload hashing to the id) are
-//! indexed, and a torn or damaged tail is truncated. So after a crash at any instant (kill -9 or
-//! power loss), every chunk whose insert returned reads back, and every indexed chunk reads back
-//! with the right hash. sled's own writes are flushed on a timer; a lost index update is redone
-//! from the pack.
+//! indexed, damaged bytes in the middle are skipped up to the next sound record (found by its
+//! `LBCR` magic and checksum), and only a torn tail, with nothing sound after it, is truncated. So
+//! after a crash at any instant (kill -9 or power loss), every chunk whose insert returned reads
+//! back, and every indexed chunk reads back with the right hash; damage on disk loses the damaged
+//! records only. sled's own writes are flushed on a timer; a lost index update is redone from the
+//! pack. A store opened read-only ([`StoreOptions::read_only`]) changes no pack and keeps what
+//! its scan finds in memory.
+//!
+//! # Damage
+//! A read whose record does not check out returns [`Error::Corrupt`] and forgets the chunk (its
+//! index entry and membership go, durably), so `missing` reports it and the next insert of it,
+//! an upload from any client that still has the bytes, stores a sound copy. An I/O error that
+//! may pass forgets nothing.
 //!
 //! # Concurrency
 //! Handles are `Clone` and shared between threads. Appends are serialised by one writer lock
@@ -74,6 +83,11 @@ pub struct StoreOptions {
     pub pack_target: u64,
     /// How long to wait for the index's lock, which sled releases a moment after a close.
     pub lock_wait: std::time::Duration,
+    /// Open an existing store only to read it (`fsck` without repair, `stats`, `gc --dry-run`):
+    /// no pack is created, written or truncated, nothing is written to the index (beyond what
+    /// sled itself does to open), records found past a watermark are indexed in memory only, and
+    /// inserts, repairs and collections fail with [`Error::ReadOnly`].
+    pub read_only: bool,
 }
 
 impl Default for StoreOptions {
@@ -83,6 +97,7 @@ impl Default for StoreOptions {
             cache_capacity: 64 << 20,
             pack_target: 256 << 20,
             lock_wait: std::time::Duration::from_secs(3),
+            read_only: false,
         }
     }
 }
@@ -94,8 +109,16 @@ pub struct RecoveryReport {
     pub created: bool,
     /// Records found past their pack's watermark and indexed.
     pub reindexed: u64,
-    /// Torn or damaged tails cut off: (pack, offset, bytes removed).
+    /// Torn tails cut off: (pack, offset, bytes removed). Only bytes with no sound record after
+    /// them are cut: nothing acknowledged.
     pub truncated: Vec<(u32, u64, u64)>,
+    /// Damaged bytes in the middle of a pack, skipped: (pack, offset, bytes). The records after
+    /// them were kept; a chunk whose record lay there is missing, so clients upload it again.
+    pub skipped: Vec<(u32, u64, u64)>,
+    /// Sound records found after a skipped range and indexed.
+    pub salvaged: u64,
+    /// Torn tails a read-only open left in place (the next writable open cuts them).
+    pub torn_left: Vec<(u32, u64, u64)>,
 }
 
 /// The durable chunk store. See the module docs for the layout and the durability contract.
@@ -115,9 +138,15 @@ struct Inner {
     indexer: Indexer,
     params: ChunkParams,
     pack_target: u64,
-    writer: Mutex<Writer>,
+    /// `None` when opened read-only.
+    writer: Mutex<Option<Writer>>,
+    /// Entries of records a read-only open found past their pack's watermark: in memory only.
+    unindexed: HashMap<ChunkId, IndexEntry>,
+    read_only: bool,
     readers: Mutex<HashMap<u32, Arc<File>>>,
     recovery: RecoveryReport,
+    /// See [`PackStore::store_id`].
+    store_id: String,
 }
 
 impl Drop for Inner {
@@ -165,14 +194,39 @@ impl PackStore {
         Self::open_with(dir, &StoreOptions::default())
     }
 
+    /// Opens the existing store in `dir` only to read it; see [`StoreOptions::read_only`].
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(
+            dir,
+            &StoreOptions {
+                read_only: true,
+                ..StoreOptions::default()
+            },
+        )
+    }
+
+    /// Whether the store was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
     /// Opens (or creates) the store in `dir`, recovering from an unclean stop if needed.
     pub fn open_with(dir: impl AsRef<Path>, opts: &StoreOptions) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let packs_dir = dir.join("packs");
-        fs::create_dir_all(&packs_dir).map_err(Error::io(format!(
-            "creating store directory {}",
-            packs_dir.display()
-        )))?;
+        if opts.read_only {
+            if !dir.join("index").is_dir() || !packs_dir.is_dir() {
+                return Err(Error::BadStore {
+                    dir,
+                    what: "there is no store here (no index/ and packs/): check the path".into(),
+                });
+            }
+        } else {
+            fs::create_dir_all(&packs_dir).map_err(Error::io(format!(
+                "creating store directory {}",
+                packs_dir.display()
+            )))?;
+        }
         let db = open_index(&dir.join("index"), opts).map_err(|e| Error::BadStore {
             dir: dir.clone(),
             what: format!(
@@ -201,21 +255,46 @@ impl PackStore {
                     what: format!("its recorded chunking parameters are invalid: {e}"),
                 })?
             }
+            None if opts.read_only => {
+                return Err(Error::BadStore {
+                    dir,
+                    what: "its index records no chunking parameters: it was never opened by \
+                           lbsync-server (start the server once to create it)"
+                        .into(),
+                });
+            }
             None => {
                 opts.params.validate()?;
-                meta.insert("format", &STORE_FORMAT.to_le_bytes())?;
-                meta.insert("params", &opts.params.to_bytes())?;
+                let mut batch = sled::Batch::default();
+                batch.insert("format", &STORE_FORMAT.to_le_bytes());
+                batch.insert("params", &opts.params.to_bytes());
+                batch.insert(STORE_ID_KEY, new_store_id().as_bytes());
+                meta.apply_batch(batch)?;
                 db.flush()?;
                 recovery.created = true;
                 opts.params
             }
         };
+        let store_id = if opts.read_only {
+            read_store_id(&dir, &meta)?.unwrap_or_default()
+        } else {
+            load_store_id(&dir, &db, &meta)?
+        };
 
         let packs = list_packs(&packs_dir)?;
+        let mut unindexed = HashMap::new();
         for &pack in &packs {
-            recover_pack(&packs_dir, &index, pack, &mut recovery)?;
+            let scan = Scan {
+                packs_dir: &packs_dir,
+                index: &index,
+                pack,
+                // Entries go to sled, or stay in memory when the store must not change.
+                unindexed: (opts.read_only).then_some(&mut unindexed),
+            };
+            scan.run(&mut recovery)?;
         }
         let writer = match packs.last() {
+            _ if opts.read_only => None,
             Some(&last) => {
                 let path = pack_path(&packs_dir, last);
                 let file = OpenOptions::new()
@@ -233,15 +312,19 @@ impl PackStore {
                 if len >= opts.pack_target {
                     w.roll(&packs_dir)?;
                 }
-                w
+                Some(w)
             }
-            None => Writer::create(&packs_dir, 1)?,
+            None => Some(Writer::create(&packs_dir, 1)?),
         };
-        if recovery.reindexed > 0 || !recovery.truncated.is_empty() {
+        if !opts.read_only && (recovery.reindexed > 0 || !recovery.truncated.is_empty()) {
             db.flush()?;
         }
         let present = PresentSet::default();
-        present.replace(indexed_ids(&index)?);
+        present.replace(
+            indexed_ids(&index)?
+                .into_iter()
+                .chain(unindexed.keys().copied()),
+        );
         let indexer = Indexer::start(index.clone()).map_err(Error::io(
             "starting the thread that writes the index".to_owned(),
         ))?;
@@ -256,8 +339,11 @@ impl PackStore {
                 params,
                 pack_target: opts.pack_target,
                 writer: Mutex::new(writer),
+                unindexed,
+                read_only: opts.read_only,
                 readers: Mutex::new(HashMap::new()),
                 recovery,
+                store_id,
             }),
         })
     }
@@ -265,6 +351,16 @@ impl PackStore {
     /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The store's identity: 32 lowercase hex digits (16 random bytes) made when the store was
+    /// created (or, for a store older than ids, at its first open) and never changed. A store
+    /// rebuilt from nothing, or another store at the same address, has another id; a client that
+    /// sees the id change knows the server forgot what the client synced.
+    ///
+    /// Empty only for an old store opened read-only before any writable open gave it an id.
+    pub fn store_id(&self) -> &str {
+        &self.inner.store_id
     }
 
     /// What opening the store repaired.
@@ -297,11 +393,46 @@ impl PackStore {
         if let Some(e) = self.inner.indexer.get(id) {
             return Ok(Some(e));
         }
-        Ok(self
+        Ok(match self.inner.index.get(id.as_bytes())? {
+            Some(v) => IndexEntry::decode(&v),
+            None => self.inner.unindexed.get(id).copied(),
+        })
+    }
+
+    /// Every index entry: sled's, then those a read-only open holds in memory.
+    fn entries(&self) -> impl Iterator<Item = Result<(ChunkId, IndexEntry)>> + '_ {
+        let sled = self.inner.index.iter().filter_map(|kv| match kv {
+            Err(e) => Some(Err(Error::from(e))),
+            Ok((k, v)) => Some(Ok((chunk_key(&k)?, IndexEntry::decode(&v)?))),
+        });
+        sled.chain(self.inner.unindexed.iter().map(|(id, e)| Ok((*id, *e))))
+    }
+
+    fn read_only_error(&self, what: &'static str) -> Error {
+        Error::ReadOnly {
+            dir: self.inner.dir.clone(),
+            what,
+        }
+    }
+
+    /// Forgets a chunk whose record is damaged, so that it is reported missing and its next
+    /// insert (an upload from any client that still has it) stores a sound copy. Only the entry
+    /// that was read is removed: if the chunk was moved or stored again meanwhile, that stays.
+    fn forget_damaged(&self, id: &ChunkId, entry: &IndexEntry) -> Result<bool> {
+        // No insert or gc in between; and the entry, if still on its way to sled, lands first,
+        // so that it cannot come back after the removal.
+        let _writer = lock(&self.inner.writer);
+        self.inner.indexer.settle()?;
+        let removed = self
             .inner
             .index
-            .get(id.as_bytes())?
-            .and_then(|v| IndexEntry::decode(&v)))
+            .compare_and_swap(id.as_bytes(), Some(&entry.encode()[..]), None::<&[u8]>)?
+            .is_ok();
+        if removed {
+            self.inner.present.remove_all([id]);
+            self.inner.db.flush()?;
+        }
+        Ok(removed)
     }
 
     fn reader(&self, pack: u32) -> std::io::Result<Arc<File>> {
@@ -322,33 +453,42 @@ impl PackStore {
         lock(&self.inner.readers).remove(&pack);
     }
 
-    fn read_entry(&self, id: &ChunkId, e: &IndexEntry) -> Result<Bytes> {
-        let corrupt = |what: String| Error::Corrupt {
-            id: *id,
-            pack: e.pack,
-            offset: e.offset,
-            what,
+    /// The chunk's bytes; on failure, the error and whether the bytes on disk are damaged (read
+    /// and found wrong, or gone) rather than unreadable for now (an I/O error).
+    fn read_entry(&self, id: &ChunkId, e: &IndexEntry) -> Result<Bytes, (Error, bool)> {
+        let corrupt = |what: String, damaged: bool| {
+            let err = Error::Corrupt {
+                id: *id,
+                pack: e.pack,
+                offset: e.offset,
+                what,
+            };
+            (err, damaged)
         };
-        let file = self
-            .reader(e.pack)
-            .map_err(|err| corrupt(format!("its pack file cannot be opened: {err}")))?;
+        let file = self.reader(e.pack).map_err(|err| {
+            let gone = err.kind() == std::io::ErrorKind::NotFound;
+            corrupt(format!("its pack file cannot be opened: {err}"), gone)
+        })?;
         let mut buf = vec![0u8; e.record_len() as usize];
-        file.read_exact_at(&mut buf, e.offset)
-            .map_err(|err| corrupt(format!("the record cannot be read: {err}")))?;
+        file.read_exact_at(&mut buf, e.offset).map_err(|err| {
+            let cut = err.kind() == std::io::ErrorKind::UnexpectedEof;
+            corrupt(format!("the record cannot be read: {err}"), cut)
+        })?;
         let header = RecordHeader::decode(&buf)
-            .ok_or_else(|| corrupt("the record header is damaged".into()))?;
+            .ok_or_else(|| corrupt("the record header is damaged".into(), true))?;
         if header.id != *id {
-            return Err(corrupt(format!(
-                "the record there holds chunk {}",
-                header.id
-            )));
+            return Err(corrupt(
+                format!("the record there holds chunk {}", header.id),
+                true,
+            ));
         }
         if header.stored_len != e.stored_len {
             return Err(corrupt(
                 "the record's length disagrees with the index".into(),
+                true,
             ));
         }
-        decode_payload(&header, &buf[RECORD_HEADER_LEN..]).map_err(corrupt)
+        decode_payload(&header, &buf[RECORD_HEADER_LEN..]).map_err(|what| corrupt(what, true))
     }
 }
 
@@ -491,6 +631,9 @@ impl ChunkStore for PackStore {
             .map(|i| (i, Record::encode(&chunks[i])))
             .collect();
         let mut writer = lock(&self.inner.writer);
+        let Some(writer) = writer.as_mut() else {
+            return Err(self.read_only_error("store chunks"));
+        };
         self.inner.indexer.reserve()?;
         // Another thread may have stored some of these while we compressed.
         let mut fresh = Vec::with_capacity(records.len());
@@ -516,15 +659,38 @@ impl ChunkStore for PackStore {
         let Some(entry) = self.entry(id)? else {
             return Ok(None);
         };
-        match self.read_entry(id, &entry) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(err) => match self.entry(id)? {
+        let (err, damaged, entry) = match self.read_entry(id, &entry) {
+            Ok(bytes) => return Ok(Some(bytes)),
+            Err((err, damaged)) => match self.entry(id)? {
                 // Garbage collection moved the chunk between our two reads of the index.
-                Some(moved) if moved != entry => self.read_entry(id, &moved).map(Some),
-                Some(_) => Err(err),
-                None => Ok(None),
+                Some(moved) if moved != entry => match self.read_entry(id, &moved) {
+                    Ok(bytes) => return Ok(Some(bytes)),
+                    Err((err, damaged)) => (err, damaged, moved),
+                },
+                Some(_) => (err, damaged, entry),
+                None => return Ok(None),
             },
+        };
+        if !damaged || self.inner.read_only || !self.forget_damaged(id, &entry)? {
+            return Err(err);
         }
+        Err(match err {
+            Error::Corrupt {
+                id,
+                pack,
+                offset,
+                what,
+            } => Error::Corrupt {
+                id,
+                pack,
+                offset,
+                what: format!(
+                    "{what}; the store forgot it, so it is reported missing and the next upload \
+                     of it from a client that has it stores a sound copy"
+                ),
+            },
+            other => other,
+        })
     }
 
     fn contains(&self, id: &ChunkId) -> Result<bool> {
@@ -548,16 +714,11 @@ impl ChunkStore for PackStore {
     fn stats(&self) -> Result<StoreStats> {
         self.inner.indexer.settle()?;
         let mut s = StoreStats::default();
-        for kv in self.inner.index.iter() {
-            let (k, v) = kv?;
-            if chunk_key(&k).is_none() {
-                continue;
-            }
-            if let Some(e) = IndexEntry::decode(&v) {
-                s.chunks += 1;
-                s.raw_bytes += u64::from(e.raw_len);
-                s.stored_bytes += u64::from(e.stored_len);
-            }
+        for kv in self.entries() {
+            let (_, e) = kv?;
+            s.chunks += 1;
+            s.raw_bytes += u64::from(e.raw_len);
+            s.stored_bytes += u64::from(e.stored_len);
         }
         for pack in list_packs(&self.inner.packs_dir)? {
             let path = pack_path(&self.inner.packs_dir, pack);
@@ -568,6 +729,75 @@ impl ChunkStore for PackStore {
         }
         Ok(s)
     }
+}
+
+/// The store id in `meta`, if it has one.
+fn read_store_id(dir: &Path, meta: &sled::Tree) -> Result<Option<String>> {
+    let Some(v) = meta.get(STORE_ID_KEY)? else {
+        return Ok(None);
+    };
+    std::str::from_utf8(&v)
+        .ok()
+        .filter(|s| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|s| Some(s.to_owned()))
+        .ok_or_else(|| Error::BadStore {
+            dir: dir.to_path_buf(),
+            what: format!(
+                "its recorded store id {:?} is not 32 hex digits; restore the index from a \
+                 backup, or delete the `store_id` key only if you accept that clients will treat \
+                 this as a new store",
+                String::from_utf8_lossy(&v)
+            ),
+        })
+}
+
+/// The key of the store id in the `meta` tree.
+const STORE_ID_KEY: &str = "store_id";
+
+/// 16 random bytes as 32 lowercase hex digits: from the OS's random source, mixed with the time,
+/// the process id and std's per-process random hash keys, so that even without `/dev/urandom` two
+/// stores never share an id.
+fn new_store_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::io::Read;
+    let mut hasher = blake3::Hasher::new();
+    let mut os = [0u8; 32];
+    if File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut os))
+        .is_ok()
+    {
+        hasher.update(&os);
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    hasher.update(&nanos.to_le_bytes());
+    hasher.update(&std::process::id().to_le_bytes());
+    let keyed = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.update(&keyed.finish().to_le_bytes());
+    let hash = hasher.finalize();
+    hash.as_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The store id in `meta`; a store made before ids gets one now, flushed before it is used.
+fn load_store_id(dir: &Path, db: &sled::Db, meta: &sled::Tree) -> Result<String> {
+    if let Some(id) = read_store_id(dir, meta)? {
+        return Ok(id);
+    }
+    let id = new_store_id();
+    // Two openers racing (sled locks the index, so only in theory) agree on the first.
+    if meta
+        .compare_and_swap(STORE_ID_KEY, None::<&[u8]>, Some(id.as_bytes()))?
+        .is_err()
+    {
+        return load_store_id(dir, db, meta);
+    }
+    db.flush()?;
+    Ok(id)
 }
 
 /// The chunk ids in the index.
@@ -636,78 +866,114 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(Error::io(format!("syncing directory {}", dir.display())))
 }
 
-/// Indexes the records past the pack's watermark and cuts off a torn or damaged tail.
-fn recover_pack(
-    packs_dir: &Path,
-    index: &sled::Tree,
+/// The recovery scan of one pack at open.
+struct Scan<'a> {
+    packs_dir: &'a Path,
+    index: &'a sled::Tree,
     pack: u32,
-    report: &mut RecoveryReport,
-) -> Result<()> {
-    let path = pack_path(packs_dir, pack);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(Error::io(format!("opening pack {}", path.display())))?;
-    let len = file_len(&file, &path)?;
-    let io_err = || Error::io(format!("recovering pack {}", path.display()));
-    if len < PACK_HEADER_LEN {
-        // Created but its header never reached the disk: nothing in it was acknowledged.
-        file.set_len(0)
-            .and_then(|()| file.write_all_at(&pack_header(), 0))
-            .and_then(|()| file.sync_data())
-            .map_err(io_err())?;
-        return Ok(());
-    }
-    let mut head = [0u8; PACK_HEADER_LEN as usize];
-    file.read_exact_at(&mut head, 0).map_err(io_err())?;
-    check_pack_header(&head).map_err(|what| Error::BadStore {
-        dir: path.clone(),
-        what: format!(
-            "pack {} {what}; move it out of the packs directory, then run `lbsync-server fsck --repair`",
-            path.display()
-        ),
-    })?;
-    let mut offset = index
-        .get(watermark_key(pack))?
-        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes))
-        .unwrap_or(PACK_HEADER_LEN)
-        .clamp(PACK_HEADER_LEN, len);
-    let reader = PackReader { file: &file, len };
-    let mut batch = sled::Batch::default();
-    let now = unix_now();
-    loop {
-        match reader.record_at(offset).map_err(io_err())? {
-            RecordAt::Valid { header, next } => {
-                if !index.contains_key(header.id.as_bytes())? {
-                    let entry = IndexEntry {
-                        pack,
-                        offset,
-                        stored_len: header.stored_len,
-                        raw_len: header.raw_len,
-                        flags: header.flags,
-                        inserted_at: now,
-                    };
-                    batch.insert(header.id.as_bytes(), &entry.encode());
-                    report.reindexed += 1;
-                }
-                offset = next;
-            }
-            RecordAt::End => break,
-            RecordAt::Torn | RecordAt::BadHeader | RecordAt::BadPayload { .. } => {
-                // Past the watermark nothing was acknowledged unless it checks out, and synced
-                // bytes form a prefix: everything from the first bad record on is unacknowledged.
-                file.set_len(offset)
+    /// Where a read-only open keeps the entries it finds; `None`: write them (and the
+    /// watermark) to the index, and cut a torn tail.
+    unindexed: Option<&'a mut HashMap<ChunkId, IndexEntry>>,
+}
+
+impl Scan<'_> {
+    /// Indexes the records past the pack's watermark. Damaged bytes in the middle (a header that
+    /// does not check out, a payload that does not hash to its id) are skipped up to the next
+    /// sound record, so no acknowledged record after them is lost; only a torn tail, with no
+    /// sound record after it, is cut, and only by a writable open.
+    fn run(mut self, report: &mut RecoveryReport) -> Result<()> {
+        let (pack, writable) = (self.pack, self.unindexed.is_none());
+        let path = pack_path(self.packs_dir, pack);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(&path)
+            .map_err(Error::io(format!("opening pack {}", path.display())))?;
+        let len = file_len(&file, &path)?;
+        let io_err = || Error::io(format!("recovering pack {}", path.display()));
+        if len < PACK_HEADER_LEN {
+            // Created but its header never reached the disk: nothing in it was acknowledged.
+            if writable {
+                file.set_len(0)
+                    .and_then(|()| file.write_all_at(&pack_header(), 0))
                     .and_then(|()| file.sync_data())
                     .map_err(io_err())?;
-                report.truncated.push((pack, offset, len - offset));
-                break;
+            }
+            return Ok(());
+        }
+        let mut head = [0u8; PACK_HEADER_LEN as usize];
+        file.read_exact_at(&mut head, 0).map_err(io_err())?;
+        check_pack_header(&head).map_err(|what| Error::BadStore {
+            dir: path.clone(),
+            what: format!(
+                "pack {} {what}; move it out of the packs directory, then run `lbsync-server fsck --repair`",
+                path.display()
+            ),
+        })?;
+        let mut offset = self
+            .index
+            .get(watermark_key(pack))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(PACK_HEADER_LEN)
+            .clamp(PACK_HEADER_LEN, len);
+        let reader = PackReader { file: &file, len };
+        let mut batch = sled::Batch::default();
+        let now = unix_now();
+        let mut after_skip = false;
+        loop {
+            match reader.record_at(offset).map_err(io_err())? {
+                RecordAt::Valid { header, next } => {
+                    if !self.index.contains_key(header.id.as_bytes())? {
+                        let entry = IndexEntry {
+                            pack,
+                            offset,
+                            stored_len: header.stored_len,
+                            raw_len: header.raw_len,
+                            flags: header.flags,
+                            inserted_at: now,
+                        };
+                        match &mut self.unindexed {
+                            Some(mem) => {
+                                mem.entry(header.id).or_insert(entry);
+                            }
+                            None => batch.insert(header.id.as_bytes(), &entry.encode()),
+                        }
+                        report.reindexed += 1;
+                    }
+                    report.salvaged += u64::from(after_skip);
+                    offset = next;
+                }
+                RecordAt::End => break,
+                RecordAt::Torn | RecordAt::BadHeader | RecordAt::BadPayload { .. } => {
+                    match reader.next_sound_after(offset).map_err(io_err())? {
+                        Some(resume) => {
+                            report.skipped.push((pack, offset, resume - offset));
+                            after_skip = true;
+                            offset = resume;
+                        }
+                        None if writable => {
+                            // Nothing sound follows: an append cut off by a crash, never
+                            // acknowledged (synced bytes form a prefix).
+                            file.set_len(offset)
+                                .and_then(|()| file.sync_data())
+                                .map_err(io_err())?;
+                            report.truncated.push((pack, offset, len - offset));
+                            break;
+                        }
+                        None => {
+                            report.torn_left.push((pack, offset, len - offset));
+                            break;
+                        }
+                    }
+                }
             }
         }
+        if writable {
+            batch.insert(&watermark_key(pack), &offset.to_le_bytes());
+            self.index.apply_batch(batch)?;
+        }
+        Ok(())
     }
-    batch.insert(&watermark_key(pack), &offset.to_le_bytes());
-    index.apply_batch(batch)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
+/// The top-level directory of a synced folder that never syncs: each client keeps its state there.
+pub const RESERVED_DIR: &str = ".lbsync";
+
 /// The longest path accepted, in bytes.
 pub const MAX_PATH_BYTES: usize = 4096;
 
@@ -31,13 +34,19 @@ pub enum PathError {
     /// The path is too long.
     #[error("path of {0} bytes is longer than the {MAX_PATH_BYTES} allowed")]
     TooLong(usize),
+    /// The path is `.lbsync` or lies under it: that directory holds each client's private state.
+    #[error(
+        "path {0:?} is inside .lbsync/, which holds each client's private state and never syncs"
+    )]
+    Reserved(String),
     /// A local path is not inside the synced directory.
     #[error("{0} is not inside the synced directory")]
     Outside(String),
 }
 
-/// A relative, `/`-separated, UTF-8 path with no empty, `.` or `..` component and no NUL. Joined
-/// to a folder's root it always names something inside that root.
+/// A relative, `/`-separated, UTF-8 path with no empty, `.` or `..` component and no NUL, and not
+/// inside the reserved [`RESERVED_DIR`] (`.lbsync`, `.lbsync/...`). Joined to a folder's root it
+/// always names something inside that root, and never a client's private state.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SyncPath(String);
 
@@ -63,6 +72,9 @@ impl SyncPath {
                 "." | ".." => return Err(PathError::DotComponent(path)),
                 _ => {}
             }
+        }
+        if path.split('/').next() == Some(RESERVED_DIR) {
+            return Err(PathError::Reserved(path));
         }
         Ok(Self(path))
     }
@@ -184,6 +196,32 @@ mod tests {
             SyncPath::new("a".repeat(5000)),
             Err(PathError::TooLong(5000))
         ));
+    }
+
+    #[test]
+    fn the_state_directory_is_reserved_at_the_top_only() {
+        for bad in [".lbsync", ".lbsync/state.json", ".lbsync/tmp/x"] {
+            let err = SyncPath::new(bad).unwrap_err();
+            assert_eq!(err, PathError::Reserved(bad.into()));
+            assert!(err.to_string().contains("never syncs"), "{err}");
+        }
+        let root = Path::new("/home/u/sync");
+        assert!(matches!(
+            SyncPath::from_local(root, Path::new("/home/u/sync/.lbsync/state.json")),
+            Err(PathError::Reserved(_))
+        ));
+        assert!(matches!(
+            SyncPath::from_local(root, Path::new("/home/u/sync/.lbsync")),
+            Err(PathError::Reserved(_))
+        ));
+        for ok in [
+            ".lbsyncignore",
+            ".lbsync2",
+            "a/.lbsync",
+            "a/.lbsync/state.json",
+        ] {
+            assert!(SyncPath::new(ok).is_ok(), "{ok}");
+        }
     }
 
     #[test]

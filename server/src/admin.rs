@@ -178,6 +178,8 @@ pub fn gc(store: &PackStore, retention: Retention, grace: Duration, dry_run: boo
 /// What `lbsync-server stats` shows.
 #[derive(Debug)]
 pub struct Stats {
+    /// The store's id, as the handshake announces it.
+    pub store_id: String,
     /// The chunk store's sizes.
     pub store: StoreStats,
     /// Folders.
@@ -191,6 +193,7 @@ pub struct Stats {
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.store;
+        writeln!(f, "store id:       {}", self.store_id)?;
         writeln!(f, "folders:        {}", self.folders)?;
         writeln!(
             f,
@@ -229,6 +232,7 @@ pub fn stats(store: &PackStore) -> Result<Stats> {
         }
     }
     Ok(Stats {
+        store_id: store.store_id().to_owned(),
         store: store.stats()?,
         folders: names.len() as u64,
         files,

@@ -2,9 +2,14 @@
 //!
 //! It lives in the library so that tests can run the very same program in a child process they
 //! can SIGKILL (`main.rs` is one line).
+//!
+//! Output never fails the program: the log goes to stderr through `LogWriter`, which drops what
+//! cannot be written (stderr closed, a broken pipe), and the reports on stdout end quietly when
+//! the reader has gone (`lbsync-server stats | head -1`). The print macros would panic there,
+//! and a panic in a request's task fails the request.
 
-#![allow(clippy::print_stdout)]
-
+use std::fmt::Display;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -77,18 +82,42 @@ fn default_store() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("lbsync-store"))
 }
 
-fn open_store(dir: &Path) -> anyhow::Result<PackStore> {
-    let store =
-        PackStore::open(dir).with_context(|| format!("opening store at {}", dir.display()))?;
+/// Opens the store; `read_only` for the commands that only look (they change no pack).
+fn open_store(dir: &Path, read_only: bool) -> anyhow::Result<PackStore> {
+    let store = if read_only {
+        PackStore::open_read_only(dir)
+    } else {
+        PackStore::open(dir)
+    }
+    .with_context(|| format!("opening store at {}", dir.display()))?;
     let r = store.recovery();
     if r.created {
         tracing::info!("created a new store at {}", dir.display());
     }
     if r.reindexed > 0 || !r.truncated.is_empty() {
         tracing::warn!(
-            "recovered from an unclean stop: re-indexed {} chunks, cut {} torn pack tails",
+            "recovered from an unclean stop: re-indexed {} chunks{}, cut {} torn pack tails",
             r.reindexed,
+            if read_only { " (in memory)" } else { "" },
             r.truncated.len()
+        );
+    }
+    for (pack, offset, bytes) in &r.skipped {
+        tracing::warn!(
+            "pack {pack:08}: skipped {bytes} damaged bytes at offset {offset}; the chunks stored \
+             there are missing until a client uploads them again"
+        );
+    }
+    if r.salvaged > 0 {
+        tracing::warn!(
+            "kept {} sound records found after damaged bytes",
+            r.salvaged
+        );
+    }
+    for (pack, offset, bytes) in &r.torn_left {
+        tracing::warn!(
+            "pack {pack:08}: {bytes} bytes of an unfinished record at offset {offset}, left in \
+             place (read-only); the next server start or `fsck --repair` cuts them"
         );
     }
     Ok(store)
@@ -110,31 +139,66 @@ where
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_target(false)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
+        // Its fallback for a failed write prints with `eprintln!`, which panics when stderr is
+        // gone.
+        .log_internal_errors(false)
         .try_init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("lbsync-server: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "lbsync-server: cannot start the async runtime: {e}"
+            );
             return std::process::ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("lbsync-server: {e:#}");
+            let _ = writeln!(std::io::stderr(), "lbsync-server: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
 }
 
+/// The log's writer: stderr, where a write that fails (stderr closed, a broken pipe, a full
+/// disk behind a redirect) is dropped. Logging must never fail or stall a request.
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// Prints a report on stdout. A reader that has gone (a closed pipe) is not an error: the
+/// command's work is done, and no one is left to tell.
+fn report(r: &dyn Display) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{r}").and_then(|()| out.flush());
+}
+
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    let store = open_store(&cli.store)?;
+    let read_only = match &cli.command {
+        Some(Command::Fsck { repair }) => !repair,
+        Some(Command::Gc { dry_run, .. }) => *dry_run,
+        Some(Command::Stats) => true,
+        None => false,
+    };
+    let store = open_store(&cli.store, read_only)?;
     match cli.command {
         Some(Command::Fsck { repair }) => {
-            let report = tokio::task::spawn_blocking(move || admin::fsck(&store, repair)).await??;
-            println!("{report}");
-            return Ok(if report.is_clean() || report.store.repaired {
+            let fsck = tokio::task::spawn_blocking(move || admin::fsck(&store, repair)).await??;
+            report(&fsck);
+            return Ok(if fsck.is_clean() || fsck.store.repaired {
                 std::process::ExitCode::SUCCESS
             } else {
                 std::process::ExitCode::FAILURE
@@ -151,15 +215,15 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 keep_for: Duration::from_secs(keep_days * 24 * 3600),
             };
             let grace = Duration::from_secs(grace_secs);
-            let report =
+            let gc =
                 tokio::task::spawn_blocking(move || admin::gc(&store, retention, grace, dry_run))
                     .await??;
-            println!("{report}");
+            report(&gc);
             return Ok(std::process::ExitCode::SUCCESS);
         }
         Some(Command::Stats) => {
-            let report = tokio::task::spawn_blocking(move || admin::stats(&store)).await??;
-            println!("{report}");
+            let stats = tokio::task::spawn_blocking(move || admin::stats(&store)).await??;
+            report(&stats);
             return Ok(std::process::ExitCode::SUCCESS);
         }
         None => {}

@@ -239,7 +239,7 @@ impl pb::sync_server::Sync for SyncService {
             max_message_bytes: self.limits.max_message_bytes as u64,
             max_ids_per_request: self.limits.max_ids_per_request,
             head,
-            store_id: String::new(),
+            store_id: self.store.store_id().to_owned(),
         }))
     }
 

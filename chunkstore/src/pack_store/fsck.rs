@@ -123,6 +123,9 @@ impl FsckReport {
 
 pub(super) fn run(store: &PackStore, repair: bool) -> Result<FsckReport> {
     let inner = &store.inner;
+    if repair && inner.read_only {
+        return Err(store.read_only_error("be repaired"));
+    }
     let mut writer = lock(&inner.writer);
     inner.indexer.settle()?;
     let mut report = FsckReport::default();
@@ -211,8 +214,8 @@ pub(super) fn run(store: &PackStore, repair: bool) -> Result<FsckReport> {
             file.set_len(offset)
                 .and_then(|()| file.sync_data())
                 .map_err(io_err())?;
-            if pack == writer.pack {
-                writer.len = offset;
+            if let Some(w) = writer.as_mut().filter(|w| w.pack == pack) {
+                w.len = offset;
             }
         }
     }
@@ -242,6 +245,19 @@ pub(super) fn run(store: &PackStore, repair: bool) -> Result<FsckReport> {
                 report.lost.push(id);
                 fixes.remove(id.as_bytes());
             }
+        }
+    }
+    // What a read-only open found past the watermarks: sound records when it scanned them.
+    for (id, e) in &inner.unindexed {
+        report.index_entries += 1;
+        indexed.insert(*id);
+        if sound_at.get(&(e.pack, e.offset)) != Some(id) {
+            report.problems.push(FsckProblem::BadEntry {
+                id: *id,
+                pack: e.pack,
+                offset: e.offset,
+                copy_elsewhere: first_copy.contains_key(id),
+            });
         }
     }
     if repair {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::FileExt;
 
-use super::index::{IndexEntry, chunk_key, watermark_key};
+use super::index::{IndexEntry, watermark_key};
 use super::{PackStore, list_packs, lock, pack_path, sync_dir, unix_now};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, ManifestId};
@@ -23,6 +23,9 @@ pub(super) fn run(
 ) -> Result<GcReport> {
     let marked = mark(store, live)?;
     let inner = &store.inner;
+    if inner.read_only && !opts.dry_run {
+        return Err(store.read_only_error("collect garbage"));
+    }
     let mut writer = lock(&inner.writer);
     inner.indexer.settle()?;
     let now = unix_now();
@@ -35,11 +38,8 @@ pub(super) fn run(
     // Sweep.
     let mut dead = Vec::new();
     let mut kept: HashMap<u32, Vec<(ChunkId, IndexEntry)>> = HashMap::new();
-    for kv in inner.index.iter() {
-        let (k, v) = kv?;
-        let (Some(id), Some(entry)) = (chunk_key(&k), IndexEntry::decode(&v)) else {
-            continue;
-        };
+    for kv in store.entries() {
+        let (id, entry) = kv?;
         if marked.contains(&id) {
             kept.entry(entry.pack).or_default().push((id, entry));
         } else if now.saturating_sub(entry.inserted_at) < grace {
@@ -63,8 +63,13 @@ pub(super) fn run(
 
     // Rewrite or delete sparse packs: not the one being appended to, nor the ones this loop
     // appends to after rolling (their copies are not in `kept`).
-    let first_unswept = writer.pack;
-    for pack in list_packs(&inner.packs_dir)? {
+    let packs = list_packs(&inner.packs_dir)?;
+    let first_unswept = match writer.as_ref() {
+        Some(w) => w.pack,
+        // Read-only (a dry run): the last pack is the one appends would go to.
+        None => packs.last().copied().unwrap_or(0),
+    };
+    for pack in packs {
         if pack >= first_unswept {
             continue;
         }
@@ -107,6 +112,9 @@ pub(super) fn run(
                     .map_err(|what| corrupt(*id, pack, e.offset, &what))?;
                 copies.push((header, buf, e.inserted_at));
             }
+            let Some(writer) = writer.as_mut() else {
+                return Err(store.read_only_error("collect garbage"));
+            };
             writer
                 .append(
                     copies.iter().map(|(h, b, at)| {

@@ -183,17 +183,10 @@ fn records_past_the_watermark_are_reindexed() {
     assert!(store.fsck(false).unwrap().is_clean());
 }
 
-#[test]
-fn flipped_byte_is_reported_corrupt_never_returned() {
-    let dir = tempfile::tempdir().unwrap();
-    let victim = chunk(1); // random bytes: stored raw, so the flip lands in the payload as is
-    let other = chunk(2);
-    let store = PackStore::open(dir.path()).unwrap();
-    store
-        .insert_batch(&[victim.clone(), other.clone()])
-        .unwrap();
-    let entry = store.entry(&victim.id()).unwrap().unwrap();
-    let pack = pack_path(&dir.path().join("packs"), entry.pack);
+/// Flips a bit of the payload of `id`'s record (stored raw, so the flip lands in its bytes).
+fn damage_payload(store: &PackStore, dir: &Path, id: &ChunkId) -> IndexEntry {
+    let entry = store.entry(id).unwrap().unwrap();
+    let pack = pack_path(&dir.join("packs"), entry.pack);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -203,6 +196,29 @@ fn flipped_byte_is_reported_corrupt_never_returned() {
     let mut b = [0u8; 1];
     file.read_exact_at(&mut b, at).unwrap();
     file.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+    entry
+}
+
+#[test]
+fn a_damaged_chunk_is_reported_corrupt_then_missing_and_heals_on_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = chunk(1); // random bytes: stored raw
+    let other = chunk(2);
+    let store = PackStore::open(dir.path()).unwrap();
+    store
+        .insert_batch(&[victim.clone(), other.clone()])
+        .unwrap();
+    let entry = damage_payload(&store, dir.path(), &victim.id());
+
+    let report = store.fsck(false).unwrap();
+    assert_eq!(report.lost, [victim.id()], "fsck without repair reports it");
+    assert!(report.problems.iter().any(
+        |p| matches!(p, FsckProblem::DamagedRecord { id: Some(id), .. } if *id == victim.id())
+    ));
+    assert!(
+        store.missing(&[victim.id()]).unwrap().is_empty(),
+        "fsck alone marks nothing"
+    );
 
     match store.get(&victim.id()) {
         Err(Error::Corrupt {
@@ -213,24 +229,24 @@ fn flipped_byte_is_reported_corrupt_never_returned() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
     assert_eq!(store.get(&other.id()).unwrap().as_ref(), Some(other.data()));
-
-    let report = store.fsck(false).unwrap();
-    assert!(!report.is_clean());
-    assert_eq!(report.lost, [victim.id()]);
-    assert!(report.problems.iter().any(
-        |p| matches!(p, FsckProblem::DamagedRecord { id: Some(id), .. } if *id == victim.id())
-    ));
-    let repaired = store.fsck(true).unwrap();
-    assert!(repaired.repaired);
+    // The read marked it: missing, absent, and a new upload stores a sound copy.
     assert_eq!(
-        store.get(&victim.id()).unwrap(),
-        None,
-        "a lost chunk is absent, so clients resend it"
+        store.missing(&[victim.id(), other.id()]).unwrap(),
+        [victim.id()]
     );
-    store.insert(&victim).unwrap();
+    assert!(!store.contains(&victim.id()).unwrap());
+    assert_eq!(store.get(&victim.id()).unwrap(), None);
+    assert_eq!(store.insert(&victim).unwrap(), Inserted::New);
     assert_eq!(
         store.get(&victim.id()).unwrap().as_ref(),
         Some(victim.data())
+    );
+    drop(store);
+    let store = PackStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.get(&victim.id()).unwrap().as_ref(),
+        Some(victim.data()),
+        "the fresh copy survives a reopen"
     );
     let after = store.fsck(false).unwrap();
     // The damaged record is still in the pack, but nothing points at it any more.
@@ -241,6 +257,186 @@ fn flipped_byte_is_reported_corrupt_never_returned() {
             .iter()
             .all(|p| matches!(p, FsckProblem::DamagedRecord { .. }))
     );
+}
+
+#[test]
+fn fsck_repair_marks_damaged_chunks_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = chunk(1);
+    let store = PackStore::open(dir.path()).unwrap();
+    store.insert_batch(&[victim.clone(), chunk(2)]).unwrap();
+    damage_payload(&store, dir.path(), &victim.id());
+    let repaired = store.fsck(true).unwrap();
+    assert!(repaired.repaired);
+    assert_eq!(repaired.lost, [victim.id()]);
+    assert_eq!(store.missing(&[victim.id()]).unwrap(), [victim.id()]);
+    assert_eq!(store.get(&victim.id()).unwrap(), None);
+}
+
+/// Appends, behind the store's back (as records written but never indexed before a crash), the
+/// records of `chunks`, then returns the offsets they landed at.
+fn append_unindexed(dir: &Path, chunks: &[Chunk]) -> Vec<u64> {
+    let pack = last_pack(dir);
+    let mut at = fs::metadata(&pack).unwrap().len();
+    let mut file = OpenOptions::new().append(true).open(&pack).unwrap();
+    let mut offsets = Vec::new();
+    for c in chunks {
+        let rec = Record::encode(c).to_vec();
+        offsets.push(at);
+        file.write_all(&rec).unwrap();
+        at += rec.len() as u64;
+    }
+    offsets
+}
+
+fn flip(dir: &Path, at: u64) {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(last_pack(dir))
+        .unwrap();
+    let mut b = [0u8; 1];
+    file.read_exact_at(&mut b, at).unwrap();
+    file.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+}
+
+/// Every file under `dir` and its BLAKE3, to tell whether anything changed.
+fn hashes(dir: &Path) -> Vec<(PathBuf, blake3::Hash)> {
+    let mut out: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let h = blake3::hash(&fs::read(&p).unwrap());
+            (p, h)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn damage_in_the_middle_of_a_pack_loses_only_the_damaged_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks: Vec<Chunk> = (0..12).map(chunk).collect();
+    {
+        let store = PackStore::open(dir.path()).unwrap();
+        store.insert(&chunk(100)).unwrap();
+    }
+    // Acknowledged records whose index updates were lost, as after a kill -9 before sled's
+    // flush; then two of them are damaged on disk: a payload (chunk 4, random bytes stored raw)
+    // and a header (chunk 7).
+    let at = append_unindexed(dir.path(), &chunks);
+    flip(dir.path(), at[4] + RECORD_HEADER_LEN as u64 + 5);
+    flip(dir.path(), at[7] + 20);
+    let pack_len = fs::metadata(last_pack(dir.path())).unwrap().len();
+
+    let store = PackStore::open(dir.path()).unwrap();
+    let r = store.recovery();
+    assert!(r.truncated.is_empty(), "{r:?}");
+    assert_eq!(
+        r.skipped.iter().map(|s| (s.1, s.2)).collect::<Vec<_>>(),
+        [(at[4], at[5] - at[4]), (at[7], at[8] - at[7])]
+    );
+    assert_eq!(r.reindexed, 10);
+    assert_eq!(r.salvaged, 6, "5, 6 and 8 to 11");
+    assert_eq!(fs::metadata(last_pack(dir.path())).unwrap().len(), pack_len);
+    for (i, c) in chunks.iter().enumerate() {
+        let got = store.get(&c.id()).unwrap();
+        if i == 4 || i == 7 {
+            assert_eq!(got, None, "chunk {i} is missing, not wrong");
+        } else {
+            assert_eq!(got.as_ref(), Some(c.data()), "chunk {i}");
+        }
+    }
+    let ids: Vec<ChunkId> = chunks.iter().map(Chunk::id).collect();
+    assert_eq!(store.missing(&ids).unwrap(), [ids[4], ids[7]]);
+    // Clients upload them again; appends land after the salvaged records.
+    store
+        .insert_batch(&[chunks[4].clone(), chunks[7].clone()])
+        .unwrap();
+    drop(store);
+    let store = PackStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.recovery().skipped,
+        [],
+        "a scan starts at the watermark"
+    );
+    for c in &chunks {
+        assert_eq!(store.get(&c.id()).unwrap().as_ref(), Some(c.data()));
+    }
+}
+
+#[test]
+fn read_only_opens_change_no_pack_and_a_writable_open_cuts_the_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks: Vec<Chunk> = (0..6).map(chunk).collect();
+    let m = {
+        let store = PackStore::open(dir.path()).unwrap();
+        store.insert(&chunk(100)).unwrap();
+        store.put_manifest(&manifest_of(&[100])).unwrap()
+    };
+    // Unindexed records past the watermark, one damaged, and a torn tail.
+    let at = append_unindexed(dir.path(), &chunks);
+    flip(dir.path(), at[2] + RECORD_HEADER_LEN as u64 + 5);
+    let torn = Record::encode(&chunk(77)).to_vec();
+    OpenOptions::new()
+        .append(true)
+        .open(last_pack(dir.path()))
+        .unwrap()
+        .write_all(&torn[..torn.len() / 2])
+        .unwrap();
+    let before = hashes(&dir.path().join("packs"));
+
+    for _ in 0..2 {
+        let store = PackStore::open_read_only(dir.path()).unwrap();
+        assert!(store.is_read_only());
+        let r = store.recovery();
+        assert!(r.truncated.is_empty(), "{r:?}");
+        assert_eq!(r.torn_left.len(), 1, "{r:?}");
+        assert_eq!(r.skipped.len(), 1, "{r:?}");
+        for (i, c) in chunks.iter().enumerate() {
+            let got = store.get(&c.id()).unwrap();
+            assert_eq!(got.is_some(), i != 2, "chunk {i}");
+        }
+        assert_eq!(store.stats().unwrap().chunks, 2 + 5);
+        let report = store.fsck(false).unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| matches!(p, FsckProblem::TornTail { .. })),
+            "{report:?}"
+        );
+        let dry = GcOptions {
+            dry_run: true,
+            ..no_grace()
+        };
+        assert_eq!(
+            store.gc(&mut [m].into_iter(), &dry).unwrap().swept_chunks,
+            5
+        );
+        let refused = [
+            store.insert(&chunk(200)).map(|_| ()),
+            store.fsck(true).map(|_| ()),
+            store.gc(&mut [m].into_iter(), &no_grace()).map(|_| ()),
+        ];
+        for r in refused {
+            assert!(matches!(r, Err(Error::ReadOnly { .. })), "{r:?}");
+        }
+        drop(store);
+        assert_eq!(hashes(&dir.path().join("packs")), before, "no pack changed");
+    }
+    assert!(PackStore::open_read_only(dir.path().join("nothing")).is_err());
+    assert!(!dir.path().join("nothing").exists());
+
+    let store = PackStore::open(dir.path()).unwrap();
+    let r = store.recovery();
+    assert_eq!(r.truncated.len(), 1, "{r:?}");
+    assert_eq!(r.truncated[0].2, (torn.len() / 2) as u64);
+    assert_eq!(r.skipped.len(), 1);
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(store.get(&c.id()).unwrap().is_some(), i != 2, "chunk {i}");
+    }
 }
 
 #[test]
@@ -523,4 +719,34 @@ fn index_entries_reach_sled_behind_the_packs() {
     );
     assert_eq!(store.stats().unwrap().chunks, 301);
     assert!(store.fsck(false).unwrap().is_clean());
+}
+
+#[test]
+fn each_store_has_its_own_id_and_keeps_it() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let id_a = PackStore::open(a.path()).unwrap().store_id().to_owned();
+    let id_b = PackStore::open(b.path()).unwrap().store_id().to_owned();
+    for id in [&id_a, &id_b] {
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(
+            id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+            "{id}"
+        );
+    }
+    assert_ne!(id_a, id_b);
+    assert_eq!(PackStore::open(a.path()).unwrap().store_id(), id_a);
+}
+
+#[test]
+fn a_store_made_before_ids_gets_one_at_its_first_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = PackStore::open(dir.path()).unwrap();
+        let meta = store.db().open_tree("meta").unwrap();
+        meta.remove(STORE_ID_KEY).unwrap();
+        store.db().flush().unwrap();
+    }
+    let first = PackStore::open(dir.path()).unwrap().store_id().to_owned();
+    assert_eq!(first.len(), 32);
+    assert_eq!(PackStore::open(dir.path()).unwrap().store_id(), first);
 }

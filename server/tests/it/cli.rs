@@ -1,6 +1,6 @@
 //! The real `lbsync-server` binary.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lbsync-server");
@@ -57,10 +57,11 @@ fn binary_serves_stops_on_sigterm_and_runs_admin_commands() {
         }
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
+    let store_id = rt.block_on(async {
         let mut c = crate::util::connect(addr.parse().unwrap(), None).await;
         let hs = crate::util::handshake(&mut c, "default").await;
         assert_eq!(hs.head, 0);
+        assert_eq!(hs.store_id.len(), 32, "{hs:?}");
         let (m, _) = crate::util::upload(&mut c, b"from the binary test").await;
         let content = lbsync_proto::Content::Full(m.clone());
         crate::util::commit(
@@ -68,6 +69,7 @@ fn binary_serves_stops_on_sigterm_and_runs_admin_commands() {
             crate::util::file_commit("default", "f.txt", &m, 0, content),
         )
         .await;
+        hs.store_id
     });
     drop(rt);
 
@@ -78,6 +80,20 @@ fn binary_serves_stops_on_sigterm_and_runs_admin_commands() {
     assert!(status.success());
     assert!(child.0.wait().unwrap().success(), "exits 0 after SIGTERM");
 
+    let packs = |dir: &std::path::Path| {
+        let mut out: Vec<(std::path::PathBuf, String)> = std::fs::read_dir(dir.join("packs"))
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let h = blake3::hash(&std::fs::read(&p).unwrap())
+                    .to_hex()
+                    .to_string();
+                (p, h)
+            })
+            .collect();
+        out.sort();
+        out
+    };
     let run = |args: &[&str]| {
         let out = Command::new(BIN)
             .args(args)
@@ -94,10 +110,37 @@ fn binary_serves_stops_on_sigterm_and_runs_admin_commands() {
         ok && stats.contains("files:          1 (20 bytes)"),
         "{stats}"
     );
+    assert!(
+        stats.contains(&format!("store id:       {store_id}")),
+        "stats shows the id the handshake announced: {stats}"
+    );
     let (ok, fsck) = run(&["fsck"]);
     assert!(ok && fsck.contains("store is clean"), "{fsck}");
     let (ok, gc) = run(&["gc", "--dry-run"]);
     assert!(ok && gc.contains("would keep 1 versions"), "{gc}");
+
+    // A torn tail, as a crash in the middle of an append leaves: the commands that only look
+    // must leave it (and every other pack byte) alone.
+    let last = packs(&store).last().unwrap().0.clone();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap()
+        .write_all(b"LBCR torn")
+        .unwrap();
+    let before = packs(&store);
+    let (ok, fsck) = run(&["fsck"]);
+    assert!(!ok && fsck.contains("unfinished record"), "{fsck}");
+    assert!(run(&["stats"]).0);
+    assert!(run(&["gc", "--dry-run"]).0);
+    assert_eq!(
+        packs(&store),
+        before,
+        "fsck, stats and gc --dry-run change no pack"
+    );
+    let (ok, fsck) = run(&["fsck", "--repair"]);
+    assert!(ok, "{fsck}");
+    assert_ne!(packs(&store), before, "fsck --repair cuts the torn tail");
 }
 
 #[test]
@@ -118,4 +161,83 @@ fn refuses_public_address_without_tokens() {
         err.contains("refusing to listen on 0.0.0.0:0 without a token file"),
         "{err}"
     );
+}
+
+/// The server's log goes to stderr; when nobody reads it any more (a closed pipe, a terminal
+/// gone), requests must go on succeeding and the server must stay up.
+#[test]
+fn a_closed_stderr_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut child = Command::new(BIN)
+        .args([
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut child = Reaper(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("server started").unwrap();
+        if let Some(rest) = line
+            .split(" on ")
+            .nth(1)
+            .filter(|_| line.contains("serving"))
+        {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Close the read end: from here on every log line meets a broken pipe.
+    drop(lines);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = crate::util::connect(addr.parse().unwrap(), None).await;
+        for i in 0..20u64 {
+            let hs = crate::util::handshake(&mut c, "default").await;
+            assert_eq!(hs.head, i);
+            let data = crate::util::seeded(20_000, i);
+            let (m, _) = crate::util::upload(&mut c, &data).await;
+            let content = lbsync_proto::Content::Full(m.clone());
+            let path = format!("f{i}.bin");
+            crate::util::committed(
+                crate::util::commit(
+                    &mut c,
+                    crate::util::file_commit("default", &path, &m, 0, content),
+                )
+                .await,
+            );
+            assert_eq!(crate::util::download(&mut c, &m).await, data);
+        }
+    });
+    drop(rt);
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the server is still running"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.0.wait().unwrap().success(), "exits 0 after SIGTERM");
+
+    // A report whose reader has gone: the command still succeeds, without a panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["stats", "--store", store.to_str().unwrap()])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "{err}");
 }

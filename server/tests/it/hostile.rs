@@ -359,3 +359,82 @@ async fn a_hostile_client_gets_clear_errors_and_harms_no_one() {
     let report = lbsync_server::admin::fsck(&store, false).unwrap();
     assert!(report.is_clean(), "{report}");
 }
+
+/// `.lbsync/` holds each client's private state: no commit may name it, alone or in a batch, as a
+/// file, a directory or a deletion, and a refused one changes nothing.
+#[tokio::test]
+async fn commits_inside_the_state_directory_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    handshake(&mut c, "default").await;
+    let (m, _) = upload(&mut c, b"{\"device\": \"someone else's\"}").await;
+    committed(
+        commit(
+            &mut c,
+            file_commit("default", "fine.txt", &m, 0, Content::Full(m.clone())),
+        )
+        .await,
+    );
+    let head = handshake(&mut c, "default").await.head;
+
+    for reserved in [&b".lbsync/state.json"[..], b".lbsync", b".lbsync/tmp/x"] {
+        let as_file = || {
+            let mut req = file_commit("default", "x", &m, 0, Content::Known(m.id()));
+            req.entry.as_mut().unwrap().path = Bytes::copy_from_slice(reserved);
+            req
+        };
+        let as_dir = {
+            let mut req: pb::CommitRequest = lbsync_proto::CommitRequest {
+                folder: "default".into(),
+                entry: lbsync_proto::Entry::dir(lbsync_proto::SyncPath::new("x").unwrap(), "h"),
+                base_version: 0,
+                content: None,
+            }
+            .into();
+            req.entry.as_mut().unwrap().path = Bytes::copy_from_slice(reserved);
+            req
+        };
+        let what = String::from_utf8_lossy(reserved);
+        for req in [as_file(), as_dir.clone()] {
+            let res = c.commit(req).await;
+            refused(&what, res, Code::InvalidArgument, ".lbsync/");
+        }
+        let res = c
+            .commit_batch(pb::CommitBatchRequest {
+                folder: "default".into(),
+                device: "hostile".into(),
+                commits: vec![
+                    file_commit("default", "also-fine", &m, 0, Content::Known(m.id())),
+                    as_file(),
+                ],
+            })
+            .await;
+        refused(&what, res, Code::InvalidArgument, "never syncs");
+        let res = c
+            .history(pb::HistoryRequest {
+                folder: "default".into(),
+                path: Bytes::copy_from_slice(reserved),
+            })
+            .await;
+        refused(&what, res, Code::InvalidArgument, ".lbsync/");
+    }
+
+    assert_eq!(
+        handshake(&mut c, "default").await.head,
+        head,
+        "nothing was committed"
+    );
+    let mut stream = c
+        .changes(pb::ChangesRequest {
+            folder: "default".into(),
+            cursor: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let paths: Vec<_> = first.entries.iter().map(|e| e.path.clone()).collect();
+    assert_eq!(paths, [bytes("fine.txt")]);
+    server.stop().await;
+}

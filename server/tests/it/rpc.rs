@@ -521,3 +521,80 @@ async fn a_very_large_files_larger_chunks_are_accepted() {
     );
     assert_eq!(download(&mut c, &m).await, data);
 }
+
+#[tokio::test]
+async fn the_handshake_names_the_store_and_a_new_store_has_a_new_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let first = handshake(&mut server.client().await, "default")
+        .await
+        .store_id;
+    assert_eq!(first.len(), 32, "{first:?}");
+    server.stop().await;
+
+    let server = TestServer::start(dir.path()).await;
+    let again = handshake(&mut server.client().await, "default")
+        .await
+        .store_id;
+    assert_eq!(again, first, "a restart keeps the id");
+    server.stop().await;
+
+    // The store lost and made anew at the same place: another id.
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let fresh = handshake(&mut server.client().await, "default")
+        .await
+        .store_id;
+    assert_ne!(fresh, first);
+    server.stop().await;
+}
+
+/// A chunk whose bytes on disk went bad is refused on download, then reported missing, so the
+/// next upload of it (from any client that still has it) heals the store.
+#[tokio::test]
+async fn a_damaged_chunk_is_missing_after_a_failed_read_and_heals_on_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    handshake(&mut c, "default").await;
+    let data = seeded(5000, 42); // one chunk of random bytes: stored raw
+    let (m, sent) = upload(&mut c, &data).await;
+    assert_eq!(sent, 1);
+    let id = m.chunks()[0].id;
+
+    // Flip a byte of it where it lies in its pack.
+    let packs = dir.path().join("packs");
+    let mut flipped = false;
+    for e in std::fs::read_dir(&packs).unwrap() {
+        let p = e.unwrap().path();
+        let mut bytes = std::fs::read(&p).unwrap();
+        if let Some(at) = bytes.windows(64).position(|w| w == &data[..64]) {
+            bytes[at + 100] ^= 0x40;
+            std::fs::write(&p, &bytes).unwrap();
+            flipped = true;
+        }
+    }
+    assert!(flipped, "the chunk is in a pack");
+    assert!(missing(&mut c, &[id]).await.is_empty());
+
+    let mut stream = c
+        .get_chunks(pb::GetChunksRequest {
+            ids: lbsync_proto::ids_to_bytes(&[id]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let err = match stream.message().await {
+        Ok(Some(_)) => panic!("damaged bytes were sent"),
+        Ok(None) => panic!("the stream ended without an error"),
+        Err(s) => s,
+    };
+    assert!(err.message().contains("corrupt"), "{err:?}");
+    assert_eq!(missing(&mut c, &[id]).await, [id], "reported missing");
+
+    let (_, sent) = upload(&mut c, &data).await;
+    assert_eq!(sent, 1, "uploaded again");
+    assert_eq!(download(&mut c, &m).await, data);
+    server.stop().await;
+}
