@@ -671,7 +671,9 @@ impl ChunkStore for PackStore {
                 None => return Ok(None),
             },
         };
-        if !damaged || self.inner.read_only || !self.forget_damaged(id, &entry)? {
+        // If forgetting fails (sled failing), the damage is still what to report.
+        if !damaged || self.inner.read_only || !matches!(self.forget_damaged(id, &entry), Ok(true))
+        {
             return Err(err);
         }
         Err(match err {

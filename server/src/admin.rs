@@ -193,7 +193,15 @@ pub struct Stats {
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.store;
-        writeln!(f, "store id:       {}", self.store_id)?;
+        if self.store_id.is_empty() {
+            // An old store looked at read-only: the next server start gives it one.
+            writeln!(
+                f,
+                "store id:       none yet (assigned at the server's next start)"
+            )?;
+        } else {
+            writeln!(f, "store id:       {}", self.store_id)?;
+        }
         writeln!(f, "folders:        {}", self.folders)?;
         writeln!(
             f,

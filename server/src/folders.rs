@@ -96,9 +96,19 @@ fn encode(e: &Entry) -> Vec<u8> {
 }
 
 fn decode(b: &[u8]) -> Result<Entry> {
+    decode_listed(b)?.ok_or_else(|| Error::Metadata("entry is inside .lbsync/".into()))
+}
+
+/// An entry met while walking a folder's trees; `None` for one inside `.lbsync/`, which a server
+/// from before such paths were refused may have stored: it is passed over, never served.
+fn decode_listed(b: &[u8]) -> Result<Option<Entry>> {
     let e = pb::Entry::decode(b)
         .map_err(|err| Error::Metadata(format!("entry does not decode: {err}")))?;
-    Entry::try_from(e).map_err(|err| Error::Metadata(format!("entry is invalid: {err}")))
+    match Entry::try_from(e) {
+        Ok(e) => Ok(Some(e)),
+        Err(lbsync_proto::ConvertError::Path(lbsync_proto::PathError::Reserved(_))) => Ok(None),
+        Err(err) => Err(Error::Metadata(format!("entry is invalid: {err}"))),
+    }
 }
 
 fn be_u64(b: &[u8]) -> u64 {
@@ -258,15 +268,17 @@ impl Folders {
                 key.push(0);
                 key.extend_from_slice(&version.to_be_bytes());
                 if let Some(v) = t.history.get(&key)? {
-                    entries.push(decode(&v)?);
+                    entries.extend(decode_listed(&v)?);
                 } else if let Some(v) = t.entries.get(&key[..key.len() - 9])? {
                     // The version was pruned from history: the current entry is newer anyway.
-                    entries.push(decode(&v)?);
+                    entries.extend(decode_listed(&v)?);
                 }
             }
         } else {
             for kv in t.entries.iter() {
-                let e = decode(&kv?.1)?;
+                let Some(e) = decode_listed(&kv?.1)? else {
+                    continue;
+                };
                 if e.seq > cursor {
                     entries.push(e);
                 }
@@ -309,7 +321,10 @@ impl Folders {
         self.trees(folder)?
             .entries
             .iter()
-            .map(|kv| decode(&kv?.1))
+            .filter_map(|kv| match kv {
+                Ok((_, v)) => decode_listed(&v).transpose(),
+                Err(e) => Some(Err(e.into())),
+            })
             .collect()
     }
 
@@ -344,7 +359,9 @@ impl Folders {
         };
         for kv in t.history.iter() {
             let (k, v) = kv?;
-            let e = decode(&v)?;
+            let Some(e) = decode_listed(&v)? else {
+                continue;
+            };
             if path_versions
                 .last()
                 .is_some_and(|(_, last)| last.path != e.path)
@@ -358,5 +375,59 @@ impl Folders {
             t.history.apply_batch(batch)?;
         }
         Ok((kept, pruned))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server from before `.lbsync/` was refused may have stored entries there: they are
+    /// passed over, and the rest of the folder still lists, replays and collects.
+    #[test]
+    fn entries_inside_the_state_directory_stored_earlier_are_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let folders = Folders::open(&db).unwrap();
+        folders.ensure("f").unwrap();
+        let dir_entry = |p: &str| Entry::dir(SyncPath::new(p).unwrap(), "d");
+        let CommitOutcome::Committed(kept) = folders.commit("f", dir_entry("kept"), 0).unwrap()
+        else {
+            panic!("conflict")
+        };
+        let CommitOutcome::Committed(old) = folders.commit("f", dir_entry("old"), 0).unwrap()
+        else {
+            panic!("conflict")
+        };
+        // Rewrite "old" as ".lbsync/old" in every tree, as the old server would have stored it.
+        let mut raw = pb::Entry::from(old.clone());
+        raw.path = bytes::Bytes::from_static(b".lbsync/old");
+        let raw = raw.encode_to_vec();
+        let t = folders.trees("f").unwrap();
+        t.entries.remove("old").unwrap();
+        t.entries.insert(".lbsync/old", raw.as_slice()).unwrap();
+        t.history.clear().unwrap();
+        t.history
+            .insert(history_key(&kept.path, 1), encode(&kept))
+            .unwrap();
+        let mut key = b".lbsync/old\0".to_vec();
+        key.extend_from_slice(&1u64.to_be_bytes());
+        t.history.insert(key.as_slice(), raw.as_slice()).unwrap();
+        let mut jrec = key.clone();
+        jrec.truncate(key.len() - 8);
+        jrec.extend_from_slice(&1u64.to_be_bytes());
+        t.journal.insert(2u64.to_be_bytes(), jrec).unwrap();
+
+        let paths = |es: Vec<Entry>| {
+            es.into_iter()
+                .map(|e| e.path.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(paths(folders.current_entries("f").unwrap()), ["kept"]);
+        assert_eq!(paths(folders.changes_since("f", 0).unwrap().0), ["kept"]);
+        let (kept_versions, _) = folders
+            .prune_history("f", 10, i64::MAX, true, |_| {})
+            .unwrap();
+        assert_eq!(kept_versions, 1);
     }
 }
