@@ -210,7 +210,7 @@ pub fn scan(root: &Path) -> Result<LocalTree> {
 /// The ignore rules of a folder, read once per sync: which paths `.lbsyncignore` files exclude.
 #[derive(Default)]
 pub struct IgnoreRules {
-    dirs: std::cell::RefCell<HashMap<String, Option<ignore::gitignore::Gitignore>>>,
+    dirs: std::sync::Mutex<HashMap<String, Option<ignore::gitignore::Gitignore>>>,
 }
 
 impl IgnoreRules {
@@ -225,7 +225,7 @@ impl IgnoreRules {
         let mut ignored = false;
         for depth in 0..parts.len() {
             let rel = parts[..depth].join("/");
-            let mut cache = self.dirs.borrow_mut();
+            let mut cache = self.dirs.lock().expect("not poisoned");
             let gi = cache.entry(rel.clone()).or_insert_with(|| {
                 let dir = if rel.is_empty() {
                     root.to_path_buf()
