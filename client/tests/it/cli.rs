@@ -161,8 +161,7 @@ async fn undelete_brings_back_a_deletion_event_everywhere() {
         assert!(!dir.join("old.txt").exists(), "not part of the event");
     }
 
-    // Nothing deleted since: the earlier deletion by the desktop is the newest event now, and
-    // `--since` with a path reaches it too.
+    // The desktop's earlier deletion was another event; `--since` with a path reaches it.
     let out = run(args(&["undelete", a, "--since", &before_old, "old.txt"])).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
