@@ -250,7 +250,17 @@ pub async fn undelete(syncer: &mut Syncer, opts: &UndeleteOptions) -> Result<Und
     let mut out = Undeleted::default();
     let device = syncer.device.clone();
     for tomb in chosen {
-        let history = syncer.remote.history(&tomb.path).await?;
+        let history = match syncer.remote.history(&tomb.path).await {
+            Ok(h) => h,
+            Err(e) if e.is_offline() => return Err(e),
+            Err(e) => {
+                out.failed.push(NotRestored {
+                    path: tomb.path,
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
         let Some(old) = newest_live(&history) else {
             out.failed.push(NotRestored {
                 path: tomb.path,
