@@ -12,6 +12,7 @@
 //! - [`watch`](mod@watch): real-time sync (inotify + the server's change stream), offline queue, backoff.
 //! - [`transfer`]: uploading a file's new chunks and committing it as a delta; downloading into a
 //!   temp file and renaming it into place.
+//! - [`undelete`]: undoing a deletion event by restoring the deleted paths' last versions.
 
 pub mod cache;
 pub mod confine;
@@ -24,6 +25,7 @@ pub mod plan;
 pub mod remote;
 pub mod state;
 pub mod transfer;
+pub mod undelete;
 pub mod watch;
 
 pub use engine::{DEFAULT_SERVER, Report, SyncOptions, Syncer};

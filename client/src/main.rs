@@ -110,6 +110,19 @@ enum Command {
         #[arg(long)]
         version: u64,
     },
+    /// Undoes a deletion: restores every path deleted by the most recent deletion event (the
+    /// newest deletion and the same device's others in the minute before it), or every path
+    /// deleted since TIME, then syncs DIR.
+    Undelete {
+        /// The synced directory.
+        dir: PathBuf,
+        /// Restore everything deleted at or after TIME instead (RFC 3339, or local
+        /// "YYYY-MM-DD HH:MM[:SS]").
+        #[arg(long, value_name = "TIME", value_parser = lbsync_client::undelete::parse_time)]
+        since: Option<i64>,
+        /// Only paths at or under these (inside DIR).
+        paths: Vec<PathBuf>,
+    },
 }
 
 /// "12:30:01 message", with "warning:" or "error:" before the message when it is one.
@@ -298,6 +311,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = syncer.sync().await?;
             out!("sync done: {report}");
             Ok(if report.in_sync() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Undelete { dir, since, paths } => {
+            use lbsync_client::undelete::{UndeleteOptions, path_arg, undelete};
+            let mut syncer = Syncer::open(dir, &opts).await?;
+            let under = paths
+                .iter()
+                .map(|p| path_arg(dir, p))
+                .collect::<Result<_, _>>()?;
+            let done = undelete(
+                &mut syncer,
+                &UndeleteOptions {
+                    since: *since,
+                    under,
+                },
+            )
+            .await?;
+            println!("{done}");
+            if let Some(report) = &done.sync {
+                println!("sync done: {report}");
+                if !report.in_sync() {
+                    println!("  {}", report.pending.join("\n  "));
+                }
+            }
+            Ok(if done.complete() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

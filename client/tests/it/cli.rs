@@ -4,29 +4,8 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use crate::util::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_lbsync-client");
-
-async fn run(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || Command::new(BIN).args(args).output().unwrap())
-        .await
-        .unwrap()
-}
-
-fn args(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| s.to_string()).collect()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_syncs_reports_status_history_and_restore() {
@@ -127,4 +106,75 @@ async fn unreachable_or_malformed_server_is_a_clear_error() {
         "{}",
         text(&out)
     );
+}
+
+/// `undelete` on another device undoes one deletion event (an `rm -rf` of 20 files and their
+/// directory) everywhere, and leaves an older deletion alone unless `--since` reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelete_brings_back_a_deletion_event_everywhere() {
+    let server = Server::start().await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (pa, pb) = (a.path(), b.path());
+    let (a, b) = (pa.to_str().unwrap(), pb.to_str().unwrap());
+    for i in 0..100 {
+        write(pa, &format!("keep/{i}.txt"), format!("kept {i}"));
+    }
+    for i in 0..20 {
+        write(pa, &format!("proj/{i}.txt"), format!("project file {i}"));
+    }
+    write(pa, "old.txt", "deleted earlier");
+    let sync =
+        |dir: &str, device: &str| args(&["sync", dir, "--server", &server.url, "--device", device]);
+    for (dir, device) in [(a, "laptop"), (b, "desktop")] {
+        let out = run(sync(dir, device)).await;
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let everything = tree(pa);
+    let before_old = chrono::Utc::now().to_rfc3339();
+    std::fs::remove_file(pb.join("old.txt")).unwrap();
+    let out = run(sync(b, "desktop")).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    std::fs::remove_dir_all(pa.join("proj")).unwrap();
+    for (dir, device) in [(a, "laptop"), (b, "desktop")] {
+        let out = run(sync(dir, device)).await;
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert!(!pb.join("proj").exists());
+
+    let out = run(args(&["undelete", b])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("restored 20 files and 1 directory deleted by laptop at "),
+        "{}",
+        text(&out)
+    );
+    let out = run(sync(a, "laptop")).await;
+    assert!(out.status.success(), "{}", text(&out));
+    for dir in [pa, pb] {
+        for i in 0..20 {
+            assert_eq!(
+                std::fs::read_to_string(dir.join(format!("proj/{i}.txt"))).unwrap(),
+                format!("project file {i}")
+            );
+        }
+        assert!(!dir.join("old.txt").exists(), "not part of the event");
+    }
+
+    // The desktop's earlier deletion was another event; `--since` with a path reaches it.
+    let out = run(args(&["undelete", a, "--since", &before_old, "old.txt"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("restored 1 file deleted by desktop at "),
+        "{}",
+        text(&out)
+    );
+    let out = run(sync(b, "desktop")).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(tree(pa), everything);
+    assert_eq!(tree(pb), everything);
+    let out = run(args(&["undelete", a, "--since", "not a time"])).await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("RFC 3339"), "{}", text(&out));
+    server.stop().await;
 }

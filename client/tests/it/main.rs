@@ -4,6 +4,7 @@
 mod cli;
 mod faults;
 mod procs;
+mod safety;
 mod sync;
 mod util;
 mod watch;

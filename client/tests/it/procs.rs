@@ -165,6 +165,11 @@ impl Watcher {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the process has not exited.
+    pub(crate) fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     pub(crate) fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::{Command, Output};
 
 use lbsync_chunkstore::PackStore;
 use lbsync_client::{Report, SyncOptions, Syncer};
@@ -203,4 +204,29 @@ pub(crate) fn write(root: &Path, rel: &str, data: impl AsRef<[u8]>) {
     let p = root.join(rel);
     fs::create_dir_all(p.parent().unwrap()).unwrap();
     fs::write(p, data).unwrap();
+}
+
+/// Runs the real `lbsync-client` binary with `args` to its end.
+pub(crate) async fn run(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(crate::procs::CLIENT_BIN)
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+pub(crate) fn args(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// A finished command's stdout and stderr.
+pub(crate) fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
