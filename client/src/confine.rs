@@ -23,7 +23,8 @@ fn blocked_parent(root: &Path, path: &SyncPath) -> io::Result<Option<String>> {
     let mut at = root.to_path_buf();
     let parts: Vec<&str> = path.as_str().split('/').collect();
     for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
-        if i == 0 && *part == STATE_DIR {
+        // Case-insensitive file systems (macOS, Windows) take `.LBSYNC` for `.lbsync`.
+        if i == 0 && part.eq_ignore_ascii_case(STATE_DIR) {
             return Ok(Some(format!("{STATE_DIR}/ holds the client's state")));
         }
         at.push(part);

@@ -116,6 +116,18 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// How a path that changed on both sides was resolved.
+enum Resolved {
+    /// Nothing more to do (equal contents adopted, or the server's version put in place).
+    Done,
+    /// The local version was moved to this conflicted copy (to upload); the server's goes in
+    /// its place.
+    KeptCopy(SyncPath),
+    /// A local directory stays, the server's file or link was fetched beside it: the directory
+    /// is uploaded on top of the server's version.
+    KeptDir,
+}
+
 /// A sync in progress: the directory, its state, the server.
 pub struct Syncer {
     /// The synced directory.
@@ -241,6 +253,10 @@ impl Syncer {
         s.server = server;
         s.folder = folder;
         s.device_name = name;
+        if state.state.forgotten {
+            // Before anything is applied: a crash must not forget that the server forgot.
+            state.save()?;
+        }
         let index = ChunkIndex::build(&state);
         let cache = ChunkCache::open(state.cache_dir());
         let root_id = (md.dev(), md.ino());
@@ -387,6 +403,7 @@ impl Syncer {
             in_doubt: &st.in_doubt,
             forgotten: st.forgotten,
             hashed: &hashed,
+            seeding: st.seeding,
         };
         let mut plan = plan(&view, remote, &ignored);
         // Where only the fingerprint moved (the bytes hash as synced), the new one is the
@@ -414,7 +431,7 @@ impl Syncer {
                 "{path}: cannot be read ({why}); nothing under it is synced"
             ));
         }
-        let ok = self.execute(plan, &local).await && held.here == 0;
+        let ok = self.execute(plan, &local).await;
         self.report.bytes_sent = self.remote.sent - sent0;
         self.report.bytes_received = self.remote.received - received0;
         let problems = std::mem::take(&mut self.problems);
@@ -430,9 +447,13 @@ impl Syncer {
         if ok && st.in_doubt.is_empty() {
             st.cursor = self.cursor;
         }
-        if ok && st.forgotten && self.report.pending.is_empty() && local.unknown.is_empty() {
+        let complete = ok && self.report.pending.is_empty() && local.unknown.is_empty();
+        if complete && st.forgotten {
             info!("the server has everything this folder holds again");
             st.forgotten = false;
+        }
+        if complete {
+            st.seeding = false;
         }
         st.last_sync_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
         self.sync_placed_dirs();
@@ -456,17 +477,6 @@ impl Syncer {
                  `{confirm}`; if not, put the files back (they are still on the server: \
                  `lbsync-client sync` in an empty directory fetches them)",
                 held.there
-            );
-            warn!("{msg}");
-            self.report.waiting.push(msg);
-        }
-        if held.here > 0 {
-            let msg = format!(
-                "held back {} deletions from the server: that is more than this folder's guard \
-                 lets through at once, so nothing was deleted here. If they are meant, run \
-                 `{confirm}`; if not, `lbsync-client undelete {}` brings them back everywhere",
-                held.here,
-                self.root.display()
             );
             warn!("{msg}");
             self.report.waiting.push(msg);
@@ -612,11 +622,12 @@ impl Syncer {
                     Err(e) => self.pending(&path, &e),
                 },
                 Action::BothChanged(r) => match self.both_changed(&r, local.get(&path)).await {
-                    Ok(Some(copy)) => {
+                    Ok(Resolved::KeptCopy(copy)) => {
                         uploads.push((copy, 0));
                         applies.push(r);
                     }
-                    Ok(None) => {}
+                    Ok(Resolved::KeptDir) => uploads.push((path, r.version)),
+                    Ok(Resolved::Done) => {}
                     Err(e) if e.is_offline() => {
                         remote_ok = false;
                         self.pending(&path, &e);
@@ -777,12 +788,10 @@ impl Syncer {
     /// state does not know that holds an older server version (a download whose state was never
     /// saved): replace it. Otherwise move the local version to a conflicted copy (returned, to be
     /// uploaded) so the server's can take the path.
-    async fn both_changed(
-        &mut self,
-        r: &Entry,
-        here: Option<&Fingerprint>,
-    ) -> Result<Option<SyncPath>> {
-        let Some(l) = here else { return Ok(None) };
+    async fn both_changed(&mut self, r: &Entry, here: Option<&Fingerprint>) -> Result<Resolved> {
+        let Some(l) = here else {
+            return Ok(Resolved::Done);
+        };
         let same = match (l.kind, r.kind) {
             (Kind::Dir, EntryKind::Dir) => true,
             (Kind::Symlink, EntryKind::Symlink) => l.target == r.symlink_target,
@@ -801,7 +810,7 @@ impl Syncer {
                         .map_err(Error::io(format!("replacing {}", local.display())))?;
                     self.download_file(r).await?;
                     self.report.downloaded += 1;
-                    return Ok(None);
+                    return Ok(Resolved::Done);
                 }
                 Some(m.id()) == r.manifest
             }
@@ -809,7 +818,7 @@ impl Syncer {
         };
         if same {
             self.adopt(r, Some(l));
-            return Ok(None);
+            return Ok(Resolved::Done);
         }
         if l.kind == Kind::Dir {
             // A local directory against a server file or link: the directory stays; the server's
@@ -833,7 +842,7 @@ impl Syncer {
             }
             self.state.state.files.remove(copy.as_str());
             self.report.conflicts += 1;
-            return Ok(Some(r.path.clone()));
+            return Ok(Resolved::KeptDir);
         }
         let copy = self.conflict_copy_of(&r.path)?;
         info!(
@@ -841,7 +850,7 @@ impl Syncer {
             r.path,
             display_device(&r.device)
         );
-        Ok(Some(copy))
+        Ok(Resolved::KeptCopy(copy))
     }
 
     /// Whether `m`, the content of a local file the state does not know, is a version the server
@@ -1050,15 +1059,17 @@ impl Syncer {
                 // Someone committed in between: resolve as if the plan had seen it.
                 let here = fingerprint(&local);
                 let unknown_here = !self.state.state.files.contains_key(path.as_str());
-                if cur.deleted && unknown_here && self.returning(&cur).await? {
+                let seeding = self.state.state.seeding;
+                if cur.deleted && unknown_here && seeding && self.returning(&cur).await? {
                     return Ok(());
                 }
                 if cur.deleted || cur.version == 0 {
                     return Box::pin(self.upload(path, cur.version)).await;
                 }
                 match self.both_changed(&cur, here.as_ref()).await? {
-                    None => Ok(()),
-                    Some(copy) => {
+                    Resolved::Done => Ok(()),
+                    Resolved::KeptDir => Box::pin(self.upload(path, cur.version)).await,
+                    Resolved::KeptCopy(copy) => {
                         match cur.kind {
                             EntryKind::File => self.download_file(&cur).await?,
                             _ => self.apply_plain(&cur)?,

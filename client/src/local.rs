@@ -222,38 +222,44 @@ impl IgnoreRules {
             return true;
         }
         let parts: Vec<&str> = path.as_str().split('/').collect();
-        let mut ignored = false;
-        for depth in 0..parts.len() {
-            let rel = parts[..depth].join("/");
-            let mut cache = self.dirs.lock().expect("not poisoned");
-            let gi = cache.entry(rel.clone()).or_insert_with(|| {
-                let dir = if rel.is_empty() {
-                    root.to_path_buf()
-                } else {
-                    root.join(&rel)
-                };
-                let file = dir.join(IGNORE_FILE);
-                if fs::symlink_metadata(&file).is_err() {
-                    return None;
-                }
-                let mut b = ignore::gitignore::GitignoreBuilder::new(&dir);
-                if b.add(&file).is_some() {
-                    return None;
-                }
-                b.build().ok()
-            });
-            let Some(gi) = gi else { continue };
-            for j in depth + 1..=parts.len() {
-                let sub = root.join(parts[..j].join("/"));
-                let m = gi.matched(&sub, j < parts.len() || is_dir);
+        // Top down, as the scan walks: the first excluded directory excludes everything below
+        // it (no rule further down can bring a path back, and its ignore files are not read).
+        for j in 1..=parts.len() {
+            let sub = root.join(parts[..j].join("/"));
+            let sub_is_dir = j < parts.len() || is_dir;
+            let mut ignored = false;
+            for depth in 0..j {
+                let rel = parts[..depth].join("/");
+                let mut cache = self.dirs.lock().expect("not poisoned");
+                let gi = cache.entry(rel.clone()).or_insert_with(|| {
+                    let dir = if rel.is_empty() {
+                        root.to_path_buf()
+                    } else {
+                        root.join(&rel)
+                    };
+                    let file = dir.join(IGNORE_FILE);
+                    if fs::symlink_metadata(&file).is_err() {
+                        return None;
+                    }
+                    let mut b = ignore::gitignore::GitignoreBuilder::new(&dir);
+                    if b.add(&file).is_some() {
+                        return None;
+                    }
+                    b.build().ok()
+                });
+                let Some(gi) = gi else { continue };
+                let m = gi.matched(&sub, sub_is_dir);
                 if m.is_ignore() {
                     ignored = true;
                 } else if m.is_whitelist() {
                     ignored = false;
                 }
             }
+            if ignored {
+                return true;
+            }
         }
-        ignored
+        false
     }
 }
 
@@ -395,6 +401,13 @@ mod tests {
         assert!(!is_ignored(
             root,
             &SyncPath::new("src/b.rs").unwrap(),
+            false
+        ));
+        // As the walker does: nothing below an excluded directory comes back.
+        fs::write(root.join(IGNORE_FILE), b"*.tmp\nbuild/\n!build/README\n").unwrap();
+        assert!(is_ignored(
+            root,
+            &SyncPath::new("src/build/README").unwrap(),
             false
         ));
         let link = fingerprint(&root.join("link")).unwrap();

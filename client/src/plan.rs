@@ -110,6 +110,8 @@ pub struct View<'a> {
     pub forgotten: bool,
     /// Files hashed because their fingerprint moved or was racy.
     pub hashed: &'a HashMap<SyncPath, Hashed>,
+    /// The state is new (see `State::seeding`).
+    pub seeding: bool,
 }
 
 /// Whether a path is excluded by ignore rules (`is_dir` for the rule syntax).
@@ -218,10 +220,22 @@ fn plan_path(
             (None, true) => Action::Adopt(r),
             // A modification beats a deletion, on either side.
             (None, false) => Action::Apply(r),
-            (Some(_), true) if synced.is_none() => Action::Returning(r),
+            (Some(_), true) if synced.is_none() && view.seeding => Action::Returning(r),
             (Some(_), true) => Action::Upload { base: r.version },
+            // Only the mode changed there (same bytes as synced): the edit here goes on top.
+            (Some(_), false) if metadata_only(&r, synced) => Action::Upload { base: r.version },
             (Some(_), false) => Action::BothChanged(r),
         },
+    })
+}
+
+/// Whether the server's entry `r` differs from what was synced only in its metadata.
+fn metadata_only(r: &Entry, synced: Option<&Synced>) -> bool {
+    synced.is_some_and(|s| {
+        r.kind == EntryKind::File
+            && s.local.kind == Kind::File
+            && r.manifest
+                .is_some_and(|m| s.manifest.as_deref() == Some(m.to_string().as_str()))
     })
 }
 
@@ -295,17 +309,15 @@ impl Default for DeleteGuard {
     }
 }
 
-/// Deletions the guard held back, on each side.
+/// Deletions the guard held back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Held {
-    /// Deletions that would have gone to the server.
+    /// Deletions made here that would have gone to the server.
     pub there: u64,
-    /// Deletions that would have been made here.
-    pub here: u64,
 }
 
 impl DeleteGuard {
-    /// Takes out of `plan` the deletions of a side that deletes too much, and says how many.
+    /// Takes out of `plan` the deletions made here when they are too many, and says how many.
     /// `files` is how many files and links the folder had when last synced.
     pub fn hold(&self, plan: &mut BTreeMap<SyncPath, Action>, files: u64) -> Held {
         // Directories do not count (their files do), but are held with them.
@@ -318,13 +330,14 @@ impl DeleteGuard {
             n > self.max_files
                 || (n >= self.min_files && n as f64 > self.max_fraction * files as f64)
         };
+        // Deletions made here are held; those from the server were let through (or made
+        // without a guard) where they were made, and holding them on every device too would ask
+        // every person to confirm one person's decision.
         let mut held = Held::default();
-        for (side, slot) in [(Side::There, &mut held.there), (Side::Here, &mut held.here)] {
-            let n = count(plan, side);
-            if too_many(n) {
-                *slot = n;
-                plan.retain(|_, a| a.deletes().is_none_or(|(s, _)| s != side));
-            }
+        let n = count(plan, Side::There);
+        if too_many(n) {
+            held.there = n;
+            plan.retain(|_, a| a.deletes().is_none_or(|(s, _)| s != Side::There));
         }
         held
     }

@@ -191,6 +191,10 @@ pub struct State {
     /// The id in `.lbsync/marker`: the folder is synced only while that file holds it.
     #[serde(default)]
     pub marker: String,
+    /// The synced directory's device and inode: a `.lbsync/` copied into another directory
+    /// describes that other directory, whose files would all look deleted here.
+    #[serde(default)]
+    pub root_id: (u64, u64),
     /// The id of the server's store this state was synced with.
     #[serde(default)]
     pub store_id: String,
@@ -199,6 +203,11 @@ pub struct State {
     /// nothing is deleted for it, and every local path is offered to it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forgotten: bool,
+    /// This state is new (a new folder, or one whose state was lost) and no sync has finished
+    /// yet: a local file it does not know, where the server deleted the path, may be an old copy
+    /// and is compared with the path's history before it is sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seeding: bool,
     /// Paths that could not be synced, with why; retried with backoff.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub problems: BTreeMap<String, Problem>,
@@ -314,6 +323,7 @@ impl StateStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
                 version: STATE_VERSION,
                 device_id: new_device_id(root),
+                seeding: true,
                 ..State::default()
             },
             Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
@@ -327,6 +337,23 @@ impl StateStore {
                 reason: why,
             });
         }
+        let root_id = {
+            use std::os::unix::fs::MetadataExt;
+            let md = fs::symlink_metadata(root)
+                .map_err(Error::io(format!("opening {}", root.display())))?;
+            (md.dev(), md.ino())
+        };
+        if state.root_id != (0, 0) && state.root_id != root_id {
+            return Err(Error::FolderStopped {
+                root: root.to_path_buf(),
+                reason: format!(
+                    "its {STATE_DIR}/ was made for another directory (copied, or the folder was \
+                     moved to another disk); to sync it as a new folder, move {} away",
+                    dir.display()
+                ),
+            });
+        }
+        state.root_id = root_id;
         fs::create_dir_all(dir.join("manifests"))
             .and_then(|()| fs::create_dir_all(dir.join("tmp")))
             .map_err(Error::io(format!("creating {}", dir.display())))?;
@@ -380,6 +407,22 @@ impl StateStore {
     /// `Syncer::bury`): `.lbsync/trash/`.
     pub fn trash_dir(&self) -> PathBuf {
         self.dir.join("trash")
+    }
+
+    /// A temp file name not taken (`<stem>.<n>` in the temp directory).
+    pub fn new_tmp(&self, stem: &str) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        loop {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = self
+                .tmp_dir()
+                .join(format!("{stem}.{}-{n}", std::process::id()));
+            if fs::symlink_metadata(&path).is_err()
+                && fs::symlink_metadata(crate::place::origin_file(&path)).is_err()
+            {
+                return path;
+            }
+        }
     }
 
     /// Where temporary downloads go (same file system as the synced files, so renames are atomic).

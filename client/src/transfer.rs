@@ -642,12 +642,15 @@ impl Syncer {
                 self.remote.manifest(id, base.as_ref()).await?
             }
         };
+        // A name of its own, created new: a temp file may hold what a swap displaced.
         let tmp = self
             .state
-            .tmp_dir()
-            .join(format!("{}.part", &id.to_string()[..16]));
-        let mut file =
-            fs::File::create(&tmp).map_err(Error::io(format!("creating {}", tmp.display())))?;
+            .new_tmp(&format!("{}.part", &id.to_string()[..16]));
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(Error::io(format!("creating {}", tmp.display())))?;
         let max_len = self.remote.params.largest_chunk();
         let (mut local_chunks, mut fetched) = (0u64, 0u64);
         let mut progress = Progress::new(m.size(), format!("receiving {}", r.path));
@@ -776,7 +779,7 @@ impl Syncer {
         let dest = confine::check(&self.root, &r.path)?;
         let local = match r.kind {
             EntryKind::Dir => {
-                self.make_room(&r.path)?;
+                self.make_room(&r.path, true)?;
                 match fs::symlink_metadata(&dest) {
                     Ok(md) if md.is_dir() => {}
                     _ => fs::create_dir(&dest)
@@ -792,11 +795,10 @@ impl Syncer {
             }
             EntryKind::Symlink => {
                 let target = r.symlink_target.clone().unwrap_or_default();
-                let tmp = self.state.tmp_dir().join(format!(
+                let tmp = self.state.new_tmp(&format!(
                     "{}.link",
                     &ChunkId::of(r.path.as_str().as_bytes()).to_string()[..16]
                 ));
-                let _ = fs::remove_file(&tmp);
                 std::os::unix::fs::symlink(&target, &tmp)
                     .map_err(Error::io(format!("creating symlink {}", tmp.display())))?;
                 self.put_in_place(&r.path, &tmp)?
@@ -825,7 +827,7 @@ impl Syncer {
     /// instant before the swap. The fingerprint is taken after the swap, and is racy (see
     /// `Synced::racy`), so a write landing just after it is still found by the next scan.
     fn put_in_place(&mut self, path: &SyncPath, new: &Path) -> Result<Fingerprint> {
-        let dest = self.make_room(path)?;
+        let dest = self.make_room(path, false)?;
         let inode = fingerprint(new).map_or(0, |f| f.inode);
         place::note_origin(new, path, inode)
             .map_err(Error::io(format!("recording {}", new.display())))?;
@@ -846,31 +848,38 @@ impl Syncer {
                 return Err(e);
             }
         };
-        let placed = placed.ok_or_else(|| Error::Usage(format!("{} vanished", dest.display())))?;
-        let Some(old) = old else {
-            place::clear_origin(new);
-            return Ok(placed);
-        };
-        let synced = self.state.state.files.get(path.as_str()).map(|s| &s.local);
-        if old.kind != Kind::Dir && synced.is_some_and(|s| same_file(&old, s)) {
-            fs::remove_file(new).map_err(Error::io(format!("removing {}", new.display())))?;
-            place::clear_origin(new);
-            return Ok(placed);
+        // What was displaced is dealt with first, whatever happened to the new file.
+        if let Some(old) = old {
+            let synced = self.state.state.files.get(path.as_str()).map(|s| &s.local);
+            if old.kind != Kind::Dir && synced.is_some_and(|s| same_file(&old, s)) {
+                fs::remove_file(new).map_err(Error::io(format!("removing {}", new.display())))?;
+            } else {
+                let copy = self.keep_as_conflicted_copy(path, new)?;
+                info!("{path} changed here as the server's version arrived: kept it as {copy}");
+            }
         }
-        let copy = self.keep_as_conflicted_copy(path, new)?;
         place::clear_origin(new);
-        info!("{path} changed here as the server's version arrived: kept it as {copy}");
-        Ok(placed)
+        placed.ok_or_else(|| Error::Usage(format!("{} vanished", dest.display())))
     }
 
     /// Makes `path` free to be replaced: creates its parent, and if something unsynced or changed
     /// is there (it changed after the plan was made), moves it to a conflicted copy first.
-    fn make_room(&mut self, path: &SyncPath) -> Result<PathBuf> {
+    fn make_room(&mut self, path: &SyncPath, dir: bool) -> Result<PathBuf> {
         let dest = confine::make_parents(&self.root, path)?;
         let Some(now) = fingerprint(&dest) else {
             return Ok(dest);
         };
         let synced = self.state.state.files.get(path.as_str()).map(|s| &s.local);
+        if now.kind == Kind::Dir && !dir {
+            // A file or link cannot take a directory's place: an empty one gives way, one that
+            // holds anything waits (its files' deletions, if any, come later in this sync).
+            return match fs::remove_dir(&dest) {
+                Ok(()) => Ok(dest),
+                Err(_) => Err(Error::Usage(format!(
+                    "{path} is a directory here that still holds files, and a file on the server"
+                ))),
+            };
+        }
         if now.kind == Kind::Dir || synced.is_some_and(|s| unchanged(&now, s)) {
             return Ok(dest);
         }

@@ -198,11 +198,26 @@ pub async fn watch(
     let mut next_rescan = Instant::now() + rescan_every;
     let mut events_closed = false;
     let mut stopped: Option<String> = None;
+    // The marker of the folder this watch started on: a reconnect must find the same folder
+    // (an unmounted disk leaves an empty directory that would otherwise look like a new one).
+    let mut marker: Option<String> = None;
     'run: loop {
         // Connect when needed.
         if syncer.is_none() {
-            match Syncer::open_locked(&root, opts, lock.clone()).await {
+            let opened = Syncer::open_locked(&root, opts, lock.clone())
+                .await
+                .and_then(|s| match &marker {
+                    Some(m) if *m != s.state.state.marker => Err(Error::FolderStopped {
+                        root: root.clone(),
+                        reason: "its .lbsync/ is not the one this watch started with (an \
+                                 unmounted disk? another folder put in its place?)"
+                            .into(),
+                    }),
+                    _ => Ok(s),
+                });
+            match opened {
                 Ok(s) => {
+                    marker.get_or_insert_with(|| s.state.state.marker.clone());
                     if offline_since.take().is_some() {
                         info!("back online");
                     }

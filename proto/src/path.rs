@@ -73,7 +73,12 @@ impl SyncPath {
                 _ => {}
             }
         }
-        if path.split('/').next() == Some(RESERVED_DIR) {
+        // Any case: a case-insensitive file system takes `.LBSYNC` for `.lbsync`.
+        if path
+            .split('/')
+            .next()
+            .is_some_and(|first| first.eq_ignore_ascii_case(RESERVED_DIR))
+        {
             return Err(PathError::Reserved(path));
         }
         Ok(Self(path))
