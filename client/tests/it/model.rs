@@ -32,6 +32,7 @@
 //! - `LBSYNC_MODEL_SURVEY=1`: run every sequence, shrink nothing, and print which invariants
 //!   broke with which op kinds in the sequence (for finding out what an engine gets wrong).
 //! - `LBSYNC_MODEL_SHRINK_SECS=N`: the time the shrinker may take (default 120).
+//! - `LBSYNC_MODEL_DUMP=1`: print every device's tree after each sequence settles.
 
 #![allow(clippy::unwrap_used)] // test code: a failure is a test failure
 
@@ -410,6 +411,36 @@ fn parent(p: &str) -> Option<&str> {
     p.rfind('/').map(|i| &p[..i])
 }
 
+/// Whether `copy` is a conflicted copy of `path`: `<stem> (conflicted copy ...)<ext>` beside it.
+fn is_copy_of(copy: &str, path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let stem = match name.rfind('.') {
+        Some(i) if i > 0 => &name[..i],
+        _ => name,
+    };
+    let prefix = match parent(path) {
+        Some(p) => format!("{p}/{stem} (conflicted copy "),
+        None => format!("{stem} (conflicted copy "),
+    };
+    copy.starts_with(&prefix) && !copy[prefix.len()..].contains('/')
+}
+
+/// Whether the directory `path` is in `after` under a conflicted-copy name of itself or of one
+/// of its parents (a conflict moved the directory aside with what it held).
+fn moved_as_copy(after: &Tree, path: &str) -> bool {
+    let mut anc = Some(path);
+    while let Some(a) = anc {
+        let suffix = &path[a.len()..];
+        if after.iter().any(|(k, n)| {
+            *n == Node::Dir && k.ends_with(suffix) && is_copy_of(&k[..k.len() - suffix.len()], a)
+        }) {
+            return true;
+        }
+        anc = parent(a);
+    }
+    false
+}
+
 fn is_under(p: &str, dir: &str) -> bool {
     p == dir || p.starts_with(&format!("{dir}/"))
 }
@@ -741,10 +772,16 @@ impl<'a> Model<'a> {
             },
             790..820 => {
                 let all: Vec<String> = files.iter().chain(&dirs).cloned().collect();
-                let modes = [0o644, 0o755, 0o600, 0o700, 0o664];
+                let path = pick(rng, &all)?;
+                // Directories keep rwx for their owner: one without is the `Lock` op.
+                let modes: &[u32] = if dirs.contains(&path) {
+                    &[0o755, 0o700, 0o775]
+                } else {
+                    &[0o644, 0o755, 0o600, 0o700, 0o664]
+                };
                 Op::Chmod {
                     dev,
-                    path: pick(rng, &all)?,
+                    path,
                     mode: modes[rng.random_range(0..modes.len())],
                 }
             }
@@ -1134,8 +1171,10 @@ impl<'a> Model<'a> {
                     }
                 }
                 Node::Dir | Node::Link(_) => {
+                    // Kept: still there, or moved beside itself as a conflicted copy.
                     let kept = match (node, after.get(path)) {
                         (Node::Dir, Some(Node::Dir)) => true,
+                        (Node::Dir, _) => moved_as_copy(&after, path),
                         (Node::Link(t), _) => links_after.contains(t),
                         _ => false,
                     };
@@ -1424,6 +1463,16 @@ fn run_case(source: Source<'_>, kinds: &HashSet<&'static str>, can_lock: bool) -
     for r in &m.roots {
         unlock_all(r);
     }
+    if std::env::var_os("LBSYNC_MODEL_DUMP").is_some() {
+        for (d, r) in m.roots.iter().enumerate() {
+            for (p, n) in snapshot(r) {
+                eprintln!("dump dev{d}: {p}: {}", describe(Some(&n)));
+            }
+            for e in fs::read_dir(r.join(".lbsync/tmp")).into_iter().flatten().flatten() {
+                eprintln!("dump dev{d}: .lbsync/tmp/{}", e.file_name().to_string_lossy());
+            }
+        }
+    }
     Outcome {
         ops: m.done.clone(),
         violations: m.violations.clone(),
@@ -1618,4 +1667,13 @@ fn model_sequences() {
             notes.join("\n")
         );
     }
+}
+
+/// Replays an op list once (no shrinking) and panics with its violations; for the pinned cases.
+fn replay(ops: &[Op]) {
+    let kinds = enabled_kinds();
+    let can_lock = unreadable_works();
+    let out = run_case(Source::Replay(ops), &kinds, can_lock);
+    let why: Vec<String> = out.violations.iter().map(|v| format!("  - {v}")).collect();
+    assert!(out.violations.is_empty(), "violations:\n{}", why.join("\n"));
 }
