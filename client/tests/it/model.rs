@@ -14,7 +14,8 @@
 //! 1. No lost write: every token nobody superseded is, at the end, in some device's folder (any
 //!    file, conflicted copies included) or in a version the server keeps.
 //! 2. No deletion nobody asked for: after every sync, each token that left a device's folder was
-//!    superseded; a directory or symlink that vanished was removed by someone (path, or a parent).
+//!    superseded, or its path (or a parent) was renamed by someone; a directory or symlink that
+//!    vanished was removed by someone (path, or a parent), or moved aside as a conflicted copy.
 //! 3. Confinement: the sentinel directory outside the folders (a symlink points there) is never
 //!    written, and `.lbsync/` holds only the client's own files.
 //! 4. Nothing missed and 5. convergence: after settling, every device holds the same tree (paths,
@@ -566,6 +567,9 @@ struct Model<'a> {
     contents: Vec<Vec<u8>>,
     /// Paths a person deleted, renamed away or replaced.
     removed: HashSet<String>,
+    /// Paths a person renamed away: content under them may leave its old place for a while
+    /// (the new place can arrive a sync later); invariant 1 still wants it somewhere at the end.
+    renamed: HashSet<String>,
     /// Every path seen anywhere.
     ever: BTreeSet<String>,
     last_write: [Option<String>; DEVICES],
@@ -604,6 +608,7 @@ impl<'a> Model<'a> {
             superseded: HashSet::new(),
             contents: Vec::new(),
             removed: HashSet::new(),
+            renamed: HashSet::new(),
             ever: BTreeSet::new(),
             last_write: Default::default(),
             violations: Vec::new(),
@@ -910,7 +915,8 @@ impl<'a> Model<'a> {
                 if fs::rename(self.p(dev, &from), self.p(dev, &to)).is_err() {
                     return false;
                 }
-                self.removed.insert(from);
+                self.removed.insert(from.clone());
+                self.renamed.insert(from);
                 self.ever.insert(to);
                 true
             }
@@ -1159,8 +1165,9 @@ impl<'a> Model<'a> {
         for (path, node) in before {
             match node {
                 Node::File { data, .. } => {
+                    let moved = self.renamed.iter().any(|r| is_under(path, r));
                     for t in tokens(data) {
-                        if !present.contains(&t) && !self.superseded.contains(&t) {
+                        if !present.contains(&t) && !self.superseded.contains(&t) && !moved {
                             let (wd, wp) = self.origin.get(&t).cloned().unwrap_or((9, "?".into()));
                             found.push(format!(
                                 "{what}: {t} (written on dev{wd} at {wp}) was in {path} and left the \
