@@ -3,6 +3,7 @@
 
 mod cli;
 mod faults;
+mod model;
 mod procs;
 mod safety;
 mod sync;
