@@ -976,7 +976,7 @@ impl Syncer {
     /// moved aside first and looked at there, so a write that lands meanwhile is not lost. `false`
     /// if it changed: then it is back in its place, or beside it as a conflicted copy if that
     /// place was taken in the meantime.
-    fn remove_unchanged(
+    pub(crate) fn remove_unchanged(
         &mut self,
         path: &SyncPath,
         synced: Option<&Fingerprint>,

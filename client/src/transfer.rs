@@ -782,8 +782,24 @@ impl Syncer {
                 self.make_room(&r.path, true)?;
                 match fs::symlink_metadata(&dest) {
                     Ok(md) if md.is_dir() => {}
-                    _ => fs::create_dir(&dest)
-                        .map_err(Error::io(format!("creating {}", dest.display())))?,
+                    res => {
+                        if res.is_ok() {
+                            // A synced file or link gives way (`make_room` kept a changed one).
+                            let synced = self.state.state.files.get(r.path.as_str());
+                            let synced = synced.map(|s| s.local.clone());
+                            let gone = self
+                                .remove_unchanged(&r.path, synced.as_ref())
+                                .map_err(Error::io(format!("replacing {}", dest.display())))?;
+                            if !gone {
+                                return Err(Error::Usage(format!(
+                                    "{} changed here as the server's directory arrived",
+                                    r.path
+                                )));
+                            }
+                        }
+                        fs::create_dir(&dest)
+                            .map_err(Error::io(format!("creating {}", dest.display())))?
+                    }
                 }
                 if r.mode != 0 {
                     let perm = std::os::unix::fs::PermissionsExt::from_mode(r.mode & 0o777);
