@@ -587,14 +587,7 @@ impl Writer {
                 pending = 0;
                 self.roll(packs_dir)?;
             }
-            let entry = IndexEntry {
-                pack: self.pack,
-                offset: self.len + pending,
-                stored_len: header.stored_len,
-                raw_len: header.raw_len,
-                flags: header.flags,
-                inserted_at,
-            };
+            let entry = IndexEntry::of(header, self.pack, self.len + pending, inserted_at);
             out.entries.push((header.id, entry));
             parts.push(IoSlice::new(head));
             parts.push(IoSlice::new(payload));
@@ -926,14 +919,7 @@ impl Scan<'_> {
             match reader.record_at(offset).map_err(io_err())? {
                 RecordAt::Valid { header, next } => {
                     if !self.index.contains_key(header.id.as_bytes())? {
-                        let entry = IndexEntry {
-                            pack,
-                            offset,
-                            stored_len: header.stored_len,
-                            raw_len: header.raw_len,
-                            flags: header.flags,
-                            inserted_at: now,
-                        };
+                        let entry = IndexEntry::of(&header, pack, offset, now);
                         match &mut self.unindexed {
                             Some(mem) => {
                                 mem.entry(header.id).or_insert(entry);

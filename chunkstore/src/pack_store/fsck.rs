@@ -160,14 +160,9 @@ pub(super) fn run(store: &PackStore, repair: bool) -> Result<FsckReport> {
                 RecordAt::Valid { header, next } => {
                     report.records += 1;
                     sound_at.insert((pack, offset), header.id);
-                    first_copy.entry(header.id).or_insert(IndexEntry {
-                        pack,
-                        offset,
-                        stored_len: header.stored_len,
-                        raw_len: header.raw_len,
-                        flags: header.flags,
-                        inserted_at: now,
-                    });
+                    first_copy
+                        .entry(header.id)
+                        .or_insert(IndexEntry::of(&header, pack, offset, now));
                     offset = next;
                 }
                 RecordAt::BadPayload { header, next, what } => {

@@ -7,7 +7,7 @@
 //!   watermark never runs ahead of the entries.
 
 use crate::id::ChunkId;
-use crate::pack::RECORD_HEADER_LEN;
+use crate::pack::{RECORD_HEADER_LEN, RecordHeader};
 
 pub(crate) const WATERMARK_PREFIX: &[u8; 3] = b"\xffwm";
 
@@ -24,6 +24,18 @@ pub(crate) struct IndexEntry {
 
 impl IndexEntry {
     pub(crate) const LEN: usize = 29;
+
+    /// The entry of the record with `header` at `offset` of `pack`.
+    pub(crate) fn of(header: &RecordHeader, pack: u32, offset: u64, inserted_at: u64) -> Self {
+        Self {
+            pack,
+            offset,
+            stored_len: header.stored_len,
+            raw_len: header.raw_len,
+            flags: header.flags,
+            inserted_at,
+        }
+    }
 
     pub(crate) fn encode(&self) -> [u8; Self::LEN] {
         let mut b = [0u8; Self::LEN];

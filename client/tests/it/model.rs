@@ -405,40 +405,11 @@ type Tree = BTreeMap<String, Node>;
 /// Everything under `root` but `.lbsync/`, without following symlinks. An unreadable directory
 /// shows, its contents do not.
 fn snapshot(root: &Path) -> Tree {
-    let mut out = Tree::new();
-    walk(root, root, &mut out);
-    out
-}
-
-fn walk(root: &Path, dir: &Path, out: &mut Tree) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        let rel = path
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        if rel == ".lbsync" {
-            continue;
-        }
-        let Ok(md) = fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if md.file_type().is_symlink() {
-            if let Ok(t) = fs::read_link(&path) {
-                out.insert(rel, Node::Link(t.to_string_lossy().into_owned()));
-            }
-        } else if md.is_dir() {
-            out.insert(rel, Node::Dir);
-            walk(root, &path, out);
-        } else if let Ok(data) = fs::read(&path) {
-            let mode = md.permissions().mode() & 0o777;
-            out.insert(rel, Node::File { data, mode });
-        }
-    }
+    crate::util::walk_tree(root, |link, data, mode| match (link, data) {
+        (Some(target), _) => Node::Link(target),
+        (None, Some(data)) => Node::File { data, mode },
+        (None, None) => Node::Dir,
+    })
 }
 
 /// The tokens a file holds.

@@ -128,45 +128,62 @@ pub(crate) enum Node {
 /// Everything under `root` but `.lbsync/`, by relative path. A path that vanishes while it is
 /// being read (a client at work) is left out: the next look sees the settled tree.
 pub(crate) fn tree(root: &Path) -> BTreeMap<String, Node> {
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
+    walk_tree(root, |link, data, mode| match (link, data) {
+        (Some(target), _) => Node::Link(target),
+        (None, Some(data)) => Node::File {
+            hash: blake3::hash(&data).to_hex().to_string(),
+            exec: mode & 0o111 != 0,
+        },
+        (None, None) => Node::Dir,
+    })
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Node>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        let rel = path
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        if rel == ".lbsync" {
-            continue;
-        }
-        let Ok(md) = fs::symlink_metadata(&path) else {
-            continue;
+/// Everything under `root` but `.lbsync/`, without following symlinks, by relative path: what
+/// `node` makes of each (a link's target, a file's bytes and mode, or neither for a directory).
+/// A path that vanishes or cannot be read while it is walked is left out.
+pub(crate) fn walk_tree<N>(
+    root: &Path,
+    mut node: impl FnMut(Option<String>, Option<Vec<u8>>, u32) -> N,
+) -> BTreeMap<String, N> {
+    fn walk<N>(
+        root: &Path,
+        dir: &Path,
+        node: &mut dyn FnMut(Option<String>, Option<Vec<u8>>, u32) -> N,
+        out: &mut BTreeMap<String, N>,
+    ) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
         };
-        if md.file_type().is_symlink() {
-            if let Ok(target) = fs::read_link(&path) {
-                out.insert(rel, Node::Link(target.to_string_lossy().into_owned()));
+        for e in entries.flatten() {
+            let path = e.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if rel == ".lbsync" {
+                continue;
             }
-        } else if md.is_dir() {
-            out.insert(rel, Node::Dir);
-            walk(root, &path, out);
-        } else if let Ok(data) = fs::read(&path) {
-            out.insert(
-                rel,
-                Node::File {
-                    hash: blake3::hash(&data).to_hex().to_string(),
-                    exec: md.permissions().mode() & 0o111 != 0,
-                },
-            );
+            let Ok(md) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let mode = md.permissions().mode() & 0o777;
+            if md.file_type().is_symlink() {
+                if let Ok(t) = fs::read_link(&path) {
+                    let t = t.to_string_lossy().into_owned();
+                    out.insert(rel, node(Some(t), None, mode));
+                }
+            } else if md.is_dir() {
+                out.insert(rel, node(None, None, mode));
+                walk(root, &path, node, out);
+            } else if let Ok(data) = fs::read(&path) {
+                out.insert(rel, node(None, Some(data), mode));
+            }
         }
     }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut node, &mut out);
+    out
 }
 
 /// Bytes in the server's pack files.
