@@ -123,9 +123,10 @@ enum Resolved {
     /// The local version was moved to this conflicted copy (to upload); the server's goes in
     /// its place.
     KeptCopy(SyncPath),
-    /// A local directory stays, the server's file or link was fetched beside it: the directory
-    /// is uploaded on top of the server's version.
-    KeptDir,
+    /// A local directory stays, the server's file or link was fetched beside it as this
+    /// conflicted copy: the directory is uploaded on top of the server's version, and the copy
+    /// in the same sync, so that a device that had the file gets its copy as the file goes.
+    KeptDir(SyncPath),
 }
 
 /// A sync in progress: the directory, its state, the server.
@@ -370,9 +371,25 @@ impl Syncer {
         self.check_folder()?;
         let (mut remote, cursor) = self
             .remote
-            .changes_until_caught_up(self.state.state.cursor)
+            // From one before the cursor: the entry at the cursor is read again, and must still be
+            // what was synced (see `plan`: a restored store may have numbered another commit so).
+            .changes_until_caught_up(self.state.state.cursor.saturating_sub(1))
             .await?;
         self.cursor = cursor;
+        if !self.state.state.forgotten && self.journal_rewritten(&remote) {
+            warn!(
+                "the server's journal no longer holds what {} last synced: its store was \
+                 restored from an older copy. Nothing it holds is taken as newer than what was \
+                 synced here; every file here is offered to it again",
+                self.root.display()
+            );
+            self.state.state.forgotten = true;
+            self.state.state.cursor = 0;
+            self.state.save()?;
+            let (all, cursor) = self.remote.changes_until_caught_up(0).await?;
+            remote = all;
+            self.cursor = cursor;
+        }
         // A commit in doubt that the server does not show did not happen.
         let files = &self.state.state.files;
         self.state.state.in_doubt.retain(|p| {
@@ -431,6 +448,12 @@ impl Syncer {
                 "{path}: cannot be read ({why}); nothing under it is synced"
             ));
         }
+        // Rules that change make paths sync or stop syncing: what the server sent for paths
+        // ignored until now is read again by the next sync, from the start of the journal.
+        let rules_changed = plan.iter().any(|(p, a)| {
+            p.file_name() == crate::local::IGNORE_FILE
+                && !matches!(a, Action::Refresh | Action::Forget | Action::Defer { .. })
+        });
         let ok = self.execute(plan, &local).await;
         self.report.bytes_sent = self.remote.sent - sent0;
         self.report.bytes_received = self.remote.received - received0;
@@ -445,7 +468,7 @@ impl Syncer {
         // The cursor never passes a commit of ours still in doubt: the next sync must see it
         // again, or it would take our own version for someone else's and make a conflict of it.
         if ok && st.in_doubt.is_empty() {
-            st.cursor = self.cursor;
+            st.cursor = if rules_changed { 0 } else { self.cursor };
         }
         let complete = ok && self.report.pending.is_empty() && local.unknown.is_empty();
         if complete && st.forgotten {
@@ -461,6 +484,28 @@ impl Syncer {
         self.state.prune_manifests();
         self.report.seconds = start.elapsed().as_secs_f64();
         Ok(self.report.clone())
+    }
+
+    /// Whether the journal entry at the cursor (read again: the replay starts one before it) is
+    /// not the one this folder recorded there: another commit took its number, so the server's
+    /// journal was replaced since (a store restored from a backup, then written to).
+    fn journal_rewritten(&self, remote: &HashMap<SyncPath, Entry>) -> bool {
+        let st = &self.state.state;
+        let Some((path, mine)) = (st.cursor > 0)
+            .then(|| st.files.iter().find(|(_, s)| s.seq == st.cursor))
+            .flatten()
+        else {
+            return false;
+        };
+        let at_cursor = remote.values().find(|e| e.seq == st.cursor);
+        let same_path_later = SyncPath::new(path.clone())
+            .ok()
+            .and_then(|p| remote.get(&p))
+            .is_some_and(|e| e.seq > st.cursor);
+        match at_cursor {
+            Some(e) => e.path.as_str() != path || e.version != mine.version,
+            None => !same_path_later,
+        }
     }
 
     /// Says what the guard held back, and how to let it through.
@@ -549,6 +594,7 @@ impl Syncer {
             .state
             .problems
             .values()
+            .filter(|p| p.attempts > 0)
             .map(|p| p.retry_ns)
             .min()?;
         let wait = (ns - crate::state::now_ns()).max(0) as u64;
@@ -609,12 +655,16 @@ impl Syncer {
                     );
                 }
                 Action::Defer { entry, reason } => {
-                    let e = Error::Usage(format!(
+                    // Tried again at every sync: it waits for the subtree to become readable,
+                    // which is no failure to back off from.
+                    let reason = format!(
                         "the {} from {} waits: {reason}",
                         kind_word(entry.kind),
                         display_device(&entry.device)
-                    ));
-                    self.problem(&path, &e, entry.version);
+                    );
+                    info!("{path}: {reason}");
+                    let p = Problem::waiting(reason, entry.version);
+                    self.problems.insert(path.as_str().to_owned(), p);
                 }
                 Action::Returning(r) => match self.returning(&r).await {
                     Ok(true) => {}
@@ -626,7 +676,10 @@ impl Syncer {
                         uploads.push((copy, 0));
                         applies.push(r);
                     }
-                    Ok(Resolved::KeptDir) => uploads.push((path, r.version)),
+                    Ok(Resolved::KeptDir(copy)) => {
+                        uploads.push((path, r.version));
+                        uploads.push((copy, 0));
+                    }
                     Ok(Resolved::Done) => {}
                     Err(e) if e.is_offline() => {
                         remote_ok = false;
@@ -636,24 +689,39 @@ impl Syncer {
                 },
             }
         }
+        // A file or link that takes a directory's place waits for the deletions here, which may
+        // empty that directory.
+        let (over_dirs, applies): (Vec<_>, Vec<_>) = applies.into_iter().partition(|r| {
+            r.kind != EntryKind::Dir && local.get(&r.path).is_some_and(|f| f.kind == Kind::Dir)
+        });
         for r in applies {
-            let res = match r.kind {
-                EntryKind::File => self.download_file(&r).await,
-                _ => self.apply_plain(&r),
-            };
-            match res {
-                Ok(()) => self.report.downloaded += 1,
-                Err(e) if e.is_offline() => {
-                    remote_ok = false;
-                    self.pending(&r.path, &e);
-                }
-                Err(e) => self.problem(&r.path, &e, r.version),
-            }
+            remote_ok &= self.apply(&r).await;
         }
         deletes_here.sort_by(|a, b| b.path.cmp(&a.path));
         for r in deletes_here {
             if let Some(reupload) = self.delete_here(&r) {
                 uploads.push((reupload, r.version));
+            }
+        }
+        for r in over_dirs {
+            let dest = r.path.to_local(&self.root);
+            let holds_files = fs::read_dir(&dest).is_ok_and(|mut d| d.next().is_some());
+            match fingerprint(&dest).filter(|f| f.kind == Kind::Dir && holds_files) {
+                // Still holding files that sync: the directory stays and the server's file or
+                // link is kept beside it, as when both changed.
+                Some(here) => match self.both_changed(&r, Some(&here)).await {
+                    Ok(Resolved::KeptDir(copy)) => {
+                        uploads.push((r.path.clone(), r.version));
+                        uploads.push((copy, 0));
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.is_offline() => {
+                        remote_ok = false;
+                        self.pending(&r.path, &e);
+                    }
+                    Err(e) => self.problem(&r.path, &e, r.version),
+                },
+                None => remote_ok &= self.apply(&r).await,
             }
         }
         // Directories first (parents before what they hold), then small files together, then
@@ -672,6 +740,29 @@ impl Syncer {
         deletes_there.sort_by(|a, b| b.0.cmp(&a.0));
         self.delete_there(deletes_there).await;
         remote_ok
+    }
+
+    /// Writes the server's version here. False if that failed for a reason that goes away by
+    /// itself (the server went away); another failure becomes a problem of the path.
+    async fn apply(&mut self, r: &Entry) -> bool {
+        let res = match r.kind {
+            EntryKind::File => self.download_file(r).await,
+            _ => self.apply_plain(r),
+        };
+        match res {
+            Ok(()) => {
+                self.report.downloaded += 1;
+                true
+            }
+            Err(e) if e.is_offline() => {
+                self.pending(&r.path, &e);
+                false
+            }
+            Err(e) => {
+                self.problem(&r.path, &e, r.version);
+                true
+            }
+        }
     }
 
     /// A local file the state does not know, where the server has a tombstone (a device whose
@@ -773,6 +864,7 @@ impl Syncer {
                 self.state.state.files.insert(
                     r.path.as_str().to_owned(),
                     Synced {
+                        seq: r.seq,
                         committed_ns: r.committed_ns,
                         ..Synced::new(r.version, r.manifest, l.clone())
                     },
@@ -842,7 +934,7 @@ impl Syncer {
             }
             self.state.state.files.remove(copy.as_str());
             self.report.conflicts += 1;
-            return Ok(Resolved::KeptDir);
+            return Ok(Resolved::KeptDir(copy));
         }
         let copy = self.conflict_copy_of(&r.path)?;
         info!(
@@ -1048,6 +1140,7 @@ impl Syncer {
                 self.state.state.files.insert(
                     path.as_str().to_owned(),
                     Synced {
+                        seq: e.seq,
                         committed_ns: e.committed_ns,
                         ..Synced::new(e.version, None, fp)
                     },
@@ -1068,7 +1161,10 @@ impl Syncer {
                 }
                 match self.both_changed(&cur, here.as_ref()).await? {
                     Resolved::Done => Ok(()),
-                    Resolved::KeptDir => Box::pin(self.upload(path, cur.version)).await,
+                    Resolved::KeptDir(copy) => {
+                        Box::pin(self.upload(path, cur.version)).await?;
+                        Box::pin(self.upload(&copy, 0)).await
+                    }
                     Resolved::KeptCopy(copy) => {
                         match cur.kind {
                             EntryKind::File => self.download_file(&cur).await?,

@@ -135,7 +135,7 @@ pub fn plan(
         let synced = view.synced.get(path.as_str());
         let there = remote
             .remove(&path)
-            .filter(|r| synced.is_none_or(|s| s.version != r.version));
+            .filter(|r| synced.is_none_or(|s| s.version != r.version || !holds(r, s)));
         if let Some(action) = plan_path(view, &path, synced, there, ignored) {
             out.insert(path, action);
         }
@@ -196,7 +196,11 @@ fn plan_path(
 
     // A server that forgot, or a version older than the one synced here.
     if let Some(s) = synced {
-        let regressed = there.as_ref().is_some_and(|r| r.version < s.version);
+        // An older version, or the same version number with other content: a store restored
+        // from a backup that numbered someone else's commit as this one.
+        let regressed = there
+            .as_ref()
+            .is_some_and(|r| r.version < s.version || (r.version == s.version && !holds(r, s)));
         if view.forgotten || regressed {
             return Some(forgetful_server(here, s, there, changed_here));
         }
@@ -229,6 +233,15 @@ fn plan_path(
     })
 }
 
+/// Whether the server's entry `r` holds what was synced as `s` (kind, and a file's manifest or a
+/// link's target; modes and times aside).
+fn holds(r: &Entry, s: &Synced) -> bool {
+    !r.deleted
+        && entry_kind(s.local.kind) == r.kind
+        && (r.kind != EntryKind::File || r.manifest.map(|m| m.to_string()) == s.manifest)
+        && (r.kind != EntryKind::Symlink || r.symlink_target == s.local.target)
+}
+
 /// Whether the server's entry `r` differs from what was synced only in its metadata.
 fn metadata_only(r: &Entry, synced: Option<&Synced>) -> bool {
     synced.is_some_and(|s| {
@@ -255,11 +268,7 @@ fn forgetful_server(
             None => Action::Forget,
         };
     };
-    let same_content = !r.deleted
-        && entry_kind(s.local.kind) == r.kind
-        && (r.kind != EntryKind::File || r.manifest.map(|m| m.to_string()) == s.manifest)
-        && (r.kind != EntryKind::Symlink || r.symlink_target == s.local.target);
-    if same_content {
+    if holds(&r, s) {
         return if changed_here {
             Action::Upload { base: r.version }
         } else {

@@ -76,6 +76,10 @@ pub struct Synced {
     /// When that fingerprint was taken, Unix nanoseconds (0: unknown, treated as long ago).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub seen_ns: i64,
+    /// The journal seq of this version's commit (0: unknown): the entry at the cursor must still
+    /// be what it was, or the server's journal was replaced (a store restored from a backup).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub seq: u64,
     /// When the server committed this version, by its clock (0: unknown). Tells an older version
     /// that a restored server holds from a newer edit made there since.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -83,6 +87,10 @@ pub struct Synced {
 }
 
 fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
@@ -94,6 +102,7 @@ impl Synced {
             manifest: manifest.map(|m| m.to_string()),
             local,
             seen_ns: now_ns(),
+            seq: 0,
             committed_ns: 0,
         }
     }
@@ -152,6 +161,17 @@ impl Problem {
             version,
             attempts,
             retry_ns: now_ns() + (wait_s as i64) * 1_000_000_000,
+        }
+    }
+
+    /// A path that waits for something here (an unreadable subtree): tried at every sync, never
+    /// scheduled on its own (`attempts` 0).
+    pub fn waiting(reason: String, version: u64) -> Self {
+        Problem {
+            reason,
+            version,
+            attempts: 0,
+            retry_ns: 0,
         }
     }
 

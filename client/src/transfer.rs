@@ -320,7 +320,7 @@ impl Syncer {
                         human(pushed.bytes_sent)
                     );
                     self.report.chunks_sent += pushed.chunks_sent;
-                    self.record_file(path, e.version, m, before)?;
+                    self.record_file(path, (e.version, e.seq, e.committed_ns), m, before)?;
                     return Ok(Uploaded::Done);
                 }
                 Committed::Outcome(CommitOutcome::Conflict(cur)) => {
@@ -576,7 +576,8 @@ impl Syncer {
                 self.cache.put(&c.id(), c.data());
             }
             // Committed: a local failure to record it must not make the rest look uncommitted.
-            if let Err(e) = self.record_file(&s.path, version, &s.manifest, s.before) {
+            let at = (version, seq, 0);
+            if let Err(e) = self.record_file(&s.path, at, &s.manifest, s.before) {
                 self.pending(&s.path, &e);
             }
         }
@@ -584,10 +585,12 @@ impl Syncer {
     }
 
     /// Records a synced file: state, cached manifest, chunk index.
+    /// Records `path` as synced at `(version, seq, committed_ns)` of the server with manifest
+    /// `m`, its local copy now being `local`.
     pub(crate) fn record_file(
         &mut self,
         path: &SyncPath,
-        version: u64,
+        (version, seq, committed_ns): (u64, u64, i64),
         m: &Manifest,
         local: Fingerprint,
     ) -> Result<()> {
@@ -595,7 +598,11 @@ impl Syncer {
         self.index.add(path, m);
         self.state.state.files.insert(
             path.as_str().to_owned(),
-            Synced::new(version, Some(m.id()), local),
+            Synced {
+                seq,
+                committed_ns,
+                ..Synced::new(version, Some(m.id()), local)
+            },
         );
         Ok(())
     }
@@ -731,11 +738,7 @@ impl Syncer {
             display_device(&r.device),
             m.chunks().len()
         );
-        self.record_file(&r.path, r.version, &m, local)?;
-        if let Some(s) = self.state.state.files.get_mut(r.path.as_str()) {
-            s.committed_ns = r.committed_ns;
-        }
-        Ok(())
+        self.record_file(&r.path, (r.version, r.seq, r.committed_ns), &m, local)
     }
 
     /// For chunks to fetch, the bases to offer (from `edits`) whose bytes are at hand: in local
@@ -824,6 +827,7 @@ impl Syncer {
         self.state.state.files.insert(
             r.path.as_str().to_owned(),
             Synced {
+                seq: r.seq,
                 committed_ns: r.committed_ns,
                 ..Synced::new(r.version, None, local)
             },
