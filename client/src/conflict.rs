@@ -14,6 +14,18 @@ pub fn conflicted_copy(
     device: &str,
     when: chrono::DateTime<chrono::Local>,
 ) -> SyncPath {
+    conflicted_copy_avoiding(root, path, device, when, &|_| false)
+}
+
+/// [`conflicted_copy`], also passing over names `taken` says are in use elsewhere (on the
+/// server, for one: another device may have made the same copy in the same second).
+pub fn conflicted_copy_avoiding(
+    root: &Path,
+    path: &SyncPath,
+    device: &str,
+    when: chrono::DateTime<chrono::Local>,
+    taken: &dyn Fn(&SyncPath) -> bool,
+) -> SyncPath {
     let name = path.file_name();
     let (stem, ext) = match name.rfind('.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
@@ -38,7 +50,7 @@ pub fn conflicted_copy(
         };
         let candidate = format!("{parent}{stem}{MARK}{device} {stamp}{suffix}){ext}");
         let candidate = SyncPath::new(candidate).expect("built from a valid path");
-        if std::fs::symlink_metadata(candidate.to_local(root)).is_err() {
+        if std::fs::symlink_metadata(candidate.to_local(root)).is_err() && !taken(&candidate) {
             return candidate;
         }
         n += 1;

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::cache::ChunkCache;
 use crate::confine;
-use crate::conflict::conflicted_copy;
+use crate::conflict::conflicted_copy_avoiding;
 use crate::error::{Error, Result};
 use crate::local::{
     ChunkIndex, IgnoreRules, LocalTree, fingerprint, manifest_of, same_file, scan, unchanged,
@@ -120,13 +120,16 @@ impl std::fmt::Display for Report {
 enum Resolved {
     /// Nothing more to do (equal contents adopted, or the server's version put in place).
     Done,
+    /// Equal contents adopted, but the local metadata differs: upload it on the server's version.
+    SendHere,
     /// The local version was moved to this conflicted copy (to upload); the server's goes in
     /// its place.
     KeptCopy(SyncPath),
-    /// A local directory stays, the server's file or link was fetched beside it as this
-    /// conflicted copy: the directory is uploaded on top of the server's version, and the copy
-    /// in the same sync, so that a device that had the file gets its copy as the file goes.
-    KeptDir(SyncPath),
+    /// A local directory stays, the server's file or link was fetched beside it as a conflicted
+    /// copy and sent (before the directory, so that a device that had the file never sees the
+    /// directory take its place without the copy): the directory is uploaded on top of the
+    /// server's version.
+    KeptDir,
 }
 
 /// A sync in progress: the directory, its state, the server.
@@ -153,6 +156,8 @@ pub struct Syncer {
     root_id: (u64, u64),
     /// Directories that received files this sync: synced before the state that records them.
     pub(crate) placed_dirs: BTreeSet<PathBuf>,
+    /// The paths the server showed this sync: names a conflicted copy must not take.
+    remote_paths: std::collections::HashSet<SyncPath>,
     /// Problems found this sync (see `State::problems`).
     problems: BTreeMap<String, Problem>,
     /// The folder lock, held while this syncer lives.
@@ -274,6 +279,7 @@ impl Syncer {
             root_id,
             placed_dirs: BTreeSet::new(),
             problems: BTreeMap::new(),
+            remote_paths: Default::default(),
             _lock: lock,
         };
         syncer.recover_tmp();
@@ -404,6 +410,7 @@ impl Syncer {
         // The folder may have gone while it was scanned: then the scan saw nothing of it.
         self.check_folder()?;
         self.retry_problems(&mut remote).await?;
+        self.remote_paths = remote.keys().cloned().collect();
         let hashed = self.hash_changed(&local);
         let rules = IgnoreRules::default();
         let root = self.root.clone();
@@ -484,6 +491,11 @@ impl Syncer {
         self.state.prune_manifests();
         self.report.seconds = start.elapsed().as_secs_f64();
         Ok(self.report.clone())
+    }
+
+    /// Whether a name is in use, here or on the server as far as this sync has seen.
+    fn name_taken(&self, p: &SyncPath) -> bool {
+        self.state.state.files.contains_key(p.as_str()) || self.remote_paths.contains(p)
     }
 
     /// Whether the journal entry at the cursor (read again: the replay starts one before it) is
@@ -676,10 +688,7 @@ impl Syncer {
                         uploads.push((copy, 0));
                         applies.push(r);
                     }
-                    Ok(Resolved::KeptDir(copy)) => {
-                        uploads.push((path, r.version));
-                        uploads.push((copy, 0));
-                    }
+                    Ok(Resolved::KeptDir | Resolved::SendHere) => uploads.push((path, r.version)),
                     Ok(Resolved::Done) => {}
                     Err(e) if e.is_offline() => {
                         remote_ok = false;
@@ -694,7 +703,21 @@ impl Syncer {
         let (over_dirs, applies): (Vec<_>, Vec<_>) = applies.into_iter().partition(|r| {
             r.kind != EntryKind::Dir && local.get(&r.path).is_some_and(|f| f.kind == Kind::Dir)
         });
-        for r in applies {
+        // New paths first, replacements after (each group parents first): a file that gives way
+        // to a directory has its conflicted copy placed before, even if the sync stops between.
+        let replaced: Vec<&SyncPath> = applies
+            .iter()
+            .map(|r| &r.path)
+            .filter(|p| local.contains_key(*p))
+            .collect();
+        let after_replaced = |r: &Entry| {
+            replaced
+                .iter()
+                .any(|p| r.path == **p || r.path.as_str().starts_with(&format!("{p}/")))
+        };
+        let (later, first): (Vec<Entry>, Vec<Entry>) =
+            applies.iter().cloned().partition(|r| after_replaced(r));
+        for r in first.into_iter().chain(later) {
             remote_ok &= self.apply(&r).await;
         }
         deletes_here.sort_by(|a, b| b.path.cmp(&a.path));
@@ -710,9 +733,8 @@ impl Syncer {
                 // Still holding files that sync: the directory stays and the server's file or
                 // link is kept beside it, as when both changed.
                 Some(here) => match self.both_changed(&r, Some(&here)).await {
-                    Ok(Resolved::KeptDir(copy)) => {
+                    Ok(Resolved::KeptDir | Resolved::SendHere) => {
                         uploads.push((r.path.clone(), r.version));
-                        uploads.push((copy, 0));
                     }
                     Ok(_) => {}
                     Err(e) if e.is_offline() => {
@@ -910,16 +932,23 @@ impl Syncer {
         };
         if same {
             self.adopt(r, Some(l));
+            // Same bytes, another mode (chmodded here before the state knew the file): the
+            // mode here is sent, as any metadata change.
+            let theirs = if r.mode == 0 { 0o644 } else { r.mode & 0o777 };
+            if l.kind == Kind::File && l.mode & 0o777 != theirs {
+                return Ok(Resolved::SendHere);
+            }
             return Ok(Resolved::Done);
         }
         if l.kind == Kind::Dir {
             // A local directory against a server file or link: the directory stays; the server's
             // entry is fetched beside it as a conflicted copy.
-            let copy = conflicted_copy(
+            let copy = conflicted_copy_avoiding(
                 &self.root,
                 &r.path,
                 display_device(&r.device),
                 chrono::Local::now(),
+                &|p| self.name_taken(p),
             );
             let mut renamed = r.clone();
             renamed.path = copy.clone();
@@ -934,7 +963,8 @@ impl Syncer {
             }
             self.state.state.files.remove(copy.as_str());
             self.report.conflicts += 1;
-            return Ok(Resolved::KeptDir(copy));
+            Box::pin(self.upload(&copy, 0)).await?;
+            return Ok(Resolved::KeptDir);
         }
         let copy = self.conflict_copy_of(&r.path)?;
         info!(
@@ -970,7 +1000,10 @@ impl Syncer {
     ) -> Result<SyncPath> {
         let name = self.state.state.device_name.clone();
         loop {
-            let copy = conflicted_copy(&self.root, path, &name, chrono::Local::now());
+            let copy =
+                conflicted_copy_avoiding(&self.root, path, &name, chrono::Local::now(), &|p| {
+                    self.name_taken(p)
+                });
             let to = copy.to_local(&self.root);
             match place::rename_noreplace(from, &to) {
                 Ok(()) => {
@@ -1161,9 +1194,8 @@ impl Syncer {
                 }
                 match self.both_changed(&cur, here.as_ref()).await? {
                     Resolved::Done => Ok(()),
-                    Resolved::KeptDir(copy) => {
-                        Box::pin(self.upload(path, cur.version)).await?;
-                        Box::pin(self.upload(&copy, 0)).await
+                    Resolved::KeptDir | Resolved::SendHere => {
+                        Box::pin(self.upload(path, cur.version)).await
                     }
                     Resolved::KeptCopy(copy) => {
                         match cur.kind {

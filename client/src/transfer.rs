@@ -891,12 +891,16 @@ impl Syncer {
         };
         let synced = self.state.state.files.get(path.as_str()).map(|s| &s.local);
         if now.kind == Kind::Dir && !dir {
-            // A file or link cannot take a directory's place: an empty one gives way, one that
-            // holds anything waits (its files' deletions, if any, come later in this sync).
-            return match fs::remove_dir(&dest) {
-                Ok(()) => Ok(dest),
-                Err(_) => Err(Error::Usage(format!(
-                    "{path} is a directory here that still holds files, and a file on the server"
+            // A file or link cannot take a directory's place: a synced one that is empty gives
+            // way; one that holds anything, or that does not sync (ignored), stays and the
+            // entry waits.
+            let synced_dir = synced.is_some_and(|s| s.kind == Kind::Dir);
+            return match synced_dir && fs::remove_dir(&dest).is_ok() {
+                true => Ok(dest),
+                false => Err(Error::Usage(format!(
+                    "{path} is a directory here that holds files or does not sync, and a {} \
+                     on the server",
+                    if synced_dir { "file" } else { "file or link" }
                 ))),
             };
         }

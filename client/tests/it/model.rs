@@ -615,6 +615,8 @@ struct Model<'a> {
     contents: Vec<Vec<u8>>,
     /// Paths a person deleted, renamed away or replaced.
     removed: HashSet<String>,
+    /// Targets of links a person deleted.
+    removed_links: HashSet<String>,
     /// Paths a person renamed away: content under them may leave its old place for a while
     /// (the new place can arrive a sync later); invariant 1 still wants it somewhere at the end.
     renamed: HashSet<String>,
@@ -656,6 +658,7 @@ impl<'a> Model<'a> {
             superseded: HashSet::new(),
             contents: Vec::new(),
             removed: HashSet::new(),
+            removed_links: HashSet::new(),
             renamed: HashSet::new(),
             ever: BTreeSet::new(),
             last_write: Default::default(),
@@ -984,6 +987,11 @@ impl<'a> Model<'a> {
                     return false;
                 }
                 let old = self.visible_tokens(dev, &path);
+                // A link a person deletes is given up wherever it stands (a conflicted copy of
+                // it included).
+                if let Ok(t) = fs::read_link(self.p(dev, &path)) {
+                    self.removed_links.insert(t.to_string_lossy().into_owned());
+                }
                 if fs::remove_file(self.p(dev, &path)).is_err() {
                     return false;
                 }
@@ -1260,7 +1268,8 @@ impl<'a> Model<'a> {
                         (Node::Link(t), _) => links_after.contains(t),
                         _ => false,
                     };
-                    let asked = self.removed.iter().any(|r| is_under(path, r));
+                    let asked = self.removed.iter().any(|r| is_under(path, r))
+                        || matches!(node, Node::Link(t) if self.removed_links.contains(t));
                     if !kept && !asked {
                         found.push(format!(
                             "{what}: {path} was {} and nobody removed it; it is now {}",
@@ -1342,6 +1351,9 @@ impl<'a> Model<'a> {
         }
         let mut last = Vec::new();
         let mut quiet = false;
+        // Problems that need a person (a name that cannot be placed next to an ignored
+        // directory) stay; a round is quiet when nothing moves and they are what they were.
+        let mut waiting: Vec<Vec<String>> = vec![Vec::new(); DEVICES];
         for _ in 0..SETTLE_ROUNDS {
             quiet = true;
             last.clear();
@@ -1353,7 +1365,9 @@ impl<'a> Model<'a> {
                             + r.deleted_here
                             + r.deleted_there
                             + r.conflicts;
-                        if moved > 0 || !r.in_sync() {
+                        let same_waiting = r.waiting == waiting[dev];
+                        waiting[dev] = r.waiting.clone();
+                        if moved > 0 || !r.pending.is_empty() || !same_waiting {
                             quiet = false;
                             last.push(format!("dev{dev}: {r} {:?} {:?}", r.pending, r.waiting));
                         }
@@ -1379,16 +1393,24 @@ impl<'a> Model<'a> {
 
     fn check_final(&mut self) {
         let trees: Vec<Tree> = self.roots.iter().map(|r| snapshot(r)).collect();
-        // 5: the same tree everywhere, ignored paths left out.
-        let shown: Vec<Tree> = trees
+        // 5: the same tree everywhere, ignored paths left out: a path that is ignored on any
+        // device (and what is under it) is that device's alone, and may block the same name.
+        let ignored: Vec<String> = trees
             .iter()
             .zip(&self.roots)
-            .map(|(t, root)| {
+            .flat_map(|(t, root)| {
+                t.iter().filter_map(move |(p, n)| {
+                    let sp = SyncPath::new(p.to_string()).unwrap();
+                    lbsync_client::local::is_ignored(root, &sp, matches!(n, Node::Dir))
+                        .then(|| p.clone())
+                })
+            })
+            .collect();
+        let shown: Vec<Tree> = trees
+            .iter()
+            .map(|t| {
                 t.iter()
-                    .filter(|(p, n)| {
-                        let sp = SyncPath::new(p.to_string()).unwrap();
-                        !lbsync_client::local::is_ignored(root, &sp, matches!(n, Node::Dir))
-                    })
+                    .filter(|(p, _)| !ignored.iter().any(|i| *p == i || is_under(p, i)))
                     .map(|(p, n)| (p.clone(), n.clone()))
                     .collect()
             })
@@ -1418,7 +1440,7 @@ impl<'a> Model<'a> {
             }
         }
         // 4: each device's last write that nobody superseded is in the common tree (or, if it
-        // went to a path that device ignores, still in its own folder).
+        // went to a path a device ignores, still in that folder).
         let common = tree_tokens(&shown[0]);
         let anywhere: HashSet<String> = trees.iter().flat_map(tree_tokens).collect();
         for dev in 0..DEVICES {
@@ -1428,9 +1450,12 @@ impl<'a> Model<'a> {
             if self.superseded.contains(&t) || common.contains(&t) {
                 continue;
             }
-            let ignored_here = trees[dev].iter().any(|(p, n)| {
-                !shown[dev].contains_key(p)
-                    && matches!(n, Node::File { data, .. } if tokens(data).contains(&t))
+            // A person may have moved it there on another device, too.
+            let ignored_here = trees.iter().zip(&shown).any(|(tree, shown)| {
+                tree.iter().any(|(p, n)| {
+                    !shown.contains_key(p)
+                        && matches!(n, Node::File { data, .. } if tokens(data).contains(&t))
+                })
             });
             if ignored_here {
                 continue;
@@ -1952,5 +1977,22 @@ fn model_bug_07_edit_with_old_mtime_is_lost() {
             keep_mtime: true,
         },
         rename(0, "d", "c.txt/z"),
+    ]);
+}
+
+/// Seed 1048: a file meets a new directory of the same name on a third device, whose copy of
+/// the file must not take the name of a conflicted copy the server already has.
+#[test]
+fn model_seed_1048_a_copy_never_takes_a_name_the_server_has() {
+    replay(&[
+        w(1, "c.txt"),
+        w(0, "c.txt"),
+        sync(1),
+        sync(0),
+        Op::Append {
+            dev: 0,
+            path: "c.txt".into(),
+        },
+        mkdir(2, "c.txt"),
     ]);
 }
