@@ -150,6 +150,8 @@ pub struct Syncer {
     pub report: Report,
     /// The journal seq up to which this sync has seen everything (its own commits included).
     pub(crate) cursor: u64,
+    /// The entry at `cursor`, if known (see `State::at_cursor`).
+    at_cursor: Option<(String, u64)>,
     /// How this sync was asked to behave.
     opts: SyncOptions,
     /// The root's device and inode when opened: a folder put in its place is another folder.
@@ -275,6 +277,7 @@ impl Syncer {
             device,
             report: Report::default(),
             cursor: 0,
+            at_cursor: None,
             opts: opts.clone(),
             root_id,
             placed_dirs: BTreeSet::new(),
@@ -379,10 +382,18 @@ impl Syncer {
             .remote
             // From one before the cursor: the entry at the cursor is read again, and must still be
             // what was synced (see `plan`: a restored store may have numbered another commit so).
-            .changes_until_caught_up(self.state.state.cursor.saturating_sub(1))
+            .changes_until_caught_up(if self.state.state.replay {
+                0
+            } else {
+                self.state.state.cursor.saturating_sub(1)
+            })
             .await?;
         self.cursor = cursor;
-        if !self.state.state.forgotten && self.journal_rewritten(&remote) {
+        self.at_cursor = remote
+            .values()
+            .find(|e| e.seq == cursor)
+            .map(|e| (e.path.as_str().to_owned(), e.version));
+        if !self.state.state.forgotten && self.journal_rewritten(&remote).await? {
             warn!(
                 "the server's journal no longer holds what {} last synced: its store was \
                  restored from an older copy. Nothing it holds is taken as newer than what was \
@@ -395,6 +406,10 @@ impl Syncer {
             let (all, cursor) = self.remote.changes_until_caught_up(0).await?;
             remote = all;
             self.cursor = cursor;
+            self.at_cursor = remote
+                .values()
+                .find(|e| e.seq == cursor)
+                .map(|e| (e.path.as_str().to_owned(), e.version));
         }
         // A commit in doubt that the server does not show did not happen.
         let files = &self.state.state.files;
@@ -475,7 +490,9 @@ impl Syncer {
         // The cursor never passes a commit of ours still in doubt: the next sync must see it
         // again, or it would take our own version for someone else's and make a conflict of it.
         if ok && st.in_doubt.is_empty() {
-            st.cursor = if rules_changed { 0 } else { self.cursor };
+            st.cursor = self.cursor;
+            st.at_cursor = self.at_cursor.clone();
+            st.replay = rules_changed;
         }
         let complete = ok && self.report.pending.is_empty() && local.unknown.is_empty();
         if complete && st.forgotten {
@@ -501,23 +518,33 @@ impl Syncer {
     /// Whether the journal entry at the cursor (read again: the replay starts one before it) is
     /// not the one this folder recorded there: another commit took its number, so the server's
     /// journal was replaced since (a store restored from a backup, then written to).
-    fn journal_rewritten(&self, remote: &HashMap<SyncPath, Entry>) -> bool {
+    async fn journal_rewritten(&mut self, remote: &HashMap<SyncPath, Entry>) -> Result<bool> {
         let st = &self.state.state;
-        let Some((path, mine)) = (st.cursor > 0)
-            .then(|| st.files.iter().find(|(_, s)| s.seq == st.cursor))
-            .flatten()
-        else {
-            return false;
+        let Some((path, version)) = st.at_cursor.clone().filter(|_| st.cursor > 0) else {
+            return Ok(false);
         };
-        let at_cursor = remote.values().find(|e| e.seq == st.cursor);
-        let same_path_later = SyncPath::new(path.clone())
-            .ok()
-            .and_then(|p| remote.get(&p))
-            .is_some_and(|e| e.seq > st.cursor);
-        match at_cursor {
-            Some(e) => e.path.as_str() != path || e.version != mine.version,
-            None => !same_path_later,
+        let recorded = st
+            .files
+            .get(&path)
+            .filter(|s| s.version == version)
+            .cloned();
+        // That commit: this path at this version, and the content recorded for it.
+        let same = |e: &Entry| {
+            e.path.as_str() == path
+                && e.version == version
+                && recorded
+                    .as_ref()
+                    .is_none_or(|s| !e.deleted && crate::plan::holds(e, s))
+        };
+        if let Some(e) = remote.values().find(|e| e.seq == st.cursor) {
+            return Ok(!same(e));
         }
+        // The replay shows a path's latest entry only: ask for that version itself.
+        let Ok(sp) = SyncPath::new(path.clone()) else {
+            return Ok(false);
+        };
+        let versions = self.remote.history(&sp).await?;
+        Ok(!versions.iter().any(same))
     }
 
     /// Says what the guard held back, and how to let it through.
@@ -856,10 +883,12 @@ impl Syncer {
         }
     }
 
-    /// Notes a commit of ours: when it directly follows what we have seen, nothing was missed.
-    pub(crate) fn saw_commit(&mut self, seq: u64) {
+    /// Notes a commit of ours (`version` of `path` at `seq`): when it directly follows what we
+    /// have seen, nothing was missed.
+    pub(crate) fn saw_commit(&mut self, seq: u64, path: &SyncPath, version: u64) {
         if seq == self.cursor + 1 {
             self.cursor = seq;
+            self.at_cursor = Some((path.as_str().to_owned(), version));
         }
     }
 
@@ -1168,7 +1197,7 @@ impl Syncer {
         };
         match outcome {
             CommitOutcome::Committed(e) => {
-                self.saw_commit(e.seq);
+                self.saw_commit(e.seq, path, e.version);
                 info!("uploaded {} {path}", kind_word(e.kind));
                 self.state.state.files.insert(
                     path.as_str().to_owned(),
@@ -1275,8 +1304,8 @@ impl Syncer {
     /// Applies the server's answer to a tombstone.
     async fn deleted_there(&mut self, path: &SyncPath, outcome: BatchOutcome) -> Result<()> {
         match outcome {
-            BatchOutcome::Committed { seq, .. } => {
-                self.saw_commit(seq);
+            BatchOutcome::Committed { seq, version, .. } => {
+                self.saw_commit(seq, path, version);
                 info!("deleted {path} on the server");
                 self.state.state.files.remove(path.as_str());
                 self.report.deleted_there += 1;

@@ -235,7 +235,7 @@ fn plan_path(
 
 /// Whether the server's entry `r` holds what was synced as `s` (kind, and a file's manifest or a
 /// link's target; modes and times aside).
-fn holds(r: &Entry, s: &Synced) -> bool {
+pub(crate) fn holds(r: &Entry, s: &Synced) -> bool {
     !r.deleted
         && entry_kind(s.local.kind) == r.kind
         && (r.kind != EntryKind::File || r.manifest.map(|m| m.to_string()) == s.manifest)
@@ -275,10 +275,12 @@ fn forgetful_server(
             Action::Adopt(r)
         };
     }
+    // Without the server's times, the same number with other content could be either: both
+    // are kept.
     let newer = if r.committed_ns > 0 && s.committed_ns > 0 {
         r.committed_ns > s.committed_ns
     } else {
-        r.version > s.version
+        r.version >= s.version
     };
     match (here, newer) {
         // What the server holds is older than what was synced here: ours goes on top.

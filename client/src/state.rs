@@ -215,6 +215,14 @@ pub struct State {
     /// describes that other directory, whose files would all look deleted here.
     #[serde(default)]
     pub root_id: (u64, u64),
+    /// The journal entry at `cursor`, as this folder saw it: (path, version). The server must
+    /// still hold it there, or its journal was replaced (a store restored from a backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_cursor: Option<(String, u64)>,
+    /// The next sync reads the whole journal again (ignore rules changed: entries passed over
+    /// while their paths were ignored are read again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
     /// The id of the server's store this state was synced with.
     #[serde(default)]
     pub store_id: String,

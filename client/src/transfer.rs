@@ -312,7 +312,7 @@ impl Syncer {
             let req = self.file_commit(path, base_version, &before, m, base.as_ref(), full);
             match self.commit(req).await? {
                 Committed::Outcome(CommitOutcome::Committed(e)) => {
-                    self.saw_commit(e.seq);
+                    self.saw_commit(e.seq, path, e.version);
                     info!(
                         "uploaded {path}: {} of {} chunks new, {} sent",
                         pushed.chunks_sent,
@@ -553,11 +553,16 @@ impl Syncer {
         }
         let outcomes = self.commit_batch(reqs).await?;
         for (s, outcome) in committing.into_iter().zip(outcomes) {
-            let BatchOutcome::Committed { version, seq } = outcome else {
+            let BatchOutcome::Committed {
+                version,
+                seq,
+                committed_ns,
+            } = outcome
+            else {
                 left.push((s.path, s.base_version));
                 continue;
             };
-            self.saw_commit(seq);
+            self.saw_commit(seq, &s.path, version);
             let how = if s.deltas > 0 {
                 format!(" ({} as a delta against the previous version)", s.deltas)
             } else {
@@ -576,7 +581,7 @@ impl Syncer {
                 self.cache.put(&c.id(), c.data());
             }
             // Committed: a local failure to record it must not make the rest look uncommitted.
-            let at = (version, seq, 0);
+            let at = (version, seq, committed_ns);
             if let Err(e) = self.record_file(&s.path, at, &s.manifest, s.before) {
                 self.pending(&s.path, &e);
             }

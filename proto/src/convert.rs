@@ -409,9 +409,15 @@ impl From<BatchOutcome> for pb::CommitResult {
         };
         Self {
             result: Some(match o {
-                BatchOutcome::Committed { version, seq } => {
-                    R::Committed(pb::Committed { version, seq })
-                }
+                BatchOutcome::Committed {
+                    version,
+                    seq,
+                    committed_ns,
+                } => R::Committed(pb::Committed {
+                    version,
+                    seq,
+                    committed_ns,
+                }),
                 BatchOutcome::Conflict(e) => R::Conflict(pb::Conflict {
                     current: Some(e.into()),
                 }),
@@ -438,6 +444,7 @@ impl TryFrom<pb::CommitResult> for BatchOutcome {
                 R::Committed(c) => BatchOutcome::Committed {
                     version: c.version,
                     seq: c.seq,
+                    committed_ns: c.committed_ns,
                 },
                 R::Conflict(c) => BatchOutcome::Conflict(
                     c.current
@@ -525,7 +532,11 @@ mod tests {
         assert!(err.contains("4097 commits in one CommitBatch"), "{err}");
 
         for o in [
-            BatchOutcome::Committed { version: 3, seq: 9 },
+            BatchOutcome::Committed {
+                version: 3,
+                seq: 9,
+                committed_ns: 7,
+            },
             BatchOutcome::Conflict(Entry::dir(SyncPath::new("d").unwrap(), "x")),
             BatchOutcome::MissingChunks(vec![ChunkId::of(b"1")]),
             BatchOutcome::UnknownManifest("manifest m is not on the server".into()),

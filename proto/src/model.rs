@@ -138,6 +138,8 @@ pub enum BatchOutcome {
         version: u64,
         /// The journal seq.
         seq: u64,
+        /// When the server committed it, Unix nanoseconds (0: not said).
+        committed_ns: i64,
     },
     /// The path is not at the base version; this is its current entry.
     Conflict(Entry),

@@ -368,6 +368,7 @@ impl pb::sync_server::Sync for SyncService {
                     Ok(CommitOutcome::Committed(e)) => BatchOutcome::Committed {
                         version: e.version,
                         seq: e.seq,
+                        committed_ns: e.committed_ns,
                     },
                     Ok(CommitOutcome::Conflict(e)) => BatchOutcome::Conflict(e),
                     Err(e) => batch_refusal(e).unwrap_or_else(|e| {

@@ -1996,3 +1996,50 @@ fn model_seed_1048_a_copy_never_takes_a_name_the_server_has() {
         mkdir(2, "c.txt"),
     ]);
 }
+
+/// Seed 5182: a store restored from a backup takes another device's commit as the number this
+/// device's edit had, and the path moves on: the edit must be noticed as forgotten, not replaced.
+#[test]
+fn model_seed_5182_a_restored_store_that_moved_on_is_noticed() {
+    replay(&[
+        Op::SaveStore,
+        Op::Write {
+            dev: 1,
+            path: "c.txt".into(),
+            pad: 36,
+        },
+        Op::Write {
+            dev: 2,
+            path: "c.txt".into(),
+            pad: 39,
+        },
+        sync(2),
+        Op::RestoreStore,
+        Op::Kill { dev: 1, polls: 8 },
+    ]);
+}
+
+#[test]
+#[ignore = "debugging"]
+fn model_dbg() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    replay(&[
+        w(0, "a"),
+        mkdir(0, "c.txt"),
+        Op::SaveStore,
+        w(2, "c.txt"),
+        rename(0, "c.txt", "b"),
+        sync(2),
+        Op::Delete {
+            dev: 2,
+            path: "c.txt".into(),
+        },
+        sync(2),
+        Op::Symlink {
+            dev: 1,
+            path: "c.txt".into(),
+            target: Target::Outside,
+        },
+        sync(0),
+    ]);
+}
