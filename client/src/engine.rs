@@ -151,7 +151,7 @@ pub struct Syncer {
     /// The journal seq up to which this sync has seen everything (its own commits included).
     pub(crate) cursor: u64,
     /// The entry at `cursor`, if known (see `State::at_cursor`).
-    at_cursor: Option<(String, u64)>,
+    at_cursor: Option<(String, u64, i64)>,
     /// How this sync was asked to behave.
     opts: SyncOptions,
     /// The root's device and inode when opened: a folder put in its place is another folder.
@@ -392,7 +392,7 @@ impl Syncer {
         self.at_cursor = remote
             .values()
             .find(|e| e.seq == cursor)
-            .map(|e| (e.path.as_str().to_owned(), e.version));
+            .map(|e| (e.path.as_str().to_owned(), e.version, e.committed_ns));
         if !self.state.state.forgotten && self.journal_rewritten(&remote).await? {
             warn!(
                 "the server's journal no longer holds what {} last synced: its store was \
@@ -409,7 +409,7 @@ impl Syncer {
             self.at_cursor = remote
                 .values()
                 .find(|e| e.seq == cursor)
-                .map(|e| (e.path.as_str().to_owned(), e.version));
+                .map(|e| (e.path.as_str().to_owned(), e.version, e.committed_ns));
         }
         // A commit in doubt that the server does not show did not happen.
         let files = &self.state.state.files;
@@ -520,7 +520,7 @@ impl Syncer {
     /// journal was replaced since (a store restored from a backup, then written to).
     async fn journal_rewritten(&mut self, remote: &HashMap<SyncPath, Entry>) -> Result<bool> {
         let st = &self.state.state;
-        let Some((path, version)) = st.at_cursor.clone().filter(|_| st.cursor > 0) else {
+        let Some((path, version, at_ns)) = st.at_cursor.clone().filter(|_| st.cursor > 0) else {
             return Ok(false);
         };
         let recorded = st
@@ -528,10 +528,12 @@ impl Syncer {
             .get(&path)
             .filter(|s| s.version == version)
             .cloned();
-        // That commit: this path at this version, and the content recorded for it.
+        // That commit: this path at this version, committed at that time, with the content
+        // recorded for it.
         let same = |e: &Entry| {
             e.path.as_str() == path
                 && e.version == version
+                && (at_ns == 0 || e.committed_ns == 0 || e.committed_ns == at_ns)
                 && recorded
                     .as_ref()
                     .is_none_or(|s| !e.deleted && crate::plan::holds(e, s))
@@ -885,10 +887,10 @@ impl Syncer {
 
     /// Notes a commit of ours (`version` of `path` at `seq`): when it directly follows what we
     /// have seen, nothing was missed.
-    pub(crate) fn saw_commit(&mut self, seq: u64, path: &SyncPath, version: u64) {
+    pub(crate) fn saw_commit(&mut self, seq: u64, path: &SyncPath, version: u64, at_ns: i64) {
         if seq == self.cursor + 1 {
             self.cursor = seq;
-            self.at_cursor = Some((path.as_str().to_owned(), version));
+            self.at_cursor = Some((path.as_str().to_owned(), version, at_ns));
         }
     }
 
@@ -1197,7 +1199,7 @@ impl Syncer {
         };
         match outcome {
             CommitOutcome::Committed(e) => {
-                self.saw_commit(e.seq, path, e.version);
+                self.saw_commit(e.seq, path, e.version, e.committed_ns);
                 info!("uploaded {} {path}", kind_word(e.kind));
                 self.state.state.files.insert(
                     path.as_str().to_owned(),
@@ -1304,8 +1306,12 @@ impl Syncer {
     /// Applies the server's answer to a tombstone.
     async fn deleted_there(&mut self, path: &SyncPath, outcome: BatchOutcome) -> Result<()> {
         match outcome {
-            BatchOutcome::Committed { seq, version, .. } => {
-                self.saw_commit(seq, path, version);
+            BatchOutcome::Committed {
+                seq,
+                version,
+                committed_ns,
+            } => {
+                self.saw_commit(seq, path, version, committed_ns);
                 info!("deleted {path} on the server");
                 self.state.state.files.remove(path.as_str());
                 self.report.deleted_there += 1;

@@ -215,10 +215,11 @@ pub struct State {
     /// describes that other directory, whose files would all look deleted here.
     #[serde(default)]
     pub root_id: (u64, u64),
-    /// The journal entry at `cursor`, as this folder saw it: (path, version). The server must
-    /// still hold it there, or its journal was replaced (a store restored from a backup).
+    /// The journal entry at `cursor`, as this folder saw it: (path, version, the server's commit
+    /// time). The server must still hold it there, or its journal was replaced (a store restored
+    /// from a backup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub at_cursor: Option<(String, u64)>,
+    pub at_cursor: Option<(String, u64, i64)>,
     /// The next sync reads the whole journal again (ignore rules changed: entries passed over
     /// while their paths were ignored are read again).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

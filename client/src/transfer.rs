@@ -312,7 +312,7 @@ impl Syncer {
             let req = self.file_commit(path, base_version, &before, m, base.as_ref(), full);
             match self.commit(req).await? {
                 Committed::Outcome(CommitOutcome::Committed(e)) => {
-                    self.saw_commit(e.seq, path, e.version);
+                    self.saw_commit(e.seq, path, e.version, e.committed_ns);
                     info!(
                         "uploaded {path}: {} of {} chunks new, {} sent",
                         pushed.chunks_sent,
@@ -562,7 +562,7 @@ impl Syncer {
                 left.push((s.path, s.base_version));
                 continue;
             };
-            self.saw_commit(seq, &s.path, version);
+            self.saw_commit(seq, &s.path, version, committed_ns);
             let how = if s.deltas > 0 {
                 format!(" ({} as a delta against the previous version)", s.deltas)
             } else {
