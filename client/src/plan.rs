@@ -268,8 +268,13 @@ fn forgetful_server(
             None => Action::Forget,
         };
     };
+    // Same bytes; a mode it never got (a chmod it forgot) is sent again too.
+    let mode_differs = here.is_some_and(|l| {
+        let theirs = if r.mode == 0 { 0o644 } else { r.mode & 0o777 };
+        l.kind == Kind::File && l.mode & 0o777 != theirs
+    });
     if holds(&r, s) {
-        return if changed_here {
+        return if changed_here || mode_differs {
             Action::Upload { base: r.version }
         } else {
             Action::Adopt(r)
