@@ -757,7 +757,12 @@ impl Syncer {
         }
         for r in over_dirs {
             let dest = r.path.to_local(&self.root);
-            let holds_files = fs::read_dir(&dest).is_ok_and(|mut d| d.next().is_some());
+            // What syncs under it and is still there after the deletions (a directory that holds
+            // only ignored files waits instead, as a problem: they are this device's alone).
+            let under = format!("{}/", r.path);
+            let holds_files = local.keys().any(|p| {
+                p.as_str().starts_with(&under) && fingerprint(&p.to_local(&self.root)).is_some()
+            });
             match fingerprint(&dest).filter(|f| f.kind == Kind::Dir && holds_files) {
                 // Still holding files that sync: the directory stays and the server's file or
                 // link is kept beside it, as when both changed.

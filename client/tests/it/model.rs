@@ -1415,6 +1415,24 @@ impl<'a> Model<'a> {
                 })
             })
             .collect();
+        // A directory that holds only what its device ignores stays there, in the way of the
+        // same name from elsewhere (a per-path problem the client reports): left out too.
+        let mut ignored = ignored;
+        for t in &trees {
+            let only_ignored: Vec<String> = t
+                .iter()
+                .filter(|(d, n)| matches!(n, Node::Dir) && !ignored.contains(d))
+                .filter(|(d, _)| {
+                    let mut under = t
+                        .keys()
+                        .filter(|p| p.starts_with(&format!("{d}/")))
+                        .peekable();
+                    under.peek().is_some() && under.all(|p| ignored.iter().any(|i| is_under(p, i)))
+                })
+                .map(|(d, _)| d.clone())
+                .collect();
+            ignored.extend(only_ignored);
+        }
         let shown: Vec<Tree> = trees
             .iter()
             .map(|t| {
