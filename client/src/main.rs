@@ -348,16 +348,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    // The handlers are installed now, not at the first poll: a SIGTERM that comes while the
+    // first syncs run must stop the client cleanly, not kill it.
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        };
+        tokio::select! {
+            () = wait(term) => {}
+            () = wait(int) => {}
         }
     }
 }
