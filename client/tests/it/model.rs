@@ -365,10 +365,19 @@ impl ModelServer {
     fn serve(&mut self) {
         assert!(self.running.is_none());
         let store = PackStore::open(&self.store).unwrap();
-        let listener = self
-            .rt
-            .block_on(tokio::net::TcpListener::bind(self.addr))
-            .unwrap();
+        // The same address again (the clients know it); an outgoing connection of this machine
+        // may hold the port a moment, so a few tries.
+        let mut tries = 0;
+        let listener = loop {
+            match self.rt.block_on(tokio::net::TcpListener::bind(self.addr)) {
+                Ok(l) => break l,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot serve on {} again: {e}", self.addr),
+            }
+        };
         self.addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let shutdown = async {
