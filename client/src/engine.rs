@@ -657,6 +657,19 @@ impl Syncer {
         self.problems.insert(path.as_str().to_owned(), p);
     }
 
+    /// A path changed here: what waits under it for its backoff (its parent was a link, a file)
+    /// may fit now, and is tried at the next sync.
+    fn unblock_under(&mut self, path: &SyncPath) {
+        let under = format!("{path}/");
+        for (_, p) in self
+            .problems
+            .range_mut(under.clone()..)
+            .take_while(|(k, _)| k.starts_with(&under))
+        {
+            p.retry_ns = 0;
+        }
+    }
+
     /// fsyncs the directories that received files, so that what the state records is on disk.
     fn sync_placed_dirs(&mut self) {
         for dir in std::mem::take(&mut self.placed_dirs) {
@@ -808,6 +821,7 @@ impl Syncer {
         match res {
             Ok(()) => {
                 self.report.downloaded += 1;
+                self.unblock_under(&r.path);
                 true
             }
             Err(e) if e.is_offline() => {
@@ -1107,6 +1121,7 @@ impl Syncer {
             Ok(true) => {
                 self.state.state.files.remove(r.path.as_str());
                 self.report.deleted_here += 1;
+                self.unblock_under(&r.path);
                 info!(
                     "deleted {} (deleted on {})",
                     r.path,

@@ -14,7 +14,8 @@
 //! 1. No lost write: every token nobody superseded is, at the end, in some device's folder (any
 //!    file, conflicted copies included) or in a version the server keeps.
 //! 2. No deletion nobody asked for: after every sync, each token that left a device's folder was
-//!    superseded, or its path (or a parent) was renamed by someone; a directory or symlink that
+//!    superseded, or its path (or a parent) was renamed by someone, or a rename somewhere took
+//!    it along (a conflicted copy renamed to an ignored name stays only there); a directory or symlink that
 //!    vanished was removed by someone (path, or a parent), or moved aside as a conflicted copy.
 //! 3. Confinement: the sentinel directory outside the folders (a symlink points there) is never
 //!    written, and `.lbsync/` holds only the client's own files.
@@ -35,6 +36,7 @@
 //! - `LBSYNC_MODEL_SHRINK_SECS=N`: the time the shrinker may take (default 120).
 //! - `LBSYNC_MODEL_INVARIANT=K`: count only violations of invariant K (to hunt one bug).
 //! - `LBSYNC_MODEL_DUMP=1`: print every device's tree after each sequence settles.
+//! - `LBSYNC_MODEL_LOG=1`: print the engine's log (debug level) of every sync.
 
 #![allow(clippy::unwrap_used)] // test code: a failure is a test failure
 
@@ -579,7 +581,40 @@ enum SyncEnd {
 
 /// A runtime for one sync. Dropping it waits for the blocking tasks a killed sync left behind,
 /// so nothing of the sync runs on once the harness acts again.
+const COPY_MARK: &str = " (conflicted copy ";
+
+/// Whether two conflicted-copy names differ only in their `YYYY-MM-DD HHMMSS` stamps.
+fn same_but_stamp(a: &str, b: &str) -> bool {
+    let digits_at = |s: &str, i: usize| {
+        s.as_bytes().get(i..i + 17).is_some_and(|w| {
+            w.iter().enumerate().all(|(k, c)| match k {
+                4 | 7 => *c == b'-',
+                10 => *c == b' ',
+                _ => c.is_ascii_digit(),
+            })
+        })
+    };
+    let stamp = |s: &str| {
+        let m = s.find(COPY_MARK)? + COPY_MARK.len();
+        let dev = m + s[m..].find(' ')? + 1;
+        digits_at(s, dev).then_some(dev)
+    };
+    match (stamp(a), stamp(b)) {
+        (Some(i), Some(j)) => a[..i] == b[..j] && a[i + 17..] == b[j + 17..],
+        _ => false,
+    }
+}
+
 fn client_rt() -> tokio::runtime::Runtime {
+    if std::env::var_os("LBSYNC_MODEL_LOG").is_some() {
+        static LOG: std::sync::Once = std::sync::Once::new();
+        LOG.call_once(|| {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("lbsync_client=debug")
+                .with_test_writer()
+                .try_init();
+        });
+    }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -638,6 +673,9 @@ struct Model<'a> {
     /// Paths a person renamed away: content under them may leave its old place for a while
     /// (the new place can arrive a sync later); invariant 1 still wants it somewhere at the end.
     renamed: HashSet<String>,
+    /// Tokens a rename took along: the copy of one on another device may go where the rename
+    /// says (an ignored name, which stays on the renaming device alone).
+    moved_tokens: HashSet<String>,
     /// Every path seen anywhere.
     ever: BTreeSet<String>,
     last_write: [Option<String>; DEVICES],
@@ -678,6 +716,7 @@ impl<'a> Model<'a> {
             removed: HashSet::new(),
             removed_links: HashSet::new(),
             renamed: HashSet::new(),
+            moved_tokens: HashSet::new(),
             ever: BTreeSet::new(),
             last_write: Default::default(),
             violations: Vec::new(),
@@ -903,11 +942,61 @@ impl<'a> Model<'a> {
 
     /// Runs one op; false if its precondition did not hold (nothing happened).
     fn apply(&mut self, op: &Op) -> bool {
-        let ran = self.apply_inner(op);
+        let ran = self.apply_inner(&self.with_copies_found(op));
         if ran {
             self.done.push(op.clone());
         }
         ran
+    }
+
+    /// `op` with each conflicted copy it names that `dev` lacks replaced by one `dev` has that
+    /// differs only in its time stamp: a replay (the shrinker's) runs at another time, and
+    /// names its copies so.
+    fn with_copies_found(&self, op: &Op) -> Op {
+        let mut op = op.clone();
+        let (dev, paths): (usize, Vec<&mut String>) = match &mut op {
+            Op::Write { dev, path, .. }
+            | Op::Edit { dev, path, .. }
+            | Op::Append { dev, path }
+            | Op::Delete { dev, path }
+            | Op::Mkdir { dev, path }
+            | Op::Rmdir { dev, path }
+            | Op::Chmod { dev, path, .. }
+            | Op::Symlink { dev, path, .. }
+            | Op::Lock { dev, path } => (*dev, vec![path]),
+            Op::Rename { dev, from, to } => (*dev, vec![from, to]),
+            _ => return op,
+        };
+        for path in paths {
+            let mut found = String::new();
+            for name in path.split('/') {
+                let here = if found.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{found}/{name}")
+                };
+                found = if !name.contains(COPY_MARK) || self.kind_at(dev, &here).is_some() {
+                    here
+                } else {
+                    let dir = self.p(dev, &found);
+                    let twin = fs::read_dir(dir)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .find_map(|e| {
+                            let n = e.file_name().to_string_lossy().into_owned();
+                            same_but_stamp(&n, name).then_some(n)
+                        });
+                    match (twin, found.is_empty()) {
+                        (Some(t), true) => t,
+                        (Some(t), false) => format!("{found}/{t}"),
+                        (None, _) => here,
+                    }
+                };
+            }
+            *path = found;
+        }
+        op
     }
 
     fn apply_inner(&mut self, op: &Op) -> bool {
@@ -990,9 +1079,11 @@ impl<'a> Model<'a> {
                 {
                     return false;
                 }
+                let taken = self.visible_tokens(dev, &from);
                 if fs::rename(self.p(dev, &from), self.p(dev, &to)).is_err() {
                     return false;
                 }
+                self.moved_tokens.extend(taken);
                 self.removed.insert(from.clone());
                 self.renamed.insert(from);
                 self.ever.insert(to);
@@ -1268,7 +1359,11 @@ impl<'a> Model<'a> {
                 Node::File { data, .. } => {
                     let moved = self.renamed.iter().any(|r| is_under(path, r));
                     for t in tokens(data) {
-                        if !present.contains(&t) && !self.superseded.contains(&t) && !moved {
+                        if !present.contains(&t)
+                            && !self.superseded.contains(&t)
+                            && !moved
+                            && !self.moved_tokens.contains(&t)
+                        {
                             let (wd, wp) = self.origin.get(&t).cloned().unwrap_or((9, "?".into()));
                             found.push(format!(
                                 "{what}: {t} (written on dev{wd} at {wp}) was in {path} and left the \
@@ -2043,5 +2138,28 @@ fn model_seed_5182_a_restored_store_that_moved_on_is_noticed() {
         sync(2),
         Op::RestoreStore,
         Op::Kill { dev: 1, polls: 8 },
+    ]);
+}
+
+/// Seed 103230: a directory renamed away and replaced by a symlink to its new name, while
+/// another device creates a directory inside it.
+#[test]
+fn model_seed_103230_a_directory_replaced_by_a_symlink_meets_a_new_child() {
+    replay(&[
+        mkdir(2, "a"),
+        sync(2),
+        sync(1),
+        mkdir(1, "a/x"),
+        rename(2, "a", "d"),
+        Op::Symlink {
+            dev: 2,
+            path: "a".into(),
+            target: Target::Inside("d".into()),
+        },
+        sync(1),
+        sync(2),
+        sync(2),
+        sync(2),
+        sync(2),
     ]);
 }
