@@ -474,7 +474,10 @@ impl Syncer {
         // ignored until now is read again by the next sync, from the start of the journal.
         let rules_changed = plan.iter().any(|(p, a)| {
             p.file_name() == crate::local::IGNORE_FILE
-                && !matches!(a, Action::Refresh | Action::Forget | Action::Defer { .. })
+                && !matches!(
+                    a,
+                    Action::Refresh | Action::Forget | Action::Drop | Action::Defer { .. }
+                )
         });
         let ok = self.execute(plan, &local).await;
         self.report.bytes_sent = self.remote.sent - sent0;
@@ -700,6 +703,10 @@ impl Syncer {
                 Action::Adopt(r) => self.adopt(&r, local.get(&path)),
                 // Done before the plan ran (see `sync`).
                 Action::Refresh => {}
+                Action::Drop => {
+                    self.state.state.files.remove(path.as_str());
+                    self.state.state.in_doubt.remove(path.as_str());
+                }
                 Action::Forget => {
                     self.state.state.files.remove(path.as_str());
                     self.state.state.in_doubt.remove(path.as_str());

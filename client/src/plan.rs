@@ -57,6 +57,9 @@ pub enum Action {
     Refresh,
     /// The path is ignored now: stop syncing it, touching nothing.
     Forget,
+    /// Deleted here, and a server that forgot does not have it either: nothing is left to do
+    /// but drop its record.
+    Drop,
     /// A server change that cannot be applied now (it is under an unknown subtree).
     Defer {
         /// The change.
@@ -133,9 +136,11 @@ pub fn plan(
     let mut out = BTreeMap::new();
     for path in paths {
         let synced = view.synced.get(path.as_str());
-        let there = remote
-            .remove(&path)
-            .filter(|r| synced.is_none_or(|s| s.version != r.version || !holds(r, s)));
+        // What the server holds as synced is no change, except to a server that forgot: there
+        // it is what the server has now, which decides what is offered again.
+        let there = remote.remove(&path).filter(|r| {
+            view.forgotten || synced.is_none_or(|s| s.version != r.version || !holds(r, s))
+        });
         if let Some(action) = plan_path(view, &path, synced, there, ignored) {
             out.insert(path, action);
         }
@@ -265,7 +270,7 @@ fn forgetful_server(
         return match here {
             Some(_) => Action::Upload { base: 0 },
             // Deleted here since it was synced, and the server does not have it: done.
-            None => Action::Forget,
+            None => Action::Drop,
         };
     };
     // Same bytes; a mode it never got (a chmod it forgot) is sent again too.
@@ -274,10 +279,14 @@ fn forgetful_server(
         l.kind == Kind::File && l.mode & 0o777 != theirs
     });
     if holds(&r, s) {
-        return if changed_here || mode_differs {
-            Action::Upload { base: r.version }
-        } else {
-            Action::Adopt(r)
+        return match here {
+            // Deleted here, and the server has again what was deleted: the deletion goes on.
+            None => Action::DeleteThere {
+                base: r.version,
+                kind: r.kind,
+            },
+            Some(_) if changed_here || mode_differs => Action::Upload { base: r.version },
+            Some(_) => Action::Adopt(r),
         };
     }
     // Without the server's times, the same number with other content could be either: both

@@ -165,7 +165,26 @@ fn a_forgetful_server_is_never_believed_over_this_folder() {
     c.forgotten = true;
     let plan = c.plan(vec![]);
     assert_eq!(plan.get(&p("a.txt")), Some(&Action::Upload { base: 0 }));
-    assert_eq!(plan.get(&p("gone.txt")), Some(&Action::Forget));
+    assert_eq!(plan.get(&p("gone.txt")), Some(&Action::Drop));
+    // Another device offered it again as it was synced: the deletion made here goes on, and
+    // what is unchanged here is adopted.
+    let c = c
+        .here("same.txt", fp(Kind::File, 1))
+        .synced("same.txt", synced(4, 400));
+    let as_synced = |path: &str| {
+        let mut e = entry(path, 1, false, 900);
+        e.manifest = Some(Manifest::empty().id());
+        e
+    };
+    let plan = c.plan(vec![as_synced("gone.txt"), as_synced("same.txt")]);
+    assert!(matches!(plan.get(&p("same.txt")), Some(Action::Adopt(_))));
+    assert_eq!(
+        plan.get(&p("gone.txt")),
+        Some(&Action::DeleteThere {
+            base: 1,
+            kind: EntryKind::File
+        })
+    );
 
     // Someone edited it on the server after it forgot: both are kept.
     let plan = c.plan(vec![entry("a.txt", 1, false, 900)]);
