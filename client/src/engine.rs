@@ -42,8 +42,12 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
 pub struct SyncOptions {
     /// The server URL (else the state's, else [`DEFAULT_SERVER`]).
     pub server: Option<String>,
-    /// The bearer token.
+    /// The bearer token (else read from `token_file`, else from the file the state names).
     pub token: Option<String>,
+    /// The file the token is read from, remembered for later syncs.
+    pub token_file: Option<std::path::PathBuf>,
+    /// Which server certificates to trust (else what the state remembers).
+    pub trust: crate::tls::Trust,
     /// The server folder (else the state's, else `default`).
     pub folder: Option<String>,
     /// The device name (else the state's, else the host name).
@@ -166,6 +170,51 @@ pub struct Syncer {
     _lock: Arc<FolderLock>,
 }
 
+/// The token and trust settings for a sync: the options' where given (and then remembered in
+/// the state), else what the state remembers.
+pub fn access(opts: &SyncOptions, s: &mut crate::state::State) -> Result<crate::remote::Access> {
+    if opts.trust.ca_file.is_some() || opts.trust.pin.is_some() {
+        s.ca_file = opts.trust.ca_file.clone();
+        s.pin = opts.trust.pin.clone();
+    }
+    if let Some(f) = &opts.token_file {
+        s.token_file = Some(f.clone());
+    }
+    let token = match (&opts.token, &s.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => Some(read_token_file(f)?),
+        (None, None) => None,
+    };
+    Ok(crate::remote::Access {
+        token,
+        trust: crate::tls::Trust {
+            ca_file: s.ca_file.clone(),
+            pin: s.pin.clone(),
+        },
+    })
+}
+
+/// The token in a token file: its first line that is not blank or a `#` comment.
+pub fn read_token_file(f: &std::path::Path) -> Result<String> {
+    let text = fs::read_to_string(f).map_err(|e| {
+        Error::Usage(format!(
+            "cannot read the token file {}: {e}; pass --token-file with the file that holds \
+             your token",
+            f.display()
+        ))
+    })?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "the token file {} holds no token: put the token on its first line",
+                f.display()
+            ))
+        })
+}
+
 fn host_name() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| fs::read_to_string("/etc/hostname"))
@@ -235,7 +284,8 @@ impl Syncer {
             }
         });
         let device = format!("{name}#{}", s.device_id);
-        let remote = Remote::connect(&server, opts.token.as_deref(), &folder, &device).await?;
+        let access = access(opts, s)?;
+        let remote = Remote::connect_with(&server, &access, &folder, &device).await?;
         if !s.store_id.is_empty() && s.store_id != remote.store_id {
             warn!(
                 "the server's store is not the one {} was synced with (its id is {}, it was {}): \

@@ -22,8 +22,19 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// TLS to the server failed for a reason a person must fix (an untrusted certificate, a
+    /// pin that does not match, a port that does not speak TLS).
+    #[error("cannot talk TLS with the server at {url}: {reason}")]
+    Tls {
+        /// The server URL.
+        url: String,
+        /// What went wrong, and what to do.
+        reason: String,
+    },
     /// The server URL does not parse.
-    #[error("bad server URL {0:?}: expected something like http://127.0.0.1:7700")]
+    #[error(
+        "bad server URL {0:?}: expected something like http://127.0.0.1:7700 or https://sync.example.org:7700"
+    )]
     BadUrl(String),
     /// An RPC failed.
     #[error("the server answered {code:?} to {what}: {message}")]

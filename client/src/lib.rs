@@ -8,7 +8,7 @@
 //! - [`local`]: scanning (with `.lbsyncignore`), fingerprints, the index of chunks local files hold.
 //! - [`place`]: swapping a download into place and moving deletions aside, so a write that lands
 //!   meanwhile is kept.
-//! - [`remote`]: the server's RPCs with byte counts.
+//! - [`remote`]: the server's RPCs with byte counts; [`tls`]: which server certificates it trusts.
 //! - [`watch`](mod@watch): real-time sync (inotify + the server's change stream), offline queue, backoff.
 //! - [`transfer`]: uploading a file's new chunks and committing it as a delta; downloading into a
 //!   temp file and renaming it into place.
@@ -24,6 +24,7 @@ pub mod place;
 pub mod plan;
 pub mod remote;
 pub mod state;
+pub mod tls;
 pub mod transfer;
 pub mod undelete;
 pub mod watch;

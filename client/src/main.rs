@@ -51,9 +51,18 @@ struct Cli {
     /// Server URL [default: $LBSYNC_SERVER, else the one DIR last synced with, else http://127.0.0.1:7700]
     #[arg(long, global = true)]
     server: Option<String>,
-    /// File holding the token the server expects (its first line).
-    #[arg(long, global = true)]
+    /// File holding the token the server expects (its first line); remembered by DIR.
+    /// $LBSYNC_TOKEN gives the token itself (never remembered)
+    #[arg(long, global = true, env = "LBSYNC_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// For an https:// server: trust only the CA certificates in this PEM file (else the
+    /// system's roots); remembered by DIR
+    #[arg(long, global = true, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// For an https:// server with a self-signed certificate: trust exactly the certificate
+    /// with this fingerprint, which lbsync-server prints when it starts; remembered by DIR
+    #[arg(long, global = true, value_name = "sha256:HEX", value_parser = parse_pin)]
+    pin: Option<String>,
     /// Server folder to sync with [default: the one DIR last synced with, else "default"]
     #[arg(long, global = true)]
     folder: Option<String>,
@@ -170,22 +179,34 @@ async fn main() -> ExitCode {
     }
 }
 
+fn parse_pin(pin: &str) -> Result<String, String> {
+    lbsync_proto::tls::parse_pin(pin).map(|_| pin.to_owned())
+}
+
 fn options(cli: &Cli) -> anyhow::Result<SyncOptions> {
-    let token = match &cli.token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading token file {}", f.display()))?
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty() && !l.starts_with('#'))
-                .with_context(|| format!("token file {} holds no token", f.display()))?
-                .to_owned(),
-        ),
-        None => None,
+    let token_file = cli
+        .token_file
+        .as_deref()
+        .map(|f| std::path::absolute(f).with_context(|| format!("resolving {}", f.display())))
+        .transpose()?;
+    let token = match (std::env::var("LBSYNC_TOKEN"), &token_file) {
+        (Ok(t), _) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+        (_, Some(f)) => Some(lbsync_client::engine::read_token_file(f)?),
+        _ => None,
     };
+    let ca_file = cli
+        .ca_file
+        .as_deref()
+        .map(|f| std::path::absolute(f).with_context(|| format!("resolving {}", f.display())))
+        .transpose()?;
     Ok(SyncOptions {
         server: cli.server.clone(),
         token,
+        token_file,
+        trust: lbsync_client::tls::Trust {
+            ca_file,
+            pin: cli.pin.clone(),
+        },
         folder: cli.folder.clone(),
         device: cli.device.clone(),
         allow_mass_delete: cli.allow_mass_delete,
@@ -275,11 +296,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // that watch brings it here.
             let mut syncer = match Syncer::open(&root, &opts).await {
                 Err(lbsync_client::Error::Busy { .. }) => {
-                    let state = StateStore::load(&root)?;
+                    let mut state = StateStore::load(&root)?;
                     let device = format!("{}#{}", state.state.device_name, state.state.device_id);
-                    let mut remote = lbsync_client::remote::Remote::connect(
+                    let access = lbsync_client::engine::access(&opts, &mut state.state)?;
+                    let mut remote = lbsync_client::remote::Remote::connect_with(
                         opts.server.as_deref().unwrap_or(&state.state.server),
-                        opts.token.as_deref(),
+                        &access,
                         &state.state.folder,
                         &device,
                     )
@@ -423,9 +445,17 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             .format("%Y-%m-%d %H:%M:%S")
             .to_string()
     });
+    let trust = match (&s.pin, &s.ca_file) {
+        (Some(pin), _) => Some(format!("certificate pinned to {pin}")),
+        (None, Some(ca)) => Some(format!("CAs in {}", ca.display())),
+        (None, None) if s.server.starts_with("https://") => Some("the system's CAs".to_owned()),
+        (None, None) => None,
+    };
     if json {
         let v = serde_json::json!({
             "server": s.server,
+            "trust": trust,
+            "token_file": s.token_file,
             "folder": s.folder,
             "device": s.device_name,
             "last_sync": last_sync,
@@ -440,6 +470,9 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         out!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         out!("server:    {} (folder {})", s.server, s.folder);
+        if let Some(t) = &trust {
+            out!("trusting:  {t}");
+        }
         out!("device:    {}", s.device_name);
         out!("last sync: {}", last_sync.as_deref().unwrap_or("never"));
         out!("synced:    {} paths", s.files.len());

@@ -14,12 +14,14 @@ use lbsync_proto::{
     ids_from_bytes, ids_to_bytes, pb,
 };
 use prost::Message;
+use tonic::codegen::http::Uri;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::warn;
 
 use crate::error::{Error, Result};
+use crate::tls::{Dialer, Trust};
 
 /// Adds the bearer token to every call.
 #[derive(Clone)]
@@ -43,7 +45,7 @@ fn stub(channel: Channel, auth: Auth) -> SyncClient<InterceptedService<Channel, 
 /// A connected server folder.
 pub struct Remote {
     client: SyncClient<InterceptedService<Channel, Auth>>,
-    endpoint: Endpoint,
+    link: Link,
     auth: Auth,
     /// The URL.
     pub url: String,
@@ -90,6 +92,18 @@ fn receive_chunk(c: pb::ChunkData, bases: &DeltaBases, max_len: u32) -> Result<C
     decode_chunk_against(c, max_len, base).map_err(Error::protocol("GetChunks"))
 }
 
+/// A plain-text handshake that a TLS server could not make sense of: a setting to fix, said so,
+/// not a server to wait for.
+fn plaintext_to_tls(link: &Link, s: &tonic::Status) -> Option<Error> {
+    (link.tls.is_none() && s.message().contains("h2 protocol error")).then(|| Error::Tls {
+        url: link.url.clone(),
+        reason: format!(
+            "it does not answer plain-text HTTP/2 ({}): if it serves TLS, use an https:// URL",
+            s.message()
+        ),
+    })
+}
+
 /// What a commit of missing chunks answers.
 pub enum Committed {
     /// The outcome.
@@ -100,26 +114,42 @@ pub enum Committed {
     UnknownManifest,
 }
 
-impl Remote {
-    /// Connects and shakes hands (which creates the folder if needed).
-    pub async fn connect(
-        url: &str,
-        token: Option<&str>,
-        folder: &str,
-        device: &str,
-    ) -> Result<Self> {
+/// How to reach a server: its token and which certificates to trust.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// The bearer token.
+    pub token: Option<String>,
+    /// For `https://` URLs: whom to trust.
+    pub trust: Trust,
+}
+
+/// Opens connections to the server: plain HTTP/2, or TLS through our own rustls dialer.
+#[derive(Clone)]
+struct Link {
+    endpoint: Endpoint,
+    tls: Option<Dialer>,
+    url: String,
+}
+
+impl Link {
+    fn new(url: &str, trust: &Trust) -> Result<Self> {
         // A URL that can never work is a mistake to fix, not a server to wait for.
-        match url.split_once("://").map(|(scheme, _)| scheme) {
-            Some("http") => {}
-            Some("https") => {
-                return Err(Error::Usage(format!(
-                    "{url}: this client does not speak TLS yet; reach the server over http:// \
-                     on a trusted network (or through an SSH tunnel)"
-                )));
-            }
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| Error::BadUrl(url.to_owned()))?;
+        let uri: Uri = url.parse().map_err(|_| Error::BadUrl(url.to_owned()))?;
+        let tls = match scheme {
+            "http" => None,
+            "https" => Some(Dialer::new(&uri, trust)?),
             _ => return Err(Error::BadUrl(url.to_owned())),
-        }
-        let endpoint = Endpoint::from_shared(url.to_owned())
+        };
+        // Over TLS the dialer makes the connection: the endpoint only carries HTTP/2's settings.
+        let target = if tls.is_some() {
+            format!("http://{rest}")
+        } else {
+            url.to_owned()
+        };
+        let endpoint = Endpoint::from_shared(target)
             .map_err(|_| Error::BadUrl(url.to_owned()))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
@@ -128,11 +158,65 @@ impl Remote {
             .max_frame_size(MAX_FRAME)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await.map_err(|e| Error::Connect {
+        Ok(Self {
+            endpoint,
+            tls,
             url: url.to_owned(),
-            reason: error_chain(&e),
-        })?;
-        let auth = match token {
+        })
+    }
+
+    /// A new connection.
+    async fn connect(&self) -> Result<Channel> {
+        let res = match &self.tls {
+            None => self.endpoint.connect().await,
+            Some(dialer) => {
+                let dialer = dialer.clone();
+                self.endpoint
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let dialer = dialer.clone();
+                        async move { dialer.dial().await }
+                    }))
+                    .await
+            }
+        };
+        res.map_err(|e| match crate::tls::failure_in(&e) {
+            Some(reason) => Error::Tls {
+                url: self.url.clone(),
+                reason,
+            },
+            None => Error::Connect {
+                url: self.url.clone(),
+                reason: error_chain(&e),
+            },
+        })
+    }
+}
+
+impl Remote {
+    /// Connects and shakes hands (which creates the folder if needed).
+    pub async fn connect(
+        url: &str,
+        token: Option<&str>,
+        folder: &str,
+        device: &str,
+    ) -> Result<Self> {
+        let access = Access {
+            token: token.map(str::to_owned),
+            trust: Trust::default(),
+        };
+        Self::connect_with(url, &access, folder, device).await
+    }
+
+    /// [`Remote::connect`] with the certificates to trust.
+    pub async fn connect_with(
+        url: &str,
+        access: &Access,
+        folder: &str,
+        device: &str,
+    ) -> Result<Self> {
+        let link = Link::new(url, &access.trust)?;
+        let channel = link.connect().await?;
+        let auth = match &access.token {
             Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
                 Error::Usage("the token has characters that cannot go in a header".into())
             })?),
@@ -148,8 +232,9 @@ impl Remote {
         let hs = client
             .handshake(req)
             .await
-            .map_err(|s| match s.code() {
-                tonic::Code::Unavailable => Error::Connect {
+            .map_err(|s| match (plaintext_to_tls(&link, &s), s.code()) {
+                (Some(e), _) => e,
+                (None, tonic::Code::Unavailable) => Error::Connect {
                     url: url.to_owned(),
                     reason: s.message().to_owned(),
                 },
@@ -163,7 +248,7 @@ impl Remote {
             .map_err(Error::protocol("Handshake"))?;
         Ok(Self {
             client,
-            endpoint,
+            link,
             auth,
             url: url.to_owned(),
             folder: folder.to_owned(),
@@ -295,10 +380,7 @@ impl Remote {
     /// sync's HTTP/2 connection: its unread messages would hold the connection's flow-control
     /// window, and the sync's own answers (chunks, manifests) would wait behind them forever.
     pub async fn follow(&self, cursor: u64) -> Result<tonic::Streaming<pb::ChangesResponse>> {
-        let channel = self.endpoint.connect().await.map_err(|e| Error::Connect {
-            url: self.url.clone(),
-            reason: error_chain(&e),
-        })?;
+        let channel = self.link.connect().await?;
         let req = pb::ChangesRequest {
             folder: self.folder.clone(),
             cursor,

@@ -194,6 +194,15 @@ pub struct State {
     pub server: String,
     /// The server folder.
     pub folder: String,
+    /// For an `https://` server: the CA file trusted (else the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// For an `https://` server: the certificate fingerprint pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+    /// The file the token was read from (the token itself is never stored here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<std::path::PathBuf>,
     /// The last journal seq applied.
     pub cursor: u64,
     /// When the last sync finished, Unix nanoseconds (0: never).

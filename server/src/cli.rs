@@ -36,10 +36,15 @@ struct Cli {
     /// Listen on a non-loopback address without tokens (anyone who can connect can read and write).
     #[arg(long)]
     insecure_no_auth: bool,
-    /// PEM certificate chain, to serve TLS (with --tls-key).
+    /// Listen on a non-loopback address without TLS (tokens and file contents cross the network
+    /// in clear text: only for a network where nobody can listen).
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// PEM certificate chain, to serve TLS (with --tls-key) [default: STORE/tls/cert.pem if
+    /// `lbsync-server cert` made one]
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
-    /// PEM private key, to serve TLS (with --tls-cert).
+    /// PEM private key, to serve TLS (with --tls-cert) [default: STORE/tls/key.pem]
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Largest gRPC message accepted, in bytes.
@@ -74,6 +79,16 @@ enum Command {
     },
     /// Chunks, logical and stored bytes, dedup ratio, folders and files.
     Stats,
+    /// Makes a self-signed TLS certificate in STORE/tls/, which the server then serves; clients
+    /// trust it with `--pin` and the fingerprint this prints.
+    Cert {
+        /// Names (or IP addresses) the certificate is for [default: this host's name, localhost]
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// Replace a certificate made before (clients that pinned it must pin the new one).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn default_store() -> PathBuf {
@@ -187,11 +202,16 @@ fn report(r: &dyn Display) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    if let Some(Command::Cert { names, force }) = &cli.command {
+        let made = crate::tls::make_self_signed(&cli.store, names, *force)?;
+        report(&made);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     let read_only = match &cli.command {
         Some(Command::Fsck { repair }) => !repair,
         Some(Command::Gc { dry_run, .. }) => *dry_run,
         Some(Command::Stats) => true,
-        None => false,
+        Some(Command::Cert { .. }) | None => false,
     };
     let store = open_store(&cli.store, read_only)?;
     match cli.command {
@@ -226,7 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             report(&stats);
             return Ok(std::process::ExitCode::SUCCESS);
         }
-        None => {}
+        Some(Command::Cert { .. }) | None => {}
     }
 
     let tokens = cli
@@ -243,12 +263,26 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         );
     }
     let tls = match (&cli.tls_cert, &cli.tls_key) {
-        (Some(c), Some(k)) => Some((
-            std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
-            std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
-        )),
-        _ => None,
+        (Some(c), Some(k)) => Some(crate::tls::load(c, k)?),
+        _ => crate::tls::load_made(&cli.store)?,
     };
+    if !cli.listen.ip().is_loopback() && tls.is_none() && !cli.insecure_plaintext {
+        bail!(
+            "refusing to listen on {} without TLS: tokens and file contents would cross the \
+             network in clear text. Run `lbsync-server cert` once to make a certificate (or pass \
+             --tls-cert and --tls-key), or pass --insecure-plaintext on a network nobody else \
+             can listen on",
+            cli.listen
+        );
+    }
+    if let Some(t) = &tls {
+        tracing::info!(
+            "TLS certificate {}: clients that do not trust its CA connect with --pin {}",
+            t.fingerprint,
+            t.fingerprint
+        );
+    }
+    let tls = tls.map(|t| (t.cert_pem, t.key_pem));
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("listening on {}", cli.listen))?;

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod error;
 pub mod folders;
 pub mod service;
+pub mod tls;
 
 use std::future::Future;
 

@@ -7,5 +7,6 @@ mod model;
 mod procs;
 mod safety;
 mod sync;
+mod tls;
 mod util;
 mod watch;

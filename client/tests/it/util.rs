@@ -29,7 +29,27 @@ impl Server {
         s
     }
 
+    /// A server with this configuration (TLS, tokens) on a temp store.
+    pub(crate) async fn start_with(config: lbsync_server::ServerConfig) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let tls = config.tls.is_some();
+        let mut s = Self::serve_with(tmp.path(), "127.0.0.1:0".parse().unwrap(), config).await;
+        if tls {
+            s.url = format!("https://localhost:{}", s.addr.port());
+        }
+        s.tmp = Some(tmp);
+        s
+    }
+
     async fn serve(store_dir: &Path, addr: std::net::SocketAddr) -> Self {
+        Self::serve_with(store_dir, addr, Default::default()).await
+    }
+
+    async fn serve_with(
+        store_dir: &Path,
+        addr: std::net::SocketAddr,
+        config: lbsync_server::ServerConfig,
+    ) -> Self {
         let store = PackStore::open(store_dir).unwrap();
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -37,12 +57,7 @@ impl Server {
         let shutdown = async {
             let _ = rx.await;
         };
-        let handle = tokio::spawn(lbsync_server::run(
-            listener,
-            store,
-            Default::default(),
-            shutdown,
-        ));
+        let handle = tokio::spawn(lbsync_server::run(listener, store, config, shutdown));
         Self {
             url: format!("http://{addr}"),
             store_dir: store_dir.to_path_buf(),
@@ -225,9 +240,19 @@ pub(crate) fn write(root: &Path, rel: &str, data: impl AsRef<[u8]>) {
 
 /// Runs the real `lbsync-client` binary with `args` to its end.
 pub(crate) async fn run(args: Vec<String>) -> Output {
+    run_env(args, &[]).await
+}
+
+/// [`run`] with these environment variables set.
+pub(crate) async fn run_env(args: Vec<String>, env: &[(&str, &str)]) -> Output {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         Command::new(crate::procs::CLIENT_BIN)
             .args(args)
+            .envs(env)
             .output()
             .unwrap()
     })

@@ -163,6 +163,98 @@ fn refuses_public_address_without_tokens() {
     );
 }
 
+#[test]
+fn refuses_public_address_without_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "--store",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure-no-auth",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 without TLS")
+            && err.contains("lbsync-server cert")
+            && err.contains("--insecure-plaintext"),
+        "{err}"
+    );
+}
+
+/// `cert` makes a certificate once (and will not replace it by accident); the server then
+/// serves it and prints the fingerprint clients pin.
+#[test]
+fn cert_makes_a_certificate_that_the_server_serves_with_its_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let cert = |more: &[&str]| {
+        let out = Command::new(BIN)
+            .args([
+                "--store",
+                store.to_str().unwrap(),
+                "cert",
+                "--name",
+                "localhost",
+            ])
+            .args(more)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, made) = cert(&[]);
+    assert!(ok, "{made}");
+    let fingerprint = made
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint: "))
+        .expect("the fingerprint is printed")
+        .to_owned();
+    assert!(made.contains(&format!("--pin {fingerprint}")), "{made}");
+    let (ok, again) = cert(&[]);
+    assert!(!ok && again.contains("--force"), "{again}");
+
+    let mut child = Command::new(BIN)
+        .args([
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _child = Reaper(child);
+    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+    let mut seen = Vec::new();
+    let serving = loop {
+        let line = lines.next().expect("the server logs that it serves");
+        seen.push(line.clone());
+        if line.contains("serving") {
+            break line;
+        }
+    };
+    assert!(serving.contains("with TLS"), "{serving}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains(&format!("TLS certificate {fingerprint}"))),
+        "{seen:?}"
+    );
+}
+
 /// The server's log goes to stderr; when nobody reads it any more (a closed pipe, a terminal
 /// gone), requests must go on succeeding and the server must stay up.
 #[test]
