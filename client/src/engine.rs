@@ -432,7 +432,9 @@ impl Syncer {
             .remote
             // From one before the cursor: the entry at the cursor is read again, and must still be
             // what was synced (see `plan`: a restored store may have numbered another commit so).
-            .changes_until_caught_up(if self.state.state.replay {
+            // A server that forgot is read whole until a sync completes: the planner takes what
+            // it does not show as what it does not have.
+            .changes_until_caught_up(if self.state.state.replay || self.state.state.forgotten {
                 0
             } else {
                 self.state.state.cursor.saturating_sub(1)

@@ -163,9 +163,13 @@ fn plan_path(
         });
     }
     // The scan leaves ignored paths out: absent here is not deleted if it is ignored.
+    // What the server sends is judged by its own kind: a file where an ignored directory (`d/`)
+    // was is not ignored.
     if here.is_none() && (synced.is_some() || there.is_some()) {
-        let is_dir = synced.is_some_and(|s| s.local.kind == Kind::Dir)
-            || there.as_ref().is_some_and(|r| r.kind == EntryKind::Dir);
+        let is_dir = match &there {
+            Some(r) => r.kind == EntryKind::Dir,
+            None => synced.is_some_and(|s| s.local.kind == Kind::Dir),
+        };
         if ignored(path, is_dir) {
             return synced.map(|_| Action::Forget);
         }

@@ -125,6 +125,22 @@ fn an_ignored_path_is_forgotten_not_deleted_and_its_changes_not_applied() {
     assert_eq!(plan.get(&p("a.log")), Some(&Action::Forget));
     let plan = Case::new().plan_with(vec![entry("b.log", 3, false, 0)], &ignored);
     assert!(plan.is_empty(), "{plan:?}");
+
+    // A directory-only rule (`d/`): the file that took an ignored directory's name elsewhere
+    // is not ignored, and arrives.
+    let dir_only = |path: &SyncPath, is_dir: bool| is_dir && path.as_str() == "d";
+    let mut dir = synced(1, 0);
+    dir.local = fp(Kind::Dir, 1);
+    let c = Case::new().synced("d", dir);
+    assert_eq!(
+        c.plan_with(vec![], &dir_only).get(&p("d")),
+        Some(&Action::Forget)
+    );
+    let plan = c.plan_with(vec![entry("d", 2, false, 0)], &dir_only);
+    assert!(
+        matches!(plan.get(&p("d")), Some(Action::Apply(_))),
+        "{plan:?}"
+    );
 }
 
 #[test]

@@ -2190,3 +2190,24 @@ fn model_seed_7199_a_copy_deleted_after_a_restore() {
         },
     ]);
 }
+
+/// Seed 303630: a directory-only ignore rule, and a file that takes the ignored directory's
+/// name on another device.
+#[test]
+fn model_seed_303630_a_file_where_an_ignored_directory_was() {
+    replay(&[
+        mkdir(0, "d"),
+        sync(0),
+        Op::Ignore {
+            dev: 2,
+            pattern: "d/".into(),
+            add: true,
+        },
+        sync(2),
+        sync(1),
+        rename(1, "d", "a"),
+        w(1, "a/y.txt"),
+        rename(0, "d", "a"),
+        w(0, "d"),
+    ]);
+}
