@@ -86,6 +86,8 @@ pub struct Report {
     pub waiting: Vec<String>,
     /// Deletions held back by the guard.
     pub held: Held,
+    /// Local changes kept on this device only, the folder being read-only for it.
+    pub local_only: u64,
     /// Seconds taken.
     pub seconds: f64,
 }
@@ -115,6 +117,13 @@ impl std::fmt::Display for Report {
         }
         if !self.waiting.is_empty() {
             write!(f, "; {} need attention", self.waiting.len())?;
+        }
+        if self.local_only > 0 {
+            write!(
+                f,
+                "; {} kept on this device only (the folder is read-only here)",
+                self.local_only
+            )?;
         }
         Ok(())
     }
@@ -511,7 +520,8 @@ impl Syncer {
                 s.seen_ns = crate::state::now_ns();
             }
         }
-        let held = if self.opts.allow_mass_delete {
+        // Read-only: deletions made here are put back, never sent (see `readonly`).
+        let held = if self.opts.allow_mass_delete || self.remote.read_only {
             Held::default()
         } else {
             self.opts.delete_guard.hold(&mut plan, files)
@@ -852,6 +862,14 @@ impl Syncer {
                 None => remote_ok &= self.apply(&r).await,
             }
         }
+        if self.remote.read_only {
+            let paths = uploads
+                .into_iter()
+                .map(|(p, _)| p)
+                .chain(deletes_there.into_iter().map(|(p, ..)| p))
+                .collect();
+            return self.keep_local(paths).await && remote_ok;
+        }
         // Directories first (parents before what they hold), then small files together, then
         // large files, links and what the batch left.
         let kind = |p: &SyncPath| local.get(p).map(|f| (f.kind, f.size));
@@ -872,7 +890,7 @@ impl Syncer {
 
     /// Writes the server's version here. False if that failed for a reason that goes away by
     /// itself (the server went away); another failure becomes a problem of the path.
-    async fn apply(&mut self, r: &Entry) -> bool {
+    pub(crate) async fn apply(&mut self, r: &Entry) -> bool {
         let res = match r.kind {
             EntryKind::File => self.download_file(r).await,
             _ => self.apply_plain(r),

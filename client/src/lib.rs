@@ -22,6 +22,7 @@ pub mod error;
 pub mod local;
 pub mod place;
 pub mod plan;
+pub mod readonly;
 pub mod remote;
 pub mod state;
 pub mod tls;

@@ -57,6 +57,8 @@ pub struct Remote {
     pub head: u64,
     /// The id of the server's store (empty from a server too old to say).
     pub store_id: String,
+    /// This client may only read the folder.
+    pub read_only: bool,
     max_ids: usize,
     /// Payload bytes sent (requests) and received (answers).
     pub sent: u64,
@@ -255,6 +257,7 @@ impl Remote {
             params,
             head: hs.head,
             store_id: hs.store_id,
+            read_only: hs.read_only,
             max_ids: (hs.max_ids_per_request as usize).clamp(1, 65_536),
             sent: 0,
             received: 0,

@@ -240,6 +240,7 @@ impl pb::sync_server::Sync for SyncService {
             max_ids_per_request: self.limits.max_ids_per_request,
             head,
             store_id: self.store.store_id().to_owned(),
+            read_only: false,
         }))
     }
 
