@@ -19,7 +19,7 @@ use std::sync::Arc;
 use lbsync_chunkstore::Manifest;
 use lbsync_proto::{BatchOutcome, CommitOutcome, CommitRequest, Entry, EntryKind, SyncPath};
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cache::ChunkCache;
 use crate::confine;
@@ -585,6 +585,23 @@ impl Syncer {
     /// journal was replaced since (a store restored from a backup, then written to).
     async fn journal_rewritten(&mut self, remote: &HashMap<SyncPath, Entry>) -> Result<bool> {
         let st = &self.state.state;
+        // Our own commits past the cursor (a sync that was stopped before it moved the cursor
+        // on) are in what was just read, or a later version of their path is: a journal without
+        // them was restored from before them.
+        let lost = st.files.iter().find(|(p, s)| {
+            s.seq > st.cursor
+                && SyncPath::new((*p).clone())
+                    .ok()
+                    .and_then(|p| remote.get(&p))
+                    .is_none_or(|r| r.version < s.version)
+        });
+        if let Some((p, s)) = lost {
+            debug!(
+                "{p}: synced as v{} at journal seq {}, which the server's journal no longer shows",
+                s.version, s.seq
+            );
+            return Ok(true);
+        }
         let Some((path, version, at_ns)) = st.at_cursor.clone().filter(|_| st.cursor > 0) else {
             return Ok(false);
         };

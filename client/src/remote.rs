@@ -94,13 +94,17 @@ fn receive_chunk(c: pb::ChunkData, bases: &DeltaBases, max_len: u32) -> Result<C
     decode_chunk_against(c, max_len, base).map_err(Error::protocol("GetChunks"))
 }
 
-/// A plain-text handshake that a TLS server could not make sense of: a setting to fix, said so,
-/// not a server to wait for.
-fn plaintext_to_tls(link: &Link, s: &tonic::Status) -> Option<Error> {
-    (link.tls.is_none() && s.message().contains("h2 protocol error")).then(|| Error::Tls {
+/// A plain-text handshake that failed against a server that speaks TLS: a setting to fix, said
+/// so, not a server to wait for.
+async fn plaintext_to_tls(link: &Link, s: &tonic::Status) -> Option<Error> {
+    if link.tls.is_some() || s.code() == tonic::Code::Unauthenticated {
+        return None;
+    }
+    let uri: Uri = link.url.parse().ok()?;
+    crate::tls::speaks_tls(&uri).await.then(|| Error::Tls {
         url: link.url.clone(),
         reason: format!(
-            "it does not answer plain-text HTTP/2 ({}): if it serves TLS, use an https:// URL",
+            "it speaks TLS, and this URL asks for plain text ({}): use an https:// URL",
             s.message()
         ),
     })
@@ -181,15 +185,32 @@ impl Link {
                     .await
             }
         };
-        res.map_err(|e| match crate::tls::failure_in(&e) {
-            Some(reason) => Error::Tls {
+        let e = match res {
+            Ok(channel) => return Ok(channel),
+            Err(e) => e,
+        };
+        if let Some(reason) = crate::tls::failure_in(&e) {
+            return Err(Error::Tls {
                 url: self.url.clone(),
                 reason,
-            },
-            None => Error::Connect {
-                url: self.url.clone(),
-                reason: error_chain(&e),
-            },
+            });
+        }
+        let refused = error_chain(&e).contains("refused");
+        if self.tls.is_none() && !refused {
+            let uri: Option<Uri> = self.url.parse().ok();
+            if let Some(uri) = uri
+                && crate::tls::speaks_tls(&uri).await
+            {
+                return Err(Error::Tls {
+                    url: self.url.clone(),
+                    reason: "it speaks TLS, and this URL asks for plain text: use an https:// URL"
+                        .into(),
+                });
+            }
+        }
+        Err(Error::Connect {
+            url: self.url.clone(),
+            reason: error_chain(&e),
         })
     }
 }
@@ -231,18 +252,19 @@ impl Remote {
             folder: folder.to_owned(),
             device: device.to_owned(),
         };
-        let hs = client
-            .handshake(req)
-            .await
-            .map_err(|s| match (plaintext_to_tls(&link, &s), s.code()) {
-                (Some(e), _) => e,
-                (None, tonic::Code::Unavailable) => Error::Connect {
-                    url: url.to_owned(),
-                    reason: s.message().to_owned(),
-                },
-                _ => Error::rpc("Handshake")(s),
-            })?
-            .into_inner();
+        let hs = match client.handshake(req).await {
+            Ok(hs) => hs.into_inner(),
+            Err(s) => {
+                return Err(match (plaintext_to_tls(&link, &s).await, s.code()) {
+                    (Some(e), _) => e,
+                    (None, tonic::Code::Unavailable) => Error::Connect {
+                        url: url.to_owned(),
+                        reason: s.message().to_owned(),
+                    },
+                    _ => Error::rpc("Handshake")(s),
+                });
+            }
+        };
         let params = hs
             .params
             .ok_or(lbsync_proto::ConvertError::MissingField("params"))

@@ -93,6 +93,26 @@ impl Dialer {
     }
 }
 
+/// Whether the server at `uri` (an `http://` URL that failed) speaks TLS: a handshake against a
+/// pin nothing matches gets as far as the server's certificate only from a TLS server.
+pub async fn speaks_tls(uri: &Uri) -> bool {
+    let probe = Trust {
+        ca_file: None,
+        pin: Some(format!("sha256:{}", "00".repeat(32))),
+    };
+    let Ok(dialer) = Dialer::new(uri, &probe) else {
+        return false;
+    };
+    let dialer = Dialer {
+        port: uri.port_u16().unwrap_or(80),
+        ..dialer
+    };
+    match dialer.dial().await {
+        Ok(_) => true,
+        Err(e) => failure_in(&e).is_some_and(|why| why.contains("not the pinned one")),
+    }
+}
+
 /// The rustls configuration for `trust`, offering HTTP/2 by ALPN.
 fn client_config(trust: &Trust) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -605,7 +605,7 @@ fn client_rt() -> tokio::runtime::Runtime {
         static LOG: std::sync::Once = std::sync::Once::new();
         LOG.call_once(|| {
             let _ = tracing_subscriber::fmt()
-                .with_env_filter("lbsync_client=debug")
+                .with_env_filter("lbsync_client=debug,it=info")
                 .with_test_writer()
                 .try_init();
         });
@@ -1265,12 +1265,15 @@ impl<'a> Model<'a> {
         };
         let root = self.roots[dev].clone();
         let rt = client_rt();
-        let end = rt.block_on(async {
-            match Syncer::open(&root, &opts).await {
-                Ok(mut s) => drive(&mut s, polls).await,
-                Err(e) => SyncEnd::Failed(format!("open: {e}")),
-            }
-        });
+        let end = rt.block_on(tracing::Instrument::instrument(
+            async {
+                match Syncer::open(&root, &opts).await {
+                    Ok(mut s) => drive(&mut s, polls).await,
+                    Err(e) => SyncEnd::Failed(format!("open: {e}")),
+                }
+            },
+            tracing::info_span!("sync", dev),
+        ));
         drop(rt);
         self.syncs += 1;
         let what = match polls {
