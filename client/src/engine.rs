@@ -1057,15 +1057,16 @@ impl Syncer {
                 let m = manifest_of(&r.path.to_local(&self.root), self.remote.params)?;
                 if Some(m.id()) == r.manifest {
                     self.state.put_manifest(&m)?;
-                } else if self.is_old_server_version(&r.path, &m).await? {
+                } else if let Some(old) = self.old_server_version(&r.path, &m, l).await? {
                     info!(
-                        "{} here is an older version from the server (its download was \
+                        "{} here is an older version from the server (v{}: its download was \
                          interrupted before it was recorded): replacing it",
-                        r.path
+                        r.path, old.version
                     );
-                    let local = r.path.to_local(&self.root);
-                    fs::remove_file(&local)
-                        .map_err(Error::io(format!("replacing {}", local.display())))?;
+                    // Recorded as that version first, so that the download swaps it out as any
+                    // synced file: the path always holds one of the two.
+                    self.state.put_manifest(&m)?;
+                    self.adopt(&old, Some(l));
                     self.download_file(r).await?;
                     self.report.downloaded += 1;
                     return Ok(Resolved::Done);
@@ -1119,14 +1120,29 @@ impl Syncer {
         Ok(Resolved::KeptCopy(copy))
     }
 
-    /// Whether `m`, the content of a local file the state does not know, is a version the server
-    /// has held at `path`: then nobody edited it here, and the newer server version may replace it.
-    async fn is_old_server_version(&mut self, path: &SyncPath, m: &Manifest) -> Result<bool> {
-        if self.state.state.files.contains_key(path.as_str()) {
-            return Ok(false);
+    /// The version the server has held at `path` that `m`, the content of a local file the state
+    /// does not know, is, if any: then nobody edited it here, and the newer one may replace it.
+    async fn old_server_version(
+        &mut self,
+        path: &SyncPath,
+        m: &Manifest,
+        l: &Fingerprint,
+    ) -> Result<Option<Entry>> {
+        let files = &self.state.state.files;
+        // A file the state knows under another name was moved here by a person (renamed back
+        // into place, say): that is an edit, not a download left unrecorded.
+        let moved = || {
+            files.iter().any(|(p, s)| {
+                p != path.as_str() && s.local.dev == l.dev && s.local.inode == l.inode
+            })
+        };
+        if files.contains_key(path.as_str()) || moved() {
+            return Ok(None);
         }
         let versions = self.remote.history(path).await?;
-        Ok(versions.iter().any(|v| v.manifest == Some(m.id())))
+        Ok(versions
+            .into_iter()
+            .find(|v| !v.deleted && v.manifest == Some(m.id())))
     }
 
     /// Moves a local path aside to a conflicted-copy name (never deleting it) and returns the name.

@@ -2214,3 +2214,17 @@ fn model_seed_303630_a_file_where_an_ignored_directory_was() {
         w(0, "d"),
     ]);
 }
+
+/// Seed 407803: a file renamed away and back while another device creates the name it left.
+#[test]
+fn model_seed_407803_a_file_renamed_away_and_back() {
+    replay(&[
+        w(1, "b"),
+        w(2, "a"),
+        rename(2, "a", "b"),
+        sync(2),
+        rename(2, "b", "c.txt"),
+        sync(2),
+        rename(2, "c.txt", "b"),
+    ]);
+}
