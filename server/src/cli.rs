@@ -74,6 +74,67 @@ enum Command {
     },
     /// Chunks, logical and stored bytes, dedup ratio, folders and files.
     Stats,
+    /// Users (stop the server first: the store is locked while it runs).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Tokens of users (stop the server first, except to revoke: see `token revoke`).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Lets another user sync a folder.
+    Share {
+        /// The folder.
+        folder: String,
+        /// The user.
+        #[arg(long = "with")]
+        user: String,
+        /// They may read it, never change it.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Stops sharing a folder with a user.
+    Unshare {
+        /// The folder.
+        folder: String,
+        /// The user.
+        #[arg(long = "with")]
+        user: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Adds a user.
+    Add {
+        /// 1-64 letters, digits, '.', '_' or '-'.
+        name: String,
+    },
+    /// Lists the users, their tokens and folders.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Makes a token for a user and prints it, once: the store keeps only its hash.
+    Create {
+        /// Whose token.
+        #[arg(long)]
+        user: String,
+        /// It may read, never change anything.
+        #[arg(long)]
+        read_only: bool,
+        /// It may use only this folder.
+        #[arg(long)]
+        folder: Option<String>,
+    },
+    /// Revokes a token by its id (as `user list` shows it).
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
 }
 
 fn default_store() -> PathBuf {
@@ -191,10 +252,50 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Some(Command::Fsck { repair }) => !repair,
         Some(Command::Gc { dry_run, .. }) => *dry_run,
         Some(Command::Stats) => true,
+        Some(Command::User { .. } | Command::Token { .. }) => false,
+        Some(Command::Share { .. } | Command::Unshare { .. }) => false,
         None => false,
     };
-    let store = open_store(&cli.store, read_only)?;
+    let store = open_store(&cli.store, read_only).map_err(|e| {
+        if format!("{e:#}").contains("could not acquire lock") {
+            anyhow::anyhow!(
+                "the store at {} is in use, most likely by a running lbsync-server: stop the \
+                 server first, then run this command again ({e:#})",
+                cli.store.display()
+            )
+        } else {
+            e
+        }
+    })?;
     match cli.command {
+        Some(Command::User { command }) => {
+            let users = crate::users::Users::open(store.db())?;
+            tokio::task::spawn_blocking(move || user_command(&users, command)).await??;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        Some(Command::Token { command }) => {
+            let users = crate::users::Users::open(store.db())?;
+            tokio::task::spawn_blocking(move || token_command(&users, command)).await??;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        Some(Command::Share {
+            folder,
+            user,
+            read_only,
+        }) => {
+            tokio::task::spawn_blocking(move || share(&store, &folder, &user, read_only)).await??;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        Some(Command::Unshare { folder, user }) => {
+            let users = crate::users::Users::open(store.db())?;
+            if !users.unshare(&folder, &user)? {
+                bail!("folder {folder} is not shared with {user}: nothing to undo");
+            }
+            report(&format_args!(
+                "folder {folder} is no longer shared with {user}"
+            ));
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
         Some(Command::Fsck { repair }) => {
             let fsck = tokio::task::spawn_blocking(move || admin::fsck(&store, repair)).await??;
             report(&fsck);
@@ -235,7 +336,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         .map(Tokens::load)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    if !cli.listen.ip().is_loopback() && tokens.is_none() && !cli.insecure_no_auth {
+    let user_tokens = crate::users::Users::open(store.db())?.any_tokens();
+    if !cli.listen.ip().is_loopback() && tokens.is_none() && !user_tokens && !cli.insecure_no_auth {
         bail!(
             "refusing to listen on {} without a token file: pass --token-file FILE (or \
              --insecure-no-auth to let anyone who can connect read and write)",
@@ -262,6 +364,92 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     };
     crate::run(listener, store, config, shutdown_signal()).await?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn user_command(users: &crate::users::Users, command: UserCommand) -> anyhow::Result<()> {
+    match command {
+        UserCommand::Add { name } => {
+            users.add_user(&name)?;
+            report(&format_args!(
+                "added user {name}; make a token with `lbsync-server token create --user {name}`"
+            ));
+        }
+        UserCommand::List => {
+            let tokens = users.tokens()?;
+            let names = users.user_names()?;
+            if names.is_empty() {
+                report(&"no users; add one with `lbsync-server user add NAME`");
+            }
+            for name in names {
+                let mut lines = vec![name.clone()];
+                for t in tokens.iter().filter(|t| t.user == name) {
+                    let when = chrono::DateTime::from_timestamp_nanos(t.created_ns)
+                        .format("%Y-%m-%d %H:%M UTC");
+                    lines.push(format!(
+                        "  token {}  {}{}  made {when}",
+                        t.id,
+                        if t.read_only {
+                            "read-only"
+                        } else {
+                            "read-write"
+                        },
+                        t.folder
+                            .as_deref()
+                            .map(|f| format!(", folder {f} only"))
+                            .unwrap_or_default()
+                    ));
+                }
+                for (folder, role) in users.folders_of(&name)? {
+                    lines.push(format!("  folder {folder}  {role}"));
+                }
+                report(&lines.join("\n"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn token_command(users: &crate::users::Users, command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create {
+            user,
+            read_only,
+            folder,
+        } => {
+            let (info, token) = users.create_token(&user, read_only, folder.as_deref())?;
+            report(&format_args!(
+                "{token}\n\ntoken {} for {user}{}{}: shown this once, the server keeps only its \
+                 hash; give it to {user}, who puts it in a file and passes --token-file FILE",
+                info.id,
+                if read_only { ", read-only" } else { "" },
+                folder
+                    .as_deref()
+                    .map(|f| format!(", folder {f} only"))
+                    .unwrap_or_default()
+            ));
+        }
+        TokenCommand::Revoke { id } => {
+            if !users.revoke_token(&id)? {
+                bail!("no token {id}: see `lbsync-server user list`");
+            }
+            report(&format_args!("revoked token {id}"));
+        }
+    }
+    Ok(())
+}
+
+fn share(store: &PackStore, folder: &str, user: &str, read_only: bool) -> anyhow::Result<()> {
+    let folders = crate::folders::Folders::open(store.db())?;
+    folders
+        .head(folder)
+        .with_context(|| format!("sharing folder {folder}"))?;
+    let users = crate::users::Users::open(store.db())?;
+    users.share(folder, user, read_only)?;
+    report(&format_args!(
+        "folder {folder} is shared with {user}, {}",
+        if read_only { "read-only" } else { "read-write" }
+    ));
+    Ok(())
 }
 
 /// SIGINT or SIGTERM.
