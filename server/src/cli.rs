@@ -191,7 +191,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
@@ -215,7 +216,14 @@ where
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // An admin command for a running server is forwarded as it was given.
+    let forwarded = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_str().map(str::to_owned))
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default();
+    match runtime.block_on(run(cli, forwarded)) {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "lbsync-server: {e:#}");
@@ -247,55 +255,43 @@ fn report(r: &dyn Display) {
     let _ = writeln!(out, "{r}").and_then(|()| out.flush());
 }
 
-async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCode> {
+    if let Some(
+        cmd @ (Command::User { .. }
+        | Command::Token { .. }
+        | Command::Share { .. }
+        | Command::Unshare { .. }),
+    ) = cli.command
+    {
+        // A running server holds the store: it runs the command, through its admin socket.
+        let text = match crate::control::call(&cli.store, &args).await {
+            Some(answer) => answer?,
+            None => {
+                let store = open_store(&cli.store, false).map_err(|e| {
+                    if format!("{e:#}").contains("could not acquire lock") {
+                        anyhow::anyhow!(
+                            "the store at {} is in use, but no server answers at its admin \
+                             socket: stop the process using it, then run this command again",
+                            cli.store.display()
+                        )
+                    } else {
+                        e
+                    }
+                })?;
+                tokio::task::spawn_blocking(move || admin(&store, cmd)).await??
+            }
+        };
+        report(&text);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     let read_only = match &cli.command {
         Some(Command::Fsck { repair }) => !repair,
         Some(Command::Gc { dry_run, .. }) => *dry_run,
         Some(Command::Stats) => true,
-        Some(Command::User { .. } | Command::Token { .. }) => false,
-        Some(Command::Share { .. } | Command::Unshare { .. }) => false,
-        None => false,
+        _ => false,
     };
-    let store = open_store(&cli.store, read_only).map_err(|e| {
-        if format!("{e:#}").contains("could not acquire lock") {
-            anyhow::anyhow!(
-                "the store at {} is in use, most likely by a running lbsync-server: stop the \
-                 server first, then run this command again ({e:#})",
-                cli.store.display()
-            )
-        } else {
-            e
-        }
-    })?;
+    let store = open_store(&cli.store, read_only)?;
     match cli.command {
-        Some(Command::User { command }) => {
-            let users = crate::users::Users::open(store.db())?;
-            tokio::task::spawn_blocking(move || user_command(&users, command)).await??;
-            return Ok(std::process::ExitCode::SUCCESS);
-        }
-        Some(Command::Token { command }) => {
-            let users = crate::users::Users::open(store.db())?;
-            tokio::task::spawn_blocking(move || token_command(&users, command)).await??;
-            return Ok(std::process::ExitCode::SUCCESS);
-        }
-        Some(Command::Share {
-            folder,
-            user,
-            read_only,
-        }) => {
-            tokio::task::spawn_blocking(move || share(&store, &folder, &user, read_only)).await??;
-            return Ok(std::process::ExitCode::SUCCESS);
-        }
-        Some(Command::Unshare { folder, user }) => {
-            let users = crate::users::Users::open(store.db())?;
-            if !users.unshare(&folder, &user)? {
-                bail!("folder {folder} is not shared with {user}: nothing to undo");
-            }
-            report(&format_args!(
-                "folder {folder} is no longer shared with {user}"
-            ));
-            return Ok(std::process::ExitCode::SUCCESS);
-        }
         Some(Command::Fsck { repair }) => {
             let fsck = tokio::task::spawn_blocking(move || admin::fsck(&store, repair)).await??;
             report(&fsck);
@@ -327,6 +323,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             report(&stats);
             return Ok(std::process::ExitCode::SUCCESS);
         }
+        Some(_) => bail!("admin commands are run above"),
         None => {}
     }
 
@@ -366,22 +363,41 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn user_command(users: &crate::users::Users, command: UserCommand) -> anyhow::Result<()> {
-    match command {
-        UserCommand::Add { name } => {
+/// Runs an admin command that came through the admin socket (see `control`): its output, or
+/// why it was refused.
+pub(crate) fn admin_args(store: &PackStore, args: Vec<String>) -> Result<String, String> {
+    let cli = Cli::try_parse_from(std::iter::once("lbsync-server".to_owned()).chain(args))
+        .map_err(|e| e.to_string())?;
+    match cli.command {
+        Some(
+            cmd @ (Command::User { .. }
+            | Command::Token { .. }
+            | Command::Share { .. }
+            | Command::Unshare { .. }),
+        ) => admin(store, cmd).map_err(|e| format!("{e:#}")),
+        _ => Err("only user, token, share and unshare commands reach a running server".into()),
+    }
+}
+
+/// Runs a user, token, share or unshare command on the store and returns what to print.
+fn admin(store: &PackStore, command: Command) -> anyhow::Result<String> {
+    let users = crate::users::Users::open(store.db())?;
+    Ok(match command {
+        Command::User {
+            command: UserCommand::Add { name },
+        } => {
             users.add_user(&name)?;
-            report(&format_args!(
+            format!(
                 "added user {name}; make a token with `lbsync-server token create --user {name}`"
-            ));
+            )
         }
-        UserCommand::List => {
+        Command::User {
+            command: UserCommand::List,
+        } => {
             let tokens = users.tokens()?;
-            let names = users.user_names()?;
-            if names.is_empty() {
-                report(&"no users; add one with `lbsync-server user add NAME`");
-            }
-            for name in names {
-                let mut lines = vec![name.clone()];
+            let mut lines = Vec::new();
+            for name in users.user_names()? {
+                lines.push(name.clone());
                 for t in tokens.iter().filter(|t| t.user == name) {
                     let when = chrono::DateTime::from_timestamp_nanos(t.created_ns)
                         .format("%Y-%m-%d %H:%M UTC");
@@ -402,22 +418,23 @@ fn user_command(users: &crate::users::Users, command: UserCommand) -> anyhow::Re
                 for (folder, role) in users.folders_of(&name)? {
                     lines.push(format!("  folder {folder}  {role}"));
                 }
-                report(&lines.join("\n"));
+            }
+            if lines.is_empty() {
+                "no users; add one with `lbsync-server user add NAME`".to_owned()
+            } else {
+                lines.join("\n")
             }
         }
-    }
-    Ok(())
-}
-
-fn token_command(users: &crate::users::Users, command: TokenCommand) -> anyhow::Result<()> {
-    match command {
-        TokenCommand::Create {
-            user,
-            read_only,
-            folder,
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    user,
+                    read_only,
+                    folder,
+                },
         } => {
             let (info, token) = users.create_token(&user, read_only, folder.as_deref())?;
-            report(&format_args!(
+            format!(
                 "{token}\n\ntoken {} for {user}{}{}: shown this once, the server keeps only its \
                  hash; give it to {user}, who puts it in a file and passes --token-file FILE",
                 info.id,
@@ -426,30 +443,39 @@ fn token_command(users: &crate::users::Users, command: TokenCommand) -> anyhow::
                     .as_deref()
                     .map(|f| format!(", folder {f} only"))
                     .unwrap_or_default()
-            ));
+            )
         }
-        TokenCommand::Revoke { id } => {
+        Command::Token {
+            command: TokenCommand::Revoke { id },
+        } => {
             if !users.revoke_token(&id)? {
                 bail!("no token {id}: see `lbsync-server user list`");
             }
-            report(&format_args!("revoked token {id}"));
+            format!("revoked token {id}; clients using it are refused from now on")
         }
-    }
-    Ok(())
-}
-
-fn share(store: &PackStore, folder: &str, user: &str, read_only: bool) -> anyhow::Result<()> {
-    let folders = crate::folders::Folders::open(store.db())?;
-    folders
-        .head(folder)
-        .with_context(|| format!("sharing folder {folder}"))?;
-    let users = crate::users::Users::open(store.db())?;
-    users.share(folder, user, read_only)?;
-    report(&format_args!(
-        "folder {folder} is shared with {user}, {}",
-        if read_only { "read-only" } else { "read-write" }
-    ));
-    Ok(())
+        Command::Share {
+            folder,
+            user,
+            read_only,
+        } => {
+            let folders = crate::folders::Folders::open(store.db())?;
+            folders
+                .head(&folder)
+                .with_context(|| format!("sharing folder {folder}"))?;
+            users.share(&folder, &user, read_only)?;
+            format!(
+                "folder {folder} is shared with {user}, {}",
+                if read_only { "read-only" } else { "read-write" }
+            )
+        }
+        Command::Unshare { folder, user } => {
+            if !users.unshare(&folder, &user)? {
+                bail!("folder {folder} is not shared with {user}: nothing to undo");
+            }
+            format!("folder {folder} is no longer shared with {user}")
+        }
+        _ => bail!("not an admin command"),
+    })
 }
 
 /// SIGINT or SIGTERM.

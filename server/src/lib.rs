@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod authz;
 pub mod cli;
+pub mod control;
 pub mod error;
 pub mod folders;
 pub mod scope;
@@ -88,6 +89,8 @@ pub async fn run(
             ""
         }
     );
+    // `lbsync-server user|token|share|unshare` reach this server through its admin socket.
+    let control = tokio::spawn(control::serve(store.clone()));
     let (began_tx, began_rx) = tokio::sync::oneshot::channel();
     let serve = builder.add_service(server).serve_with_incoming_shutdown(
         // The builder's TCP options apply only to listeners it binds itself; set them here. Without
@@ -117,6 +120,8 @@ pub async fn run(
             SHUTDOWN_DRAIN.as_secs()
         ),
     }
+    control.abort();
+    let _ = std::fs::remove_file(control::socket_path(store.dir()));
     tokio::task::spawn_blocking(move || store.flush())
         .await
         .map_err(|e| serve_err(&e))??;
