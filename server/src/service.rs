@@ -175,8 +175,11 @@ impl SyncService {
         };
         let ids: Vec<_> = manifest.chunks().iter().map(|c| c.id).collect();
         let mut missing = store.missing(&ids)?;
-        if scoped && missing.is_empty() {
-            missing = scopes.outside(folder, fresh.as_deref().unwrap_or(&ids))?;
+        if scoped {
+            // Chunks outside the folder's scope are as missing as chunks the store lacks.
+            let mut seen: std::collections::HashSet<_> = missing.iter().copied().collect();
+            let outside = scopes.outside(folder, fresh.as_deref().unwrap_or(&ids))?;
+            missing.extend(outside.into_iter().filter(|id| seen.insert(*id)));
         }
         if !missing.is_empty() {
             return Err(Error::MissingChunks(missing));
@@ -525,11 +528,13 @@ impl pb::sync_server::Sync for SyncService {
                 return;
             }
             let mut cursor = head;
+            // Only a user's token can be revoked or lose its folder.
+            let rechecks = caller.scope(&folder).is_some();
             let mut recheck = tokio::time::interval(AUTH_RECHECK);
             recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = recheck.tick() => {
+                    _ = recheck.tick(), if rechecks => {
                         if let Err(s) = authz.recheck(&caller, "Changes", &folder).await {
                             let _ = tx.send(Err(s)).await;
                             return;
