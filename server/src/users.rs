@@ -430,7 +430,7 @@ mod tests {
         for bad in [wrong.as_str(), "lbs_", "garbage", "lbs_00000000_00"] {
             assert!(u.authenticate(bad).unwrap().is_none(), "{bad}");
         }
-        assert_eq!(u.tokens().unwrap(), [info.clone()]);
+        assert_eq!(u.tokens().unwrap(), std::slice::from_ref(&info));
         assert!(u.revoke_token(&info.id).unwrap());
         assert!(!u.revoke_token(&info.id).unwrap());
         assert!(u.authenticate(&token).unwrap().is_none());

@@ -1,6 +1,8 @@
 //! Users' tokens through the real binaries: a revoked token stops a running `watch` within
 //! seconds, saying why, and `sync` fails with the reason instead of retrying.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
+
 use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -2,6 +2,8 @@
 //! denied changes nothing, MissingChunks tells nothing of another folder's content, and a
 //! revoked token ends a Changes stream.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -222,7 +224,7 @@ async fn get_chunks_in(
 fn dir_commit(folder: &str, tag: &str) -> CommitRequest {
     CommitRequest {
         folder: folder.into(),
-        entry: Entry::dir(SyncPath::new(&format!("d/{tag}")).unwrap(), "test"),
+        entry: Entry::dir(SyncPath::new(format!("d/{tag}")).unwrap(), "test"),
         base_version: 0,
         content: None,
     }
