@@ -38,11 +38,11 @@ pub enum Error {
     /// The server does not accept the token (missing, unknown, revoked) or refuses it this
     /// folder or this change: nothing was changed there, and retrying does not help.
     #[error(
-        "the server refused {what}: {message} ({})",
+        "the server refused access ({what}): {message}; {}",
         if *code == tonic::Code::Unauthenticated {
-            "the token is not accepted; this client stops"
+            "the token is not accepted, so nothing more is synced until it is replaced"
         } else {
-            "this token may not do that; this client stops"
+            "the token may not do that, so nothing more is synced until that changes"
         }
     )]
     Denied {

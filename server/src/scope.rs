@@ -143,6 +143,35 @@ impl Scopes {
         }
         Ok(out)
     }
+
+    /// Drops the scope entries whose chunk or manifest the store no longer holds (after `gc`);
+    /// returns how many.
+    pub fn prune(&self, store: &PackStore) -> Result<u64> {
+        let mut dropped = 0;
+        for name in self.db.tree_names() {
+            if !name.starts_with(b"scope/") {
+                continue;
+            }
+            let tree = self.db.open_tree(&name)?;
+            let mut batch = sled::Batch::default();
+            for key in tree.iter().keys() {
+                let key = key?;
+                // A manifest is stored as a chunk of its encoding: its id is that chunk's.
+                let id = match key.len() {
+                    33 => ChunkId::from_slice(&key[1..]),
+                    _ => ChunkId::from_slice(&key),
+                };
+                if id.map_or(Ok(false), |id| store.contains(&id))? {
+                    continue;
+                }
+                batch.remove(key);
+                dropped += 1;
+            }
+            tree.apply_batch(batch)?;
+        }
+        db_flush(&self.db)?;
+        Ok(dropped)
+    }
 }
 
 fn db_flush(db: &sled::Db) -> Result<()> {
@@ -197,5 +226,13 @@ mod tests {
             scopes.outside("b", &[gone, chunk.id()]).unwrap(),
             [chunk.id()]
         );
+        assert_eq!(
+            scopes.prune(&store).unwrap(),
+            1,
+            "the entry of a chunk not stored"
+        );
+        assert!(!scopes.outside("b", &[gone]).unwrap().is_empty());
+        assert!(scopes.has_chunk("a", &chunk.id()).unwrap());
+        assert!(scopes.has_manifest("a", &m.id()).unwrap());
     }
 }
