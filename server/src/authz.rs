@@ -272,6 +272,36 @@ impl Authz {
         }
     }
 
+    /// Identifies the sender of a request whose folder is not known yet (a PutChunks stream,
+    /// before its first message); [`Authz::permit`] checks the folder then. A refusal is logged.
+    pub async fn authenticate(&self, who: Who, rpc: &'static str) -> Result<Caller, Status> {
+        let this = self.clone();
+        let peer = who.peer;
+        let identified = blocking(move || this.identify(&who))
+            .await
+            .map_err(|e| status(&e))?;
+        match identified {
+            Ok(principal) => Ok(Caller { principal, peer }),
+            Err(s) => Err(self.refused(peer, None, rpc, "", s)),
+        }
+    }
+
+    /// Checks that an identified caller may do `need` in `folder`. A refusal is logged.
+    pub async fn permit(
+        &self,
+        caller: &Caller,
+        rpc: &'static str,
+        folder: &str,
+        need: Need,
+    ) -> Result<(), Status> {
+        let this = self.clone();
+        let (p, f) = (caller.principal.clone(), folder.to_owned());
+        let decided = blocking(move || this.check(&p, &f, need))
+            .await
+            .map_err(|e| status(&e))?;
+        decided.map_err(|s| self.refused(caller.peer, Some(&caller.principal), rpc, folder, s))
+    }
+
     /// Checks again that `caller` may read `folder`: a revoked token is `UNAUTHENTICATED`, a
     /// folder no longer shared `PERMISSION_DENIED`. For long-lived streams.
     pub async fn recheck(

@@ -344,6 +344,8 @@ impl pb::sync_server::Sync for SyncService {
         req: Request<Streaming<pb::PutChunksRequest>>,
     ) -> Result<Response<pb::PutChunksResponse>, Status> {
         let who = Who::of(&req);
+        // No message of an unknown caller is read.
+        let caller = self.authz.authenticate(who, "PutChunks").await?;
         let mut stream = req.into_inner();
         // The first message names the folder; nothing is stored before it is authorized.
         let mut first = Some(stream.message().await?);
@@ -352,9 +354,8 @@ impl pb::sync_server::Sync for SyncService {
             .and_then(|m| m.as_ref())
             .map(|m| m.folder.clone())
             .unwrap_or_default();
-        let caller = self
-            .authz
-            .authorize(who, "PutChunks", &folder, Need::Write)
+        self.authz
+            .permit(&caller, "PutChunks", &folder, Need::Write)
             .await?;
         let scoped = caller.scope(&folder).map(str::to_owned);
         let max_len = self.store.params().largest_chunk();

@@ -1,8 +1,8 @@
 //! Users, their tokens, and who may use which folder, in the store's sled database.
 //!
 //! Trees:
-//! - `users`: name → [`UserRecord`] (encoded protobuf, additive);
-//! - `tokens`: token id → [`TokenRecord`]: BLAKE3 of the token's secret, user, read-only flag,
+//! - `users`: name → a `UserRecord` (encoded protobuf, additive);
+//! - `tokens`: token id → a `TokenRecord`: BLAKE3 of the token's secret, user, read-only flag,
 //!   optional folder restriction, creation time;
 //! - `owners`: folder → the user who created it (folders made by an admin token, or before users
 //!   existed, have none: only the admin uses them until shared);
