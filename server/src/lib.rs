@@ -2,8 +2,10 @@
 //! chunk store, served as the gRPC service `lbsync.v1.Sync`.
 //!
 //! [`run`] serves on a listener until a shutdown future resolves; `main.rs` only parses arguments.
-//! Metadata lives in the store's sled database ([`folders`]); chunk bytes in its packs. The
-//! server never trusts a client's chunk id: every chunk is re-hashed on arrival.
+//! Metadata lives in the store's sled database ([`folders`], [`users`], [`scope`]); chunk bytes
+//! in its packs. The server never trusts a client's chunk id: every chunk is re-hashed on arrival.
+//! Every request is authorized against the folder it names ([`authz`]) before it reads or changes
+//! anything, and a user's token reaches only the chunks and manifests of that folder's scope.
 
 pub mod admin;
 pub mod auth;
