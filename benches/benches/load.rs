@@ -174,7 +174,11 @@ async fn client(i: usize, url: &str, end: Instant, tally: &Mutex<Tally>) -> anyh
             let cd = lbsync_proto::wire::encode_chunk(c.id(), c.data());
             sent.0 += 1;
             sent.1 += cd.data.len() as u64;
-            tx.send(pb::PutChunksRequest { chunks: vec![cd] }).await?;
+            tx.send(pb::PutChunksRequest {
+                chunks: vec![cd],
+                ..Default::default()
+            })
+            .await?;
         }
         drop(tx);
         handle.await??;

@@ -46,6 +46,24 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
+    /// The server does not accept the token (missing, unknown, revoked) or refuses it this
+    /// folder or this change: nothing was changed there, and retrying does not help.
+    #[error(
+        "the server refused access ({what}): {message}; {}",
+        if *code == tonic::Code::Unauthenticated {
+            "the token is not accepted, so nothing more is synced until it is replaced"
+        } else {
+            "the token may not do that, so nothing more is synced until that changes"
+        }
+    )]
+    Denied {
+        /// Which call.
+        what: &'static str,
+        /// `Unauthenticated` or `PermissionDenied`.
+        code: tonic::Code,
+        /// The server's message: what was wrong and what to do.
+        message: String,
+    },
     /// The server refused one commit of a batch, for the reason it gives.
     #[error("the server refused to {what}: {reason}")]
     Refused {
@@ -129,11 +147,23 @@ impl Error {
     }
 
     pub(crate) fn rpc(what: &'static str) -> impl FnOnce(tonic::Status) -> Error {
-        move |s| Error::Rpc {
-            what,
-            code: s.code(),
-            message: s.message().to_owned(),
+        move |s| match s.code() {
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => Error::Denied {
+                what,
+                code: s.code(),
+                message: s.message().to_owned(),
+            },
+            code => Error::Rpc {
+                what,
+                code,
+                message: s.message().to_owned(),
+            },
         }
+    }
+
+    /// True when the server refuses this client's token or access: stop, do not retry.
+    pub fn is_denied(&self) -> bool {
+        matches!(self, Error::Denied { .. })
     }
 
     pub(crate) fn protocol<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Error {

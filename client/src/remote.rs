@@ -292,6 +292,7 @@ impl Remote {
         for batch in ids.chunks(self.max_ids) {
             let req = pb::MissingChunksRequest {
                 ids: ids_to_bytes(batch),
+                folder: self.folder.clone(),
             };
             self.sent += req.encoded_len() as u64;
             let resp = self
@@ -315,9 +316,17 @@ impl Remote {
     ) {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let mut client = self.client.clone();
+        // The first message names the folder the chunks are for.
+        let first = pb::PutChunksRequest {
+            folder: self.folder.clone(),
+            ..Default::default()
+        };
         let handle = tokio::spawn(async move {
+            use tokio_stream::StreamExt as _;
+            let stream =
+                tokio_stream::once(first).chain(tokio_stream::wrappers::ReceiverStream::new(rx));
             client
-                .put_chunks(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .put_chunks(stream)
                 .await
                 .map(tonic::Response::into_inner)
                 .map_err(Error::rpc("PutChunks"))
@@ -455,6 +464,7 @@ impl Remote {
             base_manifest_id: base
                 .map(|b| Bytes::copy_from_slice(b.id().as_bytes()))
                 .unwrap_or_default(),
+            folder: self.folder.clone(),
         };
         self.sent += req.encoded_len() as u64;
         let resp = self
@@ -511,6 +521,7 @@ impl Remote {
             let req = pb::GetChunksRequest {
                 ids: ids_to_bytes(batch),
                 bases: offered,
+                folder: self.folder.clone(),
             };
             self.sent += req.encoded_len() as u64;
             let mut stream = self

@@ -295,6 +295,8 @@ pub async fn watch(
                     changes = None;
                     continue;
                 }
+                // A refused token or folder is not fixed by waiting: stop and say why.
+                Err(e) if e.is_denied() => return Err(e),
                 Err(e) => warn!("sync failed: {e}; retrying"),
             }
             if changes.is_none() {
@@ -304,6 +306,7 @@ pub async fn watch(
                         changes = Some(stream);
                         backoff = BACKOFF_MIN;
                     }
+                    Err(e) if e.is_denied() => return Err(e),
                     Err(e) => {
                         warn!(
                             "cannot follow the server's changes: {e}; retrying in {:.1}s",
@@ -352,6 +355,14 @@ pub async fn watch(
                     if !m.entries.is_empty() && !all_known(&s.state, &m.entries) {
                         due = Some(Instant::now());
                     }
+                }
+                // A revoked token or an unshared folder ends the stream: stop and say why.
+                Err(status) if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) => {
+                    s.state.save()?;
+                    return Err(Error::rpc("Changes")(status));
                 }
                 Ok(None) | Err(_) => {
                     warn!("the server's change stream ended; reconnecting");

@@ -167,6 +167,14 @@ pub fn gc(store: &PackStore, retention: Retention, grace: Duration, dry_run: boo
         ..GcOptions::default()
     };
     let report = store.gc(&mut live.into_iter(), &opts)?;
+    if !dry_run {
+        // Scopes of collected chunks would only take space (every "present" asks the store too).
+        let scopes = crate::scope::Scopes::open(store, &folders)?;
+        let dropped = scopes.prune(store)?;
+        if dropped > 0 {
+            tracing::info!("dropped {dropped} folder scope entries of collected chunks");
+        }
+    }
     Ok(Gc {
         versions_kept: kept,
         versions_pruned: pruned,

@@ -1,5 +1,5 @@
-//! Bearer tokens: every RPC must carry `authorization: Bearer <token>` matching a line of the
-//! server's token file.
+//! The token file's bearer tokens: admin tokens, which may use every folder (users' tokens are
+//! in the store, see `users`; which token may do what is decided in `authz`).
 
 use std::path::Path;
 use std::sync::Arc;

@@ -89,6 +89,67 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Users (stop the server first: the store is locked while it runs).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Tokens of users (stop the server first, except to revoke: see `token revoke`).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Lets another user sync a folder.
+    Share {
+        /// The folder.
+        folder: String,
+        /// The user.
+        #[arg(long = "with")]
+        user: String,
+        /// They may read it, never change it.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Stops sharing a folder with a user.
+    Unshare {
+        /// The folder.
+        folder: String,
+        /// The user.
+        #[arg(long = "with")]
+        user: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Adds a user.
+    Add {
+        /// 1-64 letters, digits, '.', '_' or '-'.
+        name: String,
+    },
+    /// Lists the users, their tokens and folders.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Makes a token for a user and prints it, once: the store keeps only its hash.
+    Create {
+        /// Whose token.
+        #[arg(long)]
+        user: String,
+        /// It may read, never change anything.
+        #[arg(long)]
+        read_only: bool,
+        /// It may use only this folder.
+        #[arg(long)]
+        folder: Option<String>,
+    },
+    /// Revokes a token by its id (as `user list` shows it).
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
 }
 
 fn default_store() -> PathBuf {
@@ -145,7 +206,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
@@ -169,7 +231,14 @@ where
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // An admin command for a running server is forwarded as it was given.
+    let forwarded = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_str().map(str::to_owned))
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default();
+    match runtime.block_on(run(cli, forwarded)) {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "lbsync-server: {e:#}");
@@ -201,17 +270,45 @@ fn report(r: &dyn Display) {
     let _ = writeln!(out, "{r}").and_then(|()| out.flush());
 }
 
-async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCode> {
     if let Some(Command::Cert { names, force }) = &cli.command {
         let made = crate::tls::make_self_signed(&cli.store, names, *force)?;
         report(&made);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Some(
+        cmd @ (Command::User { .. }
+        | Command::Token { .. }
+        | Command::Share { .. }
+        | Command::Unshare { .. }),
+    ) = cli.command
+    {
+        // A running server holds the store: it runs the command, through its admin socket.
+        let text = match crate::control::call(&cli.store, &args).await {
+            Some(answer) => answer?,
+            None => {
+                let store = open_store(&cli.store, false).map_err(|e| {
+                    if format!("{e:#}").contains("could not acquire lock") {
+                        anyhow::anyhow!(
+                            "the store at {} is in use, but no server answers at its admin \
+                             socket: stop the process using it, then run this command again",
+                            cli.store.display()
+                        )
+                    } else {
+                        e
+                    }
+                })?;
+                tokio::task::spawn_blocking(move || admin(&store, cmd)).await??
+            }
+        };
+        report(&text);
         return Ok(std::process::ExitCode::SUCCESS);
     }
     let read_only = match &cli.command {
         Some(Command::Fsck { repair }) => !repair,
         Some(Command::Gc { dry_run, .. }) => *dry_run,
         Some(Command::Stats) => true,
-        Some(Command::Cert { .. }) | None => false,
+        _ => false,
     };
     let store = open_store(&cli.store, read_only)?;
     match cli.command {
@@ -246,7 +343,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             report(&stats);
             return Ok(std::process::ExitCode::SUCCESS);
         }
-        Some(Command::Cert { .. }) | None => {}
+        Some(_) => bail!("admin commands are run above"),
+        None => {}
     }
 
     let tokens = cli
@@ -255,7 +353,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         .map(Tokens::load)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    if !cli.listen.ip().is_loopback() && tokens.is_none() && !cli.insecure_no_auth {
+    let user_tokens = crate::users::Users::open(store.db())?.any_tokens();
+    if !cli.listen.ip().is_loopback() && tokens.is_none() && !user_tokens && !cli.insecure_no_auth {
         bail!(
             "refusing to listen on {} without a token file: pass --token-file FILE (or \
              --insecure-no-auth to let anyone who can connect read and write)",
@@ -296,6 +395,121 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     };
     crate::run(listener, store, config, shutdown_signal()).await?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Runs an admin command that came through the admin socket (see `control`): its output, or
+/// why it was refused.
+pub(crate) fn admin_args(store: &PackStore, args: Vec<String>) -> Result<String, String> {
+    let cli = Cli::try_parse_from(std::iter::once("lbsync-server".to_owned()).chain(args))
+        .map_err(|e| e.to_string())?;
+    match cli.command {
+        Some(
+            cmd @ (Command::User { .. }
+            | Command::Token { .. }
+            | Command::Share { .. }
+            | Command::Unshare { .. }),
+        ) => admin(store, cmd).map_err(|e| format!("{e:#}")),
+        _ => Err("only user, token, share and unshare commands reach a running server".into()),
+    }
+}
+
+/// Runs a user, token, share or unshare command on the store and returns what to print.
+fn admin(store: &PackStore, command: Command) -> anyhow::Result<String> {
+    let users = crate::users::Users::open(store.db())?;
+    Ok(match command {
+        Command::User {
+            command: UserCommand::Add { name },
+        } => {
+            users.add_user(&name)?;
+            format!(
+                "added user {name}; make a token with `lbsync-server token create --user {name}`"
+            )
+        }
+        Command::User {
+            command: UserCommand::List,
+        } => {
+            let tokens = users.tokens()?;
+            let mut lines = Vec::new();
+            for name in users.user_names()? {
+                lines.push(name.clone());
+                for t in tokens.iter().filter(|t| t.user == name) {
+                    let when = chrono::DateTime::from_timestamp_nanos(t.created_ns)
+                        .format("%Y-%m-%d %H:%M UTC");
+                    lines.push(format!(
+                        "  token {}  {}{}  made {when}",
+                        t.id,
+                        if t.read_only {
+                            "read-only"
+                        } else {
+                            "read-write"
+                        },
+                        t.folder
+                            .as_deref()
+                            .map(|f| format!(", folder {f} only"))
+                            .unwrap_or_default()
+                    ));
+                }
+                for (folder, role) in users.folders_of(&name)? {
+                    lines.push(format!("  folder {folder}  {role}"));
+                }
+            }
+            if lines.is_empty() {
+                "no users; add one with `lbsync-server user add NAME`".to_owned()
+            } else {
+                lines.join("\n")
+            }
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    user,
+                    read_only,
+                    folder,
+                },
+        } => {
+            let (info, token) = users.create_token(&user, read_only, folder.as_deref())?;
+            format!(
+                "{token}\n\ntoken {} for {user}{}{}: shown this once, the server keeps only its \
+                 hash; give it to {user}, who puts it in a file and passes --token-file FILE",
+                info.id,
+                if read_only { ", read-only" } else { "" },
+                folder
+                    .as_deref()
+                    .map(|f| format!(", folder {f} only"))
+                    .unwrap_or_default()
+            )
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { id },
+        } => {
+            if !users.revoke_token(&id)? {
+                bail!("no token {id}: see `lbsync-server user list`");
+            }
+            format!("revoked token {id}; clients using it are refused from now on")
+        }
+        Command::Share {
+            folder,
+            user,
+            read_only,
+        } => {
+            let folders = crate::folders::Folders::open(store.db())?;
+            folders
+                .head(&folder)
+                .with_context(|| format!("sharing folder {folder}"))?;
+            users.share(&folder, &user, read_only)?;
+            format!(
+                "folder {folder} is shared with {user}, {}",
+                if read_only { "read-only" } else { "read-write" }
+            )
+        }
+        Command::Unshare { folder, user } => {
+            if !users.unshare(&folder, &user)? {
+                bail!("folder {folder} is not shared with {user}: nothing to undo");
+            }
+            format!("folder {folder} is no longer shared with {user}")
+        }
+        _ => bail!("not an admin command"),
+    })
 }
 
 /// SIGINT or SIGTERM.

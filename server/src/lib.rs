@@ -2,16 +2,22 @@
 //! chunk store, served as the gRPC service `lbsync.v1.Sync`.
 //!
 //! [`run`] serves on a listener until a shutdown future resolves; `main.rs` only parses arguments.
-//! Metadata lives in the store's sled database ([`folders`]); chunk bytes in its packs. The
-//! server never trusts a client's chunk id: every chunk is re-hashed on arrival.
+//! Metadata lives in the store's sled database ([`folders`], [`users`], [`scope`]); chunk bytes
+//! in its packs. The server never trusts a client's chunk id: every chunk is re-hashed on arrival.
+//! Every request is authorized against the folder it names ([`authz`]) before it reads or changes
+//! anything, and a user's token reaches only the chunks and manifests of that folder's scope.
 
 pub mod admin;
 pub mod auth;
+pub mod authz;
 pub mod cli;
+pub mod control;
 pub mod error;
 pub mod folders;
+pub mod scope;
 pub mod service;
 pub mod tls;
+pub mod users;
 
 use std::future::Future;
 
@@ -19,7 +25,6 @@ use lbsync_chunkstore::PackStore;
 use lbsync_proto::http2::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use lbsync_proto::pb::sync_server::SyncServer;
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
@@ -33,7 +38,8 @@ const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// How the server is set up.
 #[derive(Clone, Debug, Default)]
 pub struct ServerConfig {
-    /// When set, every RPC must carry one of these tokens.
+    /// Admin tokens (the token file's): they may use every folder. When set, or when the store
+    /// holds user tokens, every RPC must carry a token.
     pub tokens: Option<Tokens>,
     /// PEM certificate chain and key, to serve TLS.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
@@ -52,16 +58,13 @@ pub async fn run(
 ) -> Result<()> {
     let serve_err = |e: &dyn std::fmt::Display| Error::Serve(e.to_string());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let service = SyncService::new(store.clone(), stop_rx, config.limits)?;
+    let service = SyncService::new(store.clone(), stop_rx, config.limits, config.tokens.clone())?;
+    let tokens_required = service.tokens_required();
     let limit = config.limits.max_message_bytes;
+    // Every handler authorizes its request against the folder it names (`authz`).
     let server = SyncServer::new(service)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let tokens = config.tokens.clone();
-    let authed = InterceptedService::new(server, move |req: tonic::Request<()>| match &tokens {
-        Some(t) => t.check(&req).map(|()| req),
-        None => Ok(req),
-    });
     // Keepalive pings end connections whose peer is gone or speaks garbage.
     let mut builder = Server::builder()
         .initial_stream_window_size(Some(STREAM_WINDOW))
@@ -83,14 +86,16 @@ pub async fn run(
         } else {
             ""
         },
-        if config.tokens.is_some() {
+        if tokens_required {
             ", tokens required"
         } else {
             ""
         }
     );
+    // `lbsync-server user|token|share|unshare` reach this server through its admin socket.
+    let control = tokio::spawn(control::serve(store.clone()));
     let (began_tx, began_rx) = tokio::sync::oneshot::channel();
-    let serve = builder.add_service(authed).serve_with_incoming_shutdown(
+    let serve = builder.add_service(server).serve_with_incoming_shutdown(
         // The builder's TCP options apply only to listeners it binds itself; set them here. Without
         // TCP_NODELAY every small answer (MissingChunks, a commit) waits ~40 ms for a delayed ACK.
         TcpIncoming::from(listener)
@@ -118,6 +123,8 @@ pub async fn run(
             SHUTDOWN_DRAIN.as_secs()
         ),
     }
+    control.abort();
+    let _ = std::fs::remove_file(control::socket_path(store.dir()));
     tokio::task::spawn_blocking(move || store.flush())
         .await
         .map_err(|e| serve_err(&e))??;

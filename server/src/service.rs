@@ -20,8 +20,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
+use crate::auth::Tokens;
+use crate::authz::{Authz, Caller, Need, Who};
 use crate::error::{Error, Result, status};
 use crate::folders::{Folders, check_folder_name};
+use crate::scope::Scopes;
+use crate::users::Users;
 
 /// Chunks received are stored in batches of about this size: one fsync each. Received chunks
 /// share their messages' buffers, so a batch holds several times its size in memory: at 8 MiB
@@ -36,6 +40,9 @@ const GET_BASE_BUDGET: u64 = 64 << 20;
 const GET_MESSAGE_BYTES: usize = 1 << 20;
 /// A Changes message carries at most this many entries.
 const CHANGES_PER_MESSAGE: usize = 512;
+/// An open Changes stream checks this often that its token is still live and its folder still
+/// shared with its user: a revoked token stops a running `watch` within this.
+const AUTH_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Limits announced in the handshake and enforced by the service.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +69,8 @@ impl Default for Limits {
 pub struct SyncService {
     store: PackStore,
     folders: Folders,
+    scopes: Scopes,
+    authz: Authz,
     /// (folder, seq) of every commit, for the Changes streams.
     commits: broadcast::Sender<(Arc<str>, u64)>,
     shutdown: watch::Receiver<bool>,
@@ -91,54 +100,109 @@ fn check_ids(ids: &[u8], limits: &Limits) -> Result<Vec<lbsync_chunkstore::Chunk
 }
 
 impl SyncService {
-    /// A service over `store`; `shutdown` turning true ends the open Changes streams.
-    pub fn new(store: PackStore, shutdown: watch::Receiver<bool>, limits: Limits) -> Result<Self> {
+    /// A service over `store`; `shutdown` turning true ends the open Changes streams. `admin`
+    /// holds the token file's tokens; users and their tokens are in the store.
+    pub fn new(
+        store: PackStore,
+        shutdown: watch::Receiver<bool>,
+        limits: Limits,
+        admin: Option<Tokens>,
+    ) -> Result<Self> {
         let folders = Folders::open(store.db())?;
+        let scopes = Scopes::open(&store, &folders)?;
+        let authz = Authz::new(Users::open(store.db())?, folders.clone(), admin);
         Ok(Self {
             store,
             folders,
+            scopes,
+            authz,
             commits: broadcast::channel(1024).0,
             shutdown,
             limits,
         })
     }
 
-    /// Resolves a commit's content to a stored manifest whose chunks are all present.
-    fn store_manifest(store: &PackStore, content: Content) -> Result<(Manifest, usize)> {
-        let (manifest, new_refs) = match content {
+    /// Whether requests need a token (a token file, or user tokens in the store).
+    pub fn tokens_required(&self) -> bool {
+        self.authz.required()
+    }
+
+    /// Resolves a commit's content in `folder` to a stored manifest whose chunks are all
+    /// present, and adds them to the folder's scope. With `scoped`, the manifests and chunks it
+    /// names must be in the folder's scope already: others are answered unknown or missing, as if
+    /// the store lacked them (a user never builds on another folder's data by naming its ids).
+    fn store_manifest(
+        store: &PackStore,
+        scopes: &Scopes,
+        folder: &str,
+        scoped: bool,
+        content: Content,
+    ) -> Result<(Manifest, usize)> {
+        let known = |id: &lbsync_chunkstore::ManifestId| -> Result<Option<Manifest>> {
+            if scoped && !scopes.has_manifest(folder, id)? {
+                return Ok(None);
+            }
+            Ok(store.get_manifest(id)?)
+        };
+        // The chunks that may not be in the folder's scope yet: none for a known manifest in
+        // scope, the new refs of a delta on a base in scope, else all (`None`).
+        let (manifest, new_refs, fresh) = match content {
             Content::Known(id) => {
-                let m = store.get_manifest(&id)?.ok_or_else(|| {
+                let m = known(&id)?.ok_or_else(|| {
                     Error::UnknownManifest(format!(
                         "manifest {id} is not on the server: send the manifest in full"
                     ))
                 })?;
-                (m, 0)
+                let fresh = scopes.has_manifest(folder, &id)?.then(Vec::new);
+                (m, 0, fresh)
             }
             Content::Full(m) => {
                 let n = m.chunks().len();
-                (m, n)
+                (m, n, None)
             }
             Content::Delta { base, delta } => {
-                let base_m = store.get_manifest(&base)?.ok_or_else(|| {
+                let base_m = known(&base)?.ok_or_else(|| {
                     Error::UnknownManifest(format!(
                         "delta base manifest {base} is not on the server: send the manifest in full"
                     ))
                 })?;
                 let n = delta.new_refs().count();
-                (delta.apply(&base_m)?, n)
+                let fresh = scopes
+                    .has_manifest(folder, &base)?
+                    .then(|| delta.new_refs().map(|r| r.id).collect::<Vec<_>>());
+                (delta.apply(&base_m)?, n, fresh)
             }
         };
         let ids: Vec<_> = manifest.chunks().iter().map(|c| c.id).collect();
-        let missing = store.missing(&ids)?;
+        let mut missing = store.missing(&ids)?;
+        if scoped {
+            // Chunks outside the folder's scope are as missing as chunks the store lacks.
+            let mut seen: std::collections::HashSet<_> = missing.iter().copied().collect();
+            let outside = scopes.outside(folder, fresh.as_deref().unwrap_or(&ids))?;
+            missing.extend(outside.into_iter().filter(|id| seen.insert(*id)));
+        }
         if !missing.is_empty() {
             return Err(Error::MissingChunks(missing));
         }
         store.put_manifest(&manifest)?;
+        match &fresh {
+            None => scopes.add_manifest(folder, &manifest, true)?,
+            Some(new) => {
+                scopes.add_manifest(folder, &manifest, false)?;
+                scopes.add_chunks(folder, new)?;
+            }
+        }
         Ok((manifest, new_refs))
     }
 
-    /// Commits `req`; `received` is the size of the request on the wire, for the log.
-    async fn commit_request(&self, req: CommitRequest, received: usize) -> Result<CommitOutcome> {
+    /// Commits `req` for `caller` (authorized to write its folder); `received` is the size of the
+    /// request on the wire, for the log.
+    async fn commit_request(
+        &self,
+        caller: &Caller,
+        req: CommitRequest,
+        received: usize,
+    ) -> Result<CommitOutcome> {
         check_folder_name(&req.folder)?;
         let CommitRequest {
             folder,
@@ -171,9 +235,12 @@ impl SyncService {
         }
         let (total, new_refs) = match content {
             Some(content) => {
-                let store = self.store.clone();
+                let (store, scopes) = (self.store.clone(), self.scopes.clone());
+                let scoped = caller.scope(&folder).is_some();
+                let f = folder.clone();
                 let (manifest, new_refs) =
-                    blocking(move || Self::store_manifest(&store, content)).await?;
+                    blocking(move || Self::store_manifest(&store, &scopes, &f, scoped, content))
+                        .await?;
                 if entry.size != manifest.size() {
                     return Err(Error::BadRequest(format!(
                         "{} declares {} bytes but its manifest holds {}",
@@ -197,10 +264,11 @@ impl SyncService {
         match &outcome {
             CommitOutcome::Committed(e) => {
                 info!(
-                    "commit {folder}/{} v{} by {}: {}{new_refs} of {total} chunks new, {received} bytes received",
+                    "commit {folder}/{} v{} by {} ({}): {}{new_refs} of {total} chunks new, {received} bytes received",
                     e.path,
                     e.version,
                     e.device,
+                    caller.name(),
                     if e.deleted { "deleted; " } else { "" },
                 );
                 let _ = self.commits.send((folder.as_str().into(), e.seq));
@@ -222,7 +290,13 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::HandshakeRequest>,
     ) -> Result<Response<pb::HandshakeResponse>, Status> {
+        let who = Who::of(&req);
         let r = req.into_inner();
+        to_status(check_folder_name(&r.folder))?;
+        let caller = self
+            .authz
+            .authorize(who, "Handshake", &r.folder, Need::Open)
+            .await?;
         if r.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
                 "the client speaks protocol version {}, this server {PROTOCOL_VERSION}: upgrade the older one",
@@ -232,6 +306,8 @@ impl pb::sync_server::Sync for SyncService {
         let folders = self.folders.clone();
         let folder = r.folder.clone();
         let head = to_status(blocking(move || folders.ensure(&folder)).await)?;
+        let (authz, folder) = (self.authz.clone(), r.folder.clone());
+        let read_only = to_status(blocking(move || authz.read_only(&caller, &folder)).await)?;
         debug!("handshake from {} for folder {}", r.device, r.folder);
         Ok(Response::new(pb::HandshakeResponse {
             protocol_version: PROTOCOL_VERSION,
@@ -240,7 +316,7 @@ impl pb::sync_server::Sync for SyncService {
             max_ids_per_request: self.limits.max_ids_per_request,
             head,
             store_id: self.store.store_id().to_owned(),
-            read_only: false,
+            read_only,
         }))
     }
 
@@ -248,8 +324,20 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::MissingChunksRequest>,
     ) -> Result<Response<pb::MissingChunksResponse>, Status> {
-        let ids = to_status(check_ids(&req.into_inner().ids, &self.limits))?;
-        let missing = to_status(self.store.missing(&ids).map_err(Error::from))?;
+        let who = Who::of(&req);
+        let r = req.into_inner();
+        let caller = self
+            .authz
+            .authorize(who, "MissingChunks", &r.folder, Need::Read)
+            .await?;
+        let ids = to_status(check_ids(&r.ids, &self.limits))?;
+        let missing = match caller.scope(&r.folder) {
+            Some(f) => {
+                let (store, scopes, f) = (self.store.clone(), self.scopes.clone(), f.to_owned());
+                to_status(blocking(move || scopes.missing(&store, &f, &ids)).await)?
+            }
+            None => to_status(self.store.missing(&ids).map_err(Error::from))?,
+        };
         Ok(Response::new(pb::MissingChunksResponse {
             missing: ids_to_bytes(&missing),
         }))
@@ -259,7 +347,21 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<Streaming<pb::PutChunksRequest>>,
     ) -> Result<Response<pb::PutChunksResponse>, Status> {
+        let who = Who::of(&req);
+        // No message of an unknown caller is read.
+        let caller = self.authz.authenticate(who, "PutChunks").await?;
         let mut stream = req.into_inner();
+        // The first message names the folder; nothing is stored before it is authorized.
+        let mut first = Some(stream.message().await?);
+        let folder = first
+            .as_ref()
+            .and_then(|m| m.as_ref())
+            .map(|m| m.folder.clone())
+            .unwrap_or_default();
+        self.authz
+            .permit(&caller, "PutChunks", &folder, Need::Write)
+            .await?;
+        let scoped = caller.scope(&folder).map(str::to_owned);
         let max_len = self.store.params().largest_chunk();
         let mut pending: Vec<Chunk> = Vec::new();
         let mut pending_bytes = 0usize;
@@ -268,7 +370,11 @@ impl pb::sync_server::Sync for SyncService {
         let mut failure: Option<Status> = None;
         let mut received = 0usize;
         loop {
-            let msg = match stream.message().await {
+            let next = match first.take() {
+                Some(m) => Ok(m),
+                None => stream.message().await,
+            };
+            let msg = match next {
                 Ok(m) => m,
                 Err(s) => {
                     // The upload broke off: keep what arrived intact, so a retry skips it.
@@ -291,12 +397,14 @@ impl pb::sync_server::Sync for SyncService {
                 } else {
                     m
                 };
-                let store = self.store.clone();
+                let (store, scopes, scoped) =
+                    (self.store.clone(), self.scopes.clone(), scoped.clone());
                 let verified = blocking(move || {
                     let mut base_budget = PUT_MESSAGE_RAW_LIMIT;
+                    let scope = scoped.as_deref().map(|f| (&scopes, f));
                     m.chunks
                         .into_iter()
-                        .map(|c| receive_chunk(&store, c, max_len, &mut base_budget))
+                        .map(|c| receive_chunk(&store, scope, c, max_len, &mut base_budget))
                         .collect::<Result<Vec<Chunk>>>()
                 })
                 .await;
@@ -315,9 +423,10 @@ impl pb::sync_server::Sync for SyncService {
                 }
                 let batch = std::mem::take(&mut pending);
                 pending_bytes = 0;
-                let store = self.store.clone();
+                let (store, scopes) = (self.store.clone(), self.scopes.clone());
+                let (folder, scoped) = (folder.clone(), scoped.is_some());
                 in_flight = Some(tokio::task::spawn_blocking(move || {
-                    Ok(store.insert_batch(&batch)?)
+                    insert_in_scope(&store, &scopes, &folder, scoped, &batch)
                 }));
             }
             if stop {
@@ -331,8 +440,10 @@ impl pb::sync_server::Sync for SyncService {
             return Err(s);
         }
         info!(
-            "received {} chunks ({received} bytes on the wire): {} new, {} already stored",
+            "received {} chunks for {folder:?} from {} ({received} bytes on the wire): {} new, {} \
+             already stored",
             answer.stored + answer.already_present,
+            caller.name(),
             answer.stored,
             answer.already_present
         );
@@ -343,10 +454,15 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
+        let who = Who::of(&req);
         let r = req.into_inner();
+        let caller = self
+            .authz
+            .authorize(who, "Commit", &r.folder, Need::Write)
+            .await?;
         let metadata_bytes = prost::Message::encoded_len(&r);
         let req = to_status(CommitRequest::try_from(r).map_err(Error::from))?;
-        let outcome = to_status(self.commit_request(req, metadata_bytes).await)?;
+        let outcome = to_status(self.commit_request(&caller, req, metadata_bytes).await)?;
         Ok(Response::new(outcome.into()))
     }
 
@@ -354,8 +470,13 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::CommitBatchRequest>,
     ) -> Result<Response<pb::CommitBatchResponse>, Status> {
+        let who = Who::of(&req);
         let r = req.into_inner();
         to_status(check_folder_name(&r.folder))?;
+        let caller = self
+            .authz
+            .authorize(who, "CommitBatch", &r.folder, Need::Write)
+            .await?;
         let sizes: Vec<usize> = r.commits.iter().map(prost::Message::encoded_len).collect();
         let reqs = to_status(batch_from_pb(r).map_err(Error::from))?;
         let mut results = Vec::with_capacity(reqs.len());
@@ -365,7 +486,7 @@ impl pb::sync_server::Sync for SyncService {
         for (req, size) in reqs.into_iter().zip(sizes) {
             let outcome = match &stopped {
                 Some(why) => BatchOutcome::NotAttempted(why.clone()),
-                None => match self.commit_request(req, size).await {
+                None => match self.commit_request(&caller, req, size).await {
                     Ok(CommitOutcome::Committed(e)) => BatchOutcome::Committed {
                         version: e.version,
                         seq: e.seq,
@@ -390,7 +511,12 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::ChangesRequest>,
     ) -> Result<Response<Self::ChangesStream>, Status> {
+        let who = Who::of(&req);
         let r = req.into_inner();
+        let caller = self
+            .authz
+            .authorize(who, "Changes", &r.folder, Need::Read)
+            .await?;
         let folder: Arc<str> = r.folder.into();
         // Subscribe before reading the journal, so no commit falls between the two.
         let mut commits = self.commits.subscribe();
@@ -401,13 +527,25 @@ impl pb::sync_server::Sync for SyncService {
         let (tx, rx) = mpsc::channel(8);
         let mut shutdown = self.shutdown.clone();
         let folders = self.folders.clone();
+        let authz = self.authz.clone();
         tokio::spawn(async move {
             if !send_changes(&tx, entries, head).await {
                 return;
             }
             let mut cursor = head;
+            // Only a user's token can be revoked or lose its folder.
+            let rechecks = caller.scope(&folder).is_some();
+            let mut recheck = tokio::time::interval(AUTH_RECHECK);
+            recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
+                    _ = recheck.tick(), if rechecks => {
+                        if let Err(s) = authz.recheck(&caller, "Changes", &folder).await {
+                            let _ = tx.send(Err(s)).await;
+                            return;
+                        }
+                        continue;
+                    }
                     _ = shutdown.changed() => {
                         let _ = tx.send(Err(Status::unavailable("the server is shutting down: reconnect in a moment"))).await;
                         return;
@@ -443,7 +581,12 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::GetManifestRequest>,
     ) -> Result<Response<pb::GetManifestResponse>, Status> {
+        let who = Who::of(&req);
         let r = req.into_inner();
+        let caller = self
+            .authz
+            .authorize(who, "GetManifest", &r.folder, Need::Read)
+            .await?;
         let id = to_status(manifest_id("manifest_id", &r.manifest_id).map_err(Error::from))?;
         let base = if r.base_manifest_id.is_empty() {
             None
@@ -452,15 +595,23 @@ impl pb::sync_server::Sync for SyncService {
                 manifest_id("base_manifest_id", &r.base_manifest_id).map_err(Error::from),
             )?)
         };
-        let store = self.store.clone();
+        let (store, scopes) = (self.store.clone(), self.scopes.clone());
+        let scoped = caller.scope(&r.folder).map(str::to_owned);
         let content = to_status(
             blocking(move || {
-                let m = store.get_manifest(&id)?.ok_or_else(|| {
-                    Error::NotFound(format!("manifest {id} is not on the server"))
-                })?;
+                // Outside the caller's folder a manifest is as absent as one never stored.
+                let reach = |m: &lbsync_chunkstore::ManifestId| match &scoped {
+                    Some(f) => scopes.has_manifest(f, m),
+                    None => Ok(true),
+                };
+                let not_found = || Error::NotFound(format!("manifest {id} is not on the server"));
+                if !reach(&id)? {
+                    return Err(not_found());
+                }
+                let m = store.get_manifest(&id)?.ok_or_else(not_found)?;
                 let base_m = match base {
-                    Some(b) => store.get_manifest(&b)?.map(|bm| (b, bm)),
-                    None => None,
+                    Some(b) if reach(&b)? => store.get_manifest(&b)?.map(|bm| (b, bm)),
+                    _ => None,
                 };
                 Ok(match base_m {
                     Some((b, bm)) => pb::get_manifest_response::Content::Delta(delta_to_pb(
@@ -483,7 +634,13 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::GetChunksRequest>,
     ) -> Result<Response<Self::GetChunksStream>, Status> {
+        let who = Who::of(&req);
         let r = req.into_inner();
+        let caller = self
+            .authz
+            .authorize(who, "GetChunks", &r.folder, Need::Read)
+            .await?;
+        let scoped = caller.scope(&r.folder).map(str::to_owned);
         let ids = to_status(check_ids(&r.ids, &self.limits))?;
         if !r.bases.is_empty() && r.bases.len() != ids.len() {
             return Err(status(&Error::BadRequest(format!(
@@ -508,26 +665,36 @@ impl pb::sync_server::Sync for SyncService {
                 .collect::<Result<Vec<_>>>(),
         )?;
         let (tx, rx) = mpsc::channel(4);
-        let store = self.store.clone();
+        let (store, scopes) = (self.store.clone(), self.scopes.clone());
         // Reading and compressing is blocking work: one blocking task feeds the stream.
         tokio::task::spawn_blocking(move || {
+            let scope = scoped.as_deref().map(|f| (&scopes, f));
             let mut msg = pb::GetChunksResponse::default();
             let mut size = 0usize;
             // Offered bases are read up to this many bytes a request; past it, chunks go plain.
             let mut base_budget = GET_BASE_BUDGET;
             for (i, id) in ids.into_iter().enumerate() {
-                // `get` has checked the bytes against the id.
-                let chunk = match store.get(&id) {
-                    Ok(Some(bytes)) => Ok(bytes),
-                    Ok(None) => Err(Error::NotFound(format!("chunk {id} is not on the server"))),
-                    Err(e) => Err(Error::from(e)),
-                };
+                // `get` has checked the bytes against the id. Outside the caller's folder a
+                // chunk is as absent as one never stored.
+                let chunk = match in_scope(scope, &id) {
+                    Ok(true) => store.get(&id).map_err(Error::from),
+                    Ok(false) => Ok(None),
+                    Err(e) => Err(e),
+                }
+                .and_then(|b| {
+                    b.ok_or_else(|| Error::NotFound(format!("chunk {id} is not on the server")))
+                });
                 match chunk {
                     Ok(bytes) => {
                         let wire = match bases.get(i).filter(|b| !b.is_empty()) {
-                            Some(b) => {
-                                encode_against_stored(&store, id, &bytes, b, &mut base_budget)
-                            }
+                            Some(b) => encode_against_stored(
+                                &store,
+                                scope,
+                                id,
+                                &bytes,
+                                b,
+                                &mut base_budget,
+                            ),
                             None => encode_chunk(id, &bytes),
                         };
                         size += wire.data.len();
@@ -556,7 +723,11 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let who = Who::of(&req);
         let r = req.into_inner();
+        self.authz
+            .authorize(who, "History", &r.folder, Need::Read)
+            .await?;
         let path = to_status(SyncPath::from_bytes(&r.path).map_err(Error::from))?;
         let folders = self.folders.clone();
         let versions = to_status(blocking(move || folders.history(&r.folder, &path)).await)?;
@@ -569,7 +740,12 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::RestoreRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
+        let who = Who::of(&req);
         let r = req.into_inner();
+        let caller = self
+            .authz
+            .authorize(who, "Restore", &r.folder, Need::Write)
+            .await?;
         let path = to_status(SyncPath::from_bytes(&r.path).map_err(Error::from))?;
         let folders = self.folders.clone();
         let folder = r.folder.clone();
@@ -592,6 +768,7 @@ impl pb::sync_server::Sync for SyncService {
         };
         let outcome = to_status(
             self.commit_request(
+                &caller,
                 CommitRequest {
                     folder: r.folder,
                     entry,
@@ -611,6 +788,7 @@ impl pb::sync_server::Sync for SyncService {
 /// bytes of deltas must not make the server read gigabytes.
 fn receive_chunk(
     store: &PackStore,
+    scope: Option<(&Scopes, &str)>,
     c: pb::ChunkData,
     max_len: u32,
     base_budget: &mut u64,
@@ -621,7 +799,13 @@ fn receive_chunk(
     }
     let mut base = Vec::new();
     for b in &bases {
-        let bytes = store.get(b)?.ok_or_else(|| {
+        // A base outside the caller's folder is as absent as one never stored.
+        let stored = if in_scope(scope, b)? {
+            store.get(b)?
+        } else {
+            None
+        };
+        let bytes = stored.ok_or_else(|| {
             Error::NotFound(format!(
                 "delta base chunk {b} is not on the server: send the chunk whole"
             ))
@@ -641,6 +825,7 @@ fn receive_chunk(
 /// they fit in what is left of `budget` (decremented) and the delta is smaller; else plain.
 fn encode_against_stored(
     store: &PackStore,
+    scope: Option<(&Scopes, &str)>,
     id: lbsync_chunkstore::ChunkId,
     bytes: &Bytes,
     bases: &[lbsync_chunkstore::ChunkId],
@@ -648,6 +833,10 @@ fn encode_against_stored(
 ) -> pb::ChunkData {
     let mut base = Vec::new();
     for b in bases {
+        // A delta against a base outside the caller's folder would tell that the store has it.
+        if !in_scope(scope, b).unwrap_or(false) {
+            return encode_chunk(id, bytes);
+        }
         match store.get(b) {
             Ok(Some(bb)) if bb.len() as u64 <= *budget => {
                 *budget -= bb.len() as u64;
@@ -657,6 +846,45 @@ fn encode_against_stored(
         }
     }
     encode_chunk_against(id, bytes, bases, &base)
+}
+
+/// Whether a chunk is in the caller's folder's scope (always, for a caller who sees the store).
+fn in_scope(scope: Option<(&Scopes, &str)>, id: &lbsync_chunkstore::ChunkId) -> Result<bool> {
+    match scope {
+        Some((scopes, folder)) => scopes.has_chunk(folder, id),
+        None => Ok(true),
+    }
+}
+
+/// Stores a batch of received chunks and adds them to `folder`'s scope (when one is named). With
+/// `scoped`, a chunk the store held but the folder did not counts as new: the uploader must not
+/// learn that another folder holds it.
+fn insert_in_scope(
+    store: &PackStore,
+    scopes: &Scopes,
+    folder: &str,
+    scoped: bool,
+    batch: &[Chunk],
+) -> Result<Vec<Inserted>> {
+    let ids: Vec<_> = batch.iter().map(Chunk::id).collect();
+    let before = if scoped {
+        Some(scopes.outside(folder, &ids)?)
+    } else {
+        None
+    };
+    let mut outcome = store.insert_batch(batch)?;
+    if !folder.is_empty() {
+        scopes.add_chunks(folder, &ids)?;
+    }
+    if let Some(outside) = before {
+        let outside: std::collections::HashSet<_> = outside.into_iter().collect();
+        for (o, id) in outcome.iter_mut().zip(&ids) {
+            if outside.contains(id) {
+                *o = Inserted::New;
+            }
+        }
+    }
+    Ok(outcome)
 }
 
 /// How one commit of a batch ended, when it ended for a reason of its own: the errors a single

@@ -1,6 +1,7 @@
 //! End-to-end tests of the client: in-process syncers and the real binary, against a real server
 //! on 127.0.0.1.
 
+mod access;
 mod cli;
 mod faults;
 mod model;

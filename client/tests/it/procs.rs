@@ -29,6 +29,18 @@ fn server_child() {
     });
 }
 
+/// Runs `lbsync-server ARGS` (this test binary re-run as the server's `main`) to its end: an admin
+/// command such as `token revoke`.
+pub(crate) fn server_command(args: &[&str]) -> std::process::Output {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "procs::server_child", "--nocapture"])
+        .env(CHILD_ENV, args.join("\x1f"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// `lbsync-server` in a child process on a store that outlives it, on a port the OS picked once.
 pub(crate) struct ServerProc {
     pub(crate) url: String,

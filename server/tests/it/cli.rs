@@ -333,3 +333,141 @@ fn a_closed_stderr_fails_no_request() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !err.contains("panicked"), "{err}");
 }
+
+/// `user`, `token`, `share` and `unshare` on a stopped server's store, then on a running one's
+/// through its admin socket: a revoked token is refused at once.
+#[test]
+fn users_tokens_and_shares_through_the_binary_stopped_and_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["--store", store.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let token_of = |out: &str| out.lines().next().unwrap().trim().to_owned();
+    let id_of = |token: &str| token.split('_').nth(1).unwrap().to_owned();
+
+    // Stopped.
+    let (ok, out, _) = run(&["user", "add", "alice"]);
+    assert!(ok && out.contains("added user alice"), "{out}");
+    let (ok, _, err) = run(&["user", "add", "alice"]);
+    assert!(!ok && err.contains("user alice exists already"), "{err}");
+    let (ok, _, err) = run(&["token", "create", "--user", "nobody"]);
+    assert!(!ok && err.contains("no user \"nobody\""), "{err}");
+    let (ok, out, _) = run(&["token", "create", "--user", "alice"]);
+    assert!(ok && out.contains("shown this once"), "{out}");
+    let alice = token_of(&out);
+    assert!(alice.starts_with("lbs_"), "{out}");
+
+    let mut child = Command::new(BIN)
+        .args([
+            "--store",
+            store.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut child = Reaper(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr: std::net::SocketAddr = loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("server started");
+        if line.contains("serving") {
+            assert!(line.contains("tokens required"), "{line}");
+            let rest = line.split(" on ").nth(1).unwrap();
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches(',')
+                .parse()
+                .unwrap();
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let hs = |token: Option<String>, folder: &'static str| {
+        rt.block_on(async move {
+            let mut c = crate::util::connect(addr, token.as_deref()).await;
+            c.handshake(lbsync_proto::pb::HandshakeRequest {
+                protocol_version: lbsync_proto::PROTOCOL_VERSION,
+                folder: folder.into(),
+                device: "cli-test".into(),
+            })
+            .await
+            .map(drop)
+            .map_err(|s| s.code())
+        })
+    };
+    assert_eq!(hs(None, "a"), Err(tonic::Code::Unauthenticated));
+    assert_eq!(hs(Some(alice.clone()), "a"), Ok(()), "alice makes folder a");
+
+    // Running: through the admin socket.
+    let (ok, out, err) = run(&["user", "add", "bob"]);
+    assert!(ok && out.contains("added user bob"), "{out}{err}");
+    let (ok, out, _) = run(&["token", "create", "--user", "bob", "--read-only"]);
+    assert!(ok, "{out}");
+    let bob = token_of(&out);
+    assert_eq!(
+        hs(Some(bob.clone()), "a"),
+        Err(tonic::Code::PermissionDenied)
+    );
+    let (ok, _, err) = run(&["share", "nonesuch", "--with", "bob"]);
+    assert!(!ok && err.contains("no folder \"nonesuch\""), "{err}");
+    let (ok, out, _) = run(&["share", "a", "--with", "bob", "--read-only"]);
+    assert!(ok && out.contains("shared with bob, read-only"), "{out}");
+    assert_eq!(hs(Some(bob.clone()), "a"), Ok(()));
+    let (ok, out, _) = run(&["user", "list"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("alice\n") && out.contains("  folder a  owner"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("  token {}  read-only", id_of(&bob))),
+        "{out}"
+    );
+    assert!(out.contains("  folder a  read-only"), "{out}");
+    assert!(!out.contains(&bob), "a token is shown only once: {out}");
+    let (ok, out, _) = run(&["token", "revoke", &id_of(&alice)]);
+    assert!(ok && out.contains("revoked token"), "{out}");
+    assert_eq!(hs(Some(alice), "a"), Err(tonic::Code::Unauthenticated));
+    let (ok, out, _) = run(&["unshare", "a", "--with", "bob"]);
+    assert!(ok && out.contains("no longer shared"), "{out}");
+    assert_eq!(hs(Some(bob), "a"), Err(tonic::Code::PermissionDenied));
+    let (ok, _, err) = run(&["stats"]);
+    assert!(
+        !ok && err.contains("lock"),
+        "other commands still need the server stopped: {err}"
+    );
+    drop(rt);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.0.wait().unwrap().success(), "exits 0 after SIGTERM");
+    assert!(
+        !store.join("admin.sock").exists(),
+        "the socket goes with the server"
+    );
+}

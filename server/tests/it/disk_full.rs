@@ -185,7 +185,10 @@ async fn upload_result(c: &mut Client, data: &[u8]) -> Result<(), tonic::Status>
             .collect();
     let msgs: Vec<pb::PutChunksRequest> = chunks
         .chunks(64)
-        .map(|b| pb::PutChunksRequest { chunks: b.to_vec() })
+        .map(|b| pb::PutChunksRequest {
+            chunks: b.to_vec(),
+            ..Default::default()
+        })
         .collect();
     c.put_chunks(tokio_stream::iter(msgs)).await.map(|_| ())
 }

@@ -66,6 +66,7 @@ async fn a_hostile_client_gets_clear_errors_and_harms_no_one() {
     let res = c
         .put_chunks(tokio_stream::iter([pb::PutChunksRequest {
             chunks: vec![forged],
+            ..Default::default()
         }]))
         .await;
     refused(
@@ -80,6 +81,7 @@ async fn a_hostile_client_gets_clear_errors_and_harms_no_one() {
     let res = c
         .put_chunks(tokio_stream::iter([pb::PutChunksRequest {
             chunks: vec![encode_chunk(huge.id(), huge.data())],
+            ..Default::default()
         }]))
         .await;
     refused(
@@ -124,6 +126,7 @@ async fn a_hostile_client_gets_clear_errors_and_harms_no_one() {
         let res = c
             .put_chunks(tokio_stream::iter([pb::PutChunksRequest {
                 chunks: vec![chunk],
+                ..Default::default()
             }]))
             .await;
         refused(&format!("delta ({says})"), res, code, says);
@@ -141,6 +144,7 @@ async fn a_hostile_client_gets_clear_errors_and_harms_no_one() {
             .get_chunks(pb::GetChunksRequest {
                 ids: ids_to_bytes(&[victim_chunk]),
                 bases,
+                ..Default::default()
             })
             .await;
         refused(says, res.map(|_| ()), Code::InvalidArgument, says);
@@ -217,6 +221,7 @@ async fn a_hostile_client_gets_clear_errors_and_harms_no_one() {
     let res = c
         .missing_chunks(pb::MissingChunksRequest {
             ids: ids_to_bytes(&ids),
+            ..Default::default()
         })
         .await;
     refused("oversized message", res, Code::OutOfRange, "too large");

@@ -4,4 +4,5 @@ mod cli;
 mod disk_full;
 mod hostile;
 mod rpc;
+mod users;
 mod util;

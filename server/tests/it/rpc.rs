@@ -44,6 +44,7 @@ async fn upload_commit_download_round_trip() {
         .get_manifest(pb::GetManifestRequest {
             manifest_id: Bytes::copy_from_slice(m.id().as_bytes()),
             base_manifest_id: Bytes::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -101,6 +102,7 @@ async fn small_edit_commits_as_small_delta_and_downloads_as_delta() {
         .get_manifest(pb::GetManifestRequest {
             manifest_id: Bytes::copy_from_slice(edited.id().as_bytes()),
             base_manifest_id: Bytes::copy_from_slice(base.id().as_bytes()),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -295,8 +297,12 @@ async fn an_upload_that_breaks_off_keeps_what_arrived_intact() {
                 .iter()
                 .map(|c| encode_chunk(c.id(), c.data()))
                 .collect(),
+            ..Default::default()
         },
-        pb::PutChunksRequest { chunks: vec![bad] },
+        pb::PutChunksRequest {
+            chunks: vec![bad],
+            ..Default::default()
+        },
     ];
     let err = c.put_chunks(tokio_stream::iter(msgs)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);

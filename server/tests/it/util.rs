@@ -64,7 +64,11 @@ impl TestServer {
     }
 
     pub(crate) async fn start_with(dir: &Path, config: ServerConfig) -> Self {
-        let store = PackStore::open(dir).unwrap();
+        Self::start_store(PackStore::open(dir).unwrap(), config).await
+    }
+
+    /// A server on an open store: the test keeps a handle to look at (or change) its metadata.
+    pub(crate) async fn start_store(store: PackStore, config: ServerConfig) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
@@ -135,7 +139,10 @@ pub(crate) async fn upload_with(
     let sent = to_send.len();
     let msgs: Vec<pb::PutChunksRequest> = to_send
         .chunks(64)
-        .map(|b| pb::PutChunksRequest { chunks: b.to_vec() })
+        .map(|b| pb::PutChunksRequest {
+            chunks: b.to_vec(),
+            ..Default::default()
+        })
         .collect();
     c.put_chunks(tokio_stream::iter(msgs)).await.unwrap();
     (manifest, sent)
@@ -149,6 +156,7 @@ pub(crate) async fn missing(
     let resp = c
         .missing_chunks(pb::MissingChunksRequest {
             ids: ids_to_bytes(ids),
+            ..Default::default()
         })
         .await
         .unwrap()
