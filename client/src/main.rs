@@ -46,7 +46,12 @@ impl std::io::Write for Quiet {
 
 /// Keeps a directory in sync with a folder on an lbsync server, sending only what changed.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Exit status: 0 done; 1 failed; 2 usage error (a bad option, URL or path); \
+                  3 finished, but some paths are pending or need attention: run it again"
+)]
 struct Cli {
     /// Server URL [default: $LBSYNC_SERVER, else the one DIR last synced with, else http://127.0.0.1:7700]
     #[arg(long, global = true)]
@@ -132,9 +137,20 @@ enum Command {
         /// Only paths at or under these (inside DIR).
         paths: Vec<PathBuf>,
     },
+    /// Prints a completion script for SHELL (e.g. `lbsync-client completions bash >
+    /// ~/.local/share/bash-completion/completions/lbsync-client`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Writes man pages for lbsync-client and each of its commands into DIR.
+    Man {
+        /// Where to write them (e.g. ~/.local/share/man/man1).
+        dir: PathBuf,
+    },
 }
 
-/// "12:30:01 message", with "warning:" or "error:" before the message when it is one.
+/// "2026-12-01 12:30:01 message", with "warning:" or "error:" before the message when it is one.
 struct Lines;
 
 impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Lines
@@ -148,7 +164,7 @@ where
         mut w: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        write!(w, "{} ", chrono::Local::now().format("%H:%M:%S"))?;
+        write!(w, "{} ", chrono::Local::now().format("%Y-%m-%d %H:%M:%S"))?;
         match *event.metadata().level() {
             tracing::Level::WARN => write!(w, "warning: ")?,
             tracing::Level::ERROR => write!(w, "error: ")?,
@@ -174,10 +190,23 @@ async fn main() -> ExitCode {
         Err(e) => {
             use std::io::Write as _;
             let _ = writeln!(std::io::stderr(), "lbsync-client: {e:#}");
-            ExitCode::FAILURE
+            let usage = matches!(
+                e.downcast_ref::<lbsync_client::Error>(),
+                Some(lbsync_client::Error::Usage(_) | lbsync_client::Error::BadUrl(_))
+            );
+            if usage {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
+
+/// A mistake in how the program was called: fix the command (clap's own usage errors exit 2 too).
+const EXIT_USAGE: u8 = 2;
+/// The command finished, but some paths are pending or wait for a person: run it again.
+const EXIT_PENDING: u8 = 3;
 
 fn parse_pin(pin: &str) -> Result<String, String> {
     lbsync_proto::tls::parse_pin(pin).map(|_| pin.to_owned())
@@ -235,6 +264,23 @@ fn locate(path: &Path) -> anyhow::Result<(PathBuf, SyncPath)> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory as _;
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "lbsync-client", &mut out);
+            out!("{}", String::from_utf8_lossy(&out).trim_end());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            out!("wrote the man pages into {}", dir.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let opts = options(&cli)?;
     match &cli.command {
         Command::Sync { dir } => {
@@ -254,7 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !report.waiting.is_empty() {
                 out!("needs your attention:\n  {}", report.waiting.join("\n  "));
             }
-            Ok(ExitCode::FAILURE)
+            Ok(ExitCode::from(EXIT_PENDING))
         }
         Command::Watch {
             dir,
@@ -335,7 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if report.in_sync() {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::FAILURE
+                ExitCode::from(EXIT_PENDING)
             })
         }
         Command::Undelete { dir, since, paths } => {
@@ -363,9 +409,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if done.complete() {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::FAILURE
+                ExitCode::from(EXIT_PENDING)
             })
         }
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     }
 }
 

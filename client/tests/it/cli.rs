@@ -97,8 +97,16 @@ async fn unreachable_or_malformed_server_is_a_clear_error() {
         text(&out)
     );
     let out = run(args(&["sync", d, "--server", "not a url"])).await;
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a usage error: {}", text(&out));
     assert!(text(&out).contains("bad server URL"), "{}", text(&out));
+    let out = run(args(&["sync", d, "--no-such-option"])).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = run(args(&["--help"])).await;
+    assert!(
+        text(&out).contains("3 finished, but some paths are pending"),
+        "{}",
+        text(&out)
+    );
     let out = run(args(&["sync", "/definitely/not/here"])).await;
     assert!(!out.status.success());
     assert!(
@@ -178,4 +186,27 @@ async fn undelete_brings_back_a_deletion_event_everywhere() {
     assert!(!out.status.success());
     assert!(text(&out).contains("RFC 3339"), "{}", text(&out));
     server.stop().await;
+}
+
+/// Completion scripts and man pages come from the command line's own definition.
+#[tokio::test]
+async fn completions_and_man_pages_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(args(&["completions", shell])).await;
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("undelete"), "{shell}: {}", text(&out));
+    }
+    let out = run(args(&["completions", "tcsh-of-the-future"])).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(args(&["man", dir.path().to_str().unwrap()])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    for page in [
+        "lbsync-client.1",
+        "lbsync-client-sync.1",
+        "lbsync-client-watch.1",
+    ] {
+        let man = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(man.contains(".TH"), "{page}: {man}");
+    }
 }

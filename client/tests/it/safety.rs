@@ -364,7 +364,11 @@ async fn rm_everything_is_held_back_until_confirmed() {
     }
     let out = sync_as(&a, &server, "A", &[]).await;
     let said = text(&out);
-    assert!(!out.status.success(), "{said}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "finished with paths waiting: {said}"
+    );
     assert!(said.contains("held back"), "{said}");
     let confirm = format!("lbsync-client sync {} --allow-mass-delete", a.display());
     assert!(said.contains(&confirm), "no {confirm:?} in: {said}");
