@@ -54,9 +54,43 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        // Wrappers often repeat their cause ("tcp connect error: tcp connect error"): say each
+        // thing once.
+        let said = s.to_string();
+        if !said.is_empty() && !out.contains(&said) {
+            out.push_str(": ");
+            out.push_str(&said);
+        }
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{msg}")]
+    struct E {
+        msg: &'static str,
+        #[source]
+        source: Option<Box<E>>,
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let e = E {
+            msg: "tcp connect error",
+            source: Some(Box::new(E {
+                msg: "tcp connect error",
+                source: Some(Box::new(E {
+                    msg: "Connection refused (os error 111)",
+                    source: None,
+                })),
+            })),
+        };
+        assert_eq!(
+            super::error_chain(&e),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+    }
 }
