@@ -27,6 +27,8 @@ pub(crate) enum Packed {
     /// Keep it as it is: its sender found it does not compress (or chose not to try).
     Raw,
     /// This zstd frame decompresses to the chunk's bytes (checked when the chunk was made).
+    // Read by the pack store only (the `sled` feature).
+    #[cfg_attr(not(feature = "sled"), allow(dead_code))]
     Zstd(Bytes),
 }
 
@@ -98,6 +100,7 @@ impl Chunk {
         self
     }
 
+    #[cfg_attr(not(feature = "sled"), allow(dead_code))]
     pub(crate) fn packed(&self) -> &Packed {
         &self.packed
     }
