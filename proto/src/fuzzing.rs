@@ -43,16 +43,13 @@ pub fn commit_request(data: &[u8]) {
     assert!(crate::check_device(&req.entry.device).is_ok());
     let (p, size, max) = (ChunkParams::DEFAULT, req.entry.size, 1 << 12);
     match req.content {
-        Some(crate::Content::Full(m)) => {
-            if check_manifest(&m, &p, size, max).is_ok() {
-                assert_eq!(m.size(), size);
-                assert!(m.chunks().len() as u64 <= max_chunks_for(&p.for_file(size), size));
-            }
+        Some(crate::Content::Full(m)) if check_manifest(&m, &p, size, max).is_ok() => {
+            assert_eq!(m.size(), size);
+            assert!(m.chunks().len() as u64 <= max_chunks_for(&p.for_file(size), size));
         }
         Some(crate::Content::Delta { delta, .. }) => {
             let base = fuzz_base_manifest();
-            let checked = check_delta(&delta, &base, &p, size, max).is_ok();
-            if checked {
+            if check_delta(&delta, &base, &p, size, max).is_ok() {
                 let built = delta.apply(&base).expect("a checked delta applies");
                 assert!(check_manifest(&built, &p, size, max).is_ok());
             }

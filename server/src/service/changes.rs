@@ -53,9 +53,8 @@ impl SyncService {
                 (&gates, &who),
                 &folders,
                 &folder,
-                cursor,
                 backlog,
-                head,
+                (cursor, head),
                 false,
             )
             .await
@@ -96,9 +95,8 @@ impl SyncService {
                             (&gates, &who),
                             &folders,
                             &folder,
-                            cursor,
                             backlog,
-                            head,
+                            (cursor, head),
                             true,
                         )
                         .await
@@ -118,7 +116,7 @@ impl SyncService {
     }
 }
 
-/// Sends the changes after `cursor` up to `head`. A compacted journal goes as it is; a scan goes
+/// Sends the changes after `cursor` up to `head` (`(cursor, head)`). A compacted journal goes as it is; a scan goes
 /// page by page ([`SCAN_PAGE`] entries read at a time, so memory stays bounded however large
 /// the folder), every message but the last carrying the starting `cursor`: a client that stops
 /// part way has seen nothing it could resume after. With `quiet`, no changes send nothing. False
@@ -128,9 +126,8 @@ async fn send_backlog(
     turns: (&Gates, &str),
     folders: &Folders,
     folder: &Arc<str>,
-    cursor: u64,
     backlog: Backlog,
-    head: u64,
+    (cursor, head): (u64, u64),
     quiet: bool,
 ) -> bool {
     let (entries, sent) = match backlog {

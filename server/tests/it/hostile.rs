@@ -445,6 +445,7 @@ async fn commits_inside_the_state_directory_are_refused_and_change_nothing() {
 }
 
 /// The journal and the current entries of `folder`, to show a refusal changed nothing.
+#[allow(clippy::unwrap_used)] // a test helper: a failure is a test failure
 async fn folder_state(c: &mut Client, folder: &str) -> (u64, Vec<(String, u64)>) {
     let head = handshake(c, folder).await.head;
     let mut stream = c
