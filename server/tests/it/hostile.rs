@@ -828,3 +828,60 @@ async fn changes_from_far_behind_page_through_the_folder() {
     assert_eq!(seen["f0999"], 4);
     server.stop().await;
 }
+
+/// The manifests a batch's commits read count against its budget too: a batch naming a stored
+/// manifest over and over stops at the budget, the commit past it `invalid` and the rest not
+/// tried (those before it took effect, as any batch's do).
+#[tokio::test]
+async fn a_batch_stops_where_its_reads_spend_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        limits: lbsync_server::Limits {
+            max_batch_refs: 2000,
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(dir.path(), config).await;
+    let mut c = server.client().await;
+    handshake(&mut c, "default").await;
+    let (m, _) = upload(&mut c, &seeded(256 << 10, 41)).await;
+    let first = file_commit("default", "k0", &m, 0, Content::Full(m.clone()));
+    committed(commit(&mut c, first).await);
+    let n = m.chunks().len();
+    let fit = 2000 / n;
+    let answer = c
+        .commit_batch(pb::CommitBatchRequest {
+            folder: "default".into(),
+            device: "d".into(),
+            commits: (1..=fit + 5)
+                .map(|i| file_commit("default", &format!("k{i}"), &m, 0, Content::Known(m.id())))
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let outcomes: Vec<_> = answer
+        .results
+        .into_iter()
+        .map(|r| lbsync_proto::BatchOutcome::try_from(r).unwrap())
+        .collect();
+    use lbsync_proto::BatchOutcome as O;
+    assert!(
+        outcomes[..fit]
+            .iter()
+            .all(|o| matches!(o, O::Committed { .. }))
+    );
+    assert!(
+        matches!(&outcomes[fit], O::Invalid(why) if why.contains("budget of 2000")),
+        "{:?}",
+        outcomes[fit]
+    );
+    assert!(
+        outcomes[fit + 1..]
+            .iter()
+            .all(|o| matches!(o, O::NotAttempted(_)))
+    );
+    assert_eq!(handshake(&mut c, "default").await.head, 1 + fit as u64);
+    server.stop().await;
+}
