@@ -50,6 +50,7 @@ mod pack;
 #[cfg(feature = "sled")]
 mod pack_store;
 mod params;
+mod shape;
 mod store;
 
 pub use chunk::Chunk;
@@ -65,4 +66,5 @@ pub use mem::MemStore;
 #[cfg(feature = "sled")]
 pub use pack_store::{FsckProblem, FsckReport, PackStore, RecoveryReport, StoreOptions};
 pub use params::{ChunkParams, MAX_CHUNK_LIMIT};
+pub use shape::{check_delta, check_manifest, delta_chunk_count, max_chunks_for};
 pub use store::{ChunkStore, GcOptions, GcReport, Inserted, StoreStats};

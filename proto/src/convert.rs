@@ -59,6 +59,24 @@ pub enum ConvertError {
 /// The longest device name accepted, in bytes.
 pub const MAX_DEVICE_BYTES: usize = 255;
 
+/// Checks a device name: at most [`MAX_DEVICE_BYTES`] bytes and no control characters (it is
+/// shown to people, logged, and put in the names of conflicted copies).
+pub fn check_device(device: &str) -> Result<(), ConvertError> {
+    if device.len() > MAX_DEVICE_BYTES {
+        return Err(ConvertError::BadLength {
+            field: "device",
+            len: device.len(),
+            expected: format!("at most {MAX_DEVICE_BYTES}"),
+        });
+    }
+    if let Some(c) = device.chars().find(|c| c.is_control()) {
+        return Err(ConvertError::BadChunk(format!(
+            "device name {device:?} holds the control character {c:?}: name the device without one"
+        )));
+    }
+    Ok(())
+}
+
 fn id32(field: &'static str, b: &[u8]) -> Result<[u8; 32], ConvertError> {
     b.try_into().map_err(|_| ConvertError::BadLength {
         field,
@@ -197,13 +215,7 @@ impl TryFrom<pb::Entry> for Entry {
             field: "kind",
             value: e.kind,
         })?;
-        if e.device.len() > MAX_DEVICE_BYTES {
-            return Err(ConvertError::BadLength {
-                field: "device",
-                len: e.device.len(),
-                expected: format!("at most {MAX_DEVICE_BYTES}"),
-            });
-        }
+        check_device(&e.device)?;
         if e.symlink_target.len() > crate::path::MAX_PATH_BYTES {
             return Err(ConvertError::BadLength {
                 field: "symlink_target",

@@ -27,14 +27,49 @@ pub fn sync_path(data: &[u8]) {
 }
 
 /// A commit as it arrives on the wire: protobuf decoding, then the conversion to the domain
-/// type, which validates every field. Accepted requests carry only valid paths.
+/// type, which validates every field. Accepted requests carry only valid paths and device names.
+/// Their content, checked against the declared size as the server checks it, passes only when
+/// it fits the file; a delta (applied to a small fixed base) is judged as its result would be,
+/// without being built.
 pub fn commit_request(data: &[u8]) {
+    use lbsync_chunkstore::{ChunkParams, check_delta, check_manifest, max_chunks_for};
     let Ok(msg) = pb::CommitRequest::decode(data) else {
         return;
     };
-    if let Ok(req) = CommitRequest::try_from(msg) {
-        sync_path(req.entry.path.as_str().as_bytes());
+    let Ok(req) = CommitRequest::try_from(msg) else {
+        return;
+    };
+    sync_path(req.entry.path.as_str().as_bytes());
+    assert!(crate::check_device(&req.entry.device).is_ok());
+    let (p, size, max) = (ChunkParams::DEFAULT, req.entry.size, 1 << 12);
+    match req.content {
+        Some(crate::Content::Full(m)) if check_manifest(&m, &p, size, max).is_ok() => {
+            assert_eq!(m.size(), size);
+            assert!(m.chunks().len() as u64 <= max_chunks_for(&p.for_file(size), size));
+        }
+        Some(crate::Content::Delta { delta, .. }) => {
+            let base = fuzz_base_manifest();
+            if check_delta(&delta, &base, &p, size, max).is_ok() {
+                let built = delta.apply(&base).expect("a checked delta applies");
+                assert!(check_manifest(&built, &p, size, max).is_ok());
+            }
+        }
+        _ => {}
     }
+}
+
+/// The base every fuzzed delta is applied to: four chunks within the default parameters.
+fn fuzz_base_manifest() -> lbsync_chunkstore::Manifest {
+    lbsync_chunkstore::Manifest::new(
+        [2048u32, 8192, 65536, 100]
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| lbsync_chunkstore::ChunkRef {
+                id: lbsync_chunkstore::ChunkId::of(&[i as u8]),
+                len,
+            })
+            .collect(),
+    )
 }
 
 /// The base every [`chunk_data`] delta is decoded against.

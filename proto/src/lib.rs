@@ -32,7 +32,7 @@ pub mod pb {
     tonic::include_proto!("lbsync.v1");
 }
 
-pub use convert::{ConvertError, ids_from_bytes, ids_to_bytes};
+pub use convert::{ConvertError, check_device, ids_from_bytes, ids_to_bytes};
 pub use model::{
     BatchOutcome, CommitOutcome, CommitRequest, Content, Entry, EntryKind, PROTOCOL_VERSION,
 };

@@ -16,6 +16,10 @@ pub enum Error {
     /// The request is malformed or asks for something not allowed.
     #[error("{0}")]
     BadRequest(String),
+    /// A commit of a CommitBatch would read or build more manifest refs than are left of the
+    /// batch's budget: the rest of the batch is not tried.
+    #[error("{0}")]
+    BatchBudget(String),
     /// A folder, path, version, manifest or chunk that does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -93,7 +97,7 @@ fn is_disk_full(e: &Error) -> bool {
 /// The gRPC status for an error. The one place errors become statuses.
 pub fn status(e: &Error) -> Status {
     let code = match e {
-        Error::BadRequest(_) => Code::InvalidArgument,
+        Error::BadRequest(_) | Error::BatchBudget(_) => Code::InvalidArgument,
         Error::NotFound(_) | Error::UnknownManifest(_) => Code::NotFound,
         Error::MissingChunks(_) => Code::FailedPrecondition,
         Error::CursorAhead { .. } => Code::OutOfRange,

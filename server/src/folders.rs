@@ -27,7 +27,16 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use crate::error::{Error, Result};
 
 /// How far behind a cursor may be before a replay reads the current entries instead of the journal.
-const JOURNAL_SCAN_LIMIT: u64 = 4096;
+pub const JOURNAL_SCAN_LIMIT: u64 = 4096;
+
+/// What a replay from a cursor reads: see [`Folders::backlog`].
+#[derive(Debug)]
+pub enum Backlog {
+    /// The changes, compacted from the journal, in seq order.
+    Compacted(Vec<Entry>),
+    /// Too far behind for the journal: page through the current entries.
+    Scan,
+}
 
 /// The folders of one store.
 #[derive(Clone)]
@@ -240,69 +249,125 @@ impl Folders {
         }
     }
 
-    /// The changes after `cursor`, compacted to the latest entry per path, in seq order, and the
-    /// head they bring the caller to.
-    pub fn changes_since(&self, folder: &str, cursor: u64) -> Result<(Vec<Entry>, u64)> {
+    /// The changes after `cursor` and the head they bring the caller to. Within
+    /// [`JOURNAL_SCAN_LIMIT`] of the head they are read from the journal, compacted to the latest
+    /// entry per path, in seq order ([`Backlog::Compacted`], at most that many entries). From
+    /// further behind the caller pages through the current entries with [`Folders::scan_page`]
+    /// ([`Backlog::Scan`]), so no replay holds a whole folder in memory.
+    pub fn backlog(&self, folder: &str, cursor: u64) -> Result<(Backlog, u64)> {
         let head = self.head(folder)?;
         if cursor > head {
             return Err(Error::CursorAhead { cursor, head });
         }
+        if head - cursor > JOURNAL_SCAN_LIMIT {
+            return Ok((Backlog::Scan, head));
+        }
         let t = self.trees(folder)?;
         let mut entries = Vec::new();
-        if head - cursor <= JOURNAL_SCAN_LIMIT {
-            let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
-            for kv in t
-                .journal
-                .range((cursor + 1).to_be_bytes()..=head.to_be_bytes())
-            {
-                let (_, rec) = kv?;
-                let Some(split) = rec.iter().position(|&b| b == 0) else {
-                    return Err(Error::Metadata("journal record without a version".into()));
-                };
-                let version = be_u64(&rec[split + 1..]);
-                let slot = latest.entry(rec[..split].to_vec()).or_default();
-                *slot = (*slot).max(version);
-            }
-            for (path, version) in latest {
-                let mut key = path;
-                key.push(0);
-                key.extend_from_slice(&version.to_be_bytes());
-                if let Some(v) = t.history.get(&key)? {
-                    entries.extend(decode_listed(&v)?);
-                } else if let Some(v) = t.entries.get(&key[..key.len() - 9])? {
-                    // The version was pruned from history: the current entry is newer anyway.
-                    entries.extend(decode_listed(&v)?);
-                }
-            }
-        } else {
-            for kv in t.entries.iter() {
-                let Some(e) = decode_listed(&kv?.1)? else {
-                    continue;
-                };
-                if e.seq > cursor {
-                    entries.push(e);
-                }
+        let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
+        for kv in t
+            .journal
+            .range((cursor + 1).to_be_bytes()..=head.to_be_bytes())
+        {
+            let (_, rec) = kv?;
+            let Some(split) = rec.iter().position(|&b| b == 0) else {
+                return Err(Error::Metadata("journal record without a version".into()));
+            };
+            let version = be_u64(&rec[split + 1..]);
+            let slot = latest.entry(rec[..split].to_vec()).or_default();
+            *slot = (*slot).max(version);
+        }
+        for (path, version) in latest {
+            let mut key = path;
+            key.push(0);
+            key.extend_from_slice(&version.to_be_bytes());
+            if let Some(v) = t.history.get(&key)? {
+                entries.extend(decode_listed(&v)?);
+            } else if let Some(v) = t.entries.get(&key[..key.len() - 9])? {
+                // The version was pruned from history: the current entry is newer anyway.
+                entries.extend(decode_listed(&v)?);
             }
         }
         // Commits that landed while we read are delivered by their own notification.
         entries.retain(|e| e.seq <= head);
         entries.sort_by_key(|e| e.seq);
         self.settle()?;
-        Ok((entries, head))
+        Ok((Backlog::Compacted(entries), head))
     }
 
-    /// The retained versions of a path, newest first.
-    pub fn history(&self, folder: &str, path: &SyncPath) -> Result<Vec<Entry>> {
+    /// One page of a [`Backlog::Scan`]: of the next `limit` current entries after the path key
+    /// `after` (from the first with `None`), those changed after `cursor` and up to `head`, in
+    /// path order; and the key to continue after, `None` at the end. Commits past `head` are
+    /// left to their own notification.
+    pub fn scan_page(
+        &self,
+        folder: &str,
+        cursor: u64,
+        head: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, Option<Vec<u8>>)> {
+        use std::ops::Bound;
+        let t = self.trees(folder)?;
+        let from = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.to_vec()));
+        let mut entries = Vec::new();
+        let mut last = None;
+        let mut read = 0;
+        for kv in t.entries.range::<Vec<u8>, _>((from, Bound::Unbounded)) {
+            let (k, v) = kv?;
+            read += 1;
+            if let Some(e) = decode_listed(&v)?.filter(|e| e.seq > cursor && e.seq <= head) {
+                entries.push(e);
+            }
+            last = Some(k.to_vec());
+            if read == limit {
+                break;
+            }
+        }
+        self.settle()?;
+        Ok((entries, if read == limit { last } else { None }))
+    }
+
+    /// Every change after `cursor`, in seq order, and the head: [`Folders::backlog`] and all its
+    /// pages at once. For tests and small folders.
+    #[cfg(test)]
+    pub fn changes_since(&self, folder: &str, cursor: u64) -> Result<(Vec<Entry>, u64)> {
+        match self.backlog(folder, cursor)? {
+            (Backlog::Compacted(entries), head) => Ok((entries, head)),
+            (Backlog::Scan, head) => {
+                let (mut all, mut after) = (Vec::new(), None);
+                loop {
+                    let (page, next) =
+                        self.scan_page(folder, cursor, head, after.as_deref(), 64)?;
+                    all.extend(page);
+                    match next {
+                        Some(k) => after = Some(k),
+                        None => break,
+                    }
+                }
+                all.sort_by_key(|e| e.seq);
+                Ok((all, head))
+            }
+        }
+    }
+
+    /// The retained versions of a path, newest first, at most `max` of them; and whether there
+    /// are older ones.
+    pub fn history(&self, folder: &str, path: &SyncPath, max: usize) -> Result<(Vec<Entry>, bool)> {
         self.head(folder)?;
-        let mut out = self
+        let mut versions = self
             .trees(folder)?
             .history
             .scan_prefix(history_prefix(path))
+            .rev();
+        let out = versions
+            .by_ref()
+            .take(max)
             .map(|kv| decode(&kv?.1))
             .collect::<Result<Vec<_>>>()?;
+        let more = versions.next().is_some();
         self.settle()?;
-        out.reverse();
-        Ok(out)
+        Ok((out, more))
     }
 
     /// One retained version of a path.
@@ -429,5 +494,55 @@ mod tests {
             .prune_history("f", 10, i64::MAX, true, |_| {})
             .unwrap();
         assert_eq!(kept_versions, 1);
+    }
+
+    /// From further behind than the journal is read, a replay pages through the current
+    /// entries: each page reads at most its limit, and together they hold exactly the latest
+    /// entry of every path changed after the cursor and up to the head, as the journal would.
+    #[test]
+    fn a_replay_from_far_behind_pages_through_the_current_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let folders = Folders::open(&db).unwrap();
+        folders.ensure("f").unwrap();
+        let paths = 300u64;
+        let commits = JOURNAL_SCAN_LIMIT + 200;
+        let mut latest: HashMap<String, u64> = HashMap::new();
+        for i in 0..commits {
+            let p = format!("p{:03}", i % paths);
+            let version = latest.get(&p).map_or(0, |_| i / paths);
+            let e = Entry::dir(SyncPath::new(&p).unwrap(), "d");
+            let CommitOutcome::Committed(e) = folders.commit("f", e, version).unwrap() else {
+                panic!("conflict at {i}")
+            };
+            latest.insert(p, e.seq);
+        }
+        let cursor = 150;
+        let (backlog, head) = folders.backlog("f", cursor).unwrap();
+        assert!(matches!(backlog, Backlog::Scan), "{backlog:?}");
+        assert_eq!(head, commits);
+        let (mut after, mut seen) = (None::<Vec<u8>>, Vec::new());
+        loop {
+            let (page, next) = folders
+                .scan_page("f", cursor, head, after.as_deref(), 64)
+                .unwrap();
+            assert!(page.len() <= 64);
+            seen.extend(page.into_iter().map(|e| (e.path.to_string(), e.seq)));
+            match next {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        seen.sort();
+        let mut want: Vec<(String, u64)> =
+            latest.into_iter().filter(|(_, s)| *s > cursor).collect();
+        want.sort();
+        assert_eq!(seen, want);
+        // Near the head the journal is read, compacted.
+        let (backlog, _) = folders.backlog("f", head - 10).unwrap();
+        let Backlog::Compacted(near) = backlog else {
+            panic!("near the head the journal is read")
+        };
+        assert_eq!(near.len(), 10);
     }
 }

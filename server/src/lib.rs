@@ -14,6 +14,7 @@ pub mod cli;
 pub mod control;
 pub mod error;
 pub mod folders;
+mod gate;
 pub mod scope;
 pub mod service;
 pub mod tls;
@@ -71,7 +72,10 @@ pub async fn run(
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .max_frame_size(Some(MAX_FRAME))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        // tower's ConcurrencyLimit on each connection: requests past it wait (the per-user
+        // bound across connections is the service's, `Limits::max_requests_per_user`).
+        .concurrency_limit_per_connection(service::MAX_REQUESTS_PER_CONNECTION);
     if let Some((cert, key)) = &config.tls {
         builder = builder
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))

@@ -443,3 +443,445 @@ async fn commits_inside_the_state_directory_are_refused_and_change_nothing() {
     assert_eq!(paths, [bytes("fine.txt")]);
     server.stop().await;
 }
+
+/// The journal and the current entries of `folder`, to show a refusal changed nothing.
+#[allow(clippy::unwrap_used)] // a test helper: a failure is a test failure
+async fn folder_state(c: &mut Client, folder: &str) -> (u64, Vec<(String, u64)>) {
+    let head = handshake(c, folder).await.head;
+    let mut stream = c
+        .changes(pb::ChangesRequest {
+            folder: folder.into(),
+            cursor: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut entries = Vec::new();
+    loop {
+        let msg = stream.message().await.unwrap().expect("caught up first");
+        for e in msg.entries {
+            let e = lbsync_proto::Entry::try_from(e).unwrap();
+            entries.push((e.path.to_string(), e.version));
+        }
+        if msg.caught_up {
+            break;
+        }
+    }
+    entries.sort();
+    (head, entries)
+}
+
+/// A delta that copies the base's `n` chunks `times` times: a few bytes that would build
+/// `n * times` refs.
+fn delta_bomb(base: &Manifest, times: usize) -> Content {
+    use lbsync_chunkstore::{DeltaOp, ManifestDelta};
+    let n = base.chunks().len() as u32;
+    Content::Delta {
+        base: base.id(),
+        delta: ManifestDelta {
+            ops: vec![DeltaOp::Copy { start: 0, count: n }; times],
+        },
+    }
+}
+
+/// A manifest of `count` refs of `len` bytes to chunks nobody has.
+fn fake_manifest(count: usize, len: u32) -> Manifest {
+    Manifest::new(
+        (0..count)
+            .map(|i| lbsync_chunkstore::ChunkRef {
+                id: ChunkId::of(&i.to_le_bytes()),
+                len,
+            })
+            .collect(),
+    )
+}
+
+/// Each way of making the server do far more work than the request's size is refused, quickly,
+/// with INVALID_ARGUMENT saying what was wrong, and changes nothing: a delta that would grow a
+/// manifest past what its file allows or past the per-commit limit, a manifest whose refs do
+/// not fit its file, a batch whose commits build too much together, a device name with control
+/// characters. History answers are capped and say so.
+#[tokio::test]
+async fn amplifying_requests_are_refused_before_any_work_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = lbsync_server::Limits {
+        max_manifest_refs: 1000,
+        max_batch_refs: 2000,
+        max_history: 3,
+        ..Default::default()
+    };
+    let config = ServerConfig {
+        limits,
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(dir.path(), config).await;
+    let mut c = server.client().await;
+    let hs = handshake(&mut c, "default").await;
+    assert_eq!(
+        (hs.max_manifest_refs, hs.max_batch_refs, hs.max_history),
+        (1000, 2000, 3),
+        "the limits are advertised"
+    );
+    let (m, _) = upload(&mut c, &seeded(256 << 10, 21)).await;
+    assert!(m.chunks().len() > 4, "{}", m.chunks().len());
+    for v in 0..5 {
+        let content = if v == 0 {
+            Content::Full(m.clone())
+        } else {
+            Content::Known(m.id())
+        };
+        committed(commit(&mut c, file_commit("default", "base.bin", &m, v, content)).await);
+    }
+    let before = folder_state(&mut c, "default").await;
+
+    let started = std::time::Instant::now();
+    let with_size = |mut req: pb::CommitRequest, size: u64| {
+        req.entry.as_mut().unwrap().size = size;
+        req
+    };
+    let n = m.chunks().len() as u64;
+    // 4096 copies of the base in a few tens of KB, declared at the base's size.
+    let req = with_size(
+        file_commit("default", "bomb", &m, 0, delta_bomb(&m, 4096)),
+        m.size(),
+    );
+    assert!(prost::Message::encoded_len(&req) < 100_000);
+    refused(
+        "delta bomb",
+        c.commit(req).await,
+        Code::InvalidArgument,
+        "at most",
+    );
+    // The same declared at a size that would allow it: over the per-commit limit.
+    let req = with_size(
+        file_commit("default", "bomb", &m, 0, delta_bomb(&m, 4096)),
+        m.size() * 4096,
+    );
+    refused(
+        "delta bomb of a declared huge file",
+        c.commit(req).await,
+        Code::InvalidArgument,
+        &format!("{} chunks, over the limit of 1000", n * 4096),
+    );
+    // A full manifest whose refs do not add up to the declared size, or do not fit the
+    // chunking parameters, is refused before the server asks for its chunks.
+    let req = with_size(
+        file_commit("default", "short", &m, 0, Content::Full(m.clone())),
+        m.size() + 1,
+    );
+    refused(
+        "size mismatch",
+        c.commit(req).await,
+        Code::InvalidArgument,
+        "but its manifest holds",
+    );
+    let tiny = fake_manifest(2, 70_000);
+    let req = file_commit("default", "tiny", &tiny, 0, Content::Full(tiny.clone()));
+    refused(
+        "tiny refs",
+        c.commit(req).await,
+        Code::InvalidArgument,
+        "outside 2048..=65536",
+    );
+    let many = fake_manifest(1001, 8192);
+    let req = file_commit("default", "many", &many, 0, Content::Full(many.clone()));
+    refused(
+        "too many refs",
+        c.commit(req).await,
+        Code::InvalidArgument,
+        "over the limit of 1000",
+    );
+    // A batch that builds too much together is refused whole.
+    let big = fake_manifest(900, 8192);
+    let batch = pb::CommitBatchRequest {
+        folder: "default".into(),
+        device: "hostile".into(),
+        commits: (0..3)
+            .map(|i| {
+                file_commit(
+                    "default",
+                    &format!("b{i}"),
+                    &big,
+                    0,
+                    Content::Full(big.clone()),
+                )
+            })
+            .collect(),
+    };
+    refused(
+        "batch over its budget",
+        c.commit_batch(batch).await,
+        Code::InvalidArgument,
+        "2700 manifest refs, over the limit of 2000",
+    );
+    // A batch of bombs: the first is refused, none builds anything.
+    let batch = pb::CommitBatchRequest {
+        folder: "default".into(),
+        device: "hostile".into(),
+        commits: (0..16)
+            .map(|i| {
+                with_size(
+                    file_commit("default", &format!("b{i}"), &m, 0, delta_bomb(&m, 1)),
+                    m.size() + 1,
+                )
+            })
+            .collect(),
+    };
+    let answer = c.commit_batch(batch).await.unwrap().into_inner();
+    for r in answer.results {
+        let o = lbsync_proto::BatchOutcome::try_from(r).unwrap();
+        assert!(
+            matches!(&o, lbsync_proto::BatchOutcome::Invalid(why) if why.contains("add up to")),
+            "{o:?}"
+        );
+    }
+    // A device name with a control character.
+    let mut req = file_commit("default", "dev", &m, 0, Content::Known(m.id()));
+    req.entry.as_mut().unwrap().device = "evil\u{1b}[2J".into();
+    refused(
+        "device name",
+        c.commit(req).await,
+        Code::InvalidArgument,
+        "control character",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "refusals take no real work: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        folder_state(&mut c, "default").await,
+        before,
+        "nothing changed"
+    );
+
+    // History lists the newest `max_history` versions and says there are more.
+    let h = c
+        .history(pb::HistoryRequest {
+            folder: "default".into(),
+            path: bytes("base.bin"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let versions: Vec<u64> = h.versions.iter().map(|v| v.version).collect();
+    assert_eq!((versions, h.truncated), (vec![5, 4, 3], true));
+    server.stop().await;
+}
+
+/// While a hostile client sends amplification attempts as fast as it can on its own token,
+/// another user's commits all succeed (function, not timing: latency is measured by the
+/// `hostile` bench).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_commits_succeed_while_a_hostile_client_floods() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        tokens: Tokens::parse("honest-token\nhostile-token\n"),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(dir.path(), config).await;
+    let mut h = server.client_with_token(Some("hostile-token")).await;
+    handshake(&mut h, "default").await;
+    let (m, _) = upload(&mut h, &seeded(128 << 10, 31)).await;
+    committed(
+        commit(
+            &mut h,
+            file_commit("default", "base", &m, 0, Content::Full(m.clone())),
+        )
+        .await,
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flooders = Vec::new();
+    for k in 0..4 {
+        let (mut h, m, stop) = (h.clone(), m.clone(), stop.clone());
+        flooders.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut req = file_commit(
+                    "default",
+                    &format!("bomb{k}"),
+                    &m,
+                    0,
+                    delta_bomb(&m, 1 << 14),
+                );
+                req.entry.as_mut().unwrap().size = m.size();
+                let res = h.commit(req).await;
+                assert_eq!(res.unwrap_err().code(), Code::InvalidArgument);
+                sent += 1;
+            }
+            sent
+        }));
+    }
+    let mut c = server.client_with_token(Some("honest-token")).await;
+    handshake(&mut c, "default").await;
+    for i in 0..20u64 {
+        let (fm, _) = upload(&mut c, &seeded(20_000, 100 + i)).await;
+        committed(
+            commit(
+                &mut c,
+                file_commit(
+                    "default",
+                    &format!("honest/{i}"),
+                    &fm,
+                    0,
+                    Content::Full(fm.clone()),
+                ),
+            )
+            .await,
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut refused = 0;
+    for f in flooders {
+        refused += f.await.unwrap();
+    }
+    assert!(refused > 0);
+    let (_, entries) = folder_state(&mut c, "default").await;
+    assert_eq!(
+        entries.len(),
+        21,
+        "the base and the honest commits, no bomb: {entries:?}"
+    );
+    server.stop().await;
+}
+
+/// A replay from further behind than the journal is read pages through the folder: messages of
+/// bounded size, the request's cursor until the last, which carries the head; the client's
+/// collected view is the latest entry of every path.
+#[tokio::test]
+async fn changes_from_far_behind_page_through_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    handshake(&mut c, "default").await;
+    let (m, _) = upload(&mut c, b"x").await;
+    let first = file_commit("default", "f0000", &m, 0, Content::Full(m.clone()));
+    committed(commit(&mut c, first).await);
+    let total = 4096 + 300u64;
+    let mut seq = 0;
+    for chunk in (1..total).collect::<Vec<_>>().chunks(4096) {
+        let commits = chunk
+            .iter()
+            .map(|i| {
+                // Paths 0..1000 again and again: later rounds are edits.
+                let round = i / 1000;
+                file_commit(
+                    "default",
+                    &format!("f{:04}", i % 1000),
+                    &m,
+                    round,
+                    Content::Known(m.id()),
+                )
+            })
+            .collect();
+        let answer = c
+            .commit_batch(pb::CommitBatchRequest {
+                folder: "default".into(),
+                device: "d".into(),
+                commits,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for r in answer.results {
+            match lbsync_proto::BatchOutcome::try_from(r).unwrap() {
+                lbsync_proto::BatchOutcome::Committed { seq: s, .. } => seq = s,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(seq, total);
+    let mut stream = c
+        .changes(pb::ChangesRequest {
+            folder: "default".into(),
+            cursor: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = std::collections::HashMap::new();
+    let mut messages = 0;
+    loop {
+        let msg = stream.message().await.unwrap().expect("caught up first");
+        messages += 1;
+        assert!(msg.entries.len() <= 512);
+        for e in msg.entries {
+            let e = lbsync_proto::Entry::try_from(e).unwrap();
+            assert!(e.seq > 2);
+            assert!(
+                seen.insert(e.path.to_string(), e.version).is_none(),
+                "one entry per path"
+            );
+        }
+        if msg.caught_up {
+            assert_eq!(msg.cursor, total);
+            break;
+        }
+        assert_eq!(
+            msg.cursor, 2,
+            "no cursor to resume after until the last page"
+        );
+    }
+    assert!(messages >= 2, "{messages}");
+    assert_eq!(seen.len(), 1000);
+    assert_eq!(seen["f0000"], 5);
+    assert_eq!(seen["f0999"], 4);
+    server.stop().await;
+}
+
+/// The manifests a batch's commits read count against its budget too: a batch naming a stored
+/// manifest over and over stops at the budget, the commit past it `invalid` and the rest not
+/// tried (those before it took effect, as any batch's do).
+#[tokio::test]
+async fn a_batch_stops_where_its_reads_spend_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        limits: lbsync_server::Limits {
+            max_batch_refs: 2000,
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(dir.path(), config).await;
+    let mut c = server.client().await;
+    handshake(&mut c, "default").await;
+    let (m, _) = upload(&mut c, &seeded(256 << 10, 41)).await;
+    let first = file_commit("default", "k0", &m, 0, Content::Full(m.clone()));
+    committed(commit(&mut c, first).await);
+    let n = m.chunks().len();
+    let fit = 2000 / n;
+    let answer = c
+        .commit_batch(pb::CommitBatchRequest {
+            folder: "default".into(),
+            device: "d".into(),
+            commits: (1..=fit + 5)
+                .map(|i| file_commit("default", &format!("k{i}"), &m, 0, Content::Known(m.id())))
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let outcomes: Vec<_> = answer
+        .results
+        .into_iter()
+        .map(|r| lbsync_proto::BatchOutcome::try_from(r).unwrap())
+        .collect();
+    use lbsync_proto::BatchOutcome as O;
+    assert!(
+        outcomes[..fit]
+            .iter()
+            .all(|o| matches!(o, O::Committed { .. }))
+    );
+    assert!(
+        matches!(&outcomes[fit], O::Invalid(why) if why.contains("budget of 2000")),
+        "{:?}",
+        outcomes[fit]
+    );
+    assert!(
+        outcomes[fit + 1..]
+            .iter()
+            .all(|o| matches!(o, O::NotAttempted(_)))
+    );
+    assert_eq!(handshake(&mut c, "default").await.head, 1 + fit as u64);
+    server.stop().await;
+}

@@ -518,12 +518,46 @@ async fn a_very_large_files_larger_chunks_are_accepted() {
         "larger chunks than the store's"
     );
     assert_eq!(sent, m.chunks().len());
+    // A file of many GB made of those chunks (the ones within the large class's minimum, over
+    // and over: 4 GiB of data is not needed to name it) commits.
+    let large: Vec<_> = m
+        .chunks()
+        .iter()
+        .copied()
+        .filter(|r| r.len >= params.min_size)
+        .collect();
+    let per_round: u64 = large.iter().map(|r| u64::from(r.len)).sum();
+    let rounds = lbsync_chunkstore::ChunkParams::LARGE_FILE / per_round + 1;
+    let huge = Manifest::new(
+        std::iter::repeat_n(large, rounds as usize)
+            .flatten()
+            .collect(),
+    );
+    assert!(huge.size() >= lbsync_chunkstore::ChunkParams::LARGE_FILE);
     committed(
         commit(
             &mut c,
-            file_commit("default", "huge.img", &m, 0, Content::Full(m.clone())),
+            file_commit("default", "huge.img", &huge, 0, Content::Full(huge.clone())),
         )
         .await,
+    );
+    // The same chunks as a 6 MiB file's do not fit its size class: a client chunks a file that
+    // small with the store's parameters.
+    let res = c
+        .commit(file_commit(
+            "default",
+            "small.img",
+            &m,
+            0,
+            Content::Full(m.clone()),
+        ))
+        .await;
+    let err = res.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("outside 2048..=65536"),
+        "{}",
+        err.message()
     );
     assert_eq!(download(&mut c, &m).await, data);
 }

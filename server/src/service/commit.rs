@@ -1,0 +1,345 @@
+//! Commits: a file's content resolved to a stored, checked manifest, then the journal entry.
+
+use lbsync_chunkstore::{
+    ChunkParams, ChunkStore, Manifest, PackStore, check_delta, check_manifest, delta_chunk_count,
+};
+use lbsync_proto::convert::batch_from_pb;
+use lbsync_proto::{BatchOutcome, CommitOutcome, CommitRequest, Content, EntryKind, SyncPath, pb};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::authz::{Caller, Need, Who};
+use crate::error::{Error, Result, status};
+use crate::folders::check_folder_name;
+use crate::scope::Scopes;
+
+use super::*;
+
+impl SyncService {
+    /// Resolves a commit's content in `folder` to a stored manifest whose chunks are all
+    /// present, and adds them to the folder's scope. With `scoped`, the manifests and chunks it
+    /// names must be in the folder's scope already: others are answered unknown or missing, as if
+    /// the store lacked them (a user never builds on another folder's data by naming its ids).
+    ///
+    /// The manifest is checked against the file before it is built or stored (its refs within
+    /// the chunking parameters for `work.size` and adding up to it, a delta's result counted
+    /// from its runs); the answer also says how many refs were read and built, for the batch's
+    /// budget.
+    fn store_manifest(
+        store: &PackStore,
+        scopes: &Scopes,
+        folder: &str,
+        scoped: bool,
+        content: Content,
+        work: Work,
+    ) -> Result<(Manifest, usize, u64)> {
+        let over = |cost: u64| {
+            Error::BatchBudget(format!(
+                "the commit reads and builds {cost} manifest refs, over the {} left of this \
+                 CommitBatch's budget of {} refs: commit the file on its own or in a smaller batch",
+                work.left, work.batch
+            ))
+        };
+        let known = |id: &lbsync_chunkstore::ManifestId| -> Result<Option<Manifest>> {
+            if scoped && !scopes.has_manifest(folder, id)? {
+                return Ok(None);
+            }
+            Ok(store.get_manifest(id)?)
+        };
+        // The chunks that may not be in the folder's scope yet: none for a known manifest in
+        // scope, the new refs of a delta on a base in scope, else all (`None`).
+        let (manifest, new_refs, fresh, cost) = match content {
+            Content::Known(id) => {
+                let m = known(&id)?.ok_or_else(|| {
+                    Error::UnknownManifest(format!(
+                        "manifest {id} is not on the server: send the manifest in full"
+                    ))
+                })?;
+                let cost = m.chunks().len() as u64;
+                if cost > work.left {
+                    return Err(over(cost));
+                }
+                let fresh = scopes.has_manifest(folder, &id)?.then(Vec::new);
+                (m, 0, fresh, cost)
+            }
+            Content::Full(m) => {
+                if m.size() != work.size {
+                    return Err(Error::BadRequest(format!(
+                        "{} declares {} bytes but its manifest holds {}",
+                        work.path,
+                        work.size,
+                        m.size()
+                    )));
+                }
+                check_manifest(&m, &work.params, work.size, work.max_refs)?;
+                let n = m.chunks().len();
+                if n as u64 > work.left {
+                    return Err(over(n as u64));
+                }
+                (m, n, None, n as u64)
+            }
+            Content::Delta { base, delta } => {
+                // Counted from the runs before the base is even read.
+                let built = delta_chunk_count(&delta).unwrap_or(u64::MAX);
+                if built > work.left {
+                    return Err(over(built));
+                }
+                let base_m = known(&base)?.ok_or_else(|| {
+                    Error::UnknownManifest(format!(
+                        "delta base manifest {base} is not on the server: send the manifest in full"
+                    ))
+                })?;
+                let cost = built.saturating_add(base_m.chunks().len() as u64);
+                if cost > work.left {
+                    return Err(over(cost));
+                }
+                check_delta(&delta, &base_m, &work.params, work.size, work.max_refs)?;
+                let n = delta.new_refs().count();
+                let fresh = scopes
+                    .has_manifest(folder, &base)?
+                    .then(|| delta.new_refs().map(|r| r.id).collect::<Vec<_>>());
+                (delta.apply(&base_m)?, n, fresh, cost)
+            }
+        };
+        let ids: Vec<_> = manifest.chunks().iter().map(|c| c.id).collect();
+        let mut missing = store.missing(&ids)?;
+        if scoped {
+            // Chunks outside the folder's scope are as missing as chunks the store lacks.
+            let mut seen: std::collections::HashSet<_> = missing.iter().copied().collect();
+            let outside = scopes.outside(folder, fresh.as_deref().unwrap_or(&ids))?;
+            missing.extend(outside.into_iter().filter(|id| seen.insert(*id)));
+        }
+        if !missing.is_empty() {
+            return Err(Error::MissingChunks(missing));
+        }
+        store.put_manifest(&manifest)?;
+        match &fresh {
+            None => scopes.add_manifest(folder, &manifest, true)?,
+            Some(new) => {
+                scopes.add_manifest(folder, &manifest, false)?;
+                scopes.add_chunks(folder, new)?;
+            }
+        }
+        Ok((manifest, new_refs, cost))
+    }
+
+    /// Commits `req` for `caller` (authorized to write its folder); `received` is the size of the
+    /// request on the wire, for the log.
+    /// `left` is what is left of the batch's budget of manifest refs read and built (see
+    /// [`Limits::max_batch_refs`]); the commit's cost is taken from it.
+    pub(super) async fn commit_request(
+        &self,
+        caller: &Caller,
+        req: CommitRequest,
+        received: usize,
+        left: &mut u64,
+    ) -> Result<CommitOutcome> {
+        check_folder_name(&req.folder)?;
+        let CommitRequest {
+            folder,
+            mut entry,
+            base_version,
+            content,
+        } = req;
+        entry.mode &= 0o7777;
+        let file = entry.kind == EntryKind::File && !entry.deleted;
+        match (&content, file) {
+            (None, true) => {
+                return Err(Error::BadRequest(format!(
+                    "commit of file {} has no content: send a manifest, a manifest id or a delta",
+                    entry.path
+                )));
+            }
+            (Some(_), false) => {
+                return Err(Error::BadRequest(format!(
+                    "commit of {} carries content, but only files that are not deleted have content",
+                    entry.path
+                )));
+            }
+            _ => {}
+        }
+        if entry.kind == EntryKind::Symlink && !entry.deleted && entry.symlink_target.is_none() {
+            return Err(Error::BadRequest(format!(
+                "symlink {} has no target",
+                entry.path
+            )));
+        }
+        let (total, new_refs) = match content {
+            Some(content) => {
+                let (store, scopes) = (self.store.clone(), self.scopes.clone());
+                let scoped = caller.scope(&folder).is_some();
+                let f = folder.clone();
+                let work = Work {
+                    path: entry.path.clone(),
+                    size: entry.size,
+                    params: self.store.params(),
+                    max_refs: self.limits.max_manifest_refs,
+                    left: *left,
+                    batch: self.limits.max_batch_refs,
+                };
+                let path = entry.path.clone();
+                let (manifest, new_refs, cost) = blocking(move || {
+                    Self::store_manifest(&store, &scopes, &f, scoped, content, work)
+                })
+                .await
+                .map_err(|e| match e {
+                    Error::Store(lbsync_chunkstore::Error::BadManifest(why)) => {
+                        Error::BadRequest(format!("{path}: {why}"))
+                    }
+                    e => e,
+                })?;
+                *left = left.saturating_sub(cost);
+                if entry.size != manifest.size() {
+                    return Err(Error::BadRequest(format!(
+                        "{} declares {} bytes but its manifest holds {}",
+                        entry.path,
+                        entry.size,
+                        manifest.size()
+                    )));
+                }
+                entry.manifest = Some(manifest.id());
+                (manifest.chunks().len(), new_refs)
+            }
+            None => {
+                entry.manifest = None;
+                entry.size = 0;
+                (0, 0)
+            }
+        };
+        let folders = self.folders.clone();
+        let f = folder.clone();
+        let outcome = blocking(move || folders.commit(&f, entry, base_version)).await?;
+        match &outcome {
+            CommitOutcome::Committed(e) => {
+                info!(
+                    "commit {folder}/{} v{} by {} ({}): {}{new_refs} of {total} chunks new, {received} bytes received",
+                    e.path,
+                    e.version,
+                    e.device,
+                    caller.name(),
+                    if e.deleted { "deleted; " } else { "" },
+                );
+                let _ = self.commits.send((folder.as_str().into(), e.seq));
+            }
+            CommitOutcome::Conflict(current) => info!(
+                "commit {folder}/{} refused: based on v{base_version}, current is v{}",
+                current.path, current.version
+            ),
+        }
+        Ok(outcome)
+    }
+
+    pub(super) async fn commit_rpc(
+        &self,
+        req: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let who = Who::of(&req);
+        let r = req.into_inner();
+        let caller = self
+            .authz
+            .authorize(who, "Commit", &r.folder, Need::Write)
+            .await?;
+        let _turn = self.gates.enter(&caller.name()).await;
+        let metadata_bytes = prost::Message::encoded_len(&r);
+        let req = to_status(CommitRequest::try_from(r).map_err(Error::from))?;
+        let mut unbounded = u64::MAX;
+        let outcome = to_status(
+            self.commit_request(&caller, req, metadata_bytes, &mut unbounded)
+                .await,
+        )?;
+        Ok(Response::new(outcome.into()))
+    }
+
+    pub(super) async fn commit_batch_rpc(
+        &self,
+        req: Request<pb::CommitBatchRequest>,
+    ) -> Result<Response<pb::CommitBatchResponse>, Status> {
+        let who = Who::of(&req);
+        let r = req.into_inner();
+        to_status(check_folder_name(&r.folder))?;
+        let caller = self
+            .authz
+            .authorize(who, "CommitBatch", &r.folder, Need::Write)
+            .await?;
+        let _turn = self.gates.enter(&caller.name()).await;
+        let sizes: Vec<usize> = r.commits.iter().map(prost::Message::encoded_len).collect();
+        let reqs = to_status(batch_from_pb(r).map_err(Error::from))?;
+        // The refs the batch's manifests and deltas would build, counted before any is tried.
+        let declared = reqs
+            .iter()
+            .map(|r| match &r.content {
+                Some(Content::Full(m)) => m.chunks().len() as u64,
+                Some(Content::Delta { delta, .. }) => delta_chunk_count(delta).unwrap_or(u64::MAX),
+                Some(Content::Known(_)) | None => 0,
+            })
+            .fold(0u64, u64::saturating_add);
+        let budget = self.limits.max_batch_refs;
+        if declared > budget {
+            return Err(status(&Error::BadRequest(format!(
+                "the commits of this CommitBatch build {declared} manifest refs, over the limit of \
+                 {budget}: send fewer or smaller commits per batch"
+            ))));
+        }
+        let mut left = budget;
+        let mut results = Vec::with_capacity(reqs.len());
+        // Set once a commit fails for a reason not its own: the rest are not tried, and the
+        // answer still reports the commits that took effect before it.
+        let mut stopped: Option<String> = None;
+        for (req, size) in reqs.into_iter().zip(sizes) {
+            let outcome = match &stopped {
+                Some(why) => BatchOutcome::NotAttempted(why.clone()),
+                None => match self.commit_request(&caller, req, size, &mut left).await {
+                    Ok(CommitOutcome::Committed(e)) => BatchOutcome::Committed {
+                        version: e.version,
+                        seq: e.seq,
+                        committed_ns: e.committed_ns,
+                    },
+                    Ok(CommitOutcome::Conflict(e)) => BatchOutcome::Conflict(e),
+                    Err(Error::BatchBudget(why)) => {
+                        // The rest are not tried: each would read before it could be refused.
+                        stopped = Some(why.clone());
+                        BatchOutcome::Invalid(why)
+                    }
+                    Err(e) => batch_refusal(e).unwrap_or_else(|e| {
+                        let why = status(&e).message().to_owned();
+                        stopped = Some(why.clone());
+                        BatchOutcome::NotAttempted(why)
+                    }),
+                },
+            };
+            results.push(outcome.into());
+        }
+        Ok(Response::new(pb::CommitBatchResponse { results }))
+    }
+}
+
+/// What one commit may cost, and what it is checked against.
+#[derive(Clone, Debug)]
+pub(super) struct Work {
+    /// The file's path, for messages.
+    path: SyncPath,
+    /// The file's declared size.
+    size: u64,
+    /// The store's chunking parameters (a file's come from [`ChunkParams::for_file`]).
+    params: ChunkParams,
+    /// The most refs the commit's manifest may have.
+    max_refs: u64,
+    /// The manifest refs it may still read and build: what is left of its batch's budget.
+    left: u64,
+    /// The batch's whole budget, for the message.
+    batch: u64,
+}
+
+/// How one commit of a batch ended, when it ended for a reason of its own: the errors a single
+/// Commit answers with a status of its own. Others (the disk is full, the store failed) end the
+/// whole batch.
+fn batch_refusal(e: Error) -> Result<BatchOutcome> {
+    match e {
+        Error::MissingChunks(ids) => Ok(BatchOutcome::MissingChunks(ids)),
+        Error::UnknownManifest(m) => Ok(BatchOutcome::UnknownManifest(m)),
+        e if status(&e).code() == tonic::Code::InvalidArgument => {
+            Ok(BatchOutcome::Invalid(e.to_string()))
+        }
+        e => Err(e),
+    }
+}
