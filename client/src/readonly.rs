@@ -20,7 +20,16 @@ impl Syncer {
         let folder = self.remote.folder.clone();
         let mut remote_ok = true;
         for path in paths {
-            let here = fingerprint(&path.to_local(&self.root));
+            // A deletion here may be a parent that became a symlink: never look or move
+            // through it.
+            let local = match crate::confine::check(&self.root, &path) {
+                Ok(local) => local,
+                Err(e) => {
+                    self.problem(&path, &e, 0);
+                    continue;
+                }
+            };
+            let here = fingerprint(&local);
             if !self.state.state.files.contains_key(path.as_str()) {
                 self.report.local_only += 1;
                 debug!("{path} stays on this device only: {folder} is read-only here");

@@ -228,5 +228,29 @@ async fn a_read_only_member_keeps_its_edits_to_itself() {
         fs::read_to_string(a.join("plan.txt")).unwrap(),
         "alice's plan"
     );
+
+    // A directory replaced by a symlink to elsewhere: nothing outside is looked at or moved,
+    // and the directory comes back.
+    let outside = tmp.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("keep.txt"), "not bob's folder").unwrap();
+    fs::remove_dir_all(b.join("notes")).unwrap();
+    std::os::unix::fs::symlink(&outside, b.join("notes")).unwrap();
+    let o = run(sync(&b, &bob_tf, "b")).await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        1,
+        "nothing is moved into or out of the symlink's target"
+    );
+    assert_eq!(
+        fs::read_to_string(outside.join("keep.txt")).unwrap(),
+        "not bob's folder"
+    );
+    assert!(fs::symlink_metadata(b.join("notes")).unwrap().is_dir());
+    assert_eq!(
+        fs::read_to_string(b.join("notes/keep.txt")).unwrap(),
+        "keep me"
+    );
     drop(server);
 }
