@@ -15,10 +15,10 @@ impl Drop for Reaper {
     }
 }
 
-#[test]
-fn binary_serves_stops_on_sigterm_and_runs_admin_commands() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+/// `lbsync-server` serving `store` on a port the OS picks; waits for its "serving ... on ADDR"
+/// line and returns the process, that line, the address, and every line logged until then.
+#[allow(clippy::unwrap_used)] // a test helper: a failure is a test failure
+fn serve(store: &std::path::Path) -> (Reaper, String, std::net::SocketAddr, Vec<String>) {
     let mut child = Command::new(BIN)
         .args([
             "--store",
@@ -32,30 +32,42 @@ fn binary_serves_stops_on_sigterm_and_runs_admin_commands() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let mut child = Reaper(child);
+    let child = Reaper(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
-    let addr = loop {
+    let mut seen = Vec::new();
+    loop {
         let line = rx
             .recv_timeout(std::time::Duration::from_secs(20))
-            .expect("server started");
+            .expect("the server logs that it serves");
+        seen.push(line.clone());
         if let Some(rest) = line
             .split(" on ")
             .nth(1)
             .filter(|_| line.contains("serving"))
         {
-            break rest
+            let addr = rest
                 .split_whitespace()
                 .next()
                 .unwrap()
                 .trim_end_matches(',')
-                .to_owned();
+                .parse()
+                .unwrap();
+            return (child, line, addr, seen);
         }
-    };
+    }
+}
+
+#[test]
+fn binary_serves_stops_on_sigterm_and_runs_admin_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (mut child, _, addr, _) = serve(&store);
+    let addr = addr.to_string();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store_id = rt.block_on(async {
         let mut c = crate::util::connect(addr.parse().unwrap(), None).await;
@@ -224,29 +236,7 @@ fn cert_makes_a_certificate_that_the_server_serves_with_its_fingerprint() {
     let (ok, again) = cert(&[]);
     assert!(!ok && again.contains("--force"), "{again}");
 
-    let mut child = Command::new(BIN)
-        .args([
-            "--store",
-            store.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let _child = Reaper(child);
-    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
-    let mut seen = Vec::new();
-    let serving = loop {
-        let line = lines.next().expect("the server logs that it serves");
-        seen.push(line.clone());
-        if line.contains("serving") {
-            break line;
-        }
-    };
+    let (_child, serving, _, seen) = serve(&store);
     assert!(serving.contains("with TLS"), "{serving}");
     assert!(
         seen.iter()
@@ -367,42 +357,8 @@ fn users_tokens_and_shares_through_the_binary_stopped_and_running() {
     let alice = token_of(&out);
     assert!(alice.starts_with("lbs_"), "{out}");
 
-    let mut child = Command::new(BIN)
-        .args([
-            "--store",
-            store.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut child = Reaper(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr: std::net::SocketAddr = loop {
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .expect("server started");
-        if line.contains("serving") {
-            assert!(line.contains("tokens required"), "{line}");
-            let rest = line.split(" on ").nth(1).unwrap();
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .trim_end_matches(',')
-                .parse()
-                .unwrap();
-        }
-    };
+    let (mut child, serving, addr, _) = serve(&store);
+    assert!(serving.contains("tokens required"), "{serving}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let hs = |token: Option<String>, folder: &'static str| {
         rt.block_on(async move {
