@@ -99,6 +99,12 @@ pub fn decode_chunk_against(
             c.raw_len
         )));
     }
+    if c.raw_len == 0 {
+        // No chunker makes one (an empty file has no chunks), and no manifest may name one.
+        return Err(ConvertError::BadChunk(format!(
+            "chunk {id} is empty: a chunk is at least 1 byte, and an empty file has no chunks"
+        )));
+    }
     let declared = |data: &Bytes| {
         if data.len() == c.raw_len as usize {
             Ok(())

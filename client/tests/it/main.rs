@@ -6,6 +6,7 @@ mod cli;
 mod faults;
 mod model;
 mod procs;
+mod python;
 mod safety;
 mod sync;
 mod tls;

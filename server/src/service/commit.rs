@@ -164,6 +164,13 @@ impl SyncService {
                 entry.path
             )));
         }
+        if entry.kind != EntryKind::Symlink && entry.symlink_target.is_some() {
+            return Err(Error::BadRequest(format!(
+                "{} is not a symlink but names a symlink target: send symlink_target only for \
+                 symlinks",
+                entry.path
+            )));
+        }
         let (total, new_refs) = match content {
             Some(content) => {
                 let (store, scopes) = (self.store.clone(), self.scopes.clone());

@@ -885,3 +885,98 @@ async fn a_batch_stops_where_its_reads_spend_its_budget() {
     assert_eq!(handshake(&mut c, "default").await.head, 1 + fit as u64);
     server.stop().await;
 }
+
+/// What the specification (sync.proto, docs/PROTOCOL.md) says a client must not send, beyond
+/// the shape checks above: an empty chunk, a chunk whose length is not its declared raw_len, a
+/// symlink target on an entry that is not a symlink. Each is refused with its reason and changes
+/// nothing.
+#[tokio::test]
+async fn what_the_spec_forbids_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    handshake(&mut c, "default").await;
+    let (m, _) = upload(&mut c, b"honest").await;
+    committed(
+        commit(
+            &mut c,
+            file_commit("default", "fine.txt", &m, 0, Content::Full(m.clone())),
+        )
+        .await,
+    );
+    let before = folder_state(&mut c, "default").await;
+
+    let put = |chunk: pb::ChunkData| {
+        tokio_stream::iter([pb::PutChunksRequest {
+            chunks: vec![chunk],
+            folder: "default".into(),
+        }])
+    };
+    let empty = Chunk::new(Bytes::new());
+    let res = c
+        .put_chunks(put(encode_chunk(empty.id(), empty.data())))
+        .await;
+    refused("an empty chunk", res, Code::InvalidArgument, "is empty");
+    assert!(
+        missing(&mut c, &[empty.id()]).await.contains(&empty.id()),
+        "the empty chunk was not stored"
+    );
+    let abc = Chunk::new(&b"abc"[..]);
+    let mut short = encode_chunk(abc.id(), abc.data());
+    short.raw_len = 2;
+    let res = c.put_chunks(put(short)).await;
+    refused(
+        "raw_len not the length",
+        res,
+        Code::InvalidArgument,
+        "declared",
+    );
+
+    let mut file_with_target = file_commit("default", "f.txt", &m, 0, Content::Known(m.id()));
+    file_with_target.entry.as_mut().unwrap().symlink_target = "/etc/passwd".into();
+    let res = c.commit(file_with_target.clone()).await;
+    refused(
+        "a file with a symlink target",
+        res,
+        Code::InvalidArgument,
+        "not a symlink",
+    );
+    let mut dir_with_target: pb::CommitRequest = lbsync_proto::CommitRequest {
+        folder: "default".into(),
+        entry: lbsync_proto::Entry::dir(lbsync_proto::SyncPath::new("d").unwrap(), "h"),
+        base_version: 0,
+        content: None,
+    }
+    .into();
+    dir_with_target.entry.as_mut().unwrap().symlink_target = "..".into();
+    let res = c.commit(dir_with_target).await;
+    refused(
+        "a directory with a symlink target",
+        res,
+        Code::InvalidArgument,
+        "not a symlink",
+    );
+    let res = c
+        .commit_batch(pb::CommitBatchRequest {
+            folder: "default".into(),
+            device: "hostile".into(),
+            commits: vec![file_with_target],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match &res.results[0].result {
+        Some(pb::commit_result::Result::Refused(r)) => {
+            assert_eq!(r.reason, pb::Refusal::Invalid as i32);
+            assert!(r.message.contains("not a symlink"), "{}", r.message);
+        }
+        other => panic!("a file with a symlink target in a batch: {other:?}"),
+    }
+
+    assert_eq!(
+        folder_state(&mut c, "default").await,
+        before,
+        "nothing was committed"
+    );
+    server.stop().await;
+}
