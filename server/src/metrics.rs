@@ -394,3 +394,107 @@ fn respond<B>(req: &http::Request<B>, metrics: &Metrics) -> http::Response<Full<
     );
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_server::Health as _;
+    use tonic_health::server::{HealthReporter, HealthService};
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::*;
+
+    async fn status(h: &HealthService, name: &str) -> ServingStatus {
+        h.check(tonic::Request::new(HealthCheckRequest {
+            service: name.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+    }
+
+    /// A response marked as a store failure turns health NOT_SERVING (the mark does not leave);
+    /// a successful write turns it back; other RPCs' successes do not.
+    #[tokio::test]
+    async fn store_failures_turn_health_not_serving_until_a_write_succeeds() {
+        let reporter = HealthReporter::new();
+        let health = Health::new(reporter.clone()).await;
+        health.serving().await;
+        let service = HealthService::from_health_reporter(reporter);
+        let metrics = Metrics::new();
+        let inner = tower::service_fn(|req: http::Request<()>| async move {
+            let mut resp = http::Response::new(());
+            if req.uri().path().ends_with("/Commit") && req.headers().contains_key("fail") {
+                resp.headers_mut()
+                    .insert("grpc-status", "13".parse().unwrap());
+                resp.headers_mut()
+                    .insert(STORE_FAILURE_HEADER, "1".parse().unwrap());
+            }
+            Ok::<_, Infallible>(resp)
+        });
+        let mut svc = MetricsLayer {
+            metrics: metrics.clone(),
+            health: health.clone(),
+        }
+        .layer(inner);
+        let call = |path: &str, fail: bool| {
+            let mut b = http::Request::builder().uri(format!("http://x{path}"));
+            if fail {
+                b = b.header("fail", "1");
+            }
+            b.body(()).unwrap()
+        };
+        assert_eq!(
+            status(&service, "lbsync.v1.Sync").await,
+            ServingStatus::Serving
+        );
+        let resp = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(call("/lbsync.v1.Sync/Commit", true))
+            .await
+            .unwrap();
+        assert!(!resp.headers().contains_key(STORE_FAILURE_HEADER));
+        assert_eq!(status(&service, "").await, ServingStatus::NotServing);
+        assert_eq!(
+            status(&service, "lbsync.v1.Sync").await,
+            ServingStatus::NotServing
+        );
+        svc.ready()
+            .await
+            .unwrap()
+            .call(call("/lbsync.v1.Sync/History", false))
+            .await
+            .unwrap();
+        assert_eq!(status(&service, "").await, ServingStatus::NotServing);
+        svc.ready()
+            .await
+            .unwrap()
+            .call(call("/lbsync.v1.Sync/Commit", false))
+            .await
+            .unwrap();
+        assert_eq!(status(&service, "").await, ServingStatus::Serving);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"lbsync_rpc_errors_total{method="/lbsync.v1.Sync/Commit",code="Internal"} 1"#
+            ),
+            "{text}"
+        );
+        health.stopping().await;
+        svc.ready()
+            .await
+            .unwrap()
+            .call(call("/lbsync.v1.Sync/Commit", false))
+            .await
+            .unwrap();
+        assert_eq!(
+            status(&service, "").await,
+            ServingStatus::NotServing,
+            "a stop is for good"
+        );
+    }
+}
