@@ -83,6 +83,22 @@ pub enum Error {
         /// What is wrong with it, and what to do.
         what: String,
     },
+    /// There is no store in the directory, and the open was not allowed to create one.
+    #[error(
+        "there is no store at {}: check the path (--store or LBSYNC_STORE), or create a store \
+         there with `lbsync-server init --store {}`",
+        .dir.display(), .dir.display()
+    )]
+    NoStore {
+        /// The directory that holds no store.
+        dir: PathBuf,
+    },
+    /// Another process holds the store's index (sled lets one process open it).
+    #[error("the store at {} is in use by another process: stop it first", .dir.display())]
+    Locked {
+        /// The store directory.
+        dir: PathBuf,
+    },
     /// The store was opened read-only and was asked to change.
     #[error(
         "store at {dir} is open read-only, so it cannot {what}; run the command that changes it \

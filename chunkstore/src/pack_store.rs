@@ -88,6 +88,9 @@ pub struct StoreOptions {
     /// sled itself does to open), records found past a watermark are indexed in memory only, and
     /// inserts, repairs and collections fail with [`Error::ReadOnly`].
     pub read_only: bool,
+    /// Create the store if `dir` holds none; when false, such an open fails with
+    /// [`Error::NoStore`] and creates nothing (read-only opens never create).
+    pub create: bool,
 }
 
 impl Default for StoreOptions {
@@ -98,6 +101,7 @@ impl Default for StoreOptions {
             pack_target: 256 << 20,
             lock_wait: std::time::Duration::from_secs(3),
             read_only: false,
+            create: true,
         }
     }
 }
@@ -194,6 +198,24 @@ impl PackStore {
         Self::open_with(dir, &StoreOptions::default())
     }
 
+    /// Opens the existing store in `dir`; fails with [`Error::NoStore`], creating nothing, when
+    /// `dir` holds none.
+    pub fn open_existing(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(
+            dir,
+            &StoreOptions {
+                create: false,
+                ..StoreOptions::default()
+            },
+        )
+    }
+
+    /// Whether `dir` holds a store (its index and packs directories).
+    pub fn exists(dir: impl AsRef<Path>) -> bool {
+        let dir = dir.as_ref();
+        dir.join("index").is_dir() && dir.join("packs").is_dir()
+    }
+
     /// Opens the existing store in `dir` only to read it; see [`StoreOptions::read_only`].
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(
@@ -214,12 +236,9 @@ impl PackStore {
     pub fn open_with(dir: impl AsRef<Path>, opts: &StoreOptions) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let packs_dir = dir.join("packs");
-        if opts.read_only {
-            if !dir.join("index").is_dir() || !packs_dir.is_dir() {
-                return Err(Error::BadStore {
-                    dir,
-                    what: "there is no store here (no index/ and packs/): check the path".into(),
-                });
+        if opts.read_only || !opts.create {
+            if !Self::exists(&dir) {
+                return Err(Error::NoStore { dir });
             }
         } else {
             fs::create_dir_all(&packs_dir).map_err(Error::io(format!(
@@ -227,12 +246,17 @@ impl PackStore {
                 packs_dir.display()
             )))?;
         }
-        let db = open_index(&dir.join("index"), opts).map_err(|e| Error::BadStore {
-            dir: dir.clone(),
-            what: format!(
-                "cannot open the index ({e}); if another lbsync-server uses this store, stop it \
-                     first; if the index is damaged, run `lbsync-server fsck --repair`"
-            ),
+        let db = open_index(&dir.join("index"), opts).map_err(|e| {
+            if e.to_string().contains("could not acquire lock") {
+                return Error::Locked { dir: dir.clone() };
+            }
+            Error::BadStore {
+                dir: dir.clone(),
+                what: format!(
+                    "cannot open the index ({e}); if another lbsync-server uses this store, stop \
+                     it first; if the index is damaged, run `lbsync-server fsck --repair`"
+                ),
+            }
         })?;
         let meta = db.open_tree("meta")?;
         let index = db.open_tree("chunks")?;
@@ -255,7 +279,7 @@ impl PackStore {
                     what: format!("its recorded chunking parameters are invalid: {e}"),
                 })?
             }
-            None if opts.read_only => {
+            None if opts.read_only || !opts.create => {
                 return Err(Error::BadStore {
                     dir,
                     what: "its index records no chunking parameters: it was never opened by \

@@ -32,6 +32,10 @@ pub mod pb {
     tonic::include_proto!("lbsync.v1");
 }
 
+/// The encoded `FileDescriptorSet` of `lbsync/v1/*.proto` (with their imports), as server
+/// reflection serves it.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lbsync_descriptor");
+
 pub use convert::{ConvertError, check_device, ids_from_bytes, ids_to_bytes};
 pub use model::{
     BatchOutcome, CommitOutcome, CommitRequest, Content, Entry, EntryKind, PROTOCOL_VERSION,

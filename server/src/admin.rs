@@ -6,8 +6,9 @@ use std::fmt;
 use std::time::Duration;
 
 use lbsync_chunkstore::{
-    ChunkStore, FsckReport, GcOptions, GcReport, ManifestId, PackStore, StoreStats,
+    ChunkStore, FsckProblem, FsckReport, GcOptions, GcReport, ManifestId, PackStore, StoreStats,
 };
+use serde_json::{Value, json};
 
 use crate::error::Result;
 use crate::folders::Folders;
@@ -17,8 +18,8 @@ use crate::folders::Folders;
 pub struct Fsck {
     /// The chunk store's report.
     pub store: FsckReport,
-    /// Files (folder/path vN) whose manifest or chunks are missing.
-    pub damaged_files: Vec<String>,
+    /// File versions whose manifest or chunks are missing.
+    pub damaged_files: Vec<DamagedFile>,
     /// Current and retained file versions checked.
     pub files_checked: u64,
 }
@@ -60,6 +61,91 @@ impl fmt::Display for Fsck {
     }
 }
 
+/// A file version whose manifest or chunks are missing; shown as `folder/path vN`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DamagedFile {
+    /// The folder.
+    pub folder: String,
+    /// The file's path in it.
+    pub path: String,
+    /// The version.
+    pub version: u64,
+}
+
+impl fmt::Display for DamagedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{} v{}", self.folder, self.path, self.version)
+    }
+}
+
+/// Now, as RFC 3339 in UTC: the `at` of the `--json` reports.
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn problem_json(p: &FsckProblem) -> Value {
+    let mut v = match p {
+        FsckProblem::BadPack { pack, what } => {
+            json!({ "kind": "bad_pack", "pack": pack, "what": what })
+        }
+        FsckProblem::DamagedRecord {
+            pack,
+            offset,
+            id,
+            what,
+        } => json!({
+            "kind": "damaged_record",
+            "pack": pack,
+            "offset": offset,
+            "chunk_id": id.map(|i| i.to_string()),
+            "what": what,
+        }),
+        FsckProblem::TornTail {
+            pack,
+            offset,
+            bytes,
+        } => json!({ "kind": "torn_tail", "pack": pack, "offset": offset, "bytes": bytes }),
+        FsckProblem::BadEntry {
+            id,
+            pack,
+            offset,
+            copy_elsewhere,
+        } => json!({
+            "kind": "bad_entry",
+            "chunk_id": id.to_string(),
+            "pack": pack,
+            "offset": offset,
+            "copy_elsewhere": copy_elsewhere,
+        }),
+        _ => json!({ "kind": "other" }),
+    };
+    v["message"] = Value::String(p.to_string());
+    v
+}
+
+impl Fsck {
+    /// The report as `fsck --json` prints it (field names are stable; see the README).
+    pub fn to_json(&self) -> Value {
+        let s = &self.store;
+        json!({
+            "at": now_rfc3339(),
+            "clean": self.is_clean(),
+            "repaired": s.repaired,
+            "packs": s.packs,
+            "records": s.records,
+            "index_entries": s.index_entries,
+            "files_checked": self.files_checked,
+            "problems": s.problems.iter().map(problem_json).collect::<Vec<_>>(),
+            "lost_chunks": s.lost.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "damaged_files": self
+                .damaged_files
+                .iter()
+                .map(|d| json!({ "folder": d.folder, "path": d.path, "version": d.version }))
+                .collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// Checks the chunk store and that every retained file version's manifest and chunks are present.
 pub fn fsck(store: &PackStore, repair: bool) -> Result<Fsck> {
     let report = store.fsck(repair)?;
@@ -80,7 +166,11 @@ pub fn fsck(store: &PackStore, repair: bool) -> Result<Fsck> {
                 _ => false,
             };
             if !sound {
-                damaged.push(format!("{folder}/{} v{}", e.path, e.version));
+                damaged.push(DamagedFile {
+                    folder: folder.clone(),
+                    path: e.path.to_string(),
+                    version: e.version,
+                });
             }
         })?;
     }
@@ -139,6 +229,26 @@ impl fmt::Display for Gc {
             s.packs_deleted,
             s.bytes_reclaimed
         )
+    }
+}
+
+impl Gc {
+    /// The report as `gc --json` prints it (field names are stable; see the README).
+    pub fn to_json(&self) -> Value {
+        let s = &self.store;
+        json!({
+            "at": now_rfc3339(),
+            "dry_run": self.dry_run,
+            "versions_kept": self.versions_kept,
+            "versions_pruned": self.versions_pruned,
+            "live_chunks": s.live_chunks,
+            "swept_chunks": s.swept_chunks,
+            "swept_bytes": s.swept_bytes,
+            "kept_in_grace": s.kept_in_grace,
+            "packs_rewritten": s.packs_rewritten,
+            "packs_deleted": s.packs_deleted,
+            "bytes_reclaimed": s.bytes_reclaimed,
+        })
     }
 }
 
@@ -231,6 +341,26 @@ impl fmt::Display for Stats {
             "dedup ratio:    {:.2} (current files' bytes per byte on disk)",
             s.dedup_ratio(self.logical_bytes)
         )
+    }
+}
+
+impl Stats {
+    /// The report as `stats --json` prints it (field names are stable; see the README).
+    pub fn to_json(&self) -> Value {
+        let s = &self.store;
+        json!({
+            "at": now_rfc3339(),
+            "store_id": (!self.store_id.is_empty()).then_some(&self.store_id),
+            "folders": self.folders,
+            "files": self.files,
+            "logical_bytes": self.logical_bytes,
+            "chunks": s.chunks,
+            "raw_bytes": s.raw_bytes,
+            "stored_bytes": s.stored_bytes,
+            "disk_bytes": s.disk_bytes,
+            "packs": s.packs,
+            "dedup_ratio": s.dedup_ratio(self.logical_bytes),
+        })
     }
 }
 

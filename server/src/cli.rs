@@ -24,7 +24,8 @@ use lbsync_chunkstore::PackStore;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
-    /// The store directory (created if missing).
+    /// The store directory (serving creates it if missing; `init` creates it; every other
+    /// command needs it to exist).
     #[arg(long, global = true, env = "LBSYNC_STORE", default_value_os_t = default_store())]
     store: PathBuf,
     /// Address to listen on.
@@ -47,6 +48,14 @@ struct Cli {
     /// PEM private key, to serve TLS (with --tls-cert) [default: STORE/tls/key.pem]
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; loopback only unless
+    /// --insecure-metrics).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve metrics on a non-loopback address (anyone who can connect reads them, without a
+    /// token).
+    #[arg(long)]
+    insecure_metrics: bool,
     /// Largest gRPC message accepted, in bytes.
     #[arg(long, default_value_t = Limits::default().max_message_bytes)]
     max_message_bytes: usize,
@@ -56,11 +65,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Creates an empty store (serving creates one too, at its first start).
+    Init,
     /// Check every pack record, hash and index entry, and every file version's chunks.
     Fsck {
         /// Truncate torn pack tails and rebuild the index from the packs.
         #[arg(long)]
         repair: bool,
+        /// Print the report as JSON (stable snake_case fields, sizes in bytes, RFC 3339 UTC).
+        #[arg(long)]
+        json: bool,
     },
     /// Drop old versions beyond the retention and delete chunks nothing references.
     Gc {
@@ -76,9 +90,16 @@ enum Command {
         /// Never delete chunks stored less than this many seconds ago (uploads awaiting commit).
         #[arg(long, default_value_t = 3600)]
         grace_secs: u64,
+        /// Print the report as JSON (stable snake_case fields, sizes in bytes, RFC 3339 UTC).
+        #[arg(long)]
+        json: bool,
     },
     /// Chunks, logical and stored bytes, dedup ratio, folders and files.
-    Stats,
+    Stats {
+        /// Print the report as JSON (stable snake_case fields, sizes in bytes, RFC 3339 UTC).
+        #[arg(long)]
+        json: bool,
+    },
     /// Makes a self-signed TLS certificate in STORE/tls/, which the server then serves; clients
     /// trust it with `--pin` and the fingerprint this prints.
     Cert {
@@ -158,14 +179,58 @@ fn default_store() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("lbsync-store"))
 }
 
-/// Opens the store; `read_only` for the commands that only look (they change no pack).
-fn open_store(dir: &Path, read_only: bool) -> anyhow::Result<PackStore> {
-    let store = if read_only {
-        PackStore::open_read_only(dir)
-    } else {
-        PackStore::open(dir)
+/// How a command opens the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Open {
+    /// Only to look (it changes no pack); the store must exist.
+    ReadOnly,
+    /// To change; the store must exist (an admin command on a mistyped path creates nothing).
+    Existing,
+    /// To serve: created if missing.
+    Create,
+}
+
+/// Why the store at `dir` is locked, in words: the pid of the server that holds it, from its pid
+/// file, when there is one.
+fn locked(dir: &Path) -> anyhow::Error {
+    let pid = std::fs::read_to_string(crate::pid_path(dir))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    match pid {
+        Some(pid) => anyhow::anyhow!(
+            "the store at {} is locked by lbsync-server pid {pid}, which is serving it: stop that \
+             server first (`kill -TERM {pid}`, or `systemctl stop lbsync-server`), then run this \
+             command again",
+            dir.display()
+        ),
+        None => anyhow::anyhow!(
+            "the store at {} is locked by another process (not a serving lbsync-server: maybe \
+             another admin command): wait for it to finish or stop it, then run this command again",
+            dir.display()
+        ),
     }
-    .with_context(|| format!("opening store at {}", dir.display()))?;
+}
+
+/// Opens the store at `dir` as `how` says.
+fn open_store(dir: &Path, how: Open) -> anyhow::Result<PackStore> {
+    let read_only = how == Open::ReadOnly;
+    let store = match how {
+        Open::ReadOnly => PackStore::open_read_only(dir),
+        Open::Existing => PackStore::open_existing(dir),
+        Open::Create => PackStore::open(dir),
+    };
+    let store = match store {
+        Ok(s) => s,
+        Err(lbsync_chunkstore::Error::Locked { .. }) => return Err(locked(dir)),
+        // It names the path and says what to do.
+        Err(e @ lbsync_chunkstore::Error::NoStore { .. }) => return Err(e.into()),
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("opening store at {}", dir.display()))
+            );
+        }
+    };
     let r = store.recovery();
     if r.created {
         tracing::info!("created a new store at {}", dir.display());
@@ -270,7 +335,40 @@ fn report(r: &dyn Display) {
     let _ = writeln!(out, "{r}").and_then(|()| out.flush());
 }
 
+/// Prints `json` on stdout, pretty-printed (see [`report`]).
+fn report_json(json: &serde_json::Value) {
+    let text =
+        serde_json::to_string_pretty(json).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    report(&text);
+}
+
 async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCode> {
+    if let Some(Command::Init) = &cli.command {
+        let dir = cli.store.clone();
+        if PackStore::exists(&dir) {
+            bail!(
+                "there is a store at {} already: nothing to do (serve it with `lbsync-server \
+                 --store {}`)",
+                dir.display(),
+                dir.display()
+            );
+        }
+        let store = tokio::task::spawn_blocking(move || open_store(&dir, Open::Create)).await??;
+        let id = store.store_id().to_owned();
+        tokio::task::spawn_blocking(move || store.flush()).await??;
+        report(&format!(
+            "created a store at {} (id {id}); serve it with `lbsync-server --store {}`",
+            cli.store.display(),
+            cli.store.display()
+        ));
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if matches!(cli.command, Some(Command::Cert { .. })) && !PackStore::exists(&cli.store) {
+        return Err(lbsync_chunkstore::Error::NoStore {
+            dir: cli.store.clone(),
+        }
+        .into());
+    }
     if let Some(Command::Cert { names, force }) = &cli.command {
         let made = crate::tls::make_self_signed(&cli.store, names, *force)?;
         report(&made);
@@ -287,34 +385,30 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
         let text = match crate::control::call(&cli.store, &args).await {
             Some(answer) => answer?,
             None => {
-                let store = open_store(&cli.store, false).map_err(|e| {
-                    if format!("{e:#}").contains("could not acquire lock") {
-                        anyhow::anyhow!(
-                            "the store at {} is in use, but no server answers at its admin \
-                             socket: stop the process using it, then run this command again",
-                            cli.store.display()
-                        )
-                    } else {
-                        e
-                    }
-                })?;
+                // A locked store whose server does not answer: `open_store` names its pid.
+                let store = open_store(&cli.store, Open::Existing)?;
                 tokio::task::spawn_blocking(move || admin(&store, cmd)).await??
             }
         };
         report(&text);
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    let read_only = match &cli.command {
-        Some(Command::Fsck { repair }) => !repair,
-        Some(Command::Gc { dry_run, .. }) => *dry_run,
-        Some(Command::Stats) => true,
-        _ => false,
+    let how = match &cli.command {
+        Some(Command::Fsck { repair: false, .. })
+        | Some(Command::Gc { dry_run: true, .. })
+        | Some(Command::Stats { .. }) => Open::ReadOnly,
+        Some(_) => Open::Existing,
+        None => Open::Create,
     };
-    let store = open_store(&cli.store, read_only)?;
+    let store = open_store(&cli.store, how)?;
     match cli.command {
-        Some(Command::Fsck { repair }) => {
+        Some(Command::Fsck { repair, json }) => {
             let fsck = tokio::task::spawn_blocking(move || admin::fsck(&store, repair)).await??;
-            report(&fsck);
+            if json {
+                report_json(&fsck.to_json());
+            } else {
+                report(&fsck);
+            }
             return Ok(if fsck.is_clean() || fsck.store.repaired {
                 std::process::ExitCode::SUCCESS
             } else {
@@ -326,6 +420,7 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
             keep_versions,
             keep_days,
             grace_secs,
+            json,
         }) => {
             let retention = Retention {
                 keep_versions,
@@ -335,12 +430,20 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
             let gc =
                 tokio::task::spawn_blocking(move || admin::gc(&store, retention, grace, dry_run))
                     .await??;
-            report(&gc);
+            if json {
+                report_json(&gc.to_json());
+            } else {
+                report(&gc);
+            }
             return Ok(std::process::ExitCode::SUCCESS);
         }
-        Some(Command::Stats) => {
+        Some(Command::Stats { json }) => {
             let stats = tokio::task::spawn_blocking(move || admin::stats(&store)).await??;
-            report(&stats);
+            if json {
+                report_json(&stats.to_json());
+            } else {
+                report(&stats);
+            }
             return Ok(std::process::ExitCode::SUCCESS);
         }
         Some(_) => bail!("admin commands are run above"),
@@ -382,6 +485,29 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
         );
     }
     let tls = tls.map(|t| (t.cert_pem, t.key_pem));
+    let metrics = crate::Metrics::new();
+    let metrics_task = match cli.metrics_listen {
+        Some(addr) => {
+            if !addr.ip().is_loopback() && !cli.insecure_metrics {
+                bail!(
+                    "refusing to serve metrics on {addr}: anyone who can connect could read them, \
+                     without a token. Use a loopback address (e.g. 127.0.0.1:9700) and let the \
+                     scraper reach it locally, or pass --insecure-metrics on a network where \
+                     that is fine"
+                );
+            }
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for metrics on {addr}"))?;
+            let bound = listener.local_addr().context("the metrics address")?;
+            tracing::info!("metrics on http://{bound}/metrics");
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics.clone(),
+            )))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("listening on {}", cli.listen))?;
@@ -392,8 +518,13 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
             max_message_bytes: cli.max_message_bytes,
             ..Limits::default()
         },
+        metrics,
     };
-    crate::run(listener, store, config, shutdown_signal()).await?;
+    let served = crate::run(listener, store, config, shutdown_signal()).await;
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    served?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -512,18 +643,25 @@ fn admin(store: &PackStore, command: Command) -> anyhow::Result<String> {
     })
 }
 
-/// SIGINT or SIGTERM.
+/// SIGINT, SIGTERM or SIGHUP: each stops the server gracefully.
 async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGTERM ({e}); stop with Ctrl-C");
+    use tokio::signal::unix::{SignalKind, signal};
+    let (term, hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(h)) => (t, h),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("cannot listen for SIGTERM and SIGHUP ({e}); stop with Ctrl-C");
             let _ = tokio::signal::ctrl_c().await;
             return;
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let (mut term, mut hup) = (term, hup);
+    let name = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    };
+    tracing::info!("{name}: stopping gracefully");
 }

@@ -107,12 +107,18 @@ pub fn status(e: &Error) -> Status {
         | Error::Store(lbsync_chunkstore::Error::BadId(_)) => Code::InvalidArgument,
         Error::Store(_) | Error::Sled(_) if is_disk_full(e) => {
             tracing::error!("the disk is full: {}", chain(e));
-            return Status::resource_exhausted(
+            return store_failure(Status::resource_exhausted(
                 "the server's disk is full: nothing was committed; free space on the server (and restart \
                  lbsync-server if this persists once there is space), then sync again",
-            );
+            ));
         }
-        Error::Store(_) | Error::Sled(_) | Error::Metadata(_) | Error::Serve(_) => {
+        Error::Store(lbsync_chunkstore::Error::Io { .. })
+        | Error::Store(lbsync_chunkstore::Error::Index(_))
+        | Error::Sled(_) => {
+            tracing::error!("internal error: {}", chain(e));
+            return store_failure(Status::new(Code::Internal, e.to_string()));
+        }
+        Error::Store(_) | Error::Metadata(_) | Error::Serve(_) => {
             tracing::error!("internal error: {}", chain(e));
             Code::Internal
         }
@@ -126,6 +132,16 @@ pub fn status(e: &Error) -> Status {
             tonic::metadata::MetadataValue::from_bytes(&bytes),
         );
     }
+    status
+}
+
+/// Marks a status as a failure of the store itself, for health (see `metrics`, which takes the
+/// mark off before the answer leaves).
+fn store_failure(mut status: Status) -> Status {
+    status.metadata_mut().insert(
+        crate::metrics::STORE_FAILURE_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     status
 }
 

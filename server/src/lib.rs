@@ -15,6 +15,8 @@ pub mod control;
 pub mod error;
 pub mod folders;
 mod gate;
+mod health;
+pub mod metrics;
 pub mod scope;
 pub mod service;
 pub mod tls;
@@ -26,11 +28,13 @@ use lbsync_chunkstore::PackStore;
 use lbsync_proto::http2::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use lbsync_proto::pb::sync_server::SyncServer;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 pub use auth::Tokens;
 pub use error::{Error, Result};
+pub use metrics::Metrics;
 pub use service::{Limits, SyncService};
 
 /// How long a graceful shutdown waits for in-flight requests.
@@ -46,11 +50,19 @@ pub struct ServerConfig {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     /// Message and batch limits.
     pub limits: Limits,
+    /// Where the server counts what it does (serve them with [`metrics::serve`]).
+    pub metrics: Metrics,
 }
 
-/// Serves the store on `listener` until `shutdown` resolves, then stops gracefully: open Changes
-/// streams are ended, in-flight requests finish (a commit is one transaction: it either lands or
-/// not), and the index is flushed.
+/// Serves the store on `listener` until `shutdown` resolves, then stops gracefully: health turns
+/// NOT_SERVING, systemd hears STOPPING=1, no new connection is accepted, open Changes and health
+/// Watch streams are ended, in-flight requests finish (a commit is one transaction: it either
+/// lands or not) within [`SHUTDOWN_DRAIN`], and the index is flushed.
+///
+/// Besides `lbsync.v1.Sync` it serves `grpc.health.v1.Health` and server reflection (v1 and
+/// v1alpha), neither of which needs a token. Once it serves it tells systemd READY=1 (when
+/// `NOTIFY_SOCKET` is set) and writes its pid to `STORE/server.pid` (removed at the stop), which
+/// the admin commands name when they find the store locked.
 pub async fn run(
     listener: TcpListener,
     store: PackStore,
@@ -59,7 +71,9 @@ pub async fn run(
 ) -> Result<()> {
     let serve_err = |e: &dyn std::fmt::Display| Error::Serve(e.to_string());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let service = SyncService::new(store.clone(), stop_rx, config.limits, config.tokens.clone())?;
+    let metrics = config.metrics.clone();
+    let service = SyncService::new(store.clone(), stop_rx, config.limits, config.tokens.clone())?
+        .with_metrics(metrics.clone());
     let tokens_required = service.tokens_required();
     let limit = config.limits.max_message_bytes;
     // Every handler authorizes its request against the folder it names (`authz`).
@@ -76,6 +90,17 @@ pub async fn run(
         // tower's ConcurrencyLimit on each connection: requests past it wait (the per-user
         // bound across connections is the service's, `Limits::max_requests_per_user`).
         .concurrency_limit_per_connection(service::MAX_REQUESTS_PER_CONNECTION);
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let mut health = health::Health::new(reporter).await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(lbsync_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_err =
+        |e: tonic_reflection::server::Error| serve_err(&format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_err)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
     if let Some((cert, key)) = &config.tls {
         builder = builder
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
@@ -99,19 +124,47 @@ pub async fn run(
     // `lbsync-server user|token|share|unshare` reach this server through its admin socket.
     let control = tokio::spawn(control::serve(store.clone()));
     let (began_tx, began_rx) = tokio::sync::oneshot::channel();
-    let serve = builder.add_service(server).serve_with_incoming_shutdown(
-        // The builder's TCP options apply only to listeners it binds itself; set them here. Without
-        // TCP_NODELAY every small answer (MissingChunks, a commit) waits ~40 ms for a delayed ACK.
-        TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(std::time::Duration::from_secs(60))),
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            let _ = stop_tx.send(true);
-            let _ = began_tx.send(());
-        },
-    );
+    let io_metrics = metrics.clone();
+    let stopping = health.clone();
+    let serve = builder
+        .layer(metrics::MetricsLayer {
+            metrics: metrics.clone(),
+            health: health.clone(),
+        })
+        .add_service(server)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(
+            // The builder's TCP options apply only to listeners it binds itself; set them here.
+            // Without TCP_NODELAY every small answer (MissingChunks, a commit) waits ~40 ms for a
+            // delayed ACK.
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(std::time::Duration::from_secs(60)))
+                .map(move |conn| conn.map(|c| metrics::MeteredIo::new(c, io_metrics.clone()))),
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                stopping.stopping().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                let _ = stop_tx.send(true);
+                let mut watchers = stopping;
+                watchers.close().await;
+                let _ = began_tx.send(());
+            },
+        );
+    let pid_file = pid_path(store.dir());
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        tracing::warn!("cannot write {} ({e})", pid_file.display());
+    }
+    health.serving().await;
+    if let Err(e) = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("serving on {addr}")),
+    ]) {
+        tracing::warn!("cannot tell systemd the server is ready: {e}");
+    }
     // In-flight requests get a while to finish; a client that keeps an idle connection open does
     // not hold the server up beyond that.
     let drain = async {
@@ -128,9 +181,16 @@ pub async fn run(
         ),
     }
     control.abort();
+    health.close().await;
     let _ = std::fs::remove_file(control::socket_path(store.dir()));
+    let _ = std::fs::remove_file(&pid_file);
     tokio::task::spawn_blocking(move || store.flush())
         .await
         .map_err(|e| serve_err(&e))??;
     Ok(())
+}
+
+/// Where a serving server keeps its pid in the store in `dir`.
+pub fn pid_path(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("server.pid")
 }

@@ -83,6 +83,7 @@ pub struct SyncService {
     limits: Limits,
     /// Turns per user: see [`Limits::max_requests_per_user`].
     gates: Gates,
+    metrics: crate::Metrics,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -128,7 +129,14 @@ impl SyncService {
             shutdown,
             limits,
             gates: Gates::new(limits.max_requests_per_user),
+            metrics: crate::Metrics::default(),
         })
+    }
+
+    /// Counts commits and chunks in `metrics` (by default, in a set of its own).
+    pub fn with_metrics(mut self, metrics: crate::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Whether requests need a token (a token file, or user tokens in the store).

@@ -120,8 +120,25 @@ fn second_open_of_a_store_in_use_says_so() {
     };
     // sled's lock is per process on some platforms; only check the message when it refuses.
     if let Err(e) = PackStore::open_with(dir.path(), &impatient) {
-        assert!(e.to_string().contains("another lbsync-server"), "{e}");
+        assert!(matches!(e, crate::Error::Locked { .. }), "{e:?}");
+        assert!(e.to_string().contains("in use by another process"), "{e}");
     }
+}
+
+#[test]
+fn open_existing_creates_nothing_where_there_is_no_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo");
+    let e = PackStore::open_existing(&missing).err().unwrap();
+    assert!(matches!(e, crate::Error::NoStore { .. }), "{e:?}");
+    assert!(e.to_string().contains("lbsync-server init"), "{e}");
+    assert!(!missing.exists());
+    let e = PackStore::open_read_only(dir.path()).err().unwrap();
+    assert!(matches!(e, crate::Error::NoStore { .. }), "{e:?}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    drop(PackStore::open(&missing).unwrap());
+    assert!(PackStore::exists(&missing));
+    assert!(PackStore::open_existing(&missing).is_ok());
 }
 
 #[test]

@@ -127,6 +127,8 @@ impl SyncService {
         if let Some(h) = in_flight.take() {
             count(&mut answer, h.await)?;
         }
+        self.metrics
+            .chunks(u64::from(answer.stored), u64::from(answer.already_present));
         if let Some(s) = failure {
             return Err(s);
         }

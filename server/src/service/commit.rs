@@ -216,6 +216,8 @@ impl SyncService {
         let folders = self.folders.clone();
         let f = folder.clone();
         let outcome = blocking(move || folders.commit(&f, entry, base_version)).await?;
+        self.metrics
+            .commit(matches!(outcome, CommitOutcome::Committed(_)));
         match &outcome {
             CommitOutcome::Committed(e) => {
                 info!(

@@ -3,10 +3,10 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_lbsync-server");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_lbsync-server");
 
 /// Kills the child if the test fails before it stops it.
-struct Reaper(std::process::Child);
+pub(crate) struct Reaper(pub(crate) std::process::Child);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
@@ -19,6 +19,16 @@ impl Drop for Reaper {
 /// line and returns the process, that line, the address, and every line logged until then.
 #[allow(clippy::unwrap_used)] // a test helper: a failure is a test failure
 fn serve(store: &std::path::Path) -> (Reaper, String, std::net::SocketAddr, Vec<String>) {
+    serve_with(store, &[], &[])
+}
+
+/// [`serve`] with more arguments and environment variables.
+#[allow(clippy::unwrap_used)] // a test helper: a failure is a test failure
+pub(crate) fn serve_with(
+    store: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Reaper, String, std::net::SocketAddr, Vec<String>) {
     let mut child = Command::new(BIN)
         .args([
             "--store",
@@ -26,6 +36,8 @@ fn serve(store: &std::path::Path) -> (Reaper, String, std::net::SocketAddr, Vec<
             "--listen",
             "127.0.0.1:0",
         ])
+        .args(args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -226,6 +238,17 @@ fn cert_makes_a_certificate_that_the_server_serves_with_its_fingerprint() {
         )
     };
     let (ok, made) = cert(&[]);
+    assert!(
+        !ok && made.contains("lbsync-server init"),
+        "no store yet: {made}"
+    );
+    assert!(!store.exists(), "a refused cert creates nothing");
+    let init = Command::new(BIN)
+        .args(["--store", store.to_str().unwrap(), "init"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let (ok, made) = cert(&[]);
     assert!(ok, "{made}");
     let fingerprint = made
         .lines()
@@ -346,6 +369,13 @@ fn users_tokens_and_shares_through_the_binary_stopped_and_running() {
     let id_of = |token: &str| token.split('_').nth(1).unwrap().to_owned();
 
     // Stopped.
+    let (ok, _, err) = run(&["user", "add", "alice"]);
+    assert!(
+        !ok && err.contains("lbsync-server init"),
+        "no store yet: {err}"
+    );
+    let (ok, out, err) = run(&["init"]);
+    assert!(ok && out.contains("created a store"), "{out}{err}");
     let (ok, out, _) = run(&["user", "add", "alice"]);
     assert!(ok && out.contains("added user alice"), "{out}");
     let (ok, _, err) = run(&["user", "add", "alice"]);
@@ -411,8 +441,8 @@ fn users_tokens_and_shares_through_the_binary_stopped_and_running() {
     assert_eq!(hs(Some(bob), "a"), Err(tonic::Code::PermissionDenied));
     let (ok, _, err) = run(&["stats"]);
     assert!(
-        !ok && err.contains("lock"),
-        "other commands still need the server stopped: {err}"
+        !ok && err.contains(&format!("locked by lbsync-server pid {}", child.0.id())),
+        "other commands still need the server stopped, and say which one: {err}"
     );
     drop(rt);
 

@@ -3,6 +3,8 @@
 mod cli;
 mod disk_full;
 mod hostile;
+mod ops;
+mod ops_cli;
 mod rpc;
 mod users;
 mod util;
