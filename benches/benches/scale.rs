@@ -50,8 +50,8 @@ fn child(job: &str) {
         }
         "gc" => {
             let store = PackStore::open(dir).expect("open");
-            let gc = admin::gc(&store, admin::Retention::default(), Duration::ZERO, false)
-                .expect("gc");
+            let gc =
+                admin::gc(&store, admin::Retention::default(), Duration::ZERO, false).expect("gc");
             format!(
                 "swept {} chunks, {} live",
                 gc.store.swept_chunks, gc.store.live_chunks
@@ -65,11 +65,7 @@ fn child(job: &str) {
         }
         other => panic!("no job {other}"),
     };
-    println!(
-        "{} {:.1} {what}",
-        peak_rss(),
-        t0.elapsed().as_secs_f64()
-    );
+    println!("{} {:.1} {what}", peak_rss(), t0.elapsed().as_secs_f64());
 }
 
 /// `chunks` tiny chunks in files of [`PER_FILE`], committed in folder `default`, and a tenth as

@@ -810,10 +810,7 @@ fn load_store_id(dir: &Path, db: &sled::Db, meta: &sled::Tree) -> Result<String>
 
 /// A presence filter of the chunk ids in the index and in `unindexed`, sized for them: two walks
 /// of the index's keys (one to count, one to fill), nothing held but the filter.
-fn presence_of(
-    index: &sled::Tree,
-    unindexed: &HashMap<ChunkId, IndexEntry>,
-) -> Result<Presence> {
+fn presence_of(index: &sled::Tree, unindexed: &HashMap<ChunkId, IndexEntry>) -> Result<Presence> {
     let present = Presence::build(0, []);
     fill_presence(&present, index, unindexed)?;
     Ok(present)

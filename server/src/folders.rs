@@ -648,8 +648,12 @@ mod tests {
         let flushes = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..16)
             .map(|_| {
-                let (group, writes, durable, flushes) =
-                    (group.clone(), writes.clone(), durable.clone(), flushes.clone());
+                let (group, writes, durable, flushes) = (
+                    group.clone(),
+                    writes.clone(),
+                    durable.clone(),
+                    flushes.clone(),
+                );
                 std::thread::spawn(move || {
                     for _ in 0..5 {
                         let mine = writes.fetch_add(1, Ordering::SeqCst) + 1;

@@ -163,7 +163,9 @@ pub(super) fn run(store: &PackStore, repair: bool) -> Result<FsckReport> {
                     report.records += 1;
                     let here = |e: &IndexEntry| e.pack == pack && e.offset == offset;
                     match inner.index.get(header.id.as_bytes())? {
-                        Some(v) => confirmed += u64::from(IndexEntry::decode(&v).is_some_and(|e| here(&e))),
+                        Some(v) => {
+                            confirmed += u64::from(IndexEntry::decode(&v).is_some_and(|e| here(&e)))
+                        }
                         None => match inner.unindexed.get(&header.id) {
                             Some(e) => confirmed += u64::from(here(e)),
                             // Nobody indexed it (a lost index update, or garbage already swept:

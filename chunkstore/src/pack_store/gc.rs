@@ -68,9 +68,7 @@ fn mark(
     exact_max: usize,
 ) -> Result<Live> {
     let manifest = |mid: ManifestId| -> Result<crate::manifest::Manifest> {
-        store
-            .get_manifest(&mid)?
-            .ok_or(Error::MissingManifest(mid))
+        store.get_manifest(&mid)?.ok_or(Error::MissingManifest(mid))
     };
     let mut exact = HashSet::default();
     let mut seen: Vec<ManifestId> = Vec::new();

@@ -306,7 +306,10 @@ mod tests {
         assert!(lies < absent * 4 / 100, "{lies} false positives");
         let (bytes, cached) = p.footprint();
         // Layers for 1, 2 and 4 M ids, each at most twice its 10 bits an id.
-        assert!(bytes as u64 <= 7 * MIN_CAPACITY * BITS_PER_ID * 2 / 8, "{bytes}");
+        assert!(
+            bytes as u64 <= 7 * MIN_CAPACITY * BITS_PER_ID * 2 / 8,
+            "{bytes}"
+        );
         assert!(cached <= 2 * CACHE_IDS);
         p.remove_all(batch.iter().take(10));
         assert!(!p.cached(&batch[0]));

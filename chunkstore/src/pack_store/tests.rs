@@ -747,7 +747,10 @@ fn a_stored_chunk_is_never_reported_missing() {
     assert_eq!(store.missing(&ids[..100]).unwrap(), Vec::<ChunkId>::new());
     assert_eq!(store.missing(&ids[200..]).unwrap(), ids[200..].to_vec());
     for id in &ids[100..200] {
-        assert_eq!(store.contains(id).unwrap(), store.get(id).unwrap().is_some());
+        assert_eq!(
+            store.contains(id).unwrap(),
+            store.get(id).unwrap().is_some()
+        );
     }
 }
 

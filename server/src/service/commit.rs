@@ -107,8 +107,8 @@ impl SyncService {
                 }
                 check_delta(&delta, &base_m, &work.params, work.size, work.max_refs)?;
                 let n = delta.new_refs().count();
-                let fresh = in_scope(&base)?
-                    .then(|| delta.new_refs().map(|r| r.id).collect::<Vec<_>>());
+                let fresh =
+                    in_scope(&base)?.then(|| delta.new_refs().map(|r| r.id).collect::<Vec<_>>());
                 (delta.apply(&base_m)?, n, fresh, cost)
             }
         };
@@ -141,10 +141,9 @@ impl SyncService {
         let this = self.clone();
         let (scoped, name) = (caller.scope(&req.folder).is_some(), caller.name());
         let budget = *left;
-        let (mut outcomes, rest) = blocking(move || {
-            Ok(this.commit_all(scoped, &name, vec![(req, received)], budget))
-        })
-        .await?;
+        let (mut outcomes, rest) =
+            blocking(move || Ok(this.commit_all(scoped, &name, vec![(req, received)], budget)))
+                .await?;
         *left = rest;
         outcomes
             .pop()
@@ -387,9 +386,8 @@ impl SyncService {
         let this = self.clone();
         let (scoped, name) = (caller.scope(&r_folder).is_some(), caller.name());
         let reqs: Vec<_> = reqs.into_iter().zip(sizes).collect();
-        let (outcomes, _) = to_status(
-            blocking(move || Ok(this.commit_all(scoped, &name, reqs, budget))).await,
-        )?;
+        let (outcomes, _) =
+            to_status(blocking(move || Ok(this.commit_all(scoped, &name, reqs, budget))).await)?;
         let mut results = Vec::with_capacity(n);
         // Set once a commit fails for a reason not its own: the rest were not tried, and the
         // answer still reports the commits that took effect before it.
@@ -457,7 +455,10 @@ pub(super) struct Staged {
     /// By id, for the batch's later commits that name them.
     manifests: std::collections::HashMap<lbsync_chunkstore::ManifestId, Manifest>,
     /// In order, with the chunks that enter the folder's scope with each (`None`: all).
-    order: Vec<(lbsync_chunkstore::ManifestId, Option<Vec<lbsync_chunkstore::ChunkId>>)>,
+    order: Vec<(
+        lbsync_chunkstore::ManifestId,
+        Option<Vec<lbsync_chunkstore::ChunkId>>,
+    )>,
 }
 
 impl Staged {
