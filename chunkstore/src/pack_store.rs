@@ -64,7 +64,7 @@ use behind::{Appended, Indexer};
 use direct::{DIRECT_MIN, DirectAppender};
 pub use fsck::{FsckProblem, FsckReport};
 use index::{IndexEntry, chunk_key, watermark_key};
-use present::PresentSet;
+use present::Presence;
 
 /// Pack files kept open for reading at most.
 const MAX_OPEN_PACKS: usize = 128;
@@ -136,8 +136,8 @@ struct Inner {
     packs_dir: PathBuf,
     db: sled::Db,
     index: sled::Tree,
-    /// The ids in `index` (or on their way there), for fast membership tests.
-    present: PresentSet,
+    /// A filter and a cache in front of `index`, for fast membership tests (see `present.rs`).
+    present: Presence,
     /// Writes index entries behind the packs.
     indexer: Indexer,
     params: ChunkParams,
@@ -343,12 +343,7 @@ impl PackStore {
         if !opts.read_only && (recovery.reindexed > 0 || !recovery.truncated.is_empty()) {
             db.flush()?;
         }
-        let present = PresentSet::default();
-        present.replace(
-            indexed_ids(&index)?
-                .into_iter()
-                .chain(unindexed.keys().copied()),
-        );
+        let present = presence_of(&index, &unindexed)?;
         let indexer = Indexer::start(index.clone()).map_err(Error::io(
             "starting the thread that writes the index".to_owned(),
         ))?;
@@ -410,6 +405,23 @@ impl PackStore {
     /// torn tails and rebuilds the index entries from the packs.
     pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
         fsck::run(self, repair)
+    }
+
+    /// Whether the store holds `id`: the filter rules most absent ids out, the cache answers for
+    /// ids seen lately, the index (and the entries on their way there) for the rest.
+    fn is_present(&self, id: &ChunkId) -> Result<bool> {
+        let present = &self.inner.present;
+        if !present.may_contain(id) {
+            return Ok(false);
+        }
+        if present.cached(id) {
+            return Ok(true);
+        }
+        let found = self.entry(id)?.is_some();
+        if found {
+            present.remember(id);
+        }
+        Ok(found)
     }
 
     fn entry(&self, id: &ChunkId) -> Result<Option<IndexEntry>> {
@@ -635,7 +647,7 @@ impl ChunkStore for PackStore {
         let mut seen = HashSet::with_capacity(chunks.len());
         let mut todo = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
-            if seen.insert(c.id()) && !self.inner.present.contains(&c.id()) {
+            if seen.insert(c.id()) && !self.is_present(&c.id())? {
                 todo.push(i);
             }
         }
@@ -655,7 +667,7 @@ impl ChunkStore for PackStore {
         // Another thread may have stored some of these while we compressed.
         let mut fresh = Vec::with_capacity(records.len());
         for (i, r) in &records {
-            if !self.inner.present.contains(&r.header.id) {
+            if !self.is_present(&r.header.id)? {
                 fresh.push((&r.header, [&r.head[..], &r.payload[..]], unix_now()));
                 outcome[*i] = Inserted::New;
             }
@@ -713,17 +725,18 @@ impl ChunkStore for PackStore {
     }
 
     fn contains(&self, id: &ChunkId) -> Result<bool> {
-        Ok(self.inner.present.contains(id))
+        self.is_present(id)
     }
 
     fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
         let mut seen = HashSet::with_capacity(ids.len());
-        Ok(self.inner.present.with(|present| {
-            ids.iter()
-                .filter(|id| !present(id) && seen.insert(**id))
-                .copied()
-                .collect()
-        }))
+        let mut missing = Vec::new();
+        for id in ids {
+            if seen.insert(*id) && !self.is_present(id)? {
+                missing.push(*id);
+            }
+        }
+        Ok(missing)
     }
 
     fn gc(&self, live: &mut dyn Iterator<Item = ManifestId>, opts: &GcOptions) -> Result<GcReport> {
@@ -819,13 +832,42 @@ fn load_store_id(dir: &Path, db: &sled::Db, meta: &sled::Tree) -> Result<String>
     Ok(id)
 }
 
-/// The chunk ids in the index.
-fn indexed_ids(index: &sled::Tree) -> Result<Vec<ChunkId>> {
-    let mut ids = Vec::new();
+/// A presence filter of the chunk ids in the index and in `unindexed`, sized for them: two walks
+/// of the index's keys (one to count, one to fill), nothing held but the filter.
+fn presence_of(index: &sled::Tree, unindexed: &HashMap<ChunkId, IndexEntry>) -> Result<Presence> {
+    let present = Presence::build(0, []);
+    fill_presence(&present, index, unindexed)?;
+    Ok(present)
+}
+
+/// Rebuilds `present` from the index (see [`presence_of`]).
+fn fill_presence(
+    present: &Presence,
+    index: &sled::Tree,
+    unindexed: &HashMap<ChunkId, IndexEntry>,
+) -> Result<()> {
+    let mut n = unindexed.len() as u64;
     for key in index.iter().keys() {
-        ids.extend(chunk_key(&key?));
+        n += u64::from(chunk_key(&key?).is_some());
     }
-    Ok(ids)
+    let mut failed = None;
+    let ids = index
+        .iter()
+        .keys()
+        .map_while(|k| match k {
+            Ok(k) => Some(chunk_key(&k)),
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        })
+        .flatten()
+        .chain(unindexed.keys().copied());
+    present.replace(n, ids);
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// Opens the sled index. sled releases its file lock a moment after the last handle is dropped

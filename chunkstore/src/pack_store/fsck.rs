@@ -129,9 +129,11 @@ pub(super) fn run(store: &PackStore, repair: bool) -> Result<FsckReport> {
     let mut writer = lock(&inner.writer);
     inner.indexer.settle()?;
     let mut report = FsckReport::default();
-    // Where each sound record is, and the first sound copy of each chunk.
-    let mut sound_at: HashMap<(u32, u64), ChunkId> = HashMap::new();
-    let mut first_copy: HashMap<ChunkId, IndexEntry> = HashMap::new();
+    // Nothing is held per record: each sound record is looked up in the index. `confirmed`
+    // counts the entries found pointing at a sound record of their chunk (each entry points at
+    // one place, so at most once each); if that is every entry, the index is sound without a
+    // second look. `added`: entries a repair made for records nobody indexed.
+    let (mut confirmed, mut added) = (0u64, 0u64);
     let mut sound_end: Vec<(u32, u64)> = Vec::new();
     let now = unix_now();
 
@@ -159,10 +161,23 @@ pub(super) fn run(store: &PackStore, repair: bool) -> Result<FsckReport> {
             match reader.record_at(offset).map_err(io_err())? {
                 RecordAt::Valid { header, next } => {
                     report.records += 1;
-                    sound_at.insert((pack, offset), header.id);
-                    first_copy
-                        .entry(header.id)
-                        .or_insert(IndexEntry::of(&header, pack, offset, now));
+                    let here = |e: &IndexEntry| e.pack == pack && e.offset == offset;
+                    match inner.index.get(header.id.as_bytes())? {
+                        Some(v) => {
+                            confirmed += u64::from(IndexEntry::decode(&v).is_some_and(|e| here(&e)))
+                        }
+                        None => match inner.unindexed.get(&header.id) {
+                            Some(e) => confirmed += u64::from(here(e)),
+                            // Nobody indexed it (a lost index update, or garbage already swept:
+                            // gc sweeps it again): the first sound copy gets the entry.
+                            None if repair => {
+                                let e = IndexEntry::of(&header, pack, offset, now);
+                                inner.index.insert(header.id.as_bytes(), &e.encode())?;
+                                added += 1;
+                            }
+                            None => {}
+                        },
+                    }
                     offset = next;
                 }
                 RecordAt::BadPayload { header, next, what } => {
@@ -215,61 +230,120 @@ pub(super) fn run(store: &PackStore, repair: bool) -> Result<FsckReport> {
         }
     }
 
-    let mut fixes = sled::Batch::default();
-    let mut indexed = std::collections::HashSet::new();
-    for kv in inner.index.iter() {
-        let (k, v) = kv?;
-        let Some(id) = chunk_key(&k) else { continue };
-        report.index_entries += 1;
-        indexed.insert(id);
-        let entry = IndexEntry::decode(&v);
-        let sound = entry.is_some_and(|e| sound_at.get(&(e.pack, e.offset)) == Some(&id));
-        if sound {
-            continue;
+    // Count the entries (the walk added `added` of them); only if some were not confirmed, look
+    // at each one's record, keeping the bad ones (as many as there is damage).
+    let mut entries = 0u64;
+    for k in inner.index.iter().keys() {
+        entries += u64::from(chunk_key(&k?).is_some());
+    }
+    report.index_entries = entries - added + inner.unindexed.len() as u64;
+    let mut bad: Vec<(ChunkId, Option<IndexEntry>)> = Vec::new();
+    // The bad entries before this one are sled's, the rest a read-only open's.
+    let mut sled_bad = 0;
+    if confirmed < report.index_entries {
+        let sound = |id: &ChunkId, e: &IndexEntry| store.read_entry(id, e).is_ok();
+        for kv in inner.index.iter() {
+            let (k, v) = kv?;
+            let Some(id) = chunk_key(&k) else { continue };
+            let entry = IndexEntry::decode(&v);
+            if !entry.is_some_and(|e| sound(&id, &e)) {
+                bad.push((id, entry));
+            }
         }
-        let copy = first_copy.get(&id);
+        sled_bad = bad.len();
+        for (id, e) in &inner.unindexed {
+            if !sound(id, e) {
+                bad.push((*id, Some(*e)));
+            }
+        }
+    }
+    // The first sound copy of each bad entry's chunk elsewhere: one more walk, only then.
+    let copies = if bad.is_empty() {
+        HashMap::new()
+    } else {
+        let wanted: HashMap<ChunkId, Option<(u32, u64)>> = bad
+            .iter()
+            .map(|(id, e)| (*id, e.map(|e| (e.pack, e.offset))))
+            .collect();
+        first_copies(store, &wanted, now)?
+    };
+    let mut fixes = sled::Batch::default();
+    for (i, (id, entry)) in bad.iter().enumerate() {
+        let copy = copies.get(id);
         report.problems.push(FsckProblem::BadEntry {
-            id,
+            id: *id,
             pack: entry.map_or(0, |e| e.pack),
             offset: entry.map_or(0, |e| e.offset),
             copy_elsewhere: copy.is_some(),
         });
+        if i >= sled_bad {
+            // A read-only open's entry in memory: reported, never repaired.
+            continue;
+        }
         match copy {
             Some(c) => fixes.insert(id.as_bytes(), &c.encode()),
             None => {
-                report.lost.push(id);
+                report.lost.push(*id);
                 fixes.remove(id.as_bytes());
             }
         }
     }
-    // What a read-only open found past the watermarks: sound records when it scanned them.
-    for (id, e) in &inner.unindexed {
-        report.index_entries += 1;
-        indexed.insert(*id);
-        if sound_at.get(&(e.pack, e.offset)) != Some(id) {
-            report.problems.push(FsckProblem::BadEntry {
-                id: *id,
-                pack: e.pack,
-                offset: e.offset,
-                copy_elsewhere: first_copy.contains_key(id),
-            });
-        }
-    }
     if repair {
-        // Records nobody indexed (lost index updates, or garbage already swept: gc sweeps it again).
-        for (id, e) in &first_copy {
-            if !indexed.contains(id) {
-                fixes.insert(id.as_bytes(), &e.encode());
-            }
-        }
         for (pack, end) in sound_end {
             fixes.insert(&watermark_key(pack), &end.to_le_bytes());
         }
         inner.index.apply_batch(fixes)?;
         inner.db.flush()?;
-        inner.present.replace(super::indexed_ids(&inner.index)?);
+        super::fill_presence(&inner.present, &inner.index, &inner.unindexed)?;
         report.repaired = true;
     }
     drop(writer);
     Ok(report)
+}
+
+/// The first sound record of each chunk of `wanted` that is not at the place given for it, in
+/// pack and offset order, as index entries.
+fn first_copies(
+    store: &PackStore,
+    wanted: &HashMap<ChunkId, Option<(u32, u64)>>,
+    now: u64,
+) -> Result<HashMap<ChunkId, IndexEntry>> {
+    let inner = &store.inner;
+    let mut found = HashMap::new();
+    for pack in list_packs(&inner.packs_dir)? {
+        let path = pack_path(&inner.packs_dir, pack);
+        let io_err = || Error::io(format!("checking pack {}", path.display()));
+        let file = std::fs::File::open(&path).map_err(io_err())?;
+        let len = file.metadata().map_err(io_err())?.len();
+        let mut head = [0u8; PACK_HEADER_LEN as usize];
+        let head_ok = std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0)
+            .map_err(|e| e.to_string())
+            .and_then(|()| check_pack_header(&head));
+        if head_ok.is_err() {
+            continue;
+        }
+        let reader = PackReader { file: &file, len };
+        let mut offset = PACK_HEADER_LEN;
+        loop {
+            match reader.record_at(offset).map_err(io_err())? {
+                RecordAt::Valid { header, next } => {
+                    if let Some(at) = wanted.get(&header.id)
+                        && *at != Some((pack, offset))
+                    {
+                        found
+                            .entry(header.id)
+                            .or_insert(IndexEntry::of(&header, pack, offset, now));
+                    }
+                    offset = next;
+                }
+                RecordAt::BadPayload { next, .. } => offset = next,
+                RecordAt::BadHeader => match reader.find_header_after(offset).map_err(io_err())? {
+                    Some(resume) => offset = resume,
+                    None => break,
+                },
+                RecordAt::Torn | RecordAt::End => break,
+            }
+        }
+    }
+    Ok(found)
 }

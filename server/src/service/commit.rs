@@ -25,6 +25,10 @@ impl SyncService {
     /// the chunking parameters for `work.size` and adding up to it, a delta's result counted
     /// from its runs); the answer also says how many refs were read and built, for the batch's
     /// budget.
+    ///
+    /// The manifest is not stored yet: it joins `staged`, which the group commit stores (one
+    /// sync for the batch's manifests) before any commit naming it; later commits of the batch
+    /// find it there.
     fn store_manifest(
         store: &PackStore,
         scopes: &Scopes,
@@ -32,6 +36,7 @@ impl SyncService {
         scoped: bool,
         content: Content,
         work: Work,
+        staged: &mut Staged,
     ) -> Result<(Manifest, usize, u64)> {
         let over = |cost: u64| {
             Error::BatchBudget(format!(
@@ -40,7 +45,14 @@ impl SyncService {
                 work.left, work.batch
             ))
         };
+        // A manifest staged by this batch is in the folder's scope once stored.
+        let in_scope = |id: &lbsync_chunkstore::ManifestId| -> Result<bool> {
+            Ok(staged.manifests.contains_key(id) || scopes.has_manifest(folder, id)?)
+        };
         let known = |id: &lbsync_chunkstore::ManifestId| -> Result<Option<Manifest>> {
+            if let Some(m) = staged.manifests.get(id) {
+                return Ok(Some(m.clone()));
+            }
             if scoped && !scopes.has_manifest(folder, id)? {
                 return Ok(None);
             }
@@ -59,7 +71,7 @@ impl SyncService {
                 if cost > work.left {
                     return Err(over(cost));
                 }
-                let fresh = scopes.has_manifest(folder, &id)?.then(Vec::new);
+                let fresh = in_scope(&id)?.then(Vec::new);
                 (m, 0, fresh, cost)
             }
             Content::Full(m) => {
@@ -95,9 +107,8 @@ impl SyncService {
                 }
                 check_delta(&delta, &base_m, &work.params, work.size, work.max_refs)?;
                 let n = delta.new_refs().count();
-                let fresh = scopes
-                    .has_manifest(folder, &base)?
-                    .then(|| delta.new_refs().map(|r| r.id).collect::<Vec<_>>());
+                let fresh =
+                    in_scope(&base)?.then(|| delta.new_refs().map(|r| r.id).collect::<Vec<_>>());
                 (delta.apply(&base_m)?, n, fresh, cost)
             }
         };
@@ -112,14 +123,7 @@ impl SyncService {
         if !missing.is_empty() {
             return Err(Error::MissingChunks(missing));
         }
-        store.put_manifest(&manifest)?;
-        match &fresh {
-            None => scopes.add_manifest(folder, &manifest, true)?,
-            Some(new) => {
-                scopes.add_manifest(folder, &manifest, false)?;
-                scopes.add_chunks(folder, new)?;
-            }
-        }
+        staged.stage(&manifest, fresh);
         Ok((manifest, new_refs, cost))
     }
 
@@ -134,6 +138,26 @@ impl SyncService {
         received: usize,
         left: &mut u64,
     ) -> Result<CommitOutcome> {
+        let this = self.clone();
+        let (scoped, name) = (caller.scope(&req.folder).is_some(), caller.name());
+        let budget = *left;
+        let (mut outcomes, rest) =
+            blocking(move || Ok(this.commit_all(scoped, &name, vec![(req, received)], budget)))
+                .await?;
+        *left = rest;
+        outcomes
+            .pop()
+            .unwrap_or_else(|| Err(Error::Metadata("a commit of one gave no outcome".into())))
+    }
+
+    /// Checks a commit and builds its manifest (staged in `staged`), ready for the group commit.
+    fn prepare(
+        &self,
+        scoped: bool,
+        req: CommitRequest,
+        left: &mut u64,
+        staged: &mut Staged,
+    ) -> Result<(Entry, u64, usize, usize)> {
         check_folder_name(&req.folder)?;
         let CommitRequest {
             folder,
@@ -173,9 +197,6 @@ impl SyncService {
         }
         let (total, new_refs) = match content {
             Some(content) => {
-                let (store, scopes) = (self.store.clone(), self.scopes.clone());
-                let scoped = caller.scope(&folder).is_some();
-                let f = folder.clone();
                 let work = Work {
                     path: entry.path.clone(),
                     size: entry.size,
@@ -184,14 +205,18 @@ impl SyncService {
                     left: *left,
                     batch: self.limits.max_batch_refs,
                 };
-                let path = entry.path.clone();
-                let (manifest, new_refs, cost) = blocking(move || {
-                    Self::store_manifest(&store, &scopes, &f, scoped, content, work)
-                })
-                .await
+                let (manifest, new_refs, cost) = Self::store_manifest(
+                    &self.store,
+                    &self.scopes,
+                    &folder,
+                    scoped,
+                    content,
+                    work,
+                    staged,
+                )
                 .map_err(|e| match e {
                     Error::Store(lbsync_chunkstore::Error::BadManifest(why)) => {
-                        Error::BadRequest(format!("{path}: {why}"))
+                        Error::BadRequest(format!("{}: {why}", entry.path))
                     }
                     e => e,
                 })?;
@@ -213,29 +238,106 @@ impl SyncService {
                 (0, 0)
             }
         };
-        let folders = self.folders.clone();
-        let f = folder.clone();
-        let outcome = blocking(move || folders.commit(&f, entry, base_version)).await?;
-        self.metrics
-            .commit(matches!(outcome, CommitOutcome::Committed(_)));
-        match &outcome {
-            CommitOutcome::Committed(e) => {
-                info!(
-                    "commit {folder}/{} v{} by {} ({}): {}{new_refs} of {total} chunks new, {received} bytes received",
-                    e.path,
-                    e.version,
-                    e.device,
-                    caller.name(),
-                    if e.deleted { "deleted; " } else { "" },
-                );
-                let _ = self.commits.send((folder.as_str().into(), e.seq));
+        Ok((entry, base_version, total, new_refs))
+    }
+
+    /// Group commit, on a blocking thread: checks each commit of one folder in order and builds
+    /// its manifest; then stores the batch's new manifests with one sync and commits every commit
+    /// that got that far in one [`Folders::commit_batch`] (one flush). Returns an outcome for
+    /// each commit tried, in order, and what is left of the budget `left`. A commit that fails
+    /// for a reason not its own ([`stops_batch`]) is the last one tried: the commits before it
+    /// still take effect, as they would have one by one.
+    fn commit_all(
+        &self,
+        scoped: bool,
+        caller: &str,
+        reqs: Vec<(CommitRequest, usize)>,
+        mut left: u64,
+    ) -> (Vec<Result<CommitOutcome>>, u64) {
+        let mut slots: Vec<Option<Result<CommitOutcome>>> = Vec::with_capacity(reqs.len());
+        let mut staged = Staged::default();
+        let mut ready: Vec<(usize, usize, usize, usize)> = Vec::new();
+        let mut commits = Vec::new();
+        let Some(folder) = reqs.first().map(|(r, _)| r.folder.clone()) else {
+            return (Vec::new(), left);
+        };
+        for (i, (req, received)) in reqs.into_iter().enumerate() {
+            let prepared = if req.folder == folder {
+                self.prepare(scoped, req, &mut left, &mut staged)
+            } else {
+                Err(Error::BadRequest(format!(
+                    "a commit to folder {:?} in a batch for folder {folder:?}",
+                    req.folder
+                )))
+            };
+            match prepared {
+                Ok((entry, base, total, new_refs)) => {
+                    ready.push((i, total, new_refs, received));
+                    commits.push((entry, base));
+                    slots.push(None);
+                }
+                Err(e) => {
+                    let stop = stops_batch(&e);
+                    slots.push(Some(Err(e)));
+                    if stop {
+                        break;
+                    }
+                }
             }
-            CommitOutcome::Conflict(current) => info!(
-                "commit {folder}/{} refused: based on v{base_version}, current is v{}",
-                current.path, current.version
-            ),
         }
-        Ok(outcome)
+        if !ready.is_empty() {
+            let bases: Vec<u64> = commits.iter().map(|(_, b)| *b).collect();
+            let done = staged
+                .store(&self.store, &self.scopes, &folder)
+                .and_then(|()| self.folders.commit_batch(&folder, commits));
+            let (outcomes, failed) = match done {
+                Ok((outcomes, failed)) => (outcomes, failed),
+                Err(e) => (Vec::new(), Some(e)),
+            };
+            let mut outcomes = outcomes.into_iter();
+            let mut failed = failed.map(|e| (e.to_string(), Some(e)));
+            let mut head = None;
+            for ((i, total, new_refs, received), base_version) in ready.into_iter().zip(bases) {
+                let outcome = match (outcomes.next(), &mut failed) {
+                    (Some(o), _) => Ok(o),
+                    // The first commit not committed carries the error; the rest say so.
+                    (None, Some((why, e))) => Err(e
+                        .take()
+                        .unwrap_or_else(|| Error::Metadata(format!("not attempted: {why}")))),
+                    (None, None) => Err(Error::Metadata("the group commit lost a commit".into())),
+                };
+                if let Ok(o) = &outcome {
+                    self.metrics.commit(matches!(o, CommitOutcome::Committed(_)));
+                }
+                match &outcome {
+                    Ok(CommitOutcome::Committed(e)) => {
+                        info!(
+                            "commit {folder}/{} v{} by {} ({caller}): {}{new_refs} of {total} chunks new, {received} bytes received",
+                            e.path,
+                            e.version,
+                            e.device,
+                            if e.deleted { "deleted; " } else { "" },
+                        );
+                        head = Some(e.seq);
+                    }
+                    Ok(CommitOutcome::Conflict(current)) => info!(
+                        "commit {folder}/{} refused: based on v{base_version}, current is v{}",
+                        current.path, current.version
+                    ),
+                    Err(_) => {}
+                }
+                slots[i] = Some(outcome);
+            }
+            // One wake-up for the batch: a Changes stream reads everything after its cursor.
+            if let Some(seq) = head {
+                let _ = self.commits.send((folder.as_str().into(), seq));
+            }
+        }
+        let outcomes = slots
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| Err(Error::Metadata("a commit got no outcome".into()))))
+            .collect();
+        (outcomes, left)
     }
 
     pub(super) async fn commit_rpc(
@@ -272,6 +374,7 @@ impl SyncService {
             .await?;
         let _turn = self.gates.enter(&caller.name()).await;
         let sizes: Vec<usize> = r.commits.iter().map(prost::Message::encoded_len).collect();
+        let r_folder = r.folder.clone();
         let reqs = to_status(batch_from_pb(r).map_err(Error::from))?;
         // The refs the batch's manifests and deltas would build, counted before any is tried.
         let declared = reqs
@@ -289,15 +392,22 @@ impl SyncService {
                  {budget}: send fewer or smaller commits per batch"
             ))));
         }
-        let mut left = budget;
-        let mut results = Vec::with_capacity(reqs.len());
-        // Set once a commit fails for a reason not its own: the rest are not tried, and the
+        let n = reqs.len();
+        let this = self.clone();
+        let (scoped, name) = (caller.scope(&r_folder).is_some(), caller.name());
+        let reqs: Vec<_> = reqs.into_iter().zip(sizes).collect();
+        let (outcomes, _) =
+            to_status(blocking(move || Ok(this.commit_all(scoped, &name, reqs, budget))).await)?;
+        let mut results = Vec::with_capacity(n);
+        // Set once a commit fails for a reason not its own: the rest were not tried, and the
         // answer still reports the commits that took effect before it.
         let mut stopped: Option<String> = None;
-        for (req, size) in reqs.into_iter().zip(sizes) {
-            let outcome = match &stopped {
-                Some(why) => BatchOutcome::NotAttempted(why.clone()),
-                None => match self.commit_request(&caller, req, size, &mut left).await {
+        let mut outcomes = outcomes.into_iter();
+        for _ in 0..n {
+            let outcome = match (&stopped, outcomes.next()) {
+                (Some(why), _) => BatchOutcome::NotAttempted(why.clone()),
+                (None, None) => BatchOutcome::NotAttempted("not attempted".into()),
+                (None, Some(outcome)) => match outcome {
                     Ok(CommitOutcome::Committed(e)) => BatchOutcome::Committed {
                         version: e.version,
                         seq: e.seq,
@@ -337,6 +447,60 @@ pub(super) struct Work {
     left: u64,
     /// The batch's whole budget, for the message.
     batch: u64,
+}
+
+/// Whether an error of one commit ends its batch: the batch's budget is spent, or it is not the
+/// commit's own fault (see [`batch_refusal`]).
+fn stops_batch(e: &Error) -> bool {
+    match e {
+        Error::BatchBudget(_) => true,
+        Error::MissingChunks(_) | Error::UnknownManifest(_) => false,
+        e => status(e).code() != tonic::Code::InvalidArgument,
+    }
+}
+
+/// A batch's new manifests, stored together before its commits.
+#[derive(Default)]
+pub(super) struct Staged {
+    /// By id, for the batch's later commits that name them.
+    manifests: std::collections::HashMap<lbsync_chunkstore::ManifestId, Manifest>,
+    /// In order, with the chunks that enter the folder's scope with each (`None`: all).
+    order: Vec<(
+        lbsync_chunkstore::ManifestId,
+        Option<Vec<lbsync_chunkstore::ChunkId>>,
+    )>,
+}
+
+impl Staged {
+    fn stage(&mut self, m: &Manifest, fresh: Option<Vec<lbsync_chunkstore::ChunkId>>) {
+        let id = m.id();
+        self.manifests.entry(id).or_insert_with(|| m.clone());
+        self.order.push((id, fresh));
+    }
+
+    /// Stores the manifests (one sync) and adds them and their chunks to `folder`'s scope.
+    fn store(&mut self, store: &PackStore, scopes: &Scopes, folder: &str) -> Result<()> {
+        if self.order.is_empty() {
+            return Ok(());
+        }
+        let chunks: Vec<lbsync_chunkstore::Chunk> = self
+            .manifests
+            .values()
+            .map(|m| lbsync_chunkstore::Chunk::new(m.encode()))
+            .collect();
+        store.insert_batch(&chunks)?;
+        for (id, fresh) in &self.order {
+            let m = &self.manifests[id];
+            match fresh {
+                None => scopes.add_manifest(folder, m, true)?,
+                Some(new) => {
+                    scopes.add_manifest(folder, m, false)?;
+                    scopes.add_chunks(folder, new)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How one commit of a batch ended, when it ended for a reason of its own: the errors a single
