@@ -212,12 +212,13 @@ impl SyncService {
         match &outcome {
             CommitOutcome::Committed(e) => {
                 info!(
-                    "commit {folder}/{} v{} by {} ({}): {}{new_refs} of {total} chunks new, {received} bytes received",
+                    "commit {folder}/{} v{} by {} ({}): {}{new_refs} of {} new, {received} bytes received",
                     e.path,
                     e.version,
                     e.device,
                     caller.name(),
                     if e.deleted { "deleted; " } else { "" },
+                    lbsync_cli::units::count(total as u64, "chunk"),
                 );
                 let _ = self.commits.send((folder.as_str().into(), e.seq));
             }
