@@ -172,7 +172,8 @@ async fn flag_beats_env_beats_config_file_and_bad_keys_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     // The default file may be missing.
     std::fs::remove_file(&file).unwrap();
-    let out = run_env(args(&["status", d]), &base).await;
+    let fresh = tempfile::tempdir().unwrap();
+    let out = run_env(args(&["status", fresh.path().to_str().unwrap()]), &base).await;
     assert_eq!(out.status.code(), Some(1), "never synced: {}", text(&out));
 }
 
