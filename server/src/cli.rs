@@ -194,7 +194,7 @@ fn open_store(dir: &Path, read_only: bool) -> anyhow::Result<PackStore> {
     if r.reindexed > 0 || !r.truncated.is_empty() {
         tracing::warn!(
             "recovered from an unclean stop: re-indexed {}{}, cut {}",
-            lbsync_cli::units::count(r.reindexed as u64, "chunk"),
+            lbsync_cli::units::count(r.reindexed, "chunk"),
             if read_only { " (in memory)" } else { "" },
             lbsync_cli::units::count(r.truncated.len() as u64, "torn pack tail")
         );
