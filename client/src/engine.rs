@@ -17,6 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use lbsync_chunkstore::Manifest;
+use lbsync_cli::units::count;
 use lbsync_proto::{BatchOutcome, CommitOutcome, CommitRequest, Entry, EntryKind, SyncPath};
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -103,11 +104,11 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} up, {} down, {} deleted, {} conflicts; sent {}, received {} in {:.1}s",
+            "{} up, {} down, {} deleted, {}; sent {}, received {} in {:.1}s",
             self.uploaded,
             self.downloaded,
             self.deleted_here + self.deleted_there,
-            self.conflicts,
+            count(self.conflicts, "conflict"),
             human(self.bytes_sent),
             human(self.bytes_received),
             self.seconds
@@ -640,11 +641,11 @@ impl Syncer {
         );
         if held.there > 0 {
             let msg = format!(
-                "held back {} deletions made here: that is more than this folder's guard lets \
+                "held back {} made here: that is more than this folder's guard lets \
                  through at once, so nothing was deleted on the server. If you meant it, run \
                  `{confirm}`; if not, put the files back (they are still on the server: \
                  `lbsync-client sync` in an empty directory fetches them)",
-                held.there
+                count(held.there, "deletion")
             );
             warn!("{msg}");
             self.report.waiting.push(msg);

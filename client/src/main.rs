@@ -29,30 +29,12 @@ macro_rules! out {
     }};
 }
 
-/// A log writer that never fails its caller: a log pipe that is gone must not stop a sync.
-struct Quiet;
-
-impl std::io::Write for Quiet {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = std::io::stdout().write_all(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        let _ = std::io::stdout().flush();
-        Ok(())
-    }
-}
-
 /// Keeps a directory in sync with a folder on an lbsync server, sending only what changed.
 #[derive(Parser, Debug)]
-#[command(
-    version,
-    about,
-    after_help = "Exit status: 0 done; 1 failed; 2 usage error (a bad option, URL or path); \
-                  3 finished, but some paths are pending or need attention: run it again"
-)]
+#[command(version, about, after_help = lbsync_cli::EXIT_HELP)]
 struct Cli {
+    #[command(flatten)]
+    common: lbsync_cli::Common,
     /// Server URL [default: $LBSYNC_SERVER, else the one DIR last synced with, else http://127.0.0.1:7700]
     #[arg(long, global = true)]
     server: Option<String>,
@@ -91,6 +73,9 @@ enum Command {
     Sync {
         /// The directory to sync.
         dir: PathBuf,
+        /// Print what the sync did as JSON (the log goes to stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// Syncs DIR, then keeps it in step with the server in real time until SIGINT/SIGTERM.
     Watch {
@@ -115,14 +100,21 @@ enum Command {
     History {
         /// A path inside a synced directory.
         path: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
-    /// Makes an old version of a file current again (then syncs it here).
+    /// Makes an old version of a file current again (then syncs it here). A local edit of the
+    /// file that was never synced is kept beside it as a conflicted copy, and said so.
     Restore {
         /// A path inside a synced directory.
         path: PathBuf,
         /// The version to restore (see `history`).
         #[arg(long)]
         version: u64,
+        /// Print what was done as JSON (the log goes to stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// Undoes a deletion: restores every path deleted by the most recent deletion event (the
     /// newest deletion and the same device's others in the minute before it), or every path
@@ -150,46 +142,41 @@ enum Command {
     },
 }
 
-/// "2026-12-01 12:30:01 message", with "warning:" or "error:" before the message when it is one.
-struct Lines;
-
-impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Lines
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
-        mut w: tracing_subscriber::fmt::format::Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> std::fmt::Result {
-        write!(w, "{} ", chrono::Local::now().format("%Y-%m-%d %H:%M:%S"))?;
-        match *event.metadata().level() {
-            tracing::Level::WARN => write!(w, "warning: ")?,
-            tracing::Level::ERROR => write!(w, "error: ")?,
-            _ => {}
-        }
-        ctx.field_format().format_fields(w.by_ref(), event)?;
-        writeln!(w)
-    }
-}
+const PROGRAM: lbsync_cli::Program = lbsync_cli::Program {
+    name: "lbsync-client",
+    version: env!("CARGO_PKG_VERSION"),
+    config_file: "client.toml",
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
-        )
-        .event_format(Lines)
-        .with_writer(|| Quiet)
-        .init();
-    match run(Cli::parse()).await {
+    let parsed = lbsync_cli::parse::<Cli>(&PROGRAM, std::env::args_os().collect());
+    let cli = parsed.cli;
+    // The log shares stdout with what the commands print, except under --json, whose stdout
+    // is the JSON alone.
+    let json = matches!(
+        cli.command,
+        Command::Sync { json: true, .. }
+            | Command::Status { json: true, .. }
+            | Command::History { json: true, .. }
+            | Command::Restore { json: true, .. }
+    );
+    lbsync_cli::logging::init(
+        &cli.common,
+        lbsync_cli::logging::Setup {
+            stream: if json {
+                lbsync_cli::logging::Stream::Stderr
+            } else {
+                lbsync_cli::logging::Stream::Stdout
+            },
+            style: lbsync_cli::logging::Style::Person,
+            noisy: &["h2", "tower", "hyper"],
+        },
+    );
+    match run(cli, &parsed.command).await {
         Ok(code) => code,
         Err(e) => {
-            use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "lbsync-client: {e:#}");
+            lbsync_cli::errors::print_fatal(PROGRAM.name, e.as_ref());
             let usage = matches!(
                 e.downcast_ref::<lbsync_client::Error>(),
                 Some(lbsync_client::Error::Usage(_) | lbsync_client::Error::BadUrl(_))
@@ -197,16 +184,16 @@ async fn main() -> ExitCode {
             if usage {
                 ExitCode::from(EXIT_USAGE)
             } else {
-                ExitCode::FAILURE
+                ExitCode::from(lbsync_cli::EXIT_FATAL)
             }
         }
     }
 }
 
 /// A mistake in how the program was called: fix the command (clap's own usage errors exit 2 too).
-const EXIT_USAGE: u8 = 2;
+const EXIT_USAGE: u8 = lbsync_cli::EXIT_USAGE;
 /// The command finished, but some paths are pending or wait for a person: run it again.
-const EXIT_PENDING: u8 = 3;
+const EXIT_PENDING: u8 = lbsync_cli::EXIT_PENDING;
 
 fn parse_pin(pin: &str) -> Result<String, String> {
     lbsync_proto::tls::parse_pin(pin).map(|_| pin.to_owned())
@@ -263,18 +250,52 @@ fn locate(path: &Path) -> anyhow::Result<(PathBuf, SyncPath)> {
     )
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    use clap::CommandFactory as _;
+/// Prints `v` as pretty JSON on stdout.
+fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    out!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// A sync's report as JSON: the report's own fields, the directory, and whether it is in sync.
+fn report_json(dir: &Path, report: &lbsync_client::Report) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(report)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("dir".into(), dir.display().to_string().into());
+        o.insert("in_sync".into(), report.in_sync().into());
+    }
+    Ok(v)
+}
+
+/// The exit status for a finished sync.
+fn sync_code(report: &lbsync_client::Report) -> ExitCode {
+    if report.in_sync() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PENDING)
+    }
+}
+
+/// True when the file at `rel` holds something DIR's state never synced: an edit made since
+/// the last sync, or a file the server never had from here.
+fn unsynced_edit(root: &Path, state: &lbsync_client::state::State, rel: &SyncPath) -> bool {
+    let Some(now) = fingerprint(&rel.to_local(root)) else {
+        return false;
+    };
+    match state.files.get(rel.as_str()) {
+        Some(synced) => !unchanged(&now, &synced.local),
+        None => true,
+    }
+}
+
+async fn run(cli: Cli, command: &clap::Command) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Completions { shell } => {
-            let mut out = Vec::new();
-            clap_complete::generate(*shell, &mut Cli::command(), "lbsync-client", &mut out);
-            out!("{}", String::from_utf8_lossy(&out).trim_end());
+            let script = lbsync_cli::generate::completions(command, *shell);
+            out!("{}", String::from_utf8_lossy(&script).trim_end());
             return Ok(ExitCode::SUCCESS);
         }
         Command::Man { dir } => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            clap_mangen::generate_to(Cli::command(), dir)
+            lbsync_cli::generate::man_pages(command, dir)
                 .with_context(|| format!("writing man pages into {}", dir.display()))?;
             out!("wrote the man pages into {}", dir.display());
             return Ok(ExitCode::SUCCESS);
@@ -283,9 +304,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let opts = options(&cli)?;
     match &cli.command {
-        Command::Sync { dir } => {
+        Command::Sync { dir, json } => {
             let mut syncer = Syncer::open(dir, &opts).await?;
             let report = syncer.sync().await?;
+            if *json {
+                print_json(&report_json(dir, &report)?)?;
+                return Ok(sync_code(&report));
+            }
             out!("sync done: {report}");
             if report.in_sync() {
                 return Ok(ExitCode::SUCCESS);
@@ -315,10 +340,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { dir, json } => status(dir, *json),
-        Command::History { path } => {
+        Command::History { path, json } => {
             let (root, rel) = locate(path)?;
             let mut syncer = Syncer::open(&root, &opts).await?;
             let versions = syncer.remote.history(&rel).await?;
+            if *json {
+                let items: Vec<serde_json::Value> = versions
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "version": e.version,
+                            "committed": lbsync_cli::units::rfc3339(e.committed_ns),
+                            "deleted": e.deleted,
+                            "size": e.size,
+                            "device": e.device.split('#').next().unwrap_or(""),
+                            "seq": e.seq,
+                        })
+                    })
+                    .collect();
+                print_json(&serde_json::json!({ "path": rel.as_str(), "versions": items }))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             if versions.is_empty() {
                 out!("{rel}: no versions on the server");
             }
@@ -329,61 +371,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let what = if e.deleted {
                     "deleted".to_owned()
                 } else {
-                    format!("{} bytes", e.size)
+                    lbsync_cli::units::count(e.size, "byte")
                 };
                 let device = e.device.split('#').next().unwrap_or("");
                 out!("v{:<4} {when}  {what:>16}  by {device}", e.version);
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore { path, version } => {
-            let (root, rel) = locate(path)?;
-            // A running `watch` holds the folder: then the restore is made on the server, and
-            // that watch brings it here.
-            let mut syncer = match Syncer::open(&root, &opts).await {
-                Err(lbsync_client::Error::Busy { .. }) => {
-                    let mut state = StateStore::load(&root)?;
-                    let device = format!("{}#{}", state.state.device_name, state.state.device_id);
-                    let access = lbsync_client::engine::access(&opts, &mut state.state)?;
-                    let mut remote = lbsync_client::remote::Remote::connect_with(
-                        opts.server.as_deref().unwrap_or(&state.state.server),
-                        &access,
-                        &state.state.folder,
-                        &device,
-                    )
-                    .await?;
-                    match remote.restore(&rel, *version, &device).await? {
-                        CommitOutcome::Committed(e) => out!(
-                            "restored {rel} v{version} as v{}; the lbsync-client running on {} \
-                             brings it there",
-                            e.version,
-                            root.display()
-                        ),
-                        CommitOutcome::Conflict(e) => {
-                            bail!("{rel} changed meanwhile (now v{}): try again", e.version)
-                        }
-                    }
-                    return Ok(ExitCode::SUCCESS);
-                }
-                res => res?,
-            };
-            let device = syncer.device.clone();
-            match syncer.remote.restore(&rel, *version, &device).await? {
-                CommitOutcome::Committed(e) => {
-                    out!("restored {rel} v{version} as v{}", e.version)
-                }
-                CommitOutcome::Conflict(e) => {
-                    bail!("{rel} changed meanwhile (now v{}): try again", e.version)
-                }
-            }
-            let report = syncer.sync().await?;
-            out!("sync done: {report}");
-            Ok(if report.in_sync() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_PENDING)
-            })
-        }
+        Command::Restore {
+            path,
+            version,
+            json,
+        } => restore(&opts, path, *version, *json).await,
         Command::Undelete { dir, since, paths } => {
             use lbsync_client::undelete::{UndeleteOptions, path_arg, undelete};
             let mut syncer = Syncer::open(dir, &opts).await?;
@@ -399,11 +398,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             )
             .await?;
-            println!("{done}");
+            out!("{done}");
             if let Some(report) = &done.sync {
-                println!("sync done: {report}");
+                out!("sync done: {report}");
                 if !report.in_sync() {
-                    println!("  {}", report.pending.join("\n  "));
+                    out!("  {}", report.pending.join("\n  "));
                 }
             }
             Ok(if done.complete() {
@@ -414,6 +413,117 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     }
+}
+
+/// `restore PATH --version V`. Safety rule 1: a local edit of PATH that DIR never synced is not
+/// overwritten by the restored version: it is moved aside as a conflicted copy (which the sync
+/// that follows sends), and the output says so.
+async fn restore(
+    opts: &SyncOptions,
+    path: &Path,
+    version: u64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (root, rel) = locate(path)?;
+    // A running `watch` holds the folder: then the restore is made on the server, and that
+    // watch brings it here.
+    let mut syncer = match Syncer::open(&root, opts).await {
+        Err(lbsync_client::Error::Busy { .. }) => {
+            let mut state = StateStore::load(&root)?;
+            if unsynced_edit(&root, &state.state, &rel) {
+                bail!(
+                    "{rel} has a local edit the lbsync-client running on {} has not sent yet; \
+                     nothing was restored: wait until it is sent (`lbsync-client status {}` \
+                     shows none pending), then run this again",
+                    root.display(),
+                    root.display()
+                );
+            }
+            let device = format!("{}#{}", state.state.device_name, state.state.device_id);
+            let access = lbsync_client::engine::access(opts, &mut state.state)?;
+            let mut remote = lbsync_client::remote::Remote::connect_with(
+                opts.server.as_deref().unwrap_or(&state.state.server),
+                &access,
+                &state.state.folder,
+                &device,
+            )
+            .await?;
+            match remote.restore(&rel, version, &device).await? {
+                CommitOutcome::Committed(e) => {
+                    if json {
+                        print_json(&serde_json::json!({
+                            "path": rel.as_str(),
+                            "version": version,
+                            "restored_as": e.version,
+                            "kept_local_edit_as": null,
+                            "sync": null,
+                        }))?;
+                    } else {
+                        out!(
+                            "restored {rel} v{version} as v{}; the lbsync-client running on {} \
+                             brings it there",
+                            e.version,
+                            root.display()
+                        );
+                    }
+                }
+                CommitOutcome::Conflict(e) => {
+                    bail!("{rel} changed meanwhile (now v{}): try again", e.version)
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        res => res?,
+    };
+    let edited = unsynced_edit(&root, &syncer.state.state, &rel);
+    let device = syncer.device.clone();
+    let restored_as = match syncer.remote.restore(&rel, version, &device).await? {
+        CommitOutcome::Committed(e) => e.version,
+        CommitOutcome::Conflict(e) => {
+            bail!("{rel} changed meanwhile (now v{}): try again", e.version)
+        }
+    };
+    // Restored on the server: only now is the edit moved aside, so that a failed restore
+    // leaves the file where it was. The folder is locked: no sync runs in between.
+    let kept = if edited {
+        let copy = lbsync_client::conflict::conflicted_copy(
+            &root,
+            &rel,
+            &syncer.state.state.device_name,
+            chrono::Local::now(),
+        );
+        let from = lbsync_client::confine::check(&root, &rel)?;
+        let to = lbsync_client::confine::check(&root, &copy)?;
+        std::fs::rename(&from, &to).with_context(|| {
+            format!(
+                "keeping the local edit of {rel} as {copy} (the server has v{version} as \
+                 v{restored_as}; the next sync brings it, and your edit may then conflict)"
+            )
+        })?;
+        Some(copy)
+    } else {
+        None
+    };
+    let report = syncer.sync().await?;
+    if json {
+        print_json(&serde_json::json!({
+            "path": rel.as_str(),
+            "version": version,
+            "restored_as": restored_as,
+            "kept_local_edit_as": kept.as_ref().map(SyncPath::as_str),
+            "sync": report_json(&root, &report)?,
+        }))?;
+    } else {
+        out!("restored {rel} v{version} as v{restored_as}");
+        if let Some(copy) = &kept {
+            out!(
+                "{rel} had a local edit that was never synced: it is kept as {copy} (and sent to \
+                 the server), the restored version took its name"
+            );
+        }
+        out!("sync done: {report}");
+    }
+    Ok(sync_code(&report))
 }
 
 /// SIGINT or SIGTERM.
@@ -492,6 +602,7 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             .format("%Y-%m-%d %H:%M:%S")
             .to_string()
     });
+    let last_sync_utc = (s.last_sync_ns > 0).then(|| lbsync_cli::units::rfc3339(s.last_sync_ns));
     let trust = match (&s.pin, &s.ca_file) {
         (Some(pin), _) => Some(format!("certificate pinned to {pin}")),
         (None, Some(ca)) => Some(format!("CAs in {}", ca.display())),
@@ -505,7 +616,7 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             "token_file": s.token_file,
             "folder": s.folder,
             "device": s.device_name,
-            "last_sync": last_sync,
+            "last_sync": last_sync_utc,
             "cursor": s.cursor,
             "synced_paths": s.files.len(),
             "pending": pending,
@@ -522,8 +633,14 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         }
         out!("device:    {}", s.device_name);
         out!("last sync: {}", last_sync.as_deref().unwrap_or("never"));
-        out!("synced:    {} paths", s.files.len());
-        out!("pending:   {} local changes", pending.len());
+        out!(
+            "synced:    {}",
+            lbsync_cli::units::count(s.files.len() as u64, "path")
+        );
+        out!(
+            "pending:   {}",
+            lbsync_cli::units::count(pending.len() as u64, "local change")
+        );
         for p in &pending {
             out!("  {p}");
         }
@@ -537,8 +654,8 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         }
         out!(
             "traffic:   {} sent, {} received",
-            lbsync_client::transfer::human(s.bytes_sent),
-            lbsync_client::transfer::human(s.bytes_received)
+            lbsync_cli::units::bytes(s.bytes_sent),
+            lbsync_cli::units::bytes(s.bytes_received)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use lbsync_chunkstore::{
     Chunk, ChunkId, ChunkRef, CompressProbe, Manifest, ManifestDelta, edit_bases,
 };
+use lbsync_cli::units::count;
 use lbsync_proto::wire::{
     MAX_DELTA_BASES, encode_chunk, encode_chunk_against, encode_chunk_probed,
 };
@@ -69,9 +70,31 @@ impl Progress {
     pub(crate) fn new(len: u64, what: String) -> Self {
         use std::io::IsTerminal;
         let bar = std::io::stdout().is_terminal().then(|| {
+            // indicatif's own {bytes} are binary (MiB) and its {decimal_bytes} say "kB": the
+            // bar prints with the summary's function instead, so both read "41.2 KB".
             let style = indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                "{msg} [{bar:30}] {done}/{total} {rate} eta {eta}",
             )
+            .map(|s| {
+                s.with_key(
+                    "done",
+                    |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = w.write_str(&human(st.pos()));
+                    },
+                )
+                .with_key(
+                    "total",
+                    |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = w.write_str(&human(st.len().unwrap_or(0)));
+                    },
+                )
+                .with_key(
+                    "rate",
+                    |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = w.write_str(&format!("{}/s", human(st.per_sec() as u64)));
+                    },
+                )
+            })
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
             indicatif::ProgressBar::with_draw_target(
                 Some(len),
@@ -101,20 +124,10 @@ impl Drop for Progress {
     }
 }
 
-/// Bytes in words: "41.2 KB".
+/// Bytes in words, decimal: "41.2 KB" (the one unit system of both binaries, see
+/// [`lbsync_cli::units::bytes`]).
 pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u + 1 < UNITS.len() {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    lbsync_cli::units::bytes(bytes)
 }
 
 /// One PutChunks call fed chunk by chunk, in messages bounded on the wire and decompressed;
@@ -314,9 +327,9 @@ impl Syncer {
                 Committed::Outcome(CommitOutcome::Committed(e)) => {
                     self.saw_commit(e.seq, path, e.version, e.committed_ns);
                     info!(
-                        "uploaded {path}: {} of {} chunks new, {} sent",
+                        "uploaded {path}: {} of {} new, {} sent",
                         pushed.chunks_sent,
-                        m.chunks().len(),
+                        count(m.chunks().len() as u64, "chunk"),
                         human(pushed.bytes_sent)
                     );
                     self.report.chunks_sent += pushed.chunks_sent;
@@ -443,8 +456,8 @@ impl Syncer {
             }
             Err(e) => {
                 warn!(
-                    "uploading {} files together failed ({e}): sending them one by one",
-                    paths.len()
+                    "uploading {} together failed ({e}): sending them one by one",
+                    count(paths.len() as u64, "file")
                 );
                 rest.extend(paths);
             }
@@ -569,10 +582,10 @@ impl Syncer {
                 String::new()
             };
             info!(
-                "uploaded {}: {} of {} chunks new{how}, {} sent",
+                "uploaded {}: {} of {} new{how}, {} sent",
                 s.path,
                 s.chunks_sent,
-                s.chunks.len(),
+                count(s.chunks.len() as u64, "chunk"),
                 human(s.bytes_sent)
             );
             self.report.chunks_sent += s.chunks_sent;
@@ -738,10 +751,10 @@ impl Syncer {
         let local = self.put_in_place(&r.path, &tmp)?;
         self.report.chunks_received += fetched;
         info!(
-            "downloaded {} from {}: {fetched} of {} chunks fetched, {local_chunks} copied from local files",
+            "downloaded {} from {}: {fetched} of {} fetched, {local_chunks} copied from local files",
             r.path,
             display_device(&r.device),
-            m.chunks().len()
+            count(m.chunks().len() as u64, "chunk")
         );
         self.record_file(&r.path, (r.version, r.seq, r.committed_ns), &m, local)
     }

@@ -3,8 +3,8 @@
 //! It lives in the library so that tests can run the very same program in a child process they
 //! can SIGKILL (`main.rs` is one line).
 //!
-//! Output never fails the program: the log goes to stderr through `LogWriter`, which drops what
-//! cannot be written (stderr closed, a broken pipe), and the reports on stdout end quietly when
+//! Output never fails the program: the log goes to stderr through `lbsync_cli::logging`, which
+//! drops what cannot be written (stderr closed, a broken pipe), and the reports on stdout end quietly when
 //! the reader has gone (`lbsync-server stats | head -1`). The print macros would panic there,
 //! and a panic in a request's task fails the request.
 
@@ -22,11 +22,14 @@ use lbsync_chunkstore::PackStore;
 
 /// lbsync's server: keeps folders in sync across clients, storing each distinct chunk once.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, after_help = lbsync_cli::EXIT_HELP)]
 struct Cli {
+    #[command(flatten)]
+    common: lbsync_cli::Common,
     /// The store directory (serving creates it if missing; `init` creates it; every other
-    /// command needs it to exist).
-    #[arg(long, global = true, env = "LBSYNC_STORE", default_value_os_t = default_store())]
+    /// command needs it to exist) [default: $XDG_DATA_HOME/lbsync/store, else
+    /// ~/.local/share/lbsync/store]
+    #[arg(long, global = true, env = "LBSYNC_STORE", default_value_os_t = default_store(), hide_default_value = true)]
     store: PathBuf,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7700")]
@@ -139,6 +142,17 @@ enum Command {
         #[arg(long = "with")]
         user: String,
     },
+    /// Prints a completion script for SHELL (e.g. `lbsync-server completions bash >
+    /// ~/.local/share/bash-completion/completions/lbsync-server`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Writes man pages for lbsync-server and each of its commands into DIR.
+    Man {
+        /// Where to write them (e.g. ~/.local/share/man/man1).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,11 +187,18 @@ enum TokenCommand {
     },
 }
 
+/// `$XDG_DATA_HOME/lbsync/store` (else `~/.local/share/lbsync/store`).
 fn default_store() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(|h| Path::new(&h).join(".local/share/lbsync/store"))
+    lbsync_cli::dirs::data(&lbsync_cli::dirs::process_env)
+        .map(|d| d.join("store"))
         .unwrap_or_else(|| PathBuf::from("lbsync-store"))
 }
+
+const PROGRAM: lbsync_cli::Program = lbsync_cli::Program {
+    name: "lbsync-server",
+    version: env!("CARGO_PKG_VERSION"),
+    config_file: "server.toml",
+};
 
 /// How a command opens the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,10 +258,10 @@ fn open_store(dir: &Path, how: Open) -> anyhow::Result<PackStore> {
     }
     if r.reindexed > 0 || !r.truncated.is_empty() {
         tracing::warn!(
-            "recovered from an unclean stop: re-indexed {} chunks{}, cut {} torn pack tails",
-            r.reindexed,
+            "recovered from an unclean stop: re-indexed {}{}, cut {}",
+            lbsync_cli::units::count(r.reindexed, "chunk"),
             if read_only { " (in memory)" } else { "" },
-            r.truncated.len()
+            lbsync_cli::units::count(r.truncated.len() as u64, "torn pack tail")
         );
     }
     for (pack, offset, bytes) in &r.skipped {
@@ -272,20 +293,39 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-    let cli = match Cli::try_parse_from(&args) {
-        Ok(cli) => cli,
-        Err(e) => e.exit(),
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_target(false)
-        .with_writer(|| LogWriter)
-        // Its fallback for a failed write prints with `eprintln!`, which panics when stderr is
-        // gone.
-        .log_internal_errors(false)
-        .try_init();
+    // The command line, then LBSYNC_* variables, then $XDG_CONFIG_HOME/lbsync/server.toml.
+    let parsed = lbsync_cli::parse::<Cli>(&PROGRAM, args.clone());
+    let cli = parsed.cli;
+    lbsync_cli::logging::init(
+        &cli.common,
+        lbsync_cli::logging::Setup {
+            stream: lbsync_cli::logging::Stream::Stderr,
+            style: lbsync_cli::logging::Style::Service,
+            noisy: &["h2", "tower", "hyper"],
+        },
+    );
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            let script = lbsync_cli::generate::completions(&parsed.command, *shell);
+            report(&String::from_utf8_lossy(&script).trim_end());
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some(Command::Man { dir }) => {
+            return match lbsync_cli::generate::man_pages(&parsed.command, dir) {
+                Ok(()) => {
+                    report(&format!("wrote the man pages into {}", dir.display()));
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    let e = anyhow::Error::new(e)
+                        .context(format!("writing man pages into {}", dir.display()));
+                    lbsync_cli::errors::print_fatal(PROGRAM.name, e.as_ref());
+                    std::process::ExitCode::from(lbsync_cli::EXIT_FATAL)
+                }
+            };
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -306,25 +346,9 @@ where
     match runtime.block_on(run(cli, forwarded)) {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "lbsync-server: {e:#}");
-            std::process::ExitCode::FAILURE
+            lbsync_cli::errors::print_fatal(PROGRAM.name, e.as_ref());
+            std::process::ExitCode::from(lbsync_cli::EXIT_FATAL)
         }
-    }
-}
-
-/// The log's writer: stderr, where a write that fails (stderr closed, a broken pipe, a full
-/// disk behind a redirect) is dropped. Logging must never fail or stall a request.
-struct LogWriter;
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = std::io::stderr().write_all(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        let _ = std::io::stderr().flush();
-        Ok(())
     }
 }
 

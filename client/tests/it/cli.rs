@@ -24,7 +24,7 @@ async fn binary_syncs_reports_status_history_and_restore() {
     .await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("uploaded notes.txt: 1 of 1 chunks new"),
+        text(&out).contains("uploaded notes.txt: 1 of 1 chunk new"),
         "{}",
         text(&out)
     );

@@ -3,6 +3,7 @@
 
 mod access;
 mod cli;
+mod conventions;
 mod faults;
 mod model;
 mod procs;

@@ -72,7 +72,8 @@ impl SyncService {
             };
             let done = msg.is_none();
             if let Some(m) = msg {
-                received += m.chunks.iter().map(|c| c.data.len()).sum::<usize>();
+                // Counted as the client counts what it sends: encoded messages.
+                received += prost::Message::encoded_len(&m);
                 let declared: u64 = m.chunks.iter().map(|c| u64::from(c.raw_len)).sum();
                 if declared > PUT_MESSAGE_RAW_LIMIT {
                     failure = Some(status(&Error::BadRequest(format!(
@@ -133,9 +134,9 @@ impl SyncService {
             return Err(s);
         }
         info!(
-            "received {} chunks for {folder:?} from {} ({received} bytes on the wire): {} new, {} \
+            "received {} for {folder:?} from {} ({received} bytes on the wire): {} new, {} \
              already stored",
-            answer.stored + answer.already_present,
+            lbsync_cli::units::count(u64::from(answer.stored + answer.already_present), "chunk"),
             caller.name(),
             answer.stored,
             answer.already_present

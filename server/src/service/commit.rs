@@ -307,16 +307,18 @@ impl SyncService {
                     (None, None) => Err(Error::Metadata("the group commit lost a commit".into())),
                 };
                 if let Ok(o) = &outcome {
-                    self.metrics.commit(matches!(o, CommitOutcome::Committed(_)));
+                    self.metrics
+                        .commit(matches!(o, CommitOutcome::Committed(_)));
                 }
                 match &outcome {
                     Ok(CommitOutcome::Committed(e)) => {
                         info!(
-                            "commit {folder}/{} v{} by {} ({caller}): {}{new_refs} of {total} chunks new, {received} bytes received",
+                            "commit {folder}/{} v{} by {} ({caller}): {}{new_refs} of {} new, {received} bytes received",
                             e.path,
                             e.version,
                             e.device,
                             if e.deleted { "deleted; " } else { "" },
+                            lbsync_cli::units::count(total as u64, "chunk"),
                         );
                         head = Some(e.seq);
                     }

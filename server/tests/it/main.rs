@@ -1,6 +1,7 @@
 //! End-to-end tests of the server: in-process over real sockets, and the real binary.
 
 mod cli;
+mod conventions;
 mod disk_full;
 mod hostile;
 mod ops;
