@@ -43,7 +43,7 @@ fn version_names_the_protocol() {
     );
 }
 
-/// `cert` writes STORE/tls/cert.pem, which shows which `--store` won: the flag over
+/// `init` makes the store where `--store` points, which shows which one won: the flag over
 /// `LBSYNC_STORE` over the config file.
 #[test]
 fn flag_beats_env_beats_config_file() {
@@ -56,23 +56,29 @@ fn flag_beats_env_beats_config_file() {
         format!("store = {:?}\n", store("file").to_str().unwrap()),
     )
     .unwrap();
-    let made = |n: &str| store(n).join("tls/cert.pem").exists();
-    let out = run(xdg.path(), &["cert"], &[]);
+    let made = |n: &str| store(n).is_dir();
+    let out = run(xdg.path(), &["init"], &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(made("file"));
     let env_store = store("env");
     let env = [("LBSYNC_STORE", env_store.to_str().unwrap())];
-    let out = run(xdg.path(), &["cert"], &env);
+    let out = run(xdg.path(), &["init"], &env);
     assert!(out.status.success(), "{}", text(&out));
     assert!(made("env"));
     let flag = store("flag");
     let out = run(
         xdg.path(),
-        &["cert", "--store", flag.to_str().unwrap()],
+        &["init", "--store", flag.to_str().unwrap()],
         &env,
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(made("flag"));
+    let out = run(
+        xdg.path(),
+        &["cert", "--store", flag.to_str().unwrap()],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
     // A subcommand's option from its table: `cert --force` lets a second cert replace the first.
     let out = run(
         xdg.path(),
@@ -146,6 +152,15 @@ fn logs_to_a_pipe_have_no_colour_and_a_date() {
     let xdg = tempfile::tempdir().unwrap();
     let store = tempfile::tempdir().unwrap();
     let s = store.path().join("s");
+    // A store made for the first time logs so, on a dated line.
+    let out = run(xdg.path(), &["--store", s.to_str().unwrap(), "init"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let log = String::from_utf8_lossy(&out.stderr);
+    let dated = log
+        .lines()
+        .any(|l| l.len() > 10 && chrono::NaiveDate::parse_from_str(&l[..10], "%Y-%m-%d").is_ok());
+    assert!(dated, "{log}");
+    assert!(!log.contains('\u{1b}'), "{log:?}");
     for env in [&[][..], &[("NO_COLOR", "1")][..]] {
         let out = run(xdg.path(), &["--store", s.to_str().unwrap(), "cert"], env);
         assert!(out.status.success(), "{}", text(&out));
@@ -153,19 +168,6 @@ fn logs_to_a_pipe_have_no_colour_and_a_date() {
         assert!(!log.contains('\u{1b}'), "{log:?}");
         let _ = std::fs::remove_dir_all(s.join("tls"));
     }
-    // A store opened for the first time logs that it was made, on a dated line (`user list` on
-    // a fresh store; should opening a missing store ever fail, run `init` first).
-    let out = run(
-        xdg.path(),
-        &["--store", s.to_str().unwrap(), "user", "list"],
-        &[],
-    );
-    let log = String::from_utf8_lossy(&out.stderr);
-    let dated = log
-        .lines()
-        .any(|l| l.len() > 10 && chrono::NaiveDate::parse_from_str(&l[..10], "%Y-%m-%d").is_ok());
-    assert!(dated, "{log}");
-    assert!(!log.contains('\u{1b}'), "{log:?}");
     let out = run(
         xdg.path(),
         &[
