@@ -35,7 +35,9 @@ struct Cli {
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
     /// A file of accepted tokens, one per line; clients send one as `authorization: Bearer`.
-    #[arg(long)]
+    /// (Its variable is not the client's `LBSYNC_TOKEN_FILE`, the token a client sends: one
+    /// shell may run both.)
+    #[arg(long, env = "LBSYNC_SERVER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Listen on a non-loopback address without tokens (anyone who can connect can read and write).
     #[arg(long)]
