@@ -1,9 +1,9 @@
 //! What lbsync's two binaries, `lbsync-client` and `lbsync-server`, share on the command line,
 //! so that they behave alike and a new option gets every convention without a line of its own.
 //!
-//! - [`parse`] turns the program's arguments into its clap `Parser` type after layering, for
+//! - [`mod@parse`] turns the program's arguments into its clap `Parser` type after layering, for
 //!   every option, generically over clap's `Command`: the command line, then an `LBSYNC_*`
-//!   variable ([`env`]), then the config file ([`config`]), then the built-in default.
+//!   variable ([`mod@env`]), then the config file ([`config`]), then the built-in default.
 //! - [`dirs`]: the XDG base directories.
 //! - [`logging`]: `-v`/`-q`, `--log-format text|json`, colour only on a terminal without
 //!   `NO_COLOR`, dated timestamps, and a log that never fails the program.

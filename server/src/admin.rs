@@ -8,6 +8,7 @@ use std::time::Duration;
 use lbsync_chunkstore::{
     ChunkStore, FsckProblem, FsckReport, GcOptions, GcReport, ManifestId, PackStore, StoreStats,
 };
+use lbsync_cli::units::{bytes, count};
 use serde_json::{Value, json};
 
 use crate::error::Result;
@@ -36,8 +37,11 @@ impl fmt::Display for Fsck {
         let s = &self.store;
         writeln!(
             f,
-            "checked {} packs, {} records, {} index entries, {} file versions",
-            s.packs, s.records, s.index_entries, self.files_checked
+            "checked {}, {}, {}, {}",
+            count(s.packs, "pack"),
+            count(s.records, "record"),
+            count(s.index_entries, "index entry"),
+            count(self.files_checked, "file version")
         )?;
         for p in &s.problems {
             writeln!(f, "problem: {p}")?;
@@ -218,16 +222,16 @@ impl fmt::Display for Gc {
         let verb = if self.dry_run { "would " } else { "" };
         write!(
             f,
-            "{verb}keep {} versions and drop {}; {verb}sweep {} unreferenced chunks ({} bytes), \
-             keep {} recent ones; {verb}rewrite {} packs and delete {}, freeing {} bytes",
-            self.versions_kept,
+            "{verb}keep {} and drop {}; {verb}sweep {} ({}), keep {} \
+             stored within the grace period; {verb}rewrite {} and delete {}, freeing {}",
+            count(self.versions_kept, "version"),
             self.versions_pruned,
-            s.swept_chunks,
-            s.swept_bytes,
-            s.kept_in_grace,
-            s.packs_rewritten,
+            count(s.swept_chunks, "unreferenced chunk"),
+            bytes(s.swept_bytes),
+            count(s.kept_in_grace, "recent chunk"),
+            count(s.packs_rewritten, "pack"),
             s.packs_deleted,
-            s.bytes_reclaimed
+            bytes(s.bytes_reclaimed)
         )
     }
 }
@@ -323,18 +327,21 @@ impl fmt::Display for Stats {
         writeln!(f, "folders:        {}", self.folders)?;
         writeln!(
             f,
-            "files:          {} ({} bytes)",
-            self.files, self.logical_bytes
+            "files:          {} ({})",
+            self.files,
+            bytes(self.logical_bytes)
         )?;
         writeln!(
             f,
-            "chunks:         {} ({} bytes uncompressed)",
-            s.chunks, s.raw_bytes
+            "chunks:         {} ({} uncompressed)",
+            s.chunks,
+            bytes(s.raw_bytes)
         )?;
         writeln!(
             f,
-            "stored on disk: {} bytes in {} packs",
-            s.disk_bytes, s.packs
+            "stored on disk: {} in {}",
+            bytes(s.disk_bytes),
+            count(s.packs, "pack")
         )?;
         write!(
             f,

@@ -57,7 +57,7 @@ pub struct ServerConfig {
 /// Serves the store on `listener` until `shutdown` resolves, then stops gracefully: health turns
 /// NOT_SERVING, systemd hears STOPPING=1, no new connection is accepted, open Changes and health
 /// Watch streams are ended, in-flight requests finish (a commit is one transaction: it either
-/// lands or not) within [`SHUTDOWN_DRAIN`], and the index is flushed.
+/// lands or not) within 10 s, and the index is flushed.
 ///
 /// Besides `lbsync.v1.Sync` it serves `grpc.health.v1.Health` and server reflection (v1 and
 /// v1alpha), neither of which needs a token. Once it serves it tells systemd READY=1 (when
