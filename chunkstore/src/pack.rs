@@ -207,6 +207,31 @@ pub(crate) struct PackReader<'a> {
 }
 
 impl PackReader<'_> {
+    /// Calls `each` with the header and offset of every sound record, in order, passing over a
+    /// damaged payload or header as recovery does, until a torn tail or the end. `io_err` puts a
+    /// read error in words.
+    pub(crate) fn for_each_sound<E>(
+        &self,
+        io_err: impl Fn(io::Error) -> E,
+        mut each: impl FnMut(RecordHeader, u64) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut offset = PACK_HEADER_LEN;
+        loop {
+            match self.record_at(offset).map_err(&io_err)? {
+                RecordAt::Valid { header, next } => {
+                    each(header, offset)?;
+                    offset = next;
+                }
+                RecordAt::BadPayload { next, .. } => offset = next,
+                RecordAt::BadHeader => match self.find_header_after(offset).map_err(&io_err)? {
+                    Some(resume) => offset = resume,
+                    None => return Ok(()),
+                },
+                RecordAt::Torn | RecordAt::End => return Ok(()),
+            }
+        }
+    }
+
     pub(crate) fn record_at(&self, offset: u64) -> io::Result<RecordAt> {
         if offset >= self.len {
             return Ok(RecordAt::End);

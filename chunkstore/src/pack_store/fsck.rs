@@ -323,27 +323,19 @@ fn first_copies(
             continue;
         }
         let reader = PackReader { file: &file, len };
-        let mut offset = PACK_HEADER_LEN;
-        loop {
-            match reader.record_at(offset).map_err(io_err())? {
-                RecordAt::Valid { header, next } => {
-                    if let Some(at) = wanted.get(&header.id)
-                        && *at != Some((pack, offset))
-                    {
-                        found
-                            .entry(header.id)
-                            .or_insert(IndexEntry::of(&header, pack, offset, now));
-                    }
-                    offset = next;
+        reader.for_each_sound(
+            |e| io_err()(e),
+            |header, offset| {
+                if let Some(at) = wanted.get(&header.id)
+                    && *at != Some((pack, offset))
+                {
+                    found
+                        .entry(header.id)
+                        .or_insert(IndexEntry::of(&header, pack, offset, now));
                 }
-                RecordAt::BadPayload { next, .. } => offset = next,
-                RecordAt::BadHeader => match reader.find_header_after(offset).map_err(io_err())? {
-                    Some(resume) => offset = resume,
-                    None => break,
-                },
-                RecordAt::Torn | RecordAt::End => break,
-            }
-        }
+                Ok(())
+            },
+        )?;
     }
     Ok(found)
 }

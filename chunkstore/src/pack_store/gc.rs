@@ -14,7 +14,7 @@ use super::present::{Filter, IdBitsHasher};
 use super::{PackStore, list_packs, lock, pack_path, sync_dir, unix_now};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, ManifestId};
-use crate::pack::{PACK_HEADER_LEN, PackReader, RECORD_HEADER_LEN, RecordAt};
+use crate::pack::{PACK_HEADER_LEN, PackReader, RECORD_HEADER_LEN};
 use crate::store::{ChunkStore, GcOptions, GcReport};
 
 /// Live ids held exactly, at most; past that, in a Bloom filter (see [`Live`]).
@@ -269,38 +269,30 @@ fn copy_live(
         copies.clear();
         Ok(())
     };
-    let mut offset = PACK_HEADER_LEN;
     let mut found = 0u64;
-    loop {
-        match reader.record_at(offset).map_err(io_err())? {
-            RecordAt::Valid { header, next } => {
-                let indexed = inner
-                    .index
-                    .get(header.id.as_bytes())?
-                    .and_then(|v| IndexEntry::decode(&v))
-                    .filter(|e| e.pack == pack && e.offset == offset);
-                if let Some(e) = indexed {
-                    let mut buf = vec![0u8; e.record_len() as usize];
-                    std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset)
-                        .map_err(io_err())?;
-                    pending += buf.len() as u64;
-                    found += 1;
-                    copies.push((header, buf, e.inserted_at));
-                    if pending >= COPY_BATCH {
-                        flush(&mut copies, writer)?;
-                        pending = 0;
-                    }
+    reader.for_each_sound(
+        |e| io_err()(e),
+        |header, offset| {
+            let indexed = inner
+                .index
+                .get(header.id.as_bytes())?
+                .and_then(|v| IndexEntry::decode(&v))
+                .filter(|e| e.pack == pack && e.offset == offset);
+            if let Some(e) = indexed {
+                let mut buf = vec![0u8; e.record_len() as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset)
+                    .map_err(io_err())?;
+                pending += buf.len() as u64;
+                found += 1;
+                copies.push((header, buf, e.inserted_at));
+                if pending >= COPY_BATCH {
+                    flush(&mut copies, writer)?;
+                    pending = 0;
                 }
-                offset = next;
             }
-            RecordAt::BadPayload { next, .. } => offset = next,
-            RecordAt::BadHeader => match reader.find_header_after(offset).map_err(io_err())? {
-                Some(resume) => offset = resume,
-                None => break,
-            },
-            RecordAt::Torn | RecordAt::End => break,
-        }
-    }
+            Ok(())
+        },
+    )?;
     flush(&mut copies, writer)?;
     if found == entries {
         return Ok(());
