@@ -5,6 +5,21 @@ use std::process::{Command, Stdio};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_lbsync-server");
 
+/// Runs `lbsync-server --store STORE ARGS`: (success, stdout, stderr).
+#[allow(clippy::unwrap_used)] // a test helper: a failure is a test failure
+pub(crate) fn run_on(store: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(["--store", store.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Kills the child if the test fails before it stops it.
 pub(crate) struct Reaper(pub(crate) std::process::Child);
 
@@ -350,18 +365,7 @@ fn a_closed_stderr_fails_no_request() {
 fn users_tokens_and_shares_through_the_binary_stopped_and_running() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let run = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .args(["--store", store.to_str().unwrap()])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| run_on(&store, args);
     let token_of = |out: &str| out.lines().next().unwrap().trim().to_owned();
     let id_of = |token: &str| token.split('_').nth(1).unwrap().to_owned();
 

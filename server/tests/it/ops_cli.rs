@@ -5,28 +5,13 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use lbsync_proto::{Content, pb};
 
-use crate::cli::{BIN, serve_with};
+use crate::cli::{BIN, run_on as run, serve_with};
 use crate::util::*;
-
-/// Runs `lbsync-server --store STORE ARGS`: (success, stdout, stderr).
-fn run(store: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(["--store", store.to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn kill(pid: u32, signal: &str) {
     let status = Command::new("kill")
