@@ -59,6 +59,15 @@ pub enum ConvertError {
 /// The longest device name accepted, in bytes.
 pub const MAX_DEVICE_BYTES: usize = 255;
 
+/// The longest [`Entry::sealed`](crate::Entry::sealed) accepted, in bytes: an encrypted
+/// folder's entry metadata (a symlink target of 4096 bytes and the AEAD's overhead fit).
+pub const MAX_SEALED_BYTES: usize = 8192;
+
+/// How much longer than its plaintext a chunk of an encrypted folder may be when stored (the
+/// client's nonce, AEAD tag and format byte, with room to spare): the largest stored chunk of an
+/// encrypted folder is the largest chunk of any class plus this.
+pub const SEALED_CHUNK_OVERHEAD: u32 = 64;
+
 /// Checks a device name: at most [`MAX_DEVICE_BYTES`] bytes and no control characters (it is
 /// shown to people, logged, and put in the names of conflicted copies).
 pub fn check_device(device: &str) -> Result<(), ConvertError> {
@@ -203,6 +212,7 @@ impl From<Entry> for pb::Entry {
             symlink_target: e.symlink_target.unwrap_or_default(),
             seq: e.seq,
             committed_ns: e.committed_ns,
+            sealed: Bytes::from(e.sealed),
         }
     }
 }
@@ -223,6 +233,13 @@ impl TryFrom<pb::Entry> for Entry {
                 expected: format!("at most {}", crate::path::MAX_PATH_BYTES),
             });
         }
+        if e.sealed.len() > MAX_SEALED_BYTES {
+            return Err(ConvertError::BadLength {
+                field: "sealed",
+                len: e.sealed.len(),
+                expected: format!("at most {MAX_SEALED_BYTES}"),
+            });
+        }
         Ok(Self {
             path: SyncPath::from_bytes(&e.path)?,
             kind: kind.into(),
@@ -236,6 +253,7 @@ impl TryFrom<pb::Entry> for Entry {
             symlink_target: Some(e.symlink_target).filter(|t| !t.is_empty()),
             seq: e.seq,
             committed_ns: e.committed_ns,
+            sealed: e.sealed.to_vec(),
         })
     }
 }

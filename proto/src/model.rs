@@ -47,6 +47,9 @@ pub struct Entry {
     pub seq: u64,
     /// When the server committed it, Unix nanoseconds.
     pub committed_ns: i64,
+    /// Encrypted folders: the client-sealed metadata (empty in plain folders). The server stores
+    /// it as sent; only a client holding the folder key opens it.
+    pub sealed: Vec<u8>,
 }
 
 impl Entry {
@@ -87,6 +90,7 @@ impl Entry {
             symlink_target: None,
             seq: 0,
             committed_ns: 0,
+            sealed: Vec::new(),
         }
     }
 }

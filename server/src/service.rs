@@ -186,6 +186,7 @@ impl pb::sync_server::Sync for SyncService {
             max_batch_refs: self.limits.max_batch_refs,
             max_history: self.limits.max_history,
             max_requests_per_user: self.limits.max_requests_per_user,
+            encrypted: false, // issue 19: set from the folder's keys
         }))
     }
 
@@ -323,6 +324,24 @@ impl pb::sync_server::Sync for SyncService {
             versions: versions.into_iter().map(Into::into).collect(),
             truncated,
         }))
+    }
+
+    async fn get_folder_keys(
+        &self,
+        _req: Request<pb::GetFolderKeysRequest>,
+    ) -> Result<Response<pb::FolderKeys>, Status> {
+        Err(Status::unimplemented(
+            "encrypted folders are being built (issue 19)",
+        ))
+    }
+
+    async fn set_folder_keys(
+        &self,
+        _req: Request<pb::SetFolderKeysRequest>,
+    ) -> Result<Response<pb::FolderKeys>, Status> {
+        Err(Status::unimplemented(
+            "encrypted folders are being built (issue 19)",
+        ))
     }
 
     async fn restore(
