@@ -121,29 +121,29 @@ fn inside() {
         let copied = res.is_ok();
 
         // Space comes back: the same upload and commit go through. When sled itself met the full
-        // disk (its background flush can), it refuses writes until it is reopened, so the
-        // server is restarted then, as its error message says.
+        // disk (its background flush can, at any moment while the disk was full), it refuses
+        // writes until it is reopened, so the server is restarted then, as its error message
+        // says; the refusal may come at the upload or only at the commit.
         std::fs::remove_file(&filler).unwrap();
-        let (server, mut c) = match upload_result(&mut c, &second).await {
-            Ok(()) => (server, c),
+        let first_try = upload_and_commit(&mut c, &second).await;
+        let (server, mut c, m2) = match first_try {
+            Ok(m2) => (server, c, m2),
             Err(err) => {
                 assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
                 assert!(err.message().contains("restart"), "{}", err.message());
-                server.stop().await;
+                // Its last flush may fail the same way: what it had acknowledged is durable
+                // already, and the restart recovers the rest.
+                if let Err(e) = server.stop_result().await {
+                    let e = format!("{e:?}");
+                    assert!(e.contains("StorageFull"), "{e}");
+                }
                 let server = TestServer::start(&store).await;
                 let mut c = server.client().await;
                 handshake(&mut c, "default").await;
-                (server, c)
+                let m2 = upload_and_commit(&mut c, &second).await.unwrap();
+                (server, c, m2)
             }
         };
-        let (m2, _) = upload(&mut c, &second).await;
-        committed(
-            commit(
-                &mut c,
-                file_commit("default", "second.bin", &m2, 0, Content::Full(m2.clone())),
-            )
-            .await,
-        );
         if !copied {
             committed(
                 commit(
@@ -174,6 +174,27 @@ fn inside() {
         );
     });
     let _ = Command::new("umount").arg(mnt.path()).status();
+}
+
+/// Uploads `data` and commits it as `second.bin` (a new path), returning the status of the
+/// first call that fails.
+async fn upload_and_commit(
+    c: &mut Client,
+    data: &[u8],
+) -> Result<lbsync_chunkstore::Manifest, tonic::Status> {
+    upload_result(c, data).await?;
+    let (m, _) = upload(c, data).await;
+    let outcome = c
+        .commit(file_commit(
+            "default",
+            "second.bin",
+            &m,
+            0,
+            Content::Full(m.clone()),
+        ))
+        .await?;
+    committed(outcome.into_inner().try_into().unwrap());
+    Ok(m)
 }
 
 /// Like `upload`, but returns the status instead of panicking on it.

@@ -90,9 +90,14 @@ impl TestServer {
         connect(self.addr, token).await
     }
 
-    pub(crate) async fn stop(mut self) {
+    pub(crate) async fn stop(self) {
+        self.stop_result().await.unwrap();
+    }
+
+    /// Stops the server and returns how its shutdown went (its last flush can fail).
+    pub(crate) async fn stop_result(mut self) -> lbsync_server::Result<()> {
         self.stop.take().unwrap().send(()).unwrap();
-        self.handle.take().unwrap().await.unwrap().unwrap();
+        self.handle.take().unwrap().await.unwrap()
     }
 }
 
