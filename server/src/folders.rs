@@ -364,9 +364,7 @@ impl Folders {
     /// Makes `entry` the path's current version if the path is at `base_version` (or is new or
     /// deleted and `base_version` is 0). Assigns the version, seq and commit time.
     pub fn commit(&self, folder: &str, entry: Entry, base_version: u64) -> Result<CommitOutcome> {
-        let encrypted = self.encrypted(folder)?;
-        let (mut outcomes, failed) =
-            self.commit_batch(folder, vec![(entry, base_version)], encrypted)?;
+        let (mut outcomes, failed) = self.commit_batch(folder, vec![(entry, base_version)])?;
         match (outcomes.pop(), failed) {
             (Some(outcome), None) => Ok(outcome),
             (_, Some(e)) => Err(e),
@@ -382,11 +380,22 @@ impl Folders {
     /// If a transaction fails, the outcomes of the groups before it (which took effect, and are
     /// flushed like the rest) come back with the error; the commits after them were not tried.
     ///
-    /// `encrypted` is whether the caller checked the entries for an encrypted folder: a
-    /// transaction that finds the folder otherwise fails ([`Error::Precondition`]). In an
-    /// encrypted folder, base version 0 over a tombstone is a conflict (the entry was sealed
-    /// for version 1, not for the tombstone's version + 1).
+    /// In an encrypted folder, base version 0 over a tombstone is a conflict (the entry was
+    /// sealed for version 1, not for the tombstone's version + 1). The entries are taken as
+    /// checked for the folder as it is now: see [`Folders::commit_batch_checked`].
     pub fn commit_batch(
+        &self,
+        folder: &str,
+        commits: Vec<(Entry, u64)>,
+    ) -> Result<(Vec<CommitOutcome>, Option<Error>)> {
+        let encrypted = self.encrypted(folder)?;
+        self.commit_batch_checked(folder, commits, encrypted)
+    }
+
+    /// [`Folders::commit_batch`] of entries checked for a folder that is `encrypted` (or plain):
+    /// a transaction that finds the folder otherwise (made encrypted since the checks) fails
+    /// with [`Error::Precondition`], and nothing of it is stored.
+    pub fn commit_batch_checked(
         &self,
         folder: &str,
         commits: Vec<(Entry, u64)>,
@@ -731,7 +740,7 @@ mod tests {
         let mut batch = vec![(e("a"), 1), (e("a"), 2), (e("a"), 1), (e("b"), 0)];
         let n = GROUP_TXN_COMMITS + 10;
         batch.extend((0..n).map(|i| (e(&format!("many/{i}")), 0)));
-        let (outcomes, failed) = folders.commit_batch("f", batch, false).unwrap();
+        let (outcomes, failed) = folders.commit_batch("f", batch).unwrap();
         assert!(failed.is_none());
         assert_eq!(outcomes.len(), n + 4);
         let committed = |o: &CommitOutcome| match o {

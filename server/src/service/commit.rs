@@ -320,7 +320,10 @@ impl SyncService {
             let bases: Vec<u64> = commits.iter().map(|(_, b)| *b).collect();
             let done = staged
                 .store(&self.store, &self.scopes, &folder)
-                .and_then(|()| self.folders.commit_batch(&folder, commits, encrypted));
+                .and_then(|()| {
+                    self.folders
+                        .commit_batch_checked(&folder, commits, encrypted)
+                });
             let (outcomes, failed) = match done {
                 Ok((outcomes, failed)) => (outcomes, failed),
                 Err(e) => (Vec::new(), Some(e)),

@@ -1132,7 +1132,9 @@ fn a_commit_checked_as_plain_does_not_land_in_a_folder_made_encrypted() {
         .set_keys("f", 0, vec![key("passphrase", "", b"k")])
         .unwrap();
     let e = Entry::dir(SyncPath::new("clear").unwrap(), "d");
-    let (outcomes, failed) = folders.commit_batch("f", vec![(e, 0)], false).unwrap();
+    let (outcomes, failed) = folders
+        .commit_batch_checked("f", vec![(e, 0)], false)
+        .unwrap();
     assert!(outcomes.is_empty());
     let err = failed.unwrap();
     assert!(
