@@ -1,6 +1,6 @@
-//! Users, tokens and shared folders: every RPC tried with every token on every folder, what is
-//! denied changes nothing, MissingChunks tells nothing of another folder's content, and a
-//! revoked token ends a Changes stream.
+//! Users, tokens and shared folders: every RPC (folder keys included) tried with every token on
+//! every folder, what is denied changes nothing, MissingChunks tells nothing of another folder's
+//! content, and a revoked token ends a Changes stream.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
@@ -35,9 +35,11 @@ enum Rpc {
     GetChunks,
     History,
     Restore,
+    GetFolderKeys,
+    SetFolderKeys,
 }
 
-const RPCS: [Rpc; 10] = [
+const RPCS: [Rpc; 12] = [
     Rpc::Handshake,
     Rpc::MissingChunks,
     Rpc::PutChunks,
@@ -48,13 +50,15 @@ const RPCS: [Rpc; 10] = [
     Rpc::GetChunks,
     Rpc::History,
     Rpc::Restore,
+    Rpc::GetFolderKeys,
+    Rpc::SetFolderKeys,
 ];
 
 impl Rpc {
     fn writes(self) -> bool {
         matches!(
             self,
-            Rpc::PutChunks | Rpc::Commit | Rpc::CommitBatch | Rpc::Restore
+            Rpc::PutChunks | Rpc::Commit | Rpc::CommitBatch | Rpc::Restore | Rpc::SetFolderKeys
         )
     }
 }
@@ -333,6 +337,38 @@ async fn attempt(
             ));
             Ok(())
         }
+        Rpc::GetFolderKeys => {
+            let keys = c
+                .get_folder_keys(pb::GetFolderKeysRequest {
+                    folder: folder.into(),
+                })
+                .await?
+                .into_inner();
+            assert_eq!(keys.generation, 0, "{folder} is plain");
+            Ok(())
+        }
+        Rpc::SetFolderKeys => {
+            // Authorized, it is refused for the folder's entries in the clear: nothing changes.
+            let res = c
+                .set_folder_keys(pb::SetFolderKeysRequest {
+                    folder: folder.into(),
+                    expected_generation: 0,
+                    wrapped: vec![pb::WrappedKey {
+                        kind: "passphrase".into(),
+                        label: String::new(),
+                        age: bytes(tag),
+                    }],
+                })
+                .await;
+            match res {
+                Err(s) if s.code() == Code::FailedPrecondition => {
+                    assert!(s.message().contains("in the clear"), "{s:?}");
+                    Ok(())
+                }
+                Err(s) => Err(s),
+                Ok(r) => panic!("{folder} with entries was made encrypted: {r:?}"),
+            }
+        }
     }
 }
 
@@ -375,10 +411,9 @@ fn snapshot(store: &PackStore) -> String {
         entries.sort_by(|a, b| a.path.as_str().cmp(b.path.as_str()));
         out += &format!("{f} head {} {entries:?}\n", folders.head(&f).unwrap());
     }
-    for n in names
-        .iter()
-        .filter(|n| n.starts_with("scope/") || *n == "owners" || *n == "members")
-    {
+    for n in names.iter().filter(|n| {
+        n.starts_with("scope/") || *n == "owners" || *n == "members" || *n == "folder_keys"
+    }) {
         let t = db.open_tree(n).unwrap();
         let keys: Vec<_> = t.iter().keys().map(|k| k.unwrap().to_vec()).collect();
         out += &format!("{n} {keys:?}\n");
@@ -434,7 +469,7 @@ async fn every_rpc_with_every_token_on_every_folder() {
             }
         }
     }
-    assert_eq!(allowed + denied, 7 * 4 * 10);
+    assert_eq!(allowed + denied, 7 * 4 * RPCS.len());
     assert!(
         allowed > 60 && denied > 100,
         "{allowed} allowed, {denied} denied"
