@@ -79,6 +79,8 @@
 mod chunk;
 mod entry;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod key;
 mod path;
 mod random;
