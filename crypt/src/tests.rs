@@ -15,15 +15,25 @@ fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// Text-like data: words of a seeded random vocabulary, in random order (compresses about 2-3x
+/// with zstd level 1, like prose or source code).
 fn text_bytes(n: usize) -> Vec<u8> {
-    let words = [
-        "sync ", "folder ", "chunk ", "the ", "server ", "cannot ", "read ", "it\n",
-    ];
-    let mut out = Vec::with_capacity(n + 8);
-    let mut i = 0usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let vocab: Vec<Vec<u8>> = (0..2000)
+        .map(|_| {
+            let len = 2 + (rng.next_u32() % 9) as usize;
+            (0..len)
+                .map(|_| b'a' + (rng.next_u32() % 26) as u8)
+                .collect()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n + 16);
     while out.len() < n {
-        out.extend_from_slice(words[(i * 7 + i / 3) % words.len()].as_bytes());
-        i += 1;
+        let r = rng.next_u32();
+        // Zipf-like: small indices far more often.
+        let i = ((r % 2000) * (r >> 21 & 1023) / 1024) as usize;
+        out.extend_from_slice(&vocab[i]);
+        out.push(if r % 13 == 0 { b'\n' } else { b' ' });
     }
     out.truncate(n);
     out
@@ -59,7 +69,32 @@ fn chunks_round_trip_raw_and_compressed() {
     let r = random_bytes(32 << 10, 3);
     assert_eq!(c.seal_chunk(&r).bytes.len(), r.len() + CHUNK_OVERHEAD);
     let t = text_bytes(32 << 10);
-    assert!(c.seal_chunk(&t).bytes.len() < t.len() / 4);
+    assert!(c.seal_chunk(&t).bytes.len() < t.len() * 3 / 4);
+}
+
+#[test]
+fn the_compression_decision_rests_on_the_chunk_alone() {
+    let t = text_bytes(16 << 10);
+    let r = random_bytes(16 << 10, 8);
+    assert!(chunk::compressed(&t).is_some());
+    assert!(chunk::compressed(&r).is_none());
+    // Small chunks are tried whole.
+    assert!(chunk::compressed(&t[..1500]).is_some());
+    assert!(chunk::compressed(&r[..1500]).is_none());
+    // The probe looks at the first 1 KiB: a chunk that starts random is sealed raw even if the
+    // rest would compress (a cost in bytes, never in correctness), and one that starts
+    // compressible is compressed whole only when the whole saves 1/32.
+    let random_head = [&r[..1024], &t[..8192]].concat();
+    assert!(chunk::compressed(&random_head).is_none());
+    let text_head = [&t[..1024], &r[..]].concat();
+    assert!(chunk::compressed(&text_head).is_none());
+    // The same bytes, the same decision, whatever was sealed before (no state between chunks).
+    let c = crypt();
+    let first = c.seal_chunk(&t);
+    for _ in 0..10 {
+        c.seal_chunk(&r);
+    }
+    assert_eq!(c.seal_chunk(&t), first);
 }
 
 #[test]
@@ -662,6 +697,49 @@ fn seal_throughput() {
             stored += c.seal_chunk(&ch.data).bytes.len();
         }
         let secs = t.elapsed().as_secs_f64();
+        let mb_s = |t: std::time::Instant| total as f64 / t.elapsed().as_secs_f64() / 1e6;
+        let t = std::time::Instant::now();
+        for ch in &chunks {
+            std::hint::black_box(blake3::hash(&ch.data));
+        }
+        let hash = mb_s(t);
+        let t = std::time::Instant::now();
+        let mut zstd_hits = 0;
+        for ch in &chunks {
+            zstd_hits += usize::from(chunk::compressed(&ch.data).is_some());
+        }
+        let decide = mb_s(t);
+        let t = std::time::Instant::now();
+        for ch in &chunks {
+            let mut b = ch.data.to_vec();
+            std::hint::black_box(
+                chacha20poly1305::aead::AeadInPlace::encrypt_in_place_detached(
+                    &c.0.chunk_aead,
+                    chacha20poly1305::XNonce::from_slice(&[0; 24]),
+                    CHUNK_AAD,
+                    &mut b,
+                )
+                .unwrap(),
+            );
+        }
+        let aead = mb_s(t);
+        println!(
+            "{name}: parts: one blake3 pass {hash:.0} MB/s, compression decision {decide:.0} MB/s \
+             ({zstd_hits} of {} chunks compressed), AEAD {aead:.0} MB/s",
+            chunks.len()
+        );
+        let t = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for half in chunks.chunks(chunks.len().div_ceil(2)) {
+                let c = c.clone();
+                s.spawn(move || {
+                    for ch in half {
+                        std::hint::black_box(c.seal_chunk(&ch.data));
+                    }
+                });
+            }
+        });
+        println!("{name}: seal on two threads {:.0} MB/s", mb_s(t));
         let t = std::time::Instant::now();
         for ch in chunks.iter().take(chunks.len() / 8) {
             let s = c.seal_chunk(&ch.data);
