@@ -755,3 +755,110 @@ fn seal_throughput() {
         );
     }
 }
+
+// ---- the formats, recomputed from the design with the primitives alone ----
+
+#[test]
+fn formats_follow_the_design_byte_for_byte() {
+    use aes_siv::KeyInit as _;
+    use base64::Engine as _;
+    use chacha20poly1305::aead::{Aead, Payload};
+
+    let key = [42u8; 32];
+    let c = FolderKey::from_bytes(key).crypt();
+    let sub = |ctx: &str| blake3::derive_key(&format!("lbsync 2026-12-02 {ctx}"), &key);
+
+    // Chunk: 0x01 || nonce || XChaCha20-Poly1305(body = 0x00 || pt), id = blake3(sealed).
+    let pt = b"a chunk too short to compress";
+    let nonce_hash = blake3::keyed_hash(&sub("chunk nonce"), pt);
+    let nonce = &nonce_hash.as_bytes()[..24];
+    let aead = XChaCha20Poly1305::new((&sub("chunk aead")).into());
+    let body = [&[0u8][..], pt].concat();
+    let ct = aead
+        .encrypt(
+            chacha20poly1305::XNonce::from_slice(nonce),
+            Payload {
+                msg: &body,
+                aad: b"lbsync chunk v1",
+            },
+        )
+        .unwrap();
+    let want = [&[1u8][..], nonce, &ct].concat();
+    let got = c.seal_chunk(pt);
+    assert_eq!(got.bytes.as_ref(), want.as_slice());
+    assert_eq!(got.id, ChunkId::of(&want));
+
+    // Length mask: the "length mask" subkey.
+    assert_eq!(c.length_mask(), LengthMask::new(sub("length mask")));
+
+    // Path: AES-256-SIV with key siv1 || siv2, ad = plaintext parent, name padded to 32.
+    let mut k64 = [0u8; 64];
+    k64[..32].copy_from_slice(&sub("path siv 1"));
+    k64[32..].copy_from_slice(&sub("path siv 2"));
+    let seal_name = |parent: &[u8], name: &[u8]| {
+        let mut padded = name.to_vec();
+        padded.push(0x80);
+        padded.resize(32, 0);
+        let raw = aes_siv::siv::Aes256Siv::new((&k64).into())
+            .encrypt([parent], &padded)
+            .unwrap();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    };
+    let sealed = c.seal_path(&p("dir/file")).unwrap();
+    assert_eq!(
+        sealed.as_str(),
+        format!("{}/{}", seal_name(b"", b"dir"), seal_name(b"dir", b"file"))
+    );
+
+    // Entry: 0x01 || nonce || XChaCha20-Poly1305(meta, aad) with the entry subkey.
+    let mut e = Entry::new(p("dir/file"), EntryKind::Symlink, "d");
+    e.size = 0x0102;
+    e.mode = 0o644;
+    e.mtime_ns = -5;
+    e.symlink_target = Some("tgt".into());
+    e.manifest = Some(ManifestId::of(b"m"));
+    let s = c.seal_entry(&e, 9).unwrap();
+    assert_eq!(s.sealed[0], 1);
+    let mut aad = b"lbsync entry v1".to_vec();
+    aad.extend_from_slice(&8u32.to_le_bytes());
+    aad.extend_from_slice(b"dir/file");
+    aad.extend_from_slice(&9u64.to_le_bytes());
+    aad.push(2); // symlink
+    aad.push(0);
+    aad.extend_from_slice(ManifestId::of(b"m").as_bytes());
+    let meta = XChaCha20Poly1305::new((&sub("entry aead")).into())
+        .decrypt(
+            chacha20poly1305::XNonce::from_slice(&s.sealed[1..25]),
+            Payload {
+                msg: &s.sealed[25..],
+                aad: &aad,
+            },
+        )
+        .unwrap();
+    let mut want = Vec::new();
+    want.extend_from_slice(&0x0102u64.to_le_bytes());
+    want.extend_from_slice(&0o644u32.to_le_bytes());
+    want.extend_from_slice(&(-5i64).to_le_bytes());
+    want.extend_from_slice(&3u32.to_le_bytes());
+    want.extend_from_slice(b"tgt");
+    assert_eq!(meta, want);
+
+    // Fingerprint: the first 10 bytes of the fingerprint subkey.
+    assert_eq!(
+        c.fingerprint().replace('-', ""),
+        key::to_hex(&sub("fingerprint")[..10])
+    );
+
+    // Golden values: a change here is a format change (every encrypted folder's ids change).
+    assert_eq!(
+        FolderKey::from_bytes(key).fingerprint(),
+        GOLDEN_FINGERPRINT,
+        "fingerprint of [42; 32]"
+    );
+    assert_eq!(c.seal_chunk(b"hello").id.to_string(), GOLDEN_HELLO_ID);
+    assert_eq!(c.seal_path(&p("a")).unwrap().as_str(), GOLDEN_PATH_A);
+}
+
+const GOLDEN_FINGERPRINT: &str = "b322-a473-337a-b2b2-5b1e";
+const GOLDEN_HELLO_ID: &str = "17cddab57e11b776c60afe0f27a7486c094ba603c9703df034d0a5b5033c3ef4";
+const GOLDEN_PATH_A: &str = "u2Ti27ZkbDKUuRym-qWzKkNYulDpzvjB36wD7ain8jWN0pax76rZVf53XBWC6Y8J";
