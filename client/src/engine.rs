@@ -23,6 +23,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use crate::cache::ChunkCache;
+use crate::codec::FolderCodec;
 use crate::confine;
 use crate::conflict::conflicted_copy_avoiding;
 use crate::error::{Error, Result};
@@ -225,7 +226,7 @@ pub fn read_token_file(f: &std::path::Path) -> Result<String> {
         })
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_owned())
@@ -295,7 +296,12 @@ impl Syncer {
         });
         let device = format!("{name}#{}", s.device_id);
         let access = access(opts, s)?;
-        let remote = Remote::connect_with(&server, &access, &folder, &device).await?;
+        let codec = FolderCodec::of_folder(&state)?;
+        let mut remote = Remote::connect_with(&server, &access, &folder, &device).await?;
+        crate::codec::check_handshake(&root, &folder, &codec, remote.encrypted)?;
+        remote.set_codec(codec.clone());
+        state.codec = codec;
+        let s = &mut state.state;
         if !s.store_id.is_empty() && s.store_id != remote.store_id {
             warn!(
                 "the server's store is not the one {} was synced with (its id is {}, it was {}): \
@@ -326,7 +332,12 @@ impl Syncer {
             state.save()?;
         }
         let index = ChunkIndex::build(&state);
-        let cache = ChunkCache::open(state.cache_dir());
+        // The cache serves chunk deltas only, which an encrypted folder does not make.
+        let cache = if state.codec.chunk_deltas() {
+            ChunkCache::open(state.cache_dir())
+        } else {
+            ChunkCache::off()
+        };
         let root_id = (md.dev(), md.ino());
         let mut syncer = Self {
             root,
@@ -473,6 +484,9 @@ impl Syncer {
                 .find(|e| e.seq == cursor)
                 .map(|e| (e.path.as_str().to_owned(), e.version, e.committed_ns));
         }
+        if self.remote.codec().is_sealed() {
+            self.report_rollbacks(&remote);
+        }
         // A commit in doubt that the server does not show did not happen.
         let files = &self.state.state.files;
         self.state.state.in_doubt.retain(|p| {
@@ -543,6 +557,9 @@ impl Syncer {
                 )
         });
         let ok = self.execute(plan, &local).await;
+        for why in self.remote.take_refused() {
+            self.report.waiting.push(why);
+        }
         self.report.bytes_sent = self.remote.sent - sent0;
         self.report.bytes_received = self.remote.received - received0;
         let problems = std::mem::take(&mut self.problems);
@@ -632,6 +649,28 @@ impl Syncer {
         Ok(!versions.iter().any(same))
     }
 
+    /// In an encrypted folder, says where the server shows an older version of a path than the
+    /// one synced here as its newest: every version is sealed with its number, so this is an
+    /// old entry replayed (a server restored from a backup, or a hostile one). The planner does
+    /// not apply it (see `plan`: an older version is never taken as newer).
+    fn report_rollbacks(&mut self, remote: &HashMap<SyncPath, Entry>) {
+        for (path, e) in remote {
+            let Some(s) = self.state.state.files.get(path.as_str()) else {
+                continue;
+            };
+            if e.version < s.version {
+                let msg = format!(
+                    "the server shows v{} of {path} as its newest version, but v{} was synced \
+                     here: an older version replayed (a server restored from a backup, or one \
+                     that tampers); it is not applied",
+                    e.version, s.version
+                );
+                warn!("{msg}");
+                self.report.waiting.push(msg);
+            }
+        }
+    }
+
     /// Says what the guard held back, and how to let it through.
     fn report_held(&mut self, held: Held) {
         self.report.held = held;
@@ -667,8 +706,12 @@ impl Syncer {
                 continue;
             }
             let same = s.manifest_id().is_some_and(|id| {
-                manifest_of(&path.to_local(&self.root), self.remote.params)
-                    .is_ok_and(|m| m.id() == id)
+                manifest_of(
+                    &path.to_local(&self.root),
+                    self.remote.params,
+                    self.remote.codec(),
+                )
+                .is_ok_and(|m| m.id() == id)
             });
             let h = match (same, fp.mode == s.local.mode) {
                 (true, true) => Hashed::Same,
@@ -941,7 +984,7 @@ impl Syncer {
         };
         let old = match fp.kind {
             Kind::File => {
-                let m = manifest_of(&local, self.remote.params)?;
+                let m = manifest_of(&local, self.remote.params, self.remote.codec())?;
                 let versions = self.remote.history(&r.path).await?;
                 versions
                     .iter()
@@ -1055,7 +1098,11 @@ impl Syncer {
             (Kind::Dir, EntryKind::Dir) => true,
             (Kind::Symlink, EntryKind::Symlink) => l.target == r.symlink_target,
             (Kind::File, EntryKind::File) => {
-                let m = manifest_of(&r.path.to_local(&self.root), self.remote.params)?;
+                let m = manifest_of(
+                    &r.path.to_local(&self.root),
+                    self.remote.params,
+                    self.remote.codec(),
+                )?;
                 if Some(m.id()) == r.manifest {
                     self.state.put_manifest(&m)?;
                 } else if let Some(old) = self.old_server_version(&r.path, &m, l).await? {

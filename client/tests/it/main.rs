@@ -4,6 +4,7 @@
 mod access;
 mod cli;
 mod conventions;
+mod encrypted;
 mod faults;
 mod model;
 mod procs;
