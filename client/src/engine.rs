@@ -519,6 +519,7 @@ impl Syncer {
             forgotten: st.forgotten,
             hashed: &hashed,
             seeding: st.seeding,
+            sealed_versions: self.remote.codec().is_sealed(),
         };
         let mut plan = plan(&view, remote, &ignored);
         // Where only the fingerprint moved (the bytes hash as synced), the new one is the

@@ -115,6 +115,9 @@ pub struct View<'a> {
     pub hashed: &'a HashMap<SyncPath, Hashed>,
     /// The state is new (see `State::seeding`).
     pub seeding: bool,
+    /// The folder is end-to-end encrypted: each entry's version is sealed with it, so the
+    /// version number decides what is older, never the server's unauthenticated commit times.
+    pub sealed_versions: bool,
 }
 
 /// Whether a path is excluded by ignore rules (`is_dir` for the rule syntax).
@@ -211,7 +214,13 @@ fn plan_path(
             .as_ref()
             .is_some_and(|r| r.version < s.version || (r.version == s.version && !holds(r, s)));
         if view.forgotten || regressed {
-            return Some(forgetful_server(here, s, there, changed_here));
+            return Some(forgetful_server(
+                here,
+                s,
+                there,
+                changed_here,
+                view.sealed_versions,
+            ));
         }
     }
 
@@ -269,6 +278,7 @@ fn forgetful_server(
     s: &Synced,
     there: Option<Entry>,
     changed_here: bool,
+    sealed_versions: bool,
 ) -> Action {
     let Some(r) = there else {
         return match here {
@@ -295,7 +305,11 @@ fn forgetful_server(
     }
     // Without the server's times, the same number with other content could be either: both
     // are kept.
-    let newer = if r.committed_ns > 0 && s.committed_ns > 0 {
+    let newer = if sealed_versions && r.version != s.version {
+        // The number is sealed with the entry and a hostile server can replay an old entry
+        // with any commit time: an older number is older, whatever the times say.
+        r.version > s.version
+    } else if r.committed_ns > 0 && s.committed_ns > 0 {
         r.committed_ns > s.committed_ns
     } else {
         r.version >= s.version

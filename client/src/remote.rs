@@ -410,18 +410,6 @@ impl Remote {
         self.codec.open_entry(e).map_err(|err| err.to_string())
     }
 
-    /// [`Remote::open_entry`] that logs and remembers a refusal (see [`Remote::take_refused`]).
-    fn take_entry(&mut self, e: pb::Entry) -> Option<Entry> {
-        match self.open_entry(e) {
-            Ok(e) => Some(e),
-            Err(why) => {
-                warn!("{why}");
-                self.refused.push(why);
-                None
-            }
-        }
-    }
-
     /// An entry of an answer to a commit, in the clear; one that does not open is an error.
     fn answered_entry(&self, what: &'static str, e: Entry) -> Result<Entry> {
         self.codec.open_entry(e).map_err(|err| Error::Protocol {
@@ -619,6 +607,7 @@ impl Remote {
     ) -> Result<(HashMap<SyncPath, Entry>, u64)> {
         let mut stream = self.changes(cursor).await?;
         let mut out = HashMap::new();
+        let mut hold: Option<u64> = None;
         loop {
             let Some(msg) = stream.message().await.map_err(Error::rpc("Changes"))? else {
                 return Err(Error::Protocol {
@@ -628,15 +617,38 @@ impl Remote {
             };
             self.received += msg.encoded_len() as u64;
             for e in msg.entries {
-                // One entry this client cannot take (a path it refuses, such as one inside
-                // `.lbsync/`, or one this folder's key did not seal) must not stop the others,
-                // nor hold the cursor forever.
-                if let Some(e) = self.take_entry(e) {
-                    out.insert(e.path.clone(), e);
+                // One entry this client cannot take must not stop the others. A path it
+                // refuses for good (such as one inside `.lbsync/`) must not hold the cursor
+                // forever either; but an entry that does not open (not sealed with this
+                // folder's key, or altered on the way) holds the cursor just before it, so the
+                // next sync reads it again: from an honest server it opens, and nothing is
+                // missed.
+                let seq = e.seq;
+                match Entry::try_from(e) {
+                    Err(err) => {
+                        let why = format!("the server sent an entry that is refused here: {err}");
+                        warn!("{why}");
+                        self.refused.push(why);
+                    }
+                    Ok(e) => match self.codec.open_entry(e) {
+                        Ok(e) => {
+                            out.insert(e.path.clone(), e);
+                        }
+                        Err(err) => {
+                            let why = err.to_string();
+                            warn!("{why}");
+                            self.refused.push(why);
+                            hold = Some(hold.map_or(seq, |h: u64| h.min(seq)));
+                        }
+                    },
                 }
             }
             if msg.caught_up {
-                return Ok((out, msg.cursor));
+                let cursor = match hold {
+                    Some(seq) => msg.cursor.min(seq.saturating_sub(1)),
+                    None => msg.cursor,
+                };
+                return Ok((out, cursor));
             }
         }
     }

@@ -51,6 +51,7 @@ struct Case {
     in_doubt: BTreeSet<String>,
     forgotten: bool,
     hashed: HashMap<SyncPath, Hashed>,
+    sealed_versions: bool,
 }
 
 impl Case {
@@ -61,6 +62,7 @@ impl Case {
             in_doubt: BTreeSet::new(),
             forgotten: false,
             hashed: HashMap::new(),
+            sealed_versions: false,
         }
     }
 
@@ -82,6 +84,7 @@ impl Case {
             forgotten: self.forgotten,
             hashed: &self.hashed,
             seeding: true,
+            sealed_versions: self.sealed_versions,
         };
         plan(
             &view,
@@ -207,6 +210,40 @@ fn a_forgetful_server_is_never_believed_over_this_folder() {
     assert!(matches!(
         plan.get(&p("a.txt")),
         Some(Action::BothChanged(_))
+    ));
+}
+
+#[test]
+fn in_an_encrypted_folder_an_older_version_is_older_whatever_its_commit_time() {
+    // A hostile server replays v1, honestly sealed, with a commit time after the v5 synced here.
+    // In a plain folder that is taken as an edit made after the server forgot (both kept); in an
+    // encrypted one the sealed number says it is old: nothing of it is written here.
+    let mut c = Case::new()
+        .synced("a.txt", synced(5, 500))
+        .here("a.txt", fp(Kind::File, 1))
+        .synced("gone.txt", synced(5, 500));
+    let replayed = |path: &str| entry(path, 1, false, 900);
+    let plan = c.plan(vec![replayed("a.txt"), replayed("gone.txt")]);
+    assert!(matches!(
+        plan.get(&p("a.txt")),
+        Some(Action::BothChanged(_))
+    ));
+    assert!(matches!(plan.get(&p("gone.txt")), Some(Action::Apply(_))));
+    c.sealed_versions = true;
+    let plan = c.plan(vec![replayed("a.txt"), replayed("gone.txt")]);
+    assert_eq!(plan.get(&p("a.txt")), Some(&Action::Upload { base: 1 }));
+    assert_eq!(
+        plan.get(&p("gone.txt")),
+        Some(&Action::DeleteThere {
+            base: 1,
+            kind: EntryKind::File
+        })
+    );
+    // A newer sealed number is newer, whatever the times.
+    let plan = c.plan(vec![entry("a.txt", 6, false, 100)]);
+    assert!(matches!(
+        plan.get(&p("a.txt")),
+        Some(Action::BothChanged(_) | Action::Apply(_))
     ));
 }
 
