@@ -4,7 +4,10 @@
 mod access;
 mod cli;
 mod conventions;
+mod encrypted;
 mod faults;
+mod hostile;
+mod hostile_proxy;
 mod model;
 mod procs;
 mod python;
