@@ -1,7 +1,7 @@
 //! A hostile server (the [`HostileProxy`] in front of a real one) that flips a byte of a chunk,
-//! swaps two chunks, swaps two paths' entries, replays an older version as newer, or moves one
-//! entry's sealed metadata to another: device B, which synced honestly before, syncs through
-//! it. Each time B reports the tampering, writes no wrong byte and deletes nothing; and a sync
+//! swaps two chunks, swaps two paths' entries, replays an older version as newer, rolls a path
+//! back to an older version, or moves one entry's sealed metadata to another: device B, which
+//! synced honestly before, syncs through it. Each time B reports the tampering, writes no wrong byte and deletes nothing; and a sync
 //! through the honest server afterwards brings B up to date.
 //!
 //! A plain folder has no defence against the entry attacks (the server is trusted with names
@@ -56,16 +56,28 @@ async fn attack(mode: Tamper, encrypted: bool) {
     write(a, "keep.txt", "never changes");
     sync_ok(a, &server.url, "alice").await;
     sync_ok(b, &server.url, "bob").await;
-    let before = tree(b);
-    assert_eq!(before, tree(a), "b did not get a's files");
+    assert_eq!(tree(b), tree(a), "b did not get a's files");
 
-    write(a, "one.txt", "one, second version: longer than the first");
-    write(a, "two.txt", "two, second version");
-    write(a, "docs/three.txt", "three, second version");
-    write(a, "big.bin", seeded(3 << 20, 2));
-    write(a, "new.bin", seeded(2 << 20, 3));
-    sync_ok(a, &server.url, "alice").await;
+    // Two rounds of edits, the first synced honestly: the server keeps three versions of the
+    // edited files, and b holds the second.
+    for round in [2, 3] {
+        if round == 3 {
+            sync_ok(b, &server.url, "bob").await;
+        }
+        write(
+            a,
+            "one.txt",
+            format!("one, version {round}: longer than the first"),
+        );
+        write(a, "two.txt", format!("two, version {round}"));
+        write(a, "docs/three.txt", format!("three, version {round}"));
+        write(a, "big.bin", seeded(3 << 20, round));
+        write(a, &format!("new{round}.bin"), seeded(2 << 20, 10 + round));
+        sync_ok(a, &server.url, "alice").await;
+    }
+    let before = tree(b);
     let wanted = tree(a);
+    assert_ne!(before, wanted);
 
     let proxy = HostileProxy::start(&server.url, mode).await;
     let out = sync_bin(b, &proxy.url, "bob").await;
@@ -126,6 +138,11 @@ async fn encrypted_swapped_paths_are_caught() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_replayed_old_version_is_caught() {
     attack(Tamper::Replay, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_rollback_to_an_older_version_is_caught() {
+    attack(Tamper::Rollback, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,9 @@ pub(crate) enum Tamper {
     /// Changes: present an older version of a path (from History) as the current one, with the
     /// current version and seq.
     Replay,
+    /// Changes: present the oldest kept version of a path (from History, as it was sealed, its
+    /// own version number) as current: a rollback to a state the client has moved past.
+    Rollback,
     /// Changes: give an entry another entry's `sealed` blob.
     SwapSealed,
 }
@@ -165,7 +168,7 @@ impl Proxy {
                 }
                 self.hit();
             }
-            Tamper::Replay => {
+            Tamper::Replay | Tamper::Rollback => {
                 for e in m.entries.iter_mut() {
                     if e.deleted || e.version < 2 {
                         continue;
@@ -182,11 +185,20 @@ impl Proxy {
                         ))
                         .await;
                     let Ok(h) = h else { continue };
-                    let older = h.into_inner().versions.into_iter().find(|o| {
+                    // Newest first: a replay takes the newest older version, a rollback the
+                    // oldest.
+                    let mut older = h.into_inner().versions.into_iter().filter(|o| {
                         o.version < e.version && !o.deleted && o.manifest_id != e.manifest_id
                     });
+                    let older = if self.mode == Tamper::Replay {
+                        older.next()
+                    } else {
+                        older.last()
+                    };
                     if let Some(mut old) = older {
-                        old.version = e.version;
+                        if self.mode == Tamper::Replay {
+                            old.version = e.version;
+                        }
                         old.seq = e.seq;
                         old.committed_ns = e.committed_ns;
                         *e = old;
