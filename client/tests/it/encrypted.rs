@@ -237,6 +237,8 @@ async fn marker_run(encrypted: bool) -> Vec<(String, String)> {
     }
     write(a, "plain-name.bin", &big);
     std::fs::create_dir_all(a.join(format!("empty-{marker}"))).unwrap();
+    // A symlink's target is the file's content too.
+    std::os::unix::fs::symlink(format!("points-at-{marker}"), a.join("link")).unwrap();
     sync_ok(a, &server.url, "alice").await;
     sync_ok(b, &server.url, "bob").await;
     assert_eq!(tree(a), tree(b), "b did not get a's files");
