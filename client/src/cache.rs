@@ -28,6 +28,8 @@ pub struct ChunkCache {
     dir: PathBuf,
     used: u64,
     budget: u64,
+    /// Keeps nothing (see [`ChunkCache::off`]).
+    off: bool,
 }
 
 impl ChunkCache {
@@ -42,7 +44,23 @@ impl ChunkCache {
             debug!("no chunk cache in {}: {e}", dir.display());
         }
         let used = entries(&dir).iter().map(|(_, len, _)| len).sum();
-        Self { dir, used, budget }
+        Self {
+            dir,
+            used,
+            budget,
+            off: false,
+        }
+    }
+
+    /// A cache that keeps nothing: an encrypted folder's chunks never travel as deltas, so its
+    /// plaintext is not copied into `.lbsync/` for them.
+    pub fn off() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            used: 0,
+            budget: 0,
+            off: true,
+        }
     }
 
     fn path(&self, id: &ChunkId) -> PathBuf {
@@ -51,6 +69,9 @@ impl ChunkCache {
 
     /// The chunk's bytes, if cached and intact.
     pub fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        if self.off {
+            return None;
+        }
         let path = self.path(id);
         let stored = fs::read(&path).ok()?;
         let data = decode(&stored).filter(|d| ChunkId::of(d) == *id);
@@ -63,6 +84,9 @@ impl ChunkCache {
 
     /// Keeps a copy of a chunk (best effort: a cache that cannot be written is only a miss later).
     pub fn put(&mut self, id: &ChunkId, data: &[u8]) {
+        if self.off {
+            return;
+        }
         let path = self.path(id);
         if path.exists() {
             return;

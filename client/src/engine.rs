@@ -23,6 +23,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use crate::cache::ChunkCache;
+use crate::codec::FolderCodec;
 use crate::confine;
 use crate::conflict::conflicted_copy_avoiding;
 use crate::error::{Error, Result};
@@ -295,7 +296,12 @@ impl Syncer {
         });
         let device = format!("{name}#{}", s.device_id);
         let access = access(opts, s)?;
-        let remote = Remote::connect_with(&server, &access, &folder, &device).await?;
+        let codec = FolderCodec::of_folder(&state)?;
+        let mut remote = Remote::connect_with(&server, &access, &folder, &device).await?;
+        crate::codec::check_handshake(&root, &folder, &codec, remote.encrypted)?;
+        remote.set_codec(codec.clone());
+        state.codec = codec;
+        let s = &mut state.state;
         if !s.store_id.is_empty() && s.store_id != remote.store_id {
             warn!(
                 "the server's store is not the one {} was synced with (its id is {}, it was {}): \
@@ -326,7 +332,12 @@ impl Syncer {
             state.save()?;
         }
         let index = ChunkIndex::build(&state);
-        let cache = ChunkCache::open(state.cache_dir());
+        // The cache serves chunk deltas only, which an encrypted folder does not make.
+        let cache = if state.codec.chunk_deltas() {
+            ChunkCache::open(state.cache_dir())
+        } else {
+            ChunkCache::off()
+        };
         let root_id = (md.dev(), md.ino());
         let mut syncer = Self {
             root,
@@ -543,6 +554,9 @@ impl Syncer {
                 )
         });
         let ok = self.execute(plan, &local).await;
+        for why in self.remote.take_refused() {
+            self.report.waiting.push(why);
+        }
         self.report.bytes_sent = self.remote.sent - sent0;
         self.report.bytes_received = self.remote.received - received0;
         let problems = std::mem::take(&mut self.problems);
@@ -667,8 +681,12 @@ impl Syncer {
                 continue;
             }
             let same = s.manifest_id().is_some_and(|id| {
-                manifest_of(&path.to_local(&self.root), self.remote.params)
-                    .is_ok_and(|m| m.id() == id)
+                manifest_of(
+                    &path.to_local(&self.root),
+                    self.remote.params,
+                    self.remote.codec(),
+                )
+                .is_ok_and(|m| m.id() == id)
             });
             let h = match (same, fp.mode == s.local.mode) {
                 (true, true) => Hashed::Same,
@@ -941,7 +959,7 @@ impl Syncer {
         };
         let old = match fp.kind {
             Kind::File => {
-                let m = manifest_of(&local, self.remote.params)?;
+                let m = manifest_of(&local, self.remote.params, self.remote.codec())?;
                 let versions = self.remote.history(&r.path).await?;
                 versions
                     .iter()
@@ -1055,7 +1073,11 @@ impl Syncer {
             (Kind::Dir, EntryKind::Dir) => true,
             (Kind::Symlink, EntryKind::Symlink) => l.target == r.symlink_target,
             (Kind::File, EntryKind::File) => {
-                let m = manifest_of(&r.path.to_local(&self.root), self.remote.params)?;
+                let m = manifest_of(
+                    &r.path.to_local(&self.root),
+                    self.remote.params,
+                    self.remote.codec(),
+                )?;
                 if Some(m.id()) == r.manifest {
                     self.state.put_manifest(&m)?;
                 } else if let Some(old) = self.old_server_version(&r.path, &m, l).await? {

@@ -138,6 +138,13 @@ pub enum Error {
         /// What is in the way.
         reason: String,
     },
+    /// Something the server sent for an encrypted folder that its key did not seal: a damaged
+    /// or hostile server. Nothing of it is applied.
+    #[error("{0}")]
+    Tampered(String),
+    /// Setting up or using an encrypted folder's key failed.
+    #[error("{0}")]
+    Key(String),
 }
 
 impl Error {

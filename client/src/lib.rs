@@ -4,6 +4,8 @@
 //! - [`Syncer`] runs one two-way reconciliation ([`engine`] explains the rules: what counts as a
 //!   change, how conflicts keep both sides).
 //! - [`state`]: `DIR/.lbsync/`, the per-path record of what was synced, written atomically.
+//! - [`codec`]: how chunks, manifests and entries look on the server (plain, or sealed with an
+//!   encrypted folder's key).
 //! - [`cache`]: copies of small synced files' chunks, so an edit travels as a delta.
 //! - [`local`]: scanning (with `.lbsyncignore`), fingerprints, the index of chunks local files hold.
 //! - [`place`]: swapping a download into place and moving deletions aside, so a write that lands
@@ -15,6 +17,7 @@
 //! - [`undelete`]: undoing a deletion event by restoring the deleted paths' last versions.
 
 pub mod cache;
+pub mod codec;
 pub mod confine;
 pub mod conflict;
 pub mod engine;

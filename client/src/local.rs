@@ -289,6 +289,8 @@ pub struct ChunkIndex {
     file_ids: HashMap<SyncPath, u32>,
     chunks: HashMap<u64, LocalChunk>,
     manifests: HashMap<lbsync_chunkstore::ManifestId, u32>,
+    /// Checks that bytes read are the chunk asked for.
+    codec: crate::codec::FolderCodec,
 }
 
 /// A chunk id's first 8 bytes: the key of the local index and of an upload's set of sent chunks.
@@ -299,7 +301,10 @@ pub(crate) fn key(id: &ChunkId) -> u64 {
 impl ChunkIndex {
     /// The index of every synced file whose manifest is cached.
     pub fn build(state: &StateStore) -> Self {
-        let mut index = Self::default();
+        let mut index = Self {
+            codec: state.codec.clone(),
+            ..Self::default()
+        };
         for (path, synced) in &state.state.files {
             let (Some(id), Ok(path)) = (synced.manifest_id(), SyncPath::new(path.clone())) else {
                 continue;
@@ -350,23 +355,28 @@ impl ChunkIndex {
         let file = crate::state::open_nofollow(&crate::confine::check(root, path).ok()?).ok()?;
         let mut buf = vec![0u8; at.len as usize];
         file.read_exact_at(&mut buf, at.offset).ok()?;
-        (ChunkId::of(&buf) == *id).then(|| buf.into())
+        self.codec.holds(id, &buf).then(|| buf.into())
     }
 }
 
 /// Hashes a local file into its manifest (to compare content with the server's), with the
-/// parameters for its size (see [`lbsync_chunkstore::ChunkParams::for_file`]).
-pub fn manifest_of(path: &Path, params: lbsync_chunkstore::ChunkParams) -> Result<Manifest> {
+/// parameters for its size (see [`lbsync_chunkstore::ChunkParams::for_file`]) and the folder's
+/// chunk ids.
+pub fn manifest_of(
+    path: &Path,
+    params: lbsync_chunkstore::ChunkParams,
+    codec: &crate::codec::FolderCodec,
+) -> Result<Manifest> {
     let file = crate::state::open_nofollow(path)
         .map_err(Error::io(format!("reading {}", path.display())))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let params = params.for_file(len);
     let mut refs = Vec::with_capacity((len / u64::from(params.avg_size) + 16) as usize);
     lbsync_chunkstore::chunk_pipelined::<_, Error>(file, params, |_, c| {
-        refs.push(c.chunk_ref());
+        refs.push(codec.piece(c)?.chunk_ref());
         Ok(())
     })?;
-    Ok(Manifest::new(refs))
+    Ok(codec.manifest(refs))
 }
 
 #[cfg(test)]

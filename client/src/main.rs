@@ -448,6 +448,14 @@ async fn restore(
                 &device,
             )
             .await?;
+            let codec = lbsync_client::codec::FolderCodec::of_folder(&state)?;
+            lbsync_client::codec::check_handshake(
+                &root,
+                &state.state.folder,
+                &codec,
+                remote.encrypted,
+            )?;
+            remote.set_codec(codec);
             match remote.restore(&rel, version, &device).await? {
                 CommitOutcome::Committed(e) => {
                     if json {

@@ -20,6 +20,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::warn;
 
+use crate::codec::FolderCodec;
 use crate::error::{Error, Result};
 use crate::tls::{Dialer, Trust};
 
@@ -59,6 +60,14 @@ pub struct Remote {
     pub store_id: String,
     /// This client may only read the folder.
     pub read_only: bool,
+    /// The server says the folder is end-to-end encrypted.
+    pub encrypted: bool,
+    /// How the folder's chunks, manifests and entries look on the server (see
+    /// [`Remote::set_codec`]).
+    codec: FolderCodec,
+    /// Entries the server sent that could not be taken (not sealed by this folder's key, or a
+    /// path refused here), said in words, until [`Remote::take_refused`].
+    refused: Vec<String>,
     max_ids: usize,
     /// Payload bytes sent (requests) and received (answers).
     pub sent: u64,
@@ -280,6 +289,9 @@ impl Remote {
             head: hs.head,
             store_id: hs.store_id,
             read_only: hs.read_only,
+            encrypted: hs.encrypted,
+            codec: FolderCodec::Plain,
+            refused: Vec::new(),
             max_ids: (hs.max_ids_per_request as usize).clamp(1, 65_536),
             sent: 0,
             received: 0,
@@ -334,15 +346,95 @@ impl Remote {
         (tx, handle)
     }
 
+    /// Sets how the folder's chunks, manifests and entries look on the server.
+    pub fn set_codec(&mut self, codec: FolderCodec) {
+        self.codec = codec;
+    }
+
+    /// How the folder's chunks, manifests and entries look on the server.
+    pub fn codec(&self) -> &FolderCodec {
+        &self.codec
+    }
+
+    /// What the server sent that could not be taken since the last call, in words.
+    pub fn take_refused(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.refused)
+    }
+
+    /// An entry from the server in the clear, or why it cannot be taken.
+    pub fn open_entry(&self, e: pb::Entry) -> std::result::Result<Entry, String> {
+        let e = Entry::try_from(e)
+            .map_err(|err| format!("the server sent an entry that is refused here: {err}"))?;
+        self.codec.open_entry(e).map_err(|err| err.to_string())
+    }
+
+    /// [`Remote::open_entry`] that logs and remembers a refusal (see [`Remote::take_refused`]).
+    fn take_entry(&mut self, e: pb::Entry) -> Option<Entry> {
+        match self.open_entry(e) {
+            Ok(e) => Some(e),
+            Err(why) => {
+                warn!("{why}");
+                self.refused.push(why);
+                None
+            }
+        }
+    }
+
+    /// An entry of an answer to a commit, in the clear; one that does not open is an error.
+    fn answered_entry(&self, what: &'static str, e: Entry) -> Result<Entry> {
+        self.codec.open_entry(e).map_err(|err| Error::Protocol {
+            what,
+            reason: err.to_string(),
+        })
+    }
+
+    /// A commit request as the server takes it: its entry sealed in an encrypted folder.
+    fn sealed_request(&self, mut req: CommitRequest) -> Result<CommitRequest> {
+        req.entry = self.codec.seal_entry(req.entry, req.base_version)?;
+        Ok(req)
+    }
+
     /// Commits; a missing chunk or an unknown manifest comes back as an answer, not an error.
-    pub async fn commit(&mut self, req: CommitRequest) -> Result<Committed> {
+    /// In an encrypted folder a new path (base 0) over a tombstone is committed again on the
+    /// tombstone's version: the server answers it as a conflict, which it is not.
+    pub async fn commit(&mut self, mut req: CommitRequest) -> Result<Committed> {
+        for _ in 0..4 {
+            let base = req.base_version;
+            let answer = self.commit_once(self.sealed_request(req.clone())?).await?;
+            match answer {
+                Committed::Outcome(CommitOutcome::Conflict(cur))
+                    if self.codec.is_sealed() && base == 0 && cur.deleted =>
+                {
+                    req.base_version = cur.version;
+                }
+                answer => return Ok(answer),
+            }
+        }
+        Err(Error::Protocol {
+            what: "Commit",
+            reason: format!(
+                "{} kept coming back as a deletion newer than the version committed on",
+                req.entry.path
+            ),
+        })
+    }
+
+    async fn commit_once(&mut self, req: CommitRequest) -> Result<Committed> {
         let req = pb::CommitRequest::from(req);
         self.sent += req.encoded_len() as u64;
         match self.client.commit(req).await {
             Ok(resp) => {
                 let resp = resp.into_inner();
                 self.received += resp.encoded_len() as u64;
-                let outcome = CommitOutcome::try_from(resp).map_err(Error::protocol("Commit"))?;
+                let outcome =
+                    match CommitOutcome::try_from(resp).map_err(Error::protocol("Commit"))? {
+                        CommitOutcome::Committed(e) => {
+                            CommitOutcome::Committed(self.answered_entry("Commit", e)?)
+                        }
+                        CommitOutcome::Conflict(e) => {
+                            CommitOutcome::Conflict(self.answered_entry("Commit", e)?)
+                        }
+                    };
                 Ok(Committed::Outcome(outcome))
             }
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
@@ -368,6 +460,51 @@ impl Remote {
         device: &str,
         reqs: Vec<CommitRequest>,
     ) -> Result<Vec<BatchOutcome>> {
+        let mut out = self.commit_batch_once(device, reqs.clone()).await?;
+        if !self.codec.is_sealed() {
+            return Ok(out);
+        }
+        // New paths over tombstones, committed again on the tombstones' versions (see
+        // `commit`).
+        for _ in 0..3 {
+            let again: Vec<usize> = (0..out.len())
+                .filter(|&i| {
+                    reqs[i].base_version == 0
+                        && matches!(&out[i], BatchOutcome::Conflict(cur) if cur.deleted)
+                })
+                .collect();
+            if again.is_empty() {
+                break;
+            }
+            let retry: Vec<CommitRequest> = again
+                .iter()
+                .map(|&i| {
+                    let BatchOutcome::Conflict(cur) = &out[i] else {
+                        unreachable!("filtered above")
+                    };
+                    CommitRequest {
+                        base_version: cur.version,
+                        ..reqs[i].clone()
+                    }
+                })
+                .collect();
+            let answers = self.commit_batch_once(device, retry).await?;
+            for (i, a) in again.into_iter().zip(answers) {
+                out[i] = a;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit_batch_once(
+        &mut self,
+        device: &str,
+        reqs: Vec<CommitRequest>,
+    ) -> Result<Vec<BatchOutcome>> {
+        let reqs = reqs
+            .into_iter()
+            .map(|r| self.sealed_request(r))
+            .collect::<Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(reqs.len());
         let mut reqs = reqs.into_iter().peekable();
         while reqs.peek().is_some() {
@@ -389,7 +526,14 @@ impl Remote {
                 });
             }
             for r in resp.results {
-                out.push(BatchOutcome::try_from(r).map_err(Error::protocol("CommitBatch"))?);
+                let outcome =
+                    match BatchOutcome::try_from(r).map_err(Error::protocol("CommitBatch"))? {
+                        BatchOutcome::Conflict(cur) => {
+                            BatchOutcome::Conflict(self.answered_entry("CommitBatch", cur)?)
+                        }
+                        o => o,
+                    };
+                out.push(outcome);
             }
         }
         Ok(out)
@@ -443,12 +587,10 @@ impl Remote {
             self.received += msg.encoded_len() as u64;
             for e in msg.entries {
                 // One entry this client cannot take (a path it refuses, such as one inside
-                // `.lbsync/`) must not stop the others, nor hold the cursor forever.
-                match Entry::try_from(e) {
-                    Ok(e) => {
-                        out.insert(e.path.clone(), e);
-                    }
-                    Err(err) => warn!("the server sent an entry that is refused here: {err}"),
+                // `.lbsync/`, or one this folder's key did not seal) must not stop the others,
+                // nor hold the cursor forever.
+                if let Some(e) = self.take_entry(e) {
+                    out.insert(e.path.clone(), e);
                 }
             }
             if msg.caught_up {
@@ -479,7 +621,9 @@ impl Remote {
             reason,
         };
         let m = match resp.content {
-            Some(pb::get_manifest_response::Content::Manifest(b)) => Manifest::decode(&b)?,
+            Some(pb::get_manifest_response::Content::Manifest(b)) => {
+                self.codec.decode_manifest(&b)?
+            }
             Some(pb::get_manifest_response::Content::Delta(d)) => {
                 let (b, delta) = delta_from_pb(&d).map_err(|e| bad(e.to_string()))?;
                 let base = base
@@ -504,6 +648,14 @@ impl Remote {
         max_len: u32,
     ) -> Result<HashMap<ChunkId, Bytes>> {
         let mut out = HashMap::with_capacity(ids.len());
+        // An encrypted folder's chunks never travel as deltas: the server cannot read them.
+        let none = DeltaBases::new();
+        let bases = if self.codec.chunk_deltas() {
+            bases
+        } else {
+            &none
+        };
+        let wire_max = self.codec.wire_max_len(max_len);
         for batch in ids.chunks(self.max_ids) {
             let offered = if bases.is_empty() {
                 Vec::new()
@@ -533,38 +685,74 @@ impl Remote {
             while let Some(msg) = stream.message().await.map_err(Error::rpc("GetChunks"))? {
                 self.received += msg.encoded_len() as u64;
                 for c in msg.chunks {
-                    let chunk = receive_chunk(c, bases, max_len)?;
-                    out.insert(chunk.id(), chunk.into_data());
+                    let chunk = receive_chunk(c, bases, wire_max)?;
+                    let id = chunk.id();
+                    out.insert(id, self.codec.open_chunk(id, chunk.into_data(), max_len)?);
                 }
             }
         }
         Ok(out)
     }
 
-    /// A path's retained versions, newest first.
+    /// A path's retained versions, newest first. In an encrypted folder each is opened on its
+    /// own: one that does not open is left out, and said so (see [`Remote::history_checked`]).
     pub async fn history(&mut self, path: &SyncPath) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for v in self.history_checked(path).await? {
+            match v {
+                Ok(e) => out.push(e),
+                Err(why) => {
+                    warn!("{why}");
+                    self.refused.push(why);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A path's retained versions, newest first, each in the clear or why it is not.
+    pub async fn history_checked(
+        &mut self,
+        path: &SyncPath,
+    ) -> Result<Vec<std::result::Result<Entry, String>>> {
+        let asked = self.codec.seal_path(path)?;
         let resp = self
             .client
             .history(pb::HistoryRequest {
                 folder: self.folder.clone(),
-                path: Bytes::from(path.as_str().to_owned()),
+                path: Bytes::from(asked.as_str().to_owned()),
             })
             .await
             .map_err(Error::rpc("History"))?
             .into_inner();
-        resp.versions
+        Ok(resp
+            .versions
             .into_iter()
-            .map(|e| Entry::try_from(e).map_err(Error::protocol("History")))
-            .collect()
+            .map(|e| {
+                let e = self.open_entry(e)?;
+                if e.path != *path {
+                    return Err(format!(
+                        "the server sent {}'s entry as a version of {path}: not taken",
+                        e.path
+                    ));
+                }
+                Ok(e)
+            })
+            .collect())
     }
 
-    /// Makes an old version current again.
+    /// Makes an old version current again. In an encrypted folder the server cannot (it does
+    /// not know the metadata): the old version's manifest is committed again, with its metadata
+    /// sealed anew, on the current version.
     pub async fn restore(
         &mut self,
         path: &SyncPath,
         version: u64,
         device: &str,
     ) -> Result<CommitOutcome> {
+        if self.codec.is_sealed() {
+            return self.restore_sealed(path, version, device).await;
+        }
         let resp = self
             .client
             .restore(pb::RestoreRequest {
@@ -577,5 +765,59 @@ impl Remote {
             .map_err(Error::rpc("Restore"))?
             .into_inner();
         CommitOutcome::try_from(resp).map_err(Error::protocol("Restore"))
+    }
+
+    async fn restore_sealed(
+        &mut self,
+        path: &SyncPath,
+        version: u64,
+        device: &str,
+    ) -> Result<CommitOutcome> {
+        let versions = self.history_checked(path).await?;
+        let current = versions
+            .iter()
+            .filter_map(|v| v.as_ref().ok())
+            .map(|e| e.version)
+            .max()
+            .unwrap_or(0);
+        let refused = |reason: String| Error::Refused {
+            what: format!("restore {path} v{version}"),
+            reason,
+        };
+        // A version that does not open is never restored: it is not known to be this folder's.
+        let old = versions
+            .into_iter()
+            .filter_map(std::result::Result::ok)
+            .find(|e| e.version == version)
+            .ok_or_else(|| {
+                refused(
+                    "the server keeps no such version sealed by this folder's key (see `history`)"
+                        .into(),
+                )
+            })?;
+        if old.deleted {
+            return Err(refused("that version is a deletion".into()));
+        }
+        let entry = Entry {
+            seq: 0,
+            committed_ns: 0,
+            version: 0,
+            device: device.to_owned(),
+            sealed: Vec::new(),
+            ..old
+        };
+        let content = entry.manifest.map(lbsync_proto::Content::Known);
+        let req = CommitRequest {
+            folder: self.folder.clone(),
+            entry,
+            base_version: current,
+            content,
+        };
+        match self.commit(req).await? {
+            Committed::Outcome(o) => Ok(o),
+            Committed::MissingChunks(_) | Committed::UnknownManifest => Err(refused(
+                "the server no longer holds that version's content".into(),
+            )),
+        }
     }
 }

@@ -249,6 +249,10 @@ pub struct State {
     /// Paths that could not be synced, with why; retried with backoff.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub problems: BTreeMap<String, Problem>,
+    /// The folder is end-to-end encrypted: its key's fingerprint (the key is in
+    /// `.lbsync/folder.key`). Such a folder never syncs with a server that says it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<String>,
 }
 
 /// The marker file: a synced folder is one whose `.lbsync/marker` holds its state's id.
@@ -259,6 +263,8 @@ pub struct StateStore {
     dir: PathBuf,
     /// The loaded state.
     pub state: State,
+    /// How the folder's manifests are encoded (their lengths masked in an encrypted folder).
+    pub codec: crate::codec::FolderCodec,
 }
 
 /// Opens `path` for reading without following a symlink at its end.
@@ -398,12 +404,20 @@ impl StateStore {
         let store = if state.marker.is_empty() {
             // A new folder, or a state from before markers: mark it now.
             state.marker = new_device_id(&dir) + &new_device_id(root);
-            let store = Self { dir, state };
+            let store = Self {
+                dir,
+                state,
+                codec: Default::default(),
+            };
             store.write_marker()?;
             store.save()?;
             store
         } else {
-            Self { dir, state }
+            Self {
+                dir,
+                state,
+                codec: Default::default(),
+            }
         };
         Ok(store)
     }
@@ -515,7 +529,10 @@ impl StateStore {
     /// A cached manifest.
     pub fn manifest(&self, id: &ManifestId) -> Option<Manifest> {
         let bytes = read_nofollow(&self.dir.join("manifests").join(id.to_string())).ok()?;
-        Manifest::decode(&bytes).ok().filter(|m| m.id() == *id)
+        self.codec
+            .decode_manifest(&bytes)
+            .ok()
+            .filter(|m| m.id() == *id)
     }
 
     /// Deletes cached manifests no synced file uses any more.

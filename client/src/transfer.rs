@@ -7,19 +7,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use lbsync_chunkstore::{
-    Chunk, ChunkId, ChunkRef, CompressProbe, Manifest, ManifestDelta, edit_bases,
-};
+use lbsync_chunkstore::{ChunkId, ChunkRef, CompressProbe, Manifest, ManifestDelta, edit_bases};
 use lbsync_cli::units::count;
-use lbsync_proto::wire::{
-    MAX_DELTA_BASES, encode_chunk, encode_chunk_against, encode_chunk_probed,
-};
+use lbsync_proto::wire::{MAX_DELTA_BASES, encode_chunk_against};
 use lbsync_proto::{
     BatchOutcome, CommitOutcome, CommitRequest, Content, Entry, EntryKind, SyncPath, pb,
 };
 use tracing::{info, warn};
 
 use crate::cache::CACHED_FILE_MAX;
+use crate::codec::Piece;
 use crate::confine;
 use crate::engine::Syncer;
 use crate::error::{Error, Result};
@@ -200,7 +197,7 @@ struct Staged {
     path: SyncPath,
     base_version: u64,
     before: Fingerprint,
-    chunks: Vec<Chunk>,
+    chunks: Vec<Piece>,
     manifest: Manifest,
     /// The manifest last synced at this path, if cached.
     synced: Option<Manifest>,
@@ -221,13 +218,14 @@ impl Syncer {
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut progress = Progress::new(len, format!("sending {}", local.display()));
         let params = self.remote.params.for_file(len);
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Chunk>>(2);
+        let codec = self.remote.codec().clone();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Piece>>(2);
         let reader = tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(MISSING_BATCH);
             let mut batch_bytes = 0;
             lbsync_chunkstore::chunk_pipelined::<_, Error>(file, params, |_, c| {
                 batch_bytes += c.len();
-                batch.push(c);
+                batch.push(codec.piece(c)?);
                 if batch.len() == MISSING_BATCH || batch_bytes >= MISSING_BATCH_BYTES {
                     batch_bytes = 0;
                     tx.blocking_send(std::mem::take(&mut batch))
@@ -251,10 +249,10 @@ impl Syncer {
         let cache_them = len <= CACHED_FILE_MAX;
         'batches: while let Some(batch) = rx.recv().await {
             progress.inc(batch.iter().map(|c| c.len() as u64).sum());
-            refs.extend(batch.iter().map(Chunk::chunk_ref));
+            refs.extend(batch.iter().map(Piece::chunk_ref));
             if cache_them {
                 for c in &batch {
-                    self.cache.put(&c.id(), c.data());
+                    self.cache.put(&c.id(), c.plain());
                 }
             }
             // Deduplicated within the batch only: a set over the whole file would grow with it
@@ -262,7 +260,7 @@ impl Syncer {
             let mut asked: HashSet<ChunkId> = HashSet::with_capacity(batch.len());
             let ask: Vec<ChunkId> = batch
                 .iter()
-                .map(Chunk::id)
+                .map(Piece::id)
                 .filter(|id| !(trust_index && self.index.contains(id)))
                 .filter(|id| !sent.contains(&key(id)))
                 .filter(|id| asked.insert(*id))
@@ -278,13 +276,7 @@ impl Syncer {
                 }
                 sent.insert(key(&c.id()));
                 chunks_sent += 1;
-                if !puts
-                    .push(
-                        &self.remote,
-                        encode_chunk_probed(c.id(), c.data(), &mut probe),
-                    )
-                    .await
-                {
+                if !puts.push(&self.remote, c.wire(&mut probe)).await {
                     break 'batches;
                 }
             }
@@ -297,7 +289,7 @@ impl Syncer {
             .await
             .map_err(|e| Error::Usage(format!("chunking thread failed: {e}")))??;
         Ok(Pushed {
-            manifest: Manifest::new(refs),
+            manifest: self.remote.codec().manifest(refs),
             chunks_sent,
             bytes_sent,
         })
@@ -372,11 +364,13 @@ impl Syncer {
                 None => Content::Full(m.clone()),
             }
         };
-        // The entry's manifest id is left out: the content names it, and the server fills it in.
+        // The content names the manifest, and the server fills the entry's id in from it; an
+        // encrypted folder's sealed metadata names it too.
         let entry = Entry {
             size: m.size(),
             mode: before.mode,
             mtime_ns: before.mtime_ns,
+            manifest: self.remote.codec().is_sealed().then(|| m.id()),
             ..Entry::new(path.clone(), EntryKind::File, &self.device)
         };
         CommitRequest {
@@ -475,11 +469,12 @@ impl Syncer {
             return None;
         }
         let params = self.remote.params.for_file(before.size);
+        let codec = self.remote.codec();
         let chunks = lbsync_chunkstore::Chunker::new(&data[..], params)
-            .map(|r| r.map(|(_, c)| c))
-            .collect::<lbsync_chunkstore::Result<Vec<Chunk>>>()
+            .map(|r| r.map_err(Error::from).and_then(|(_, c)| codec.piece(c)))
+            .collect::<Result<Vec<Piece>>>()
             .ok()?;
-        let manifest = Manifest::new(chunks.iter().map(Chunk::chunk_ref).collect());
+        let manifest = codec.manifest(chunks.iter().map(Piece::chunk_ref).collect());
         Some(Staged {
             synced: self.synced_manifest(path),
             path: path.clone(),
@@ -500,10 +495,12 @@ impl Syncer {
         let mut queued: HashSet<ChunkId> = HashSet::new();
         let mut deltas: Vec<(usize, pb::ChunkData)> = Vec::new();
         let mut ask: Vec<(usize, usize)> = Vec::new();
+        let chunk_deltas = self.remote.codec().chunk_deltas();
         for (f, s) in batch.iter().enumerate() {
             let bases = s
                 .synced
                 .as_ref()
+                .filter(|_| chunk_deltas)
                 .map(|old| edit_bases(old, &s.manifest, MAX_DELTA_BASES));
             for (i, c) in s.chunks.iter().enumerate() {
                 if self.index.contains(&c.id()) || !queued.insert(c.id()) {
@@ -511,7 +508,7 @@ impl Syncer {
                 }
                 let (present, base) = self.held(bases.as_ref().map_or(&[][..], |b| &b[i]));
                 if !present.is_empty() {
-                    let wire = encode_chunk_against(c.id(), c.data(), &present, &base);
+                    let wire = encode_chunk_against(c.id(), c.plain(), &present, &base);
                     if !wire.base_ids.is_empty() {
                         deltas.push((f, wire));
                         continue;
@@ -528,9 +525,7 @@ impl Syncer {
         };
         let plain = ask.into_iter().filter_map(|(f, i)| {
             let c = &batch[f].chunks[i];
-            missing
-                .contains(&c.id())
-                .then(|| (f, encode_chunk(c.id(), c.data())))
+            missing.contains(&c.id()).then(|| (f, c.wire_unprobed()))
         });
         let wires: Vec<(usize, pb::ChunkData)> = deltas.into_iter().chain(plain).collect();
         let mut puts = Puts::new();
@@ -591,7 +586,7 @@ impl Syncer {
             self.report.chunks_sent += s.chunks_sent;
             self.report.uploaded += 1;
             for c in &s.chunks {
-                self.cache.put(&c.id(), c.data());
+                self.cache.put(&c.id(), c.plain());
             }
             // Committed: a local failure to record it must not make the rest look uncommitted.
             let at = (version, seq, committed_ns);
@@ -682,8 +677,10 @@ impl Syncer {
         // Per chunk, the chunks of the version here it most likely replaced: the server may send
         // an edited chunk as a delta against them. Not for a rewrite of a large file, where
         // reading the old bases would cost more than the deltas save.
-        let edits: Option<HashMap<ChunkId, Vec<ChunkId>>> =
-            self.synced_manifest(&r.path).and_then(|old| {
+        let edits: Option<HashMap<ChunkId, Vec<ChunkId>>> = self
+            .synced_manifest(&r.path)
+            .filter(|_| self.remote.codec().chunk_deltas())
+            .and_then(|old| {
                 let lens: HashMap<ChunkId, u32> =
                     old.chunks().iter().map(|c| (c.id, c.len)).collect();
                 let edits: HashMap<ChunkId, Vec<ChunkId>> = m

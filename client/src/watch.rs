@@ -16,7 +16,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lbsync_proto::{Entry, pb};
+use lbsync_proto::pb;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -97,8 +97,8 @@ fn watcher_error(e: &notify::Error) -> String {
 }
 
 /// Whether every pushed entry is already what the state holds (our own commits coming back).
-fn all_known(state: &StateStore, entries: &[pb::Entry]) -> bool {
-    entries.iter().all(|e| match Entry::try_from(e.clone()) {
+fn all_known(state: &StateStore, remote: &crate::remote::Remote, entries: &[pb::Entry]) -> bool {
+    entries.iter().all(|e| match remote.open_entry(e.clone()) {
         Ok(e) => match state.state.files.get(e.path.as_str()) {
             Some(s) => s.version == e.version,
             None => e.deleted,
@@ -352,7 +352,7 @@ pub async fn watch(
             },
             msg = stream.message() => match msg {
                 Ok(Some(m)) => {
-                    if !m.entries.is_empty() && !all_known(&s.state, &m.entries) {
+                    if !m.entries.is_empty() && !all_known(&s.state, &s.remote, &m.entries) {
                         due = Some(Instant::now());
                     }
                 }

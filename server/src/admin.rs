@@ -306,9 +306,12 @@ pub struct Stats {
     pub store: StoreStats,
     /// Folders.
     pub folders: u64,
+    /// Of them, end-to-end encrypted.
+    pub encrypted_folders: u64,
     /// Current files (not deleted) over all folders.
     pub files: u64,
-    /// Their total size.
+    /// Their total size, as far as the server knows it: an encrypted folder's sizes are sealed,
+    /// and count 0.
     pub logical_bytes: u64,
 }
 
@@ -324,7 +327,15 @@ impl fmt::Display for Stats {
         } else {
             writeln!(f, "store id:       {}", self.store_id)?;
         }
-        writeln!(f, "folders:        {}", self.folders)?;
+        if self.encrypted_folders > 0 {
+            writeln!(
+                f,
+                "folders:        {} ({} encrypted: their files' sizes are sealed and not counted)",
+                self.folders, self.encrypted_folders
+            )?;
+        } else {
+            writeln!(f, "folders:        {}", self.folders)?;
+        }
         writeln!(
             f,
             "files:          {} ({})",
@@ -359,6 +370,7 @@ impl Stats {
             "at": now_rfc3339(),
             "store_id": (!self.store_id.is_empty()).then_some(&self.store_id),
             "folders": self.folders,
+            "encrypted_folders": self.encrypted_folders,
             "files": self.files,
             "logical_bytes": self.logical_bytes,
             "chunks": s.chunks,
@@ -388,6 +400,7 @@ pub fn stats(store: &PackStore) -> Result<Stats> {
         store_id: store.store_id().to_owned(),
         store: store.stats()?,
         folders: names.len() as u64,
+        encrypted_folders: folders.encrypted_count() as u64,
         files,
         logical_bytes: logical,
     })

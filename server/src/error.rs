@@ -32,6 +32,14 @@ pub enum Error {
         .0.len(), .0.first().map(|id| id.to_string()).unwrap_or_default()
     )]
     MissingChunks(Vec<ChunkId>),
+    /// The request was based on a state that has changed since (the folder's keys moved to
+    /// another generation): read again and retry.
+    #[error("{0}")]
+    Aborted(String),
+    /// The folder is not in a state that allows the request (an encrypted folder's restore, a
+    /// folder with entries in the clear made encrypted).
+    #[error("{0}")]
+    Precondition(String),
     /// A Changes cursor past the journal's head.
     #[error(
         "cursor {cursor} is past the folder's journal head {head}: the server's store was replaced or \
@@ -99,7 +107,8 @@ pub fn status(e: &Error) -> Status {
     let code = match e {
         Error::BadRequest(_) | Error::BatchBudget(_) => Code::InvalidArgument,
         Error::NotFound(_) | Error::UnknownManifest(_) => Code::NotFound,
-        Error::MissingChunks(_) => Code::FailedPrecondition,
+        Error::MissingChunks(_) | Error::Precondition(_) => Code::FailedPrecondition,
+        Error::Aborted(_) => Code::Aborted,
         Error::CursorAhead { .. } => Code::OutOfRange,
         Error::ShuttingDown => Code::Unavailable,
         Error::Store(lbsync_chunkstore::Error::HashMismatch { .. })

@@ -4,11 +4,17 @@
 //! - `folder/F/entries`: path → the path's current entry;
 //! - `folder/F/history`: path, NUL, u64 BE version → that version's entry;
 //! - `folder/F/journal`: u64 BE seq → path, NUL, u64 BE version;
-//! - and in the shared tree `folders`: F → u64 BE journal head (the last seq).
+//! - and in the shared tree `folders`: F → u64 BE journal head (the last seq);
+//! - in the shared tree `folder_keys`, for an end-to-end encrypted folder only: F → its wrapped
+//!   keys, an encoded `lbsync.v1.FolderKeys` (generation >= 1). A folder without a record is
+//!   plain; a folder with one never goes back to plain.
 //!
-//! Entries are stored as encoded `lbsync.v1.Entry` protobuf messages (additive, versionable). A
-//! commit updates all four in one sled transaction: either the new version, its history record, its
-//! journal record and the new head are all visible, or none is. A batch of commits goes in
+//! Entries are stored as encoded `lbsync.v1.Entry` protobuf messages (additive, versionable: a
+//! record written before a field existed reads as that field's default, e.g. no `sealed`). A
+//! commit updates all four in one sled transaction, which also reads the folder's keys record
+//! (so a commit checked as plain cannot land in a folder made encrypted meanwhile): either the
+//! new version, its history record, its journal record and the new head are all visible, or
+//! none is. A batch of commits goes in
 //! transactions of up to [`GROUP_TXN_COMMITS`] commits and one flush (group commit,
 //! [`Folders::commit_batch`]); concurrent batches share their flushes (`GroupFlush`).
 //!
@@ -50,6 +56,8 @@ pub enum Backlog {
 pub struct Folders {
     db: sled::Db,
     heads: sled::Tree,
+    /// Encrypted folders' keys: see the module's docs.
+    keys: sled::Tree,
     /// Commits between the start of their transaction and the end of their flush.
     flushing: Arc<AtomicUsize>,
     /// One flush for every commit waiting for one.
@@ -202,6 +210,7 @@ impl Folders {
         Ok(Self {
             db: db.clone(),
             heads: db.open_tree("folders")?,
+            keys: db.open_tree("folder_keys")?,
             flushing: Arc::new(AtomicUsize::new(0)),
             group: Arc::new(GroupFlush::default()),
         })
@@ -252,6 +261,98 @@ impl Folders {
             .collect()
     }
 
+    /// The folder's keys as stored: generation 0 and none for a plain folder (or one that does
+    /// not exist: see [`Folders::keys`] for the checked form).
+    fn stored_keys(tree: &sled::Tree, folder: &str) -> Result<pb::FolderKeys> {
+        match tree.get(folder)? {
+            Some(v) => pb::FolderKeys::decode(&*v).map_err(|err| {
+                Error::Metadata(format!("the keys of folder {folder} do not decode: {err}"))
+            }),
+            None => Ok(pb::FolderKeys::default()),
+        }
+    }
+
+    /// The folder's wrapped keys (generation 0 and none when it is plain), or `NotFound` if
+    /// there is no such folder.
+    pub fn keys(&self, folder: &str) -> Result<pb::FolderKeys> {
+        self.head(folder)?;
+        Self::stored_keys(&self.keys, folder)
+    }
+
+    /// Whether the folder is end-to-end encrypted (false for a folder that does not exist).
+    pub fn encrypted(&self, folder: &str) -> Result<bool> {
+        Ok(self.keys.contains_key(folder)?)
+    }
+
+    /// How many folders are encrypted.
+    pub fn encrypted_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Replaces the folder's wrapped keys if they are at generation `expected` (else
+    /// [`Error::Aborted`]); `expected` 0 makes a plain folder encrypted, refused
+    /// ([`Error::Precondition`]) once it has any entry. The check and the write are one sled
+    /// transaction with the commits' (which read the keys record): of two devices making a
+    /// folder encrypted at once, or of a commit in the clear and the change to encrypted, one
+    /// wins. Durable when it returns. `wrapped` must have been checked
+    /// ([`crate::sealed::check_wrapped_keys`]).
+    pub fn set_keys(
+        &self,
+        folder: &str,
+        expected: u64,
+        wrapped: Vec<pb::WrappedKey>,
+    ) -> Result<pb::FolderKeys> {
+        let folder_key = folder.as_bytes();
+        let res = (&self.heads, &self.keys).transaction(|(heads, keys)| {
+            let abort = |e: Error| ConflictableTransactionError::Abort(e);
+            let Some(head) = heads.get(folder_key)? else {
+                return Err(abort(Error::NotFound(format!(
+                    "no folder {folder:?} on this server: open it (Handshake) first"
+                ))));
+            };
+            let current = match keys.get(folder_key)? {
+                Some(v) => pb::FolderKeys::decode(&*v).map_err(|err| {
+                    abort(Error::Metadata(format!(
+                        "the keys of folder {folder} do not decode: {err}"
+                    )))
+                })?,
+                None => pb::FolderKeys::default(),
+            };
+            if current.generation != expected {
+                return Err(abort(Error::Aborted(format!(
+                    "the keys of folder {folder} are at generation {}, not {expected}: another \
+                     device changed them; read them again (GetFolderKeys) and retry",
+                    current.generation
+                ))));
+            }
+            if expected == 0 && be_u64(&head) > 0 {
+                // Counted below, outside the transaction.
+                return Err(abort(Error::Precondition(String::new())));
+            }
+            let new = pb::FolderKeys {
+                generation: current.generation + 1,
+                wrapped: wrapped.clone(),
+            };
+            keys.insert(folder_key, new.encode_to_vec())?;
+            Ok(new)
+        });
+        let new = match res {
+            Ok(new) => new,
+            Err(TransactionError::Abort(Error::Precondition(_))) => {
+                let n = self.trees(folder)?.entries.len();
+                return Err(Error::Precondition(format!(
+                    "folder {folder} already holds {} in the clear: an encrypted folder must \
+                     start empty; make a new folder for encrypted data",
+                    lbsync_cli::units::count(n as u64, "entry")
+                )));
+            }
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        };
+        self.group.flush(&self.db)?;
+        Ok(new)
+    }
+
     /// The path's current entry.
     pub fn current(&self, folder: &str, path: &SyncPath) -> Result<Option<Entry>> {
         self.head(folder)?;
@@ -278,10 +379,27 @@ impl Folders {
     ///
     /// If a transaction fails, the outcomes of the groups before it (which took effect, and are
     /// flushed like the rest) come back with the error; the commits after them were not tried.
+    ///
+    /// In an encrypted folder, base version 0 over a tombstone is a conflict (the entry was
+    /// sealed for version 1, not for the tombstone's version + 1). The entries are taken as
+    /// checked for the folder as it is now: see [`Folders::commit_batch_checked`].
     pub fn commit_batch(
         &self,
         folder: &str,
         commits: Vec<(Entry, u64)>,
+    ) -> Result<(Vec<CommitOutcome>, Option<Error>)> {
+        let encrypted = self.encrypted(folder)?;
+        self.commit_batch_checked(folder, commits, encrypted)
+    }
+
+    /// [`Folders::commit_batch`] of entries checked for a folder that is `encrypted` (or plain):
+    /// a transaction that finds the folder otherwise (made encrypted since the checks) fails
+    /// with [`Error::Precondition`], and nothing of it is stored.
+    pub fn commit_batch_checked(
+        &self,
+        folder: &str,
+        commits: Vec<(Entry, u64)>,
+        encrypted: bool,
     ) -> Result<(Vec<CommitOutcome>, Option<Error>)> {
         self.head(folder)?;
         let t = self.trees(folder)?;
@@ -291,8 +409,18 @@ impl Folders {
         let mut outcomes = Vec::with_capacity(commits.len());
         let mut failed = None;
         for group in commits.chunks(GROUP_TXN_COMMITS) {
-            let res = (&t.entries, &t.history, &t.journal, &self.heads).transaction(
-                |(entries, history, journal, heads)| {
+            let res = (&t.entries, &t.history, &t.journal, &self.heads, &self.keys).transaction(
+                |(entries, history, journal, heads, keys)| {
+                    if keys.get(&folder_key)?.is_some() != encrypted {
+                        // A folder only ever becomes encrypted.
+                        return Err(ConflictableTransactionError::Abort(Error::Precondition(
+                            format!(
+                                "folder {folder} was made encrypted while this commit was on \
+                                 its way: nothing was committed; sync again (the client must \
+                                 now seal its entries)"
+                            ),
+                        )));
+                    }
                     let mut head = heads.get(&folder_key)?.map_or(0, |v| be_u64(&v));
                     let mut out = Vec::with_capacity(group.len());
                     for (entry, base_version) in group {
@@ -306,8 +434,8 @@ impl Folders {
                             None => None,
                         };
                         let current_version = current.as_ref().map_or(0, |c| c.version);
-                        let recreating =
-                            *base_version == 0 && current.as_ref().is_none_or(|c| c.deleted);
+                        let recreating = *base_version == 0
+                            && current.as_ref().is_none_or(|c| c.deleted && !encrypted);
                         if *base_version != current_version && !recreating {
                             let current = current.unwrap_or_else(|| Entry {
                                 version: 0,

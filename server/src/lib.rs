@@ -18,6 +18,7 @@ mod gate;
 mod health;
 pub mod metrics;
 pub mod scope;
+pub mod sealed;
 pub mod service;
 pub mod tls;
 pub mod users;

@@ -14,7 +14,7 @@ use lbsync_proto::{
 use tokio::sync::{broadcast, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::auth::Tokens;
 use crate::authz::{Authz, Need, Who};
@@ -170,7 +170,9 @@ impl pb::sync_server::Sync for SyncService {
         }
         let folders = self.folders.clone();
         let folder = r.folder.clone();
-        let head = to_status(blocking(move || folders.ensure(&folder)).await)?;
+        let (head, encrypted) = to_status(
+            blocking(move || Ok((folders.ensure(&folder)?, folders.encrypted(&folder)?))).await,
+        )?;
         let (authz, folder) = (self.authz.clone(), r.folder.clone());
         let read_only = to_status(blocking(move || authz.read_only(&caller, &folder)).await)?;
         debug!("handshake from {} for folder {}", r.device, r.folder);
@@ -186,7 +188,7 @@ impl pb::sync_server::Sync for SyncService {
             max_batch_refs: self.limits.max_batch_refs,
             max_history: self.limits.max_history,
             max_requests_per_user: self.limits.max_requests_per_user,
-            encrypted: false, // issue 19: set from the folder's keys
+            encrypted,
         }))
     }
 
@@ -328,20 +330,53 @@ impl pb::sync_server::Sync for SyncService {
 
     async fn get_folder_keys(
         &self,
-        _req: Request<pb::GetFolderKeysRequest>,
+        req: Request<pb::GetFolderKeysRequest>,
     ) -> Result<Response<pb::FolderKeys>, Status> {
-        Err(Status::unimplemented(
-            "encrypted folders are being built (issue 19)",
-        ))
+        let who = Who::of(&req);
+        let r = req.into_inner();
+        to_status(check_folder_name(&r.folder))?;
+        let caller = self
+            .authz
+            .authorize(who, "GetFolderKeys", &r.folder, Need::Read)
+            .await?;
+        let _turn = self.gates.enter(&caller.name()).await;
+        let folders = self.folders.clone();
+        let keys = to_status(blocking(move || folders.keys(&r.folder)).await)?;
+        Ok(Response::new(keys))
     }
 
     async fn set_folder_keys(
         &self,
-        _req: Request<pb::SetFolderKeysRequest>,
+        req: Request<pb::SetFolderKeysRequest>,
     ) -> Result<Response<pb::FolderKeys>, Status> {
-        Err(Status::unimplemented(
-            "encrypted folders are being built (issue 19)",
-        ))
+        let who = Who::of(&req);
+        let r = req.into_inner();
+        to_status(check_folder_name(&r.folder))?;
+        let caller = self
+            .authz
+            .authorize(who, "SetFolderKeys", &r.folder, Need::Write)
+            .await?;
+        let _turn = self.gates.enter(&caller.name()).await;
+        to_status(crate::sealed::check_wrapped_keys(&r.folder, &r.wrapped))?;
+        let folders = self.folders.clone();
+        let (folder, expected) = (r.folder.clone(), r.expected_generation);
+        let keys =
+            to_status(blocking(move || folders.set_keys(&folder, expected, r.wrapped)).await)?;
+        let mut kinds: Vec<&str> = keys.wrapped.iter().map(|w| w.kind.as_str()).collect();
+        kinds.sort_unstable();
+        info!(
+            "folder {} {} by {}: generation {}, wrapped for {}",
+            r.folder,
+            if expected == 0 {
+                "made encrypted"
+            } else {
+                "re-keyed"
+            },
+            caller.name(),
+            keys.generation,
+            kinds.join(", ")
+        );
+        Ok(Response::new(keys))
     }
 
     async fn restore(
@@ -361,6 +396,13 @@ impl pb::sync_server::Sync for SyncService {
         let folder = r.folder.clone();
         let (old, current) = to_status(
             blocking(move || {
+                if folders.encrypted(&folder)? {
+                    // The old version's metadata was sealed for its own version.
+                    return Err(Error::Precondition(format!(
+                        "folder {folder} is encrypted: restore is done by the client, which \
+                         commits the old version's manifest again"
+                    )));
+                }
                 let old = folders.version(&folder, &path, r.version)?.ok_or_else(|| {
                     Error::NotFound(format!(
                         "{path} has no retained version {}: see its history",

@@ -1696,7 +1696,9 @@ fn init_encrypted(base: &Path, roots: &[PathBuf], url: &str) {
 fn manifest_id(dir: &Path, content: &[u8], params: lbsync_chunkstore::ChunkParams) -> ManifestId {
     let f = dir.join("scratch");
     fs::write(&f, content).unwrap();
-    lbsync_client::local::manifest_of(&f, params).unwrap().id()
+    lbsync_client::local::manifest_of(&f, params, &Default::default())
+        .unwrap()
+        .id()
 }
 
 fn check_readable(dir: &Path, locked: &mut bool) {

@@ -1,8 +1,11 @@
 //! Chunk transfer: PutChunks receives, verifies and stores chunks; GetChunks streams them back,
-//! as deltas against chunks the client holds when that is smaller.
+//! as deltas against chunks the client holds when that is smaller. An encrypted folder's chunks
+//! are sealed (up to [`SEALED_CHUNK_OVERHEAD`] longer than the largest chunk, and incompressible):
+//! they go out as stored, with no zstd attempt and no delta.
 
 use bytes::Bytes;
 use lbsync_chunkstore::{Chunk, ChunkStore, Inserted, PackStore};
+use lbsync_proto::convert::SEALED_CHUNK_OVERHEAD;
 use lbsync_proto::wire::{
     MAX_DELTA_BASES, chunk_bases, decode_chunk_against, encode_chunk, encode_chunk_against,
 };
@@ -50,7 +53,11 @@ impl SyncService {
             .permit(&caller, "PutChunks", &folder, Need::Write)
             .await?;
         let scoped = caller.scope(&folder).map(str::to_owned);
-        let max_len = self.store.params().largest_chunk();
+        let folders = self.folders.clone();
+        let f = folder.clone();
+        let encrypted = to_status(blocking(move || folders.encrypted(&f)).await)?;
+        let max_len =
+            self.store.params().largest_chunk() + if encrypted { SEALED_CHUNK_OVERHEAD } else { 0 };
         let mut pending: Vec<Chunk> = Vec::new();
         let mut pending_bytes = 0usize;
         let mut in_flight: Option<tokio::task::JoinHandle<Result<Vec<Inserted>>>> = None;
@@ -178,6 +185,9 @@ impl SyncService {
                 })
                 .collect::<Result<Vec<_>>>(),
         )?;
+        let folders = self.folders.clone();
+        let f = r.folder.clone();
+        let encrypted = to_status(blocking(move || folders.encrypted(&f)).await)?;
         let (tx, rx) = mpsc::channel(4);
         let (store, scopes) = (self.store.clone(), self.scopes.clone());
         let (gates, who) = (self.gates.clone(), caller.name());
@@ -204,6 +214,7 @@ impl SyncService {
                 match chunk {
                     Ok(bytes) => {
                         let wire = match bases.get(i).filter(|b| !b.is_empty()) {
+                            _ if encrypted => as_stored(id, bytes),
                             Some(b) => encode_against_stored(
                                 &store,
                                 scope,
@@ -304,6 +315,18 @@ fn encode_against_stored(
         }
     }
     encode_chunk_against(id, bytes, bases, &base)
+}
+
+/// A chunk as stored, uncompressed: an encrypted folder's chunks are sealed, and sealed bytes
+/// neither compress nor make useful deltas.
+fn as_stored(id: lbsync_chunkstore::ChunkId, bytes: Bytes) -> pb::ChunkData {
+    pb::ChunkData {
+        id: Bytes::copy_from_slice(id.as_bytes()),
+        compression: pb::Compression::None.into(),
+        raw_len: bytes.len() as u32,
+        data: bytes,
+        base_ids: Bytes::new(),
+    }
 }
 
 /// Whether a chunk is in the caller's folder's scope (always, for a caller who sees the store).

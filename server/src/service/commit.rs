@@ -74,6 +74,15 @@ impl SyncService {
                 let fresh = in_scope(&id)?.then(Vec::new);
                 (m, 0, fresh, cost)
             }
+            Content::Full(m) if work.encrypted => {
+                // Lengths are masked: only the count can be checked.
+                check_sealed_count(m.chunks().len() as u64, &work)?;
+                let n = m.chunks().len();
+                if n as u64 > work.left {
+                    return Err(over(n as u64));
+                }
+                (m, n, None, n as u64)
+            }
             Content::Full(m) => {
                 if m.size() != work.size {
                     return Err(Error::BadRequest(format!(
@@ -105,7 +114,12 @@ impl SyncService {
                 if cost > work.left {
                     return Err(over(cost));
                 }
-                check_delta(&delta, &base_m, &work.params, work.size, work.max_refs)?;
+                if work.encrypted {
+                    // Lengths are masked; `apply` checks the runs against the base.
+                    check_sealed_count(built, &work)?;
+                } else {
+                    check_delta(&delta, &base_m, &work.params, work.size, work.max_refs)?;
+                }
                 let n = delta.new_refs().count();
                 let fresh =
                     in_scope(&base)?.then(|| delta.new_refs().map(|r| r.id).collect::<Vec<_>>());
@@ -165,6 +179,8 @@ impl SyncService {
             base_version,
             content,
         } = req;
+        let encrypted = staged.encrypted;
+        crate::sealed::check_entry(&folder, encrypted, &entry)?;
         entry.mode &= 0o7777;
         let file = entry.kind == EntryKind::File && !entry.deleted;
         match (&content, file) {
@@ -182,7 +198,12 @@ impl SyncService {
             }
             _ => {}
         }
-        if entry.kind == EntryKind::Symlink && !entry.deleted && entry.symlink_target.is_none() {
+        // In an encrypted folder the target travels sealed.
+        if entry.kind == EntryKind::Symlink
+            && !entry.deleted
+            && entry.symlink_target.is_none()
+            && !encrypted
+        {
             return Err(Error::BadRequest(format!(
                 "symlink {} has no target",
                 entry.path
@@ -204,6 +225,7 @@ impl SyncService {
                     max_refs: self.limits.max_manifest_refs,
                     left: *left,
                     batch: self.limits.max_batch_refs,
+                    encrypted,
                 };
                 let (manifest, new_refs, cost) = Self::store_manifest(
                     &self.store,
@@ -221,7 +243,8 @@ impl SyncService {
                     e => e,
                 })?;
                 *left = left.saturating_sub(cost);
-                if entry.size != manifest.size() {
+                // In an encrypted folder both are masked or 0: the size travels sealed.
+                if !encrypted && entry.size != manifest.size() {
                     return Err(Error::BadRequest(format!(
                         "{} declares {} bytes but its manifest holds {}",
                         entry.path,
@@ -255,11 +278,19 @@ impl SyncService {
         mut left: u64,
     ) -> (Vec<Result<CommitOutcome>>, u64) {
         let mut slots: Vec<Option<Result<CommitOutcome>>> = Vec::with_capacity(reqs.len());
-        let mut staged = Staged::default();
         let mut ready: Vec<(usize, usize, usize, usize)> = Vec::new();
         let mut commits = Vec::new();
         let Some(folder) = reqs.first().map(|(r, _)| r.folder.clone()) else {
             return (Vec::new(), left);
+        };
+        // Read once for the batch; the group commit checks it again in its transaction.
+        let encrypted = match self.folders.encrypted(&folder) {
+            Ok(e) => e,
+            Err(e) => return (vec![Err(e)], left),
+        };
+        let mut staged = Staged {
+            encrypted,
+            ..Staged::default()
         };
         for (i, (req, received)) in reqs.into_iter().enumerate() {
             let prepared = if req.folder == folder {
@@ -289,7 +320,10 @@ impl SyncService {
             let bases: Vec<u64> = commits.iter().map(|(_, b)| *b).collect();
             let done = staged
                 .store(&self.store, &self.scopes, &folder)
-                .and_then(|()| self.folders.commit_batch(&folder, commits));
+                .and_then(|()| {
+                    self.folders
+                        .commit_batch_checked(&folder, commits, encrypted)
+                });
             let (outcomes, failed) = match done {
                 Ok((outcomes, failed)) => (outcomes, failed),
                 Err(e) => (Vec::new(), Some(e)),
@@ -449,6 +483,23 @@ pub(super) struct Work {
     left: u64,
     /// The batch's whole budget, for the message.
     batch: u64,
+    /// The folder is encrypted: the manifest's lengths are masked and `size` is 0, so only its
+    /// count is checked.
+    encrypted: bool,
+}
+
+/// The count limit of a manifest in an encrypted folder, whose lengths are masked (so neither
+/// the chunking parameters nor the size can bound it): the commit's and the format's limits.
+fn check_sealed_count(count: u64, work: &Work) -> Result<()> {
+    let limit = work.max_refs.min(lbsync_chunkstore::MAX_MANIFEST_CHUNKS);
+    if count > limit {
+        return Err(Error::BadRequest(format!(
+            "{}: the manifest has {count} chunks, over the limit of {limit} per commit: a file \
+             this large cannot be synced with this server",
+            work.path
+        )));
+    }
+    Ok(())
 }
 
 /// Whether an error of one commit ends its batch: the batch's budget is spent, or it is not the
@@ -464,6 +515,8 @@ fn stops_batch(e: &Error) -> bool {
 /// A batch's new manifests, stored together before its commits.
 #[derive(Default)]
 pub(super) struct Staged {
+    /// The batch's folder is encrypted (read once, checked again by the group commit).
+    encrypted: bool,
     /// By id, for the batch's later commits that name them.
     manifests: std::collections::HashMap<lbsync_chunkstore::ManifestId, Manifest>,
     /// In order, with the chunks that enter the folder's scope with each (`None`: all).

@@ -3,6 +3,7 @@
 mod cli;
 mod conventions;
 mod disk_full;
+mod encrypted;
 mod hostile;
 mod ops;
 mod ops_cli;
