@@ -4,12 +4,18 @@
 //! chunk, 470 KB for 1 GiB at 8 KiB chunks) would dwarf the edit itself. A delta is a list of
 //! runs copied from the base (`Copy { start, count }`) and new chunk references, so a one-byte
 //! insert costs a few hundred bytes of metadata.
+//!
+//! A delta describes the manifest's *encoding*: in an encrypted folder (a manifest with a
+//! [`LengthMask`](crate::LengthMask)) the new refs carry masked lengths, as the manifest's
+//! encoding does. So the server, which holds no mask, applies a delta to its (masked) base and
+//! gets the masked manifest the client meant, byte for byte; a client applies it to its base,
+//! which carries the mask, and gets the real lengths back. The wire form is the same either way.
 
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
-use crate::manifest::{ChunkRef, MAX_MANIFEST_CHUNKS, Manifest};
+use crate::manifest::{ChunkRef, MAX_MANIFEST_CHUNKS, Manifest, unmask_refs};
 
 /// One step of a delta.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,7 +27,8 @@ pub enum DeltaOp {
         /// How many chunks.
         count: u32,
     },
-    /// Chunks given in full.
+    /// Chunks given in full, with their lengths as the manifest encodes them (masked in an
+    /// encrypted folder).
     New(Vec<ChunkRef>),
 }
 
@@ -34,6 +41,8 @@ pub struct ManifestDelta {
 
 impl ManifestDelta {
     /// The delta that turns `base` into `new`: maximal runs of base chunks, new chunks in between.
+    /// New chunks carry their lengths as `new` encodes them (masked when `new` is); `base` and
+    /// `new` are manifests of the same folder (the same mask, or none).
     pub fn diff(base: &Manifest, new: &Manifest) -> Self {
         let base_chunks = base.chunks();
         let mut first_at: HashMap<ChunkId, u32> = HashMap::with_capacity(base_chunks.len());
@@ -67,7 +76,7 @@ impl ManifestDelta {
                     next_base = Some(j + 1);
                 }
                 None => {
-                    fresh.push(*c);
+                    fresh.push(new.encoded_ref(c));
                     next_base = None;
                 }
             }
@@ -79,7 +88,8 @@ impl ManifestDelta {
     }
 
     /// Rebuilds the new manifest from `base`; a copy outside the base, or a result of more than
-    /// [`MAX_MANIFEST_CHUNKS`] chunks, is an error.
+    /// [`MAX_MANIFEST_CHUNKS`] chunks, is an error. The result has the base's mask: the new refs'
+    /// lengths are unmasked with it (a length that does not unmask is an error).
     pub fn apply(&self, base: &Manifest) -> Result<Manifest> {
         let total = self.ops.iter().try_fold(0u64, |n, op| {
             let more = match op {
@@ -114,14 +124,18 @@ impl ManifestDelta {
                     if let Some(c) = refs.iter().find(|c| c.len == 0) {
                         return Err(Error::BadManifest(format!("chunk {} has length 0", c.id)));
                     }
-                    chunks.extend_from_slice(refs);
+                    match base.mask() {
+                        Some(mask) => chunks.extend(unmask_refs(refs, mask)?),
+                        None => chunks.extend_from_slice(refs),
+                    }
                 }
             }
         }
-        Ok(Manifest::new(chunks))
+        Ok(Manifest::new(chunks).with_mask(base.mask().cloned()))
     }
 
-    /// The new chunk references the delta carries in full.
+    /// The new chunk references the delta carries in full (lengths as encoded: masked in an
+    /// encrypted folder).
     pub fn new_refs(&self) -> impl Iterator<Item = &ChunkRef> {
         self.ops.iter().flat_map(|op| match op {
             DeltaOp::New(refs) => refs.as_slice(),
@@ -280,7 +294,61 @@ mod tests {
         assert!(err.contains("more than"), "{err}");
     }
 
+    #[test]
+    fn masked_delta_carries_masked_lengths_and_applies_on_both_sides() {
+        let mask = crate::LengthMask::new([3; 32]);
+        let base = m(&[1, 2, 3, 4]).masked(mask.clone());
+        let new = m(&[1, 2, 9, 4]).masked(mask.clone());
+        let d = ManifestDelta::diff(&base, &new);
+        let nine = new.chunks()[2];
+        assert_eq!(
+            d.new_refs().copied().collect::<Vec<_>>(),
+            vec![ChunkRef {
+                id: nine.id,
+                len: mask.apply(&nine.id, nine.len)
+            }],
+            "the wire carries the masked length"
+        );
+        assert_ne!(mask.apply(&nine.id, nine.len), nine.len);
+        // The client, whose base carries the mask, gets the real lengths and the mask back.
+        let applied = d.apply(&base).unwrap();
+        assert_eq!(applied, new);
+        assert_eq!(applied.chunks()[2], nine);
+        // The server holds the base as decoded without the mask: it gets the same encoding.
+        let server_base = Manifest::decode(&base.encode()).unwrap();
+        let server_new = d.apply(&server_base).unwrap();
+        assert_eq!(server_new.encode(), new.encode());
+        assert_eq!(server_new.id(), new.id());
+        // A new ref whose length does not unmask is refused by the client.
+        let bad = ManifestDelta {
+            ops: vec![DeltaOp::New(vec![ChunkRef {
+                id: nine.id,
+                len: mask.apply(&nine.id, 0),
+            }])],
+        };
+        let err = bad.apply(&base).unwrap_err().to_string();
+        assert!(
+            err.contains("not written for this encrypted folder"),
+            "{err}"
+        );
+    }
+
     proptest! {
+        #[test]
+        fn masked_diff_then_apply_round_trips(
+            key in any::<[u8; 32]>(),
+            base in proptest::collection::vec(0u8..20, 0..40),
+            new in proptest::collection::vec(0u8..20, 0..40),
+        ) {
+            let mask = crate::LengthMask::new(key);
+            let base = m(&base).masked(mask.clone());
+            let new = m(&new).masked(mask);
+            let d = ManifestDelta::diff(&base, &new);
+            prop_assert_eq!(d.apply(&base).unwrap(), new.clone());
+            let server_base = Manifest::decode(&base.encode()).unwrap();
+            prop_assert_eq!(d.apply(&server_base).unwrap().encode(), new.encode());
+        }
+
         #[test]
         fn diff_then_apply_round_trips(
             base in proptest::collection::vec(0u8..20, 0..60),

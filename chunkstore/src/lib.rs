@@ -44,6 +44,7 @@ mod error;
 pub mod fuzzing;
 mod id;
 mod manifest;
+mod mask;
 mod mem;
 #[cfg(feature = "sled")]
 mod pack;
@@ -62,6 +63,7 @@ pub use delta::{DeltaOp, ManifestDelta, edit_bases};
 pub use error::{Error, Result};
 pub use id::{ChunkId, ManifestId};
 pub use manifest::{ChunkRef, MANIFEST_VERSION, MAX_MANIFEST_BYTES, MAX_MANIFEST_CHUNKS, Manifest};
+pub use mask::{LengthMask, MAX_MASKED_LEN};
 pub use mem::MemStore;
 #[cfg(feature = "sled")]
 pub use pack_store::{FsckProblem, FsckReport, PackStore, RecoveryReport, StoreOptions};

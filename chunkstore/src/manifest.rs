@@ -11,9 +11,16 @@
 //!
 //! The manifest's id ([`ManifestId`]) is the BLAKE3 of that encoding. Decoding checks the version,
 //! the count against the length, that no chunk is empty and that the lengths add up to the size.
+//!
+//! In an end-to-end encrypted folder a manifest carries a [`LengthMask`]: the encoding (and so
+//! the id) has each chunk's *masked* length and their sum as the size, while [`Manifest::chunks`],
+//! [`Manifest::size`] and [`Manifest::with_offsets`] give the real lengths. Without the mask the
+//! encoding is still a valid manifest (the server decodes it with [`Manifest::decode`]); with it,
+//! [`Manifest::decode_masked`] gets the real lengths back. See [`crate::LengthMask`].
 
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, ManifestId};
+use crate::mask::{LengthMask, MAX_MASKED_LEN};
 
 /// The encoding version this build writes.
 pub const MANIFEST_VERSION: u8 = 1;
@@ -38,18 +45,52 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
-/// A file's content as an ordered list of chunks.
+/// A file's content as an ordered list of chunks (real lengths), and in an encrypted folder the
+/// mask its encoding applies to them.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Manifest {
     chunks: Vec<ChunkRef>,
     size: u64,
+    mask: Option<LengthMask>,
 }
 
 impl Manifest {
     /// A manifest of the given chunks, in file order.
     pub fn new(chunks: Vec<ChunkRef>) -> Self {
         let size = chunks.iter().map(|c| u64::from(c.len)).sum();
-        Self { chunks, size }
+        Self {
+            chunks,
+            size,
+            mask: None,
+        }
+    }
+
+    /// The same manifest of an encrypted folder: its encoding and id carry lengths masked with
+    /// `mask`. The chunks' lengths must be at most [`MAX_MASKED_LEN`] (every chunk is).
+    pub fn masked(self, mask: LengthMask) -> Self {
+        self.with_mask(Some(mask))
+    }
+
+    /// The same manifest with `mask` (none: a plain folder's manifest).
+    pub fn with_mask(mut self, mask: Option<LengthMask>) -> Self {
+        self.mask = mask;
+        self
+    }
+
+    /// The mask the encoding applies, in an encrypted folder.
+    pub fn mask(&self) -> Option<&LengthMask> {
+        self.mask.as_ref()
+    }
+
+    /// A chunk's reference as the encoding has it: its length masked when the manifest is.
+    pub fn encoded_ref(&self, c: &ChunkRef) -> ChunkRef {
+        match &self.mask {
+            Some(mask) => ChunkRef {
+                id: c.id,
+                len: mask.apply(&c.id, c.len),
+            },
+            None => *c,
+        }
     }
 
     /// The manifest of an empty file.
@@ -126,7 +167,21 @@ impl Manifest {
                 "chunk lengths add up to {total}, header says {size}"
             ));
         }
-        Ok(Self { chunks, size })
+        Ok(Self {
+            chunks,
+            size,
+            mask: None,
+        })
+    }
+
+    /// Decodes the encoding of a manifest of an encrypted folder, made by [`Manifest::encode`] on
+    /// a manifest masked with `mask`, and takes the mask off the lengths. A length that does not
+    /// unmask to one in `1 ..= MAX_MASKED_LEN` is an error: the manifest was not masked with this
+    /// mask.
+    pub fn decode_masked(bytes: &[u8], mask: &LengthMask) -> Result<Self> {
+        let encoded = Self::decode(bytes)?;
+        let chunks = unmask_refs(&encoded.chunks, mask)?;
+        Ok(Self::new(chunks).masked(mask.clone()))
     }
 
     /// The manifest's id: the BLAKE3 of its encoding.
@@ -141,20 +196,50 @@ impl Manifest {
     /// The encoding, in pieces of at most about 64 KiB, without building it whole: for hashing
     /// and writing the manifests of very large files.
     pub fn encode_into(&self, mut out: impl FnMut(&[u8])) {
+        // Masked lengths are computed once: the size field is their sum.
+        let masked: Option<Vec<u32>> = self.mask.as_ref().map(|mask| {
+            self.chunks
+                .iter()
+                .map(|c| mask.apply(&c.id, c.len))
+                .collect()
+        });
+        let size = match &masked {
+            Some(lens) => lens.iter().map(|&l| u64::from(l)).sum(),
+            None => self.size,
+        };
         let mut buf = Vec::with_capacity(64 << 10);
         buf.push(MANIFEST_VERSION);
-        buf.extend_from_slice(&self.size.to_le_bytes());
+        buf.extend_from_slice(&size.to_le_bytes());
         buf.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
-        for c in &self.chunks {
+        for (i, c) in self.chunks.iter().enumerate() {
             if buf.len() + ENTRY_LEN > buf.capacity() {
                 out(&buf);
                 buf.clear();
             }
+            let len = masked.as_ref().map_or(c.len, |lens| lens[i]);
             buf.extend_from_slice(c.id.as_bytes());
-            buf.extend_from_slice(&c.len.to_le_bytes());
+            buf.extend_from_slice(&len.to_le_bytes());
         }
         out(&buf);
     }
+}
+
+/// Refs with the mask taken off their lengths; a length that does not unmask into
+/// `1 ..= MAX_MASKED_LEN` is an error that names the chunk.
+pub(crate) fn unmask_refs(refs: &[ChunkRef], mask: &LengthMask) -> Result<Vec<ChunkRef>> {
+    refs.iter()
+        .map(|c| {
+            let len = mask.remove(&c.id, c.len);
+            if len == 0 || len > MAX_MASKED_LEN {
+                return Err(Error::BadManifest(format!(
+                    "chunk {}: masked length {} is not one this folder's key masks: the manifest \
+                     was not written for this encrypted folder",
+                    c.id, c.len
+                )));
+            }
+            Ok(ChunkRef { id: c.id, len })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -220,7 +305,81 @@ mod tests {
         }
     }
 
+    #[test]
+    fn masked_encoding_hides_lengths_and_decodes_back() {
+        let mask = LengthMask::new([9; 32]);
+        let plain = sample();
+        let masked = sample().masked(mask.clone());
+        // Real lengths for the caller.
+        assert_eq!(masked.chunks(), plain.chunks());
+        assert_eq!(masked.size(), 15);
+        let offsets: Vec<u64> = masked.with_offsets().map(|(o, _)| o).collect();
+        assert_eq!(offsets, [0, 10]);
+        // Masked lengths in the encoding, and so another id.
+        let enc = masked.encode();
+        assert_ne!(masked.id(), plain.id());
+        assert_eq!(masked.id(), ManifestId::of(&enc));
+        let a = plain.chunks()[0];
+        assert_eq!(
+            &enc[13 + 32..13 + 36],
+            &mask.apply(&a.id, a.len).to_le_bytes()
+        );
+        // The server decodes it as any manifest: masked lengths that add up.
+        let server = Manifest::decode(&enc).unwrap();
+        assert_eq!(server.encode(), enc);
+        assert_ne!(server.size(), 15);
+        assert_eq!(server.chunks()[0].len, mask.apply(&a.id, a.len));
+        // The client gets the real lengths back.
+        let back = Manifest::decode_masked(&enc, &mask).unwrap();
+        assert_eq!(back, masked);
+        assert_eq!(back.id(), masked.id());
+        // Another folder's mask does not give real lengths back (or gives others).
+        let other = Manifest::decode_masked(&enc, &LengthMask::new([8; 32]));
+        assert!(other.map(|m| m.chunks() != plain.chunks()).unwrap_or(true));
+        // A plain manifest's encoding is unchanged by this feature.
+        assert_eq!(
+            &plain.encode()[..13],
+            &[1, 15, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn masked_encode_into_matches_encode_across_pieces() {
+        let mask = LengthMask::new([1; 32]);
+        let m = Manifest::new(
+            (0..5000u32)
+                .map(|i| ChunkRef {
+                    id: ChunkId::of(&i.to_le_bytes()),
+                    len: 1 + i * 7,
+                })
+                .collect(),
+        )
+        .masked(mask.clone());
+        let mut pieces = Vec::new();
+        m.encode_into(|p| pieces.extend_from_slice(p));
+        assert_eq!(pieces, m.encode());
+        assert_eq!(Manifest::decode_masked(&pieces, &mask).unwrap(), m);
+    }
+
     proptest! {
+        #[test]
+        fn masked_round_trip(
+            key in any::<[u8; 32]>(),
+            lens in proptest::collection::vec(1u32..=crate::MAX_MASKED_LEN, 0..50),
+        ) {
+            let mask = LengthMask::new(key);
+            let m = Manifest::new(
+                lens.iter()
+                    .enumerate()
+                    .map(|(i, &len)| ChunkRef { id: ChunkId::of(&i.to_le_bytes()), len })
+                    .collect(),
+            )
+            .masked(mask.clone());
+            let enc = m.encode();
+            prop_assert!(Manifest::decode(&enc).is_ok());
+            prop_assert_eq!(Manifest::decode_masked(&enc, &mask).unwrap(), m);
+        }
+
         #[test]
         fn round_trip(lens in proptest::collection::vec(1u32..100_000, 0..200)) {
             let m = Manifest::new(

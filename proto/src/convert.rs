@@ -539,6 +539,50 @@ mod tests {
     }
 
     #[test]
+    fn masked_manifests_and_deltas_cross_the_wire_for_both_sides() {
+        let mask = lbsync_chunkstore::LengthMask::new([5; 32]);
+        let base = Manifest::new(refs(10)).masked(mask.clone());
+        let new = Manifest::new(refs(12)).masked(mask.clone());
+        let path = SyncPath::new("x").unwrap();
+        let commit = |content| {
+            let req = CommitRequest {
+                folder: "f".into(),
+                entry: Entry::file(path.clone(), &new, "d"),
+                base_version: 1,
+                content: Some(content),
+            };
+            CommitRequest::try_from(pb::CommitRequest::from(req)).unwrap()
+        };
+        // A full manifest: the server decodes the masked encoding as is (same bytes, same id).
+        match commit(Content::Full(new.clone())).content {
+            Some(Content::Full(m)) => {
+                assert_eq!(m.encode(), new.encode());
+                assert_eq!(m.id(), new.id());
+            }
+            other => panic!("{other:?}"),
+        }
+        // A delta: the server applies it to its base (decoded without the mask) and gets the
+        // client's manifest byte for byte; a client applies it to its masked base and gets the
+        // real lengths.
+        let delta = ManifestDelta::diff(&base, &new);
+        let server_base = Manifest::decode(&base.encode()).unwrap();
+        match commit(Content::Delta {
+            base: base.id(),
+            delta: delta.clone(),
+        })
+        .content
+        {
+            Some(Content::Delta { base: b, delta: d }) => {
+                assert_eq!(b, base.id());
+                assert_eq!(d.apply(&server_base).unwrap().id(), new.id());
+            }
+            other => panic!("{other:?}"),
+        }
+        let (_, received) = delta_from_pb(&delta_to_pb(&base.id(), &delta)).unwrap();
+        assert_eq!(received.apply(&base).unwrap(), new);
+    }
+
+    #[test]
     fn batches_carry_folder_and_device_once_and_round_trip() {
         let m = Manifest::new(refs(3));
         let req = |p: &str, device: &str| CommitRequest {

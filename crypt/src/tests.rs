@@ -1,0 +1,679 @@
+use lbsync_chunkstore::{ChunkRef, Manifest, ManifestId};
+use lbsync_proto::EntryKind;
+use proptest::prelude::*;
+use rand::{RngCore, SeedableRng};
+
+use super::*;
+
+fn crypt() -> FolderCrypt {
+    FolderKey::from_bytes([42; 32]).crypt()
+}
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+fn text_bytes(n: usize) -> Vec<u8> {
+    let words = [
+        "sync ", "folder ", "chunk ", "the ", "server ", "cannot ", "read ", "it\n",
+    ];
+    let mut out = Vec::with_capacity(n + 8);
+    let mut i = 0usize;
+    while out.len() < n {
+        out.extend_from_slice(words[(i * 7 + i / 3) % words.len()].as_bytes());
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+fn is_tampered<T: std::fmt::Debug>(r: Result<T>) -> bool {
+    matches!(r, Err(Error::Tampered { .. }))
+}
+
+// ---- chunks ----
+
+#[test]
+fn chunks_round_trip_raw_and_compressed() {
+    let c = crypt();
+    for pt in [
+        b"".to_vec(),
+        b"x".to_vec(),
+        random_bytes(100, 1),
+        random_bytes(64 << 10, 2),
+        text_bytes(20_000),
+        vec![0u8; 1 << 20],
+    ] {
+        let s = c.seal_chunk(&pt);
+        assert_eq!(
+            s.id,
+            ChunkId::of(&s.bytes),
+            "the id is the plain hash of the bytes"
+        );
+        assert_eq!(s.bytes[0], CHUNK_FORMAT);
+        assert_eq!(c.open_chunk(&s.id, &s.bytes, pt.len()).unwrap(), pt);
+    }
+    // Random data is stored raw (overhead exactly CHUNK_OVERHEAD), text compressed.
+    let r = random_bytes(32 << 10, 3);
+    assert_eq!(c.seal_chunk(&r).bytes.len(), r.len() + CHUNK_OVERHEAD);
+    let t = text_bytes(32 << 10);
+    assert!(c.seal_chunk(&t).bytes.len() < t.len() / 4);
+}
+
+#[test]
+fn chunks_are_deterministic_per_folder_and_differ_across_folders() {
+    let a = crypt();
+    let b = FolderKey::from_bytes([43; 32]).crypt();
+    let pt = text_bytes(10_000);
+    let (s1, s2) = (a.seal_chunk(&pt), a.clone().seal_chunk(&pt));
+    assert_eq!(s1, s2, "same key, same plaintext: same id and bytes");
+    assert_eq!(FolderKey::from_bytes([42; 32]).crypt().seal_chunk(&pt), s1);
+    let other = b.seal_chunk(&pt);
+    assert_ne!(other.id, s1.id, "another folder's key gives another id");
+    assert_ne!(
+        s1.id,
+        ChunkId::of(&pt),
+        "the id is not the plaintext's hash"
+    );
+    assert!(
+        is_tampered(b.open_chunk(&s1.id, &s1.bytes, 1 << 20)),
+        "another folder cannot open it"
+    );
+}
+
+#[test]
+fn every_flipped_byte_of_a_sealed_chunk_is_tampered() {
+    let c = crypt();
+    for pt in [random_bytes(300, 4), text_bytes(3000)] {
+        let s = c.seal_chunk(&pt);
+        for i in 0..s.bytes.len() {
+            let mut bad = s.bytes.to_vec();
+            bad[i] ^= 0x01;
+            // With the id of the damaged bytes (a server that also fixes up the id) ...
+            assert!(
+                is_tampered(c.open_chunk(&ChunkId::of(&bad), &bad, 1 << 20)),
+                "byte {i}"
+            );
+            // ... and with the manifest's id.
+            assert!(is_tampered(c.open_chunk(&s.id, &bad, 1 << 20)), "byte {i}");
+        }
+    }
+}
+
+#[test]
+fn wrong_id_truncation_and_oversize_are_tampered() {
+    let c = crypt();
+    let s = c.seal_chunk(&text_bytes(5000));
+    let other = c.seal_chunk(b"other");
+    assert!(
+        is_tampered(c.open_chunk(&other.id, &s.bytes, 1 << 20)),
+        "swapped chunks"
+    );
+    for n in [
+        0,
+        1,
+        10,
+        CHUNK_OVERHEAD - 1,
+        CHUNK_OVERHEAD,
+        s.bytes.len() - 1,
+    ] {
+        let cut = &s.bytes[..n];
+        assert!(
+            is_tampered(c.open_chunk(&ChunkId::of(cut), cut, 1 << 20)),
+            "cut to {n}"
+        );
+    }
+    // More plaintext than the caller allows is refused (raw and compressed).
+    assert!(is_tampered(c.open_chunk(&s.id, &s.bytes, 4999)));
+    let r = c.seal_chunk(&random_bytes(5000, 5));
+    assert!(is_tampered(c.open_chunk(&r.id, &r.bytes, 4999)));
+    assert!(c.open_chunk(&r.id, &r.bytes, 5000).is_ok());
+    let err = c
+        .open_chunk(&other.id, &s.bytes, 1 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&other.id.to_string()), "{err}");
+    assert!(
+        err.contains("not written by a holder of this folder's key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_validly_encrypted_body_with_a_nonce_not_its_own_is_tampered() {
+    // A holder of the key could encrypt another body under some chunk's nonce; the nonce check
+    // catches it (the nonce is a PRF of the plaintext).
+    let c = crypt();
+    let nonce = [7u8; 24];
+    let mut buf = vec![CHUNK_FORMAT];
+    buf.extend_from_slice(&nonce);
+    buf.extend_from_slice(&[0, b'h', b'i']);
+    let tag = chacha20poly1305::aead::AeadInPlace::encrypt_in_place_detached(
+        &c.0.chunk_aead,
+        chacha20poly1305::XNonce::from_slice(&nonce),
+        CHUNK_AAD,
+        &mut buf[25..],
+    )
+    .unwrap();
+    buf.extend_from_slice(&tag);
+    let err = c
+        .open_chunk(&ChunkId::of(&buf), &buf, 100)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nonce"), "{err}");
+}
+
+// ---- manifests ----
+
+#[test]
+fn masked_manifest_id_differs_from_plain_and_decodes_back() {
+    let c = crypt();
+    let chunks: Vec<ChunkRef> = (0..10u32)
+        .map(|i| {
+            let s = c.seal_chunk(&text_bytes(1000 + i as usize));
+            ChunkRef {
+                id: s.id,
+                len: 1000 + i,
+            }
+        })
+        .collect();
+    let plain = Manifest::new(chunks.clone());
+    let masked = Manifest::new(chunks).masked(c.length_mask());
+    assert_ne!(plain.id(), masked.id());
+    assert_eq!(masked.size(), plain.size());
+    let enc = masked.encode();
+    assert!(
+        Manifest::decode(&enc).is_ok(),
+        "the server decodes it as any manifest"
+    );
+    assert_ne!(Manifest::decode(&enc).unwrap().size(), plain.size());
+    assert_eq!(
+        Manifest::decode_masked(&enc, &c.length_mask()).unwrap(),
+        masked
+    );
+    assert_eq!(
+        c.length_mask(),
+        FolderKey::from_bytes([42; 32]).crypt().length_mask()
+    );
+    assert_ne!(
+        c.length_mask(),
+        FolderKey::from_bytes([1; 32]).crypt().length_mask()
+    );
+}
+
+// ---- paths ----
+
+fn p(s: &str) -> SyncPath {
+    SyncPath::new(s).unwrap()
+}
+
+#[test]
+fn paths_round_trip_and_hide_lengths() {
+    let c = crypt();
+    for s in [
+        "a",
+        "a/b/c",
+        "Ünïcödé/ファイル.txt",
+        ".hidden/.x",
+        "x".repeat(200).as_str(),
+    ] {
+        let sealed = c.seal_path(&p(s)).unwrap();
+        assert!(c.is_sealed_path(&sealed), "{sealed}");
+        assert!(sealed_path_shape_ok(sealed.as_str()));
+        assert!(
+            !sealed_path_shape_ok(s),
+            "a plain path is not of the sealed shape: {s}"
+        );
+        assert_eq!(sealed.as_str().split('/').count(), s.split('/').count());
+        assert_eq!(c.open_path(&sealed).unwrap(), p(s));
+        assert_eq!(c.seal_path(&p(s)).unwrap(), sealed, "deterministic");
+    }
+    // Names of 1 and 31 bytes pad to one block: equal lengths on the server; 32 takes two.
+    let one = c.seal_path(&p("a")).unwrap();
+    let thirty_one = c.seal_path(&p(&"b".repeat(31))).unwrap();
+    let thirty_two = c.seal_path(&p(&"b".repeat(32))).unwrap();
+    assert_eq!(one.as_str().len(), thirty_one.as_str().len());
+    assert_eq!(one.as_str().len(), 64, "base64url of 16 + 32 bytes");
+    assert!(thirty_two.as_str().len() > one.as_str().len());
+}
+
+#[test]
+fn equal_names_under_different_parents_seal_differently() {
+    let c = crypt();
+    let a = c.seal_path(&p("a/x")).unwrap();
+    let b = c.seal_path(&p("b/x")).unwrap();
+    let (ax, bx) = (a.file_name(), b.file_name());
+    assert_ne!(ax, bx, "the parent is associated data");
+    // Moving a sealed name under another sealed parent does not open.
+    let moved = p(&format!("{}/{}", b.as_str().split('/').next().unwrap(), ax));
+    assert!(is_tampered(c.open_path(&moved)));
+    // Top-level "x" differs from "a/x"'s last component too.
+    assert_ne!(c.seal_path(&p("x")).unwrap().as_str(), ax);
+}
+
+#[test]
+fn path_tamper_and_foreign_shapes_are_refused() {
+    let c = crypt();
+    let sealed = c.seal_path(&p("dir/file")).unwrap();
+    let s = sealed.as_str();
+    // Flip one character of each component to another base64url character.
+    for i in 0..s.len() {
+        if s.as_bytes()[i] == b'/' {
+            continue;
+        }
+        let mut b = s.as_bytes().to_vec();
+        b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+        let bad = p(std::str::from_utf8(&b).unwrap());
+        assert!(is_tampered(c.open_path(&bad)), "char {i}");
+    }
+    for bad in ["plain", "a/b", "AAAA", &s[..s.len() - 1]] {
+        assert!(is_tampered(c.open_path(&p(bad))), "{bad}");
+        assert!(!sealed_path_shape_ok(bad), "{bad}");
+    }
+    assert!(!sealed_path_shape_ok(""));
+    // Another folder's sealed path has the shape but does not open.
+    let other = FolderKey::from_bytes([5; 32])
+        .crypt()
+        .seal_path(&p("dir/file"))
+        .unwrap();
+    assert!(sealed_path_shape_ok(other.as_str()));
+    assert!(is_tampered(c.open_path(&other)));
+}
+
+#[test]
+fn sealed_paths_never_start_with_a_dot_and_long_ones_are_refused() {
+    let c = crypt();
+    for i in 0..500 {
+        let sealed = c.seal_path(&p(&format!(".d{i}/.f{i}"))).unwrap();
+        for comp in sealed.as_str().split('/') {
+            assert!(!comp.starts_with('.'), "{comp}");
+            assert!(
+                comp.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
+        }
+    }
+    // A path that fits in the clear but not sealed: a clear error, not a truncation.
+    let long = vec!["abcdefghij"; 200].join("/");
+    assert!(long.len() <= 4096);
+    match c.seal_path(&p(&long)) {
+        Err(Error::PathTooLong { len }) => assert!(len > 4096),
+        other => panic!("{other:?}"),
+    }
+    let msg = Error::PathTooLong { len: 5000 }.to_string();
+    assert!(msg.contains("path too long for an encrypted folder") && msg.contains("shorten"));
+}
+
+proptest! {
+    #[test]
+    fn open_path_inverts_seal_path(
+        parts in proptest::collection::vec("[^/\u{0}]{1,40}", 1..6),
+    ) {
+        let joined = parts.join("/");
+        // Only paths SyncPath takes: no "." or ".." components, not under .lbsync.
+        prop_assume!(SyncPath::new(joined.clone()).is_ok());
+        let c = crypt();
+        let path = SyncPath::new(joined).unwrap();
+        let sealed = c.seal_path(&path).unwrap();
+        prop_assert!(sealed_path_shape_ok(sealed.as_str()));
+        prop_assert_eq!(c.open_path(&sealed).unwrap(), path);
+    }
+}
+
+// ---- entries ----
+
+fn file_entry() -> Entry {
+    let mut e = Entry::new(p("docs/report.txt"), EntryKind::File, "laptop");
+    e.size = 12345;
+    e.mode = 0o755;
+    e.mtime_ns = -1_234_567_890;
+    e.manifest = Some(ManifestId::of(b"m"));
+    e
+}
+
+#[test]
+fn entries_round_trip_and_hide_metadata() {
+    let c = crypt();
+    let mut link = Entry::new(p("l"), EntryKind::Symlink, "d");
+    link.symlink_target = Some("../target/of/link".into());
+    let tomb = Entry::tombstone(p("gone/file"), EntryKind::File, "d");
+    for e in [file_entry(), link, tomb, Entry::dir(p("dir"), "d")] {
+        let s = c.seal_entry(&e, 7).unwrap();
+        assert_eq!(
+            (s.size, s.mode, s.mtime_ns, &s.symlink_target),
+            (0, 0, 0, &None)
+        );
+        assert_eq!(
+            (s.kind, s.deleted, s.manifest, s.version),
+            (e.kind, e.deleted, e.manifest, 7)
+        );
+        assert_eq!(s.device, e.device);
+        assert!(!s.sealed.is_empty() && s.sealed.len() <= lbsync_proto::convert::MAX_SEALED_BYTES);
+        assert!(c.is_sealed_path(&s.path));
+        let o = c.open_entry(&s).unwrap();
+        assert_eq!(
+            o,
+            Entry {
+                version: 7,
+                ..e.clone()
+            }
+        );
+        // Random nonces: two seals of the same entry differ.
+        assert_ne!(c.seal_entry(&e, 7).unwrap().sealed, s.sealed);
+    }
+}
+
+#[test]
+fn every_entry_tamper_is_detected() {
+    let c = crypt();
+    let e = file_entry();
+    let s = c.seal_entry(&e, 5).unwrap();
+    let other = c
+        .seal_entry(
+            &Entry {
+                path: p("docs/other.txt"),
+                ..e.clone()
+            },
+            5,
+        )
+        .unwrap();
+    let mut cases: Vec<(&str, Entry)> = vec![
+        (
+            "replayed as another version",
+            Entry {
+                version: 6,
+                ..s.clone()
+            },
+        ),
+        (
+            "older version",
+            Entry {
+                version: 4,
+                ..s.clone()
+            },
+        ),
+        (
+            "kind",
+            Entry {
+                kind: EntryKind::Dir,
+                ..s.clone()
+            },
+        ),
+        (
+            "forged deletion",
+            Entry {
+                deleted: true,
+                ..s.clone()
+            },
+        ),
+        (
+            "manifest swapped",
+            Entry {
+                manifest: Some(ManifestId::of(b"x")),
+                ..s.clone()
+            },
+        ),
+        (
+            "manifest dropped",
+            Entry {
+                manifest: None,
+                ..s.clone()
+            },
+        ),
+        (
+            "moved to another path",
+            Entry {
+                path: other.path.clone(),
+                ..s.clone()
+            },
+        ),
+        (
+            "sealed blobs swapped",
+            Entry {
+                sealed: other.sealed.clone(),
+                ..s.clone()
+            },
+        ),
+        (
+            "no sealed metadata",
+            Entry {
+                sealed: Vec::new(),
+                ..s.clone()
+            },
+        ),
+        (
+            "truncated",
+            Entry {
+                sealed: s.sealed[..s.sealed.len() - 1].to_vec(),
+                ..s.clone()
+            },
+        ),
+        (
+            "short",
+            Entry {
+                sealed: s.sealed[..20].to_vec(),
+                ..s.clone()
+            },
+        ),
+    ];
+    for i in 0..s.sealed.len() {
+        let mut b = s.sealed.clone();
+        b[i] ^= 0x80;
+        cases.push((
+            "flipped byte",
+            Entry {
+                sealed: b,
+                ..s.clone()
+            },
+        ));
+    }
+    for (what, bad) in cases {
+        assert!(is_tampered(c.open_entry(&bad)), "{what}");
+    }
+    // The tombstone case: a deletion cannot be forged from a live entry, nor undone.
+    let t = c
+        .seal_entry(
+            &Entry::tombstone(p("docs/report.txt"), EntryKind::File, "d"),
+            9,
+        )
+        .unwrap();
+    assert!(is_tampered(c.open_entry(&Entry {
+        deleted: false,
+        ..t
+    })));
+    // Visible fields the aad does not cover pass (device, seq, committed time are the server's).
+    let moved_seq = Entry {
+        seq: 99,
+        committed_ns: 5,
+        ..s.clone()
+    };
+    assert_eq!(c.open_entry(&moved_seq).unwrap().seq, 99);
+    let err = c
+        .open_entry(&Entry { version: 6, ..s })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("docs/report.txt") && err.contains("version 6"),
+        "{err}"
+    );
+}
+
+#[test]
+fn overlong_symlink_targets_are_refused_when_sealing() {
+    let c = crypt();
+    let mut e = Entry::new(p("l"), EntryKind::Symlink, "d");
+    e.symlink_target = Some("t".repeat(MAX_TARGET_BYTES));
+    let s = c.seal_entry(&e, 1).unwrap();
+    assert!(s.sealed.len() <= lbsync_proto::convert::MAX_SEALED_BYTES);
+    assert_eq!(c.open_entry(&s).unwrap().symlink_target, e.symlink_target);
+    e.symlink_target = Some("t".repeat(MAX_TARGET_BYTES + 1));
+    assert!(matches!(c.seal_entry(&e, 1), Err(Error::BadInput(_))));
+}
+
+// ---- wrapping ----
+
+#[test]
+fn passphrase_wrap_round_trips_and_a_wrong_one_is_wrong_passphrase() {
+    let k = FolderKey::generate();
+    let w = wrap::wrap_with_passphrase_at(&k, "correct horse", Some(10)).unwrap();
+    assert!(w.starts_with(b"age-encryption.org/v1\n"));
+    assert_eq!(unwrap_with_passphrase(&w, "correct horse").unwrap(), k);
+    assert!(matches!(
+        unwrap_with_passphrase(&w, "wrong horse"),
+        Err(Error::WrongPassphrase)
+    ));
+    assert!(matches!(
+        unwrap_with_passphrase(&w, ""),
+        Err(Error::WrongPassphrase)
+    ));
+    // Damage is not a wrong passphrase.
+    assert!(matches!(
+        unwrap_with_passphrase(b"not age", "x"),
+        Err(Error::BadKeyFile { .. })
+    ));
+    let mut cut = w.clone();
+    cut.truncate(w.len() - 5);
+    assert!(matches!(
+        unwrap_with_passphrase(&cut, "correct horse"),
+        Err(Error::BadKeyFile { .. })
+    ));
+    // An empty passphrase is refused up front.
+    assert!(matches!(
+        wrap::wrap_with_passphrase_at(&k, "", Some(10)),
+        Err(Error::BadInput(_))
+    ));
+    // A wrap asking for too much work (a hostile server's) is refused before doing it.
+    let text = String::from_utf8_lossy(&w).into_owned();
+    let stanza = text.lines().find(|l| l.starts_with("-> scrypt ")).unwrap();
+    assert!(stanza.ends_with(" 10"), "{stanza}");
+    let heavy = text.replacen(stanza, &format!("{} 23", &stanza[..stanza.len() - 3]), 1);
+    let t = std::time::Instant::now();
+    match unwrap_with_passphrase(heavy.as_bytes(), "correct horse") {
+        Err(Error::BadKeyFile { why }) => assert!(why.contains("work factor 23"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < std::time::Duration::from_secs(2));
+}
+
+#[test]
+fn work_factor_from_env_is_honoured_only_in_range() {
+    assert_eq!(wrap::log_n_from(Some("10")), Some(10));
+    assert_eq!(wrap::log_n_from(Some(" 22 ")), Some(22));
+    for bad in ["9", "23", "0", "x", ""] {
+        assert_eq!(wrap::log_n_from(Some(bad)), None, "{bad}");
+    }
+    assert_eq!(wrap::log_n_from(None), None);
+    assert_eq!(SCRYPT_LOG_N_ENV, "LBSYNC_SCRYPT_LOG_N");
+}
+
+#[test]
+fn recipient_wrap_round_trips_and_another_identity_is_not_this_folder() {
+    let k = FolderKey::generate();
+    let id = Identity::generate();
+    let r = id.recipient();
+    assert!(r.starts_with("age1"));
+    let w = wrap_to_recipient(&k, &r).unwrap();
+    assert_eq!(unwrap_with_identity(&w, &id).unwrap(), k);
+    assert!(matches!(
+        unwrap_with_identity(&w, &Identity::generate()),
+        Err(Error::NotThisFolder)
+    ));
+    // A passphrase wrap is not for an identity either, and vice versa.
+    let pw = wrap::wrap_with_passphrase_at(&k, "p", Some(10)).unwrap();
+    assert!(matches!(
+        unwrap_with_identity(&pw, &id),
+        Err(Error::NotThisFolder)
+    ));
+    assert!(matches!(
+        unwrap_with_passphrase(&w, "p"),
+        Err(Error::BadKeyFile { .. })
+    ));
+    assert!(matches!(
+        wrap_to_recipient(&k, "age1nope"),
+        Err(Error::BadInput(_))
+    ));
+}
+
+#[test]
+fn identity_file_round_trips() {
+    let id = Identity::generate();
+    let text = id.to_file_text();
+    assert!(text.starts_with("# public key: age1"));
+    assert!(text.contains("AGE-SECRET-KEY-1"));
+    let back = Identity::from_file_text(&text).unwrap();
+    assert_eq!(back.recipient(), id.recipient());
+    let with_comments = format!("# created: 2026-12-02T00:00:00Z\n\n{text}");
+    assert_eq!(
+        Identity::from_file_text(&with_comments)
+            .unwrap()
+            .recipient(),
+        id.recipient()
+    );
+    assert!(!format!("{id:?}").contains("AGE-SECRET"));
+    for bad in ["", "# only a comment\n", "AGE-SECRET-KEY-1NOPE\n"] {
+        assert!(
+            matches!(Identity::from_file_text(bad), Err(Error::BadKeyFile { .. })),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn folder_crypt_is_send_sync_and_debug_shows_no_secret() {
+    fn send_sync<T: Send + Sync + Clone>() {}
+    send_sync::<FolderCrypt>();
+    let k = FolderKey::from_bytes([42; 32]);
+    let c = k.crypt();
+    assert_eq!(c.fingerprint(), k.fingerprint());
+    assert_eq!(
+        format!("{c:?}"),
+        format!("FolderCrypt({})", k.fingerprint())
+    );
+}
+
+// ---- measurement ----
+
+/// `cargo test -p lbsync-crypt --release -- --ignored --nocapture seal_throughput`
+#[test]
+#[ignore = "a measurement: run on its own, in release"]
+#[allow(clippy::print_stdout)]
+fn seal_throughput() {
+    let total: usize = std::env::var("SEAL_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+        << 20;
+    let c = crypt();
+    for (name, data) in [
+        ("random", random_bytes(total, 9)),
+        ("text", text_bytes(total)),
+    ] {
+        let mut cutter =
+            lbsync_chunkstore::Cutter::new(&data[..], lbsync_chunkstore::ChunkParams::LBFS);
+        let mut chunks = Vec::new();
+        while let Some(block) = cutter.next_block().unwrap() {
+            chunks.extend(block);
+        }
+        let t = std::time::Instant::now();
+        let mut stored = 0usize;
+        for ch in &chunks {
+            stored += c.seal_chunk(&ch.data).bytes.len();
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        for ch in chunks.iter().take(chunks.len() / 8) {
+            let s = c.seal_chunk(&ch.data);
+            c.open_chunk(&s.id, &s.bytes, ch.data.len()).unwrap();
+        }
+        let round = t.elapsed().as_secs_f64();
+        println!(
+            "{name}: {} chunks, seal {:.0} MB/s, stored {:.3} of plaintext; seal+open of 1/8: {:.0} MB/s",
+            chunks.len(),
+            total as f64 / secs / 1e6,
+            stored as f64 / total as f64,
+            total as f64 / 8.0 / round / 1e6,
+        );
+    }
+}
