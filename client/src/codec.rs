@@ -8,7 +8,9 @@
 
 use bytes::Bytes;
 use lbsync_chunkstore::{Chunk, ChunkId, ChunkRef, Manifest};
-use lbsync_proto::pb;
+use lbsync_crypt::FolderCrypt;
+use lbsync_proto::convert::SEALED_CHUNK_OVERHEAD;
+use lbsync_proto::{Entry, SyncPath, pb};
 
 use crate::error::{Error, Result};
 
@@ -18,6 +20,9 @@ pub enum FolderCodec {
     /// Chunks, manifests and entries as they are.
     #[default]
     Plain,
+    /// Sealed with the folder key: chunk ids are the BLAKE3 of the sealed bytes, manifest
+    /// lengths are masked, paths and entry metadata are sealed.
+    Sealed(FolderCrypt),
 }
 
 /// A chunk of a local file as this folder stores it: the id the server knows it by, the file's
@@ -26,6 +31,8 @@ pub enum FolderCodec {
 pub struct Piece {
     id: ChunkId,
     plain: Bytes,
+    /// In an encrypted folder, the sealed bytes (what is sent and stored).
+    sealed: Option<Bytes>,
 }
 
 impl Piece {
@@ -57,14 +64,32 @@ impl Piece {
         }
     }
 
-    /// The chunk on the wire, compressed when `probe` says it is worth trying.
+    /// The chunk on the wire, compressed when `probe` says it is worth trying (sealed bytes
+    /// do not compress: they go as they are).
     pub fn wire(&self, probe: &mut lbsync_chunkstore::CompressProbe) -> pb::ChunkData {
-        lbsync_proto::wire::encode_chunk_probed(self.id, &self.plain, probe)
+        match &self.sealed {
+            None => lbsync_proto::wire::encode_chunk_probed(self.id, &self.plain, probe),
+            Some(sealed) => raw_wire(self.id, sealed),
+        }
     }
 
-    /// The chunk on the wire, compressed if that helps.
+    /// The chunk on the wire, compressed if that helps (sealed bytes go as they are).
     pub fn wire_unprobed(&self) -> pb::ChunkData {
-        lbsync_proto::wire::encode_chunk(self.id, &self.plain)
+        match &self.sealed {
+            None => lbsync_proto::wire::encode_chunk(self.id, &self.plain),
+            Some(sealed) => raw_wire(self.id, sealed),
+        }
+    }
+}
+
+/// Sealed bytes on the wire: uncompressed, no delta.
+fn raw_wire(id: ChunkId, sealed: &Bytes) -> pb::ChunkData {
+    pb::ChunkData {
+        id: Bytes::copy_from_slice(id.as_bytes()),
+        compression: pb::Compression::None.into(),
+        raw_len: sealed.len() as u32,
+        data: sealed.clone(),
+        base_ids: Bytes::new(),
     }
 }
 
@@ -74,71 +99,144 @@ impl FolderCodec {
     pub fn of_folder(state: &crate::state::StateStore) -> Result<Self> {
         match &state.state.encrypted {
             None => Ok(Self::Plain),
-            Some(_) => Err(Error::Key("encrypted folders need the crypt crate".into())),
+            Some(fingerprint) => {
+                let key = crate::keys::load_key(state.dir())?;
+                let crypt = key.crypt();
+                if crypt.fingerprint() != fingerprint {
+                    return Err(Error::Key(format!(
+                        "{} holds the key {}, but this folder was set up with {fingerprint}: \
+                         put the right key file back, or join the folder again with its \
+                         passphrase (`lbsync-client init`)",
+                        state.dir().join(crate::keys::KEY_FILE).display(),
+                        crypt.fingerprint()
+                    )));
+                }
+                Ok(Self::Sealed(crypt))
+            }
         }
     }
 
     /// True for an end-to-end encrypted folder.
     pub fn is_sealed(&self) -> bool {
-        false
+        matches!(self, Self::Sealed(_))
     }
 
     /// A chunk of a local file as this folder stores it.
     pub fn piece(&self, c: Chunk) -> Result<Piece> {
-        Ok(Piece {
-            id: c.id(),
-            plain: c.into_data(),
+        Ok(match self {
+            Self::Plain => Piece {
+                id: c.id(),
+                plain: c.into_data(),
+                sealed: None,
+            },
+            Self::Sealed(crypt) => {
+                let s = crypt.seal_chunk(c.data());
+                Piece {
+                    id: s.id,
+                    plain: c.into_data(),
+                    sealed: Some(s.bytes),
+                }
+            }
         })
     }
 
     /// The manifest of a file's chunks (refs from [`Piece::chunk_ref`]).
     pub fn manifest(&self, refs: Vec<ChunkRef>) -> Manifest {
-        Manifest::new(refs)
+        match self {
+            Self::Plain => Manifest::new(refs),
+            Self::Sealed(crypt) => Manifest::new(refs).masked(crypt.length_mask()),
+        }
     }
 
     /// A manifest's encoding, as the server or the local cache holds it.
     pub fn decode_manifest(&self, bytes: &[u8]) -> lbsync_chunkstore::Result<Manifest> {
-        Manifest::decode(bytes)
+        match self {
+            Self::Plain => Manifest::decode(bytes),
+            Self::Sealed(crypt) => Manifest::decode_masked(bytes, &crypt.length_mask()),
+        }
     }
 
-    /// Whether `plain`, bytes read from a local file or the cache, are the chunk `id`.
+    /// Whether `plain`, bytes read from a local file or the cache, are the chunk `id` (in an
+    /// encrypted folder: whether they seal to it).
     pub fn holds(&self, id: &ChunkId, plain: &[u8]) -> bool {
-        ChunkId::of(plain) == *id
+        match self {
+            Self::Plain => ChunkId::of(plain) == *id,
+            Self::Sealed(crypt) => crypt.seal_chunk(plain).id == *id,
+        }
     }
 
     /// The largest chunk the server may send, for chunks of at most `max_len` bytes.
     pub fn wire_max_len(&self, max_len: u32) -> u32 {
-        max_len
+        match self {
+            Self::Plain => max_len,
+            Self::Sealed(_) => max_len + SEALED_CHUNK_OVERHEAD,
+        }
     }
 
-    /// A chunk that arrived (already checked against its id on the wire): the file's bytes.
-    pub fn open_chunk(&self, id: ChunkId, data: Bytes, _max_len: u32) -> Result<Bytes> {
-        let _ = id;
-        Ok(data)
+    /// A chunk that arrived (already checked against its id on the wire): the file's bytes,
+    /// of at most `max_len`.
+    pub fn open_chunk(&self, id: ChunkId, data: Bytes, max_len: u32) -> Result<Bytes> {
+        match self {
+            Self::Plain => Ok(data),
+            Self::Sealed(crypt) => crypt
+                .open_chunk(&id, &data, max_len as usize)
+                .map(Bytes::from)
+                .map_err(|e| {
+                    Error::Tampered(format!(
+                        "the server sent bytes that are not this folder's chunk {id}: {e}"
+                    ))
+                }),
+        }
     }
 
-    /// Whether chunks may travel as deltas against chunks the receiver holds.
+    /// Whether chunks may travel as deltas against chunks the receiver holds (not in an
+    /// encrypted folder: the server cannot read them to make or apply one).
     pub fn chunk_deltas(&self) -> bool {
         !self.is_sealed()
     }
 
-    /// An entry as the server receives it, committed on `base_version`.
-    pub fn seal_entry(
-        &self,
-        e: lbsync_proto::Entry,
-        _base_version: u64,
-    ) -> Result<lbsync_proto::Entry> {
-        Ok(e)
+    /// An entry as the server receives it, committed on `base_version`: in an encrypted folder
+    /// its path and metadata sealed for version `base_version + 1`.
+    pub fn seal_entry(&self, e: Entry, base_version: u64) -> Result<Entry> {
+        match self {
+            Self::Plain => Ok(e),
+            Self::Sealed(crypt) => Ok(crypt.seal_entry(&e, base_version + 1)?),
+        }
     }
 
-    /// An entry from the server, in the clear (its `path` the plaintext path).
-    pub fn open_entry(&self, e: lbsync_proto::Entry) -> Result<lbsync_proto::Entry> {
-        Ok(e)
+    /// An entry from the server, in the clear (its `path` the plaintext path). In an encrypted
+    /// folder one the folder's key did not seal is [`Error::Tampered`], naming the plaintext
+    /// path when at least that opens.
+    pub fn open_entry(&self, e: Entry) -> Result<Entry> {
+        match self {
+            Self::Plain => Ok(e),
+            Self::Sealed(crypt) => crypt.open_entry(&e).map_err(|err| {
+                let what = match crypt.open_path(&e.path) {
+                    Ok(p) => format!("an entry for {p} (v{})", e.version),
+                    Err(_) => format!("an entry (v{}) whose path it cannot open", e.version),
+                };
+                Error::Tampered(format!(
+                    "the server sent {what} that this folder's key did not seal: not applied \
+                     ({err})"
+                ))
+            }),
+        }
     }
 
     /// A path as the server knows it.
-    pub fn seal_path(&self, p: &lbsync_proto::SyncPath) -> Result<lbsync_proto::SyncPath> {
-        Ok(p.clone())
+    pub fn seal_path(&self, p: &SyncPath) -> Result<SyncPath> {
+        match self {
+            Self::Plain => Ok(p.clone()),
+            Self::Sealed(crypt) => Ok(crypt.seal_path(p)?),
+        }
+    }
+
+    /// The folder key's fingerprint, in an encrypted folder.
+    pub fn fingerprint(&self) -> Option<&str> {
+        match self {
+            Self::Plain => None,
+            Self::Sealed(crypt) => Some(crypt.fingerprint()),
+        }
     }
 }
 

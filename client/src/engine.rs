@@ -226,7 +226,7 @@ pub fn read_token_file(f: &std::path::Path) -> Result<String> {
         })
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_owned())
@@ -484,6 +484,9 @@ impl Syncer {
                 .find(|e| e.seq == cursor)
                 .map(|e| (e.path.as_str().to_owned(), e.version, e.committed_ns));
         }
+        if self.remote.codec().is_sealed() {
+            self.report_rollbacks(&remote);
+        }
         // A commit in doubt that the server does not show did not happen.
         let files = &self.state.state.files;
         self.state.state.in_doubt.retain(|p| {
@@ -644,6 +647,28 @@ impl Syncer {
         };
         let versions = self.remote.history(&sp).await?;
         Ok(!versions.iter().any(same))
+    }
+
+    /// In an encrypted folder, says where the server shows an older version of a path than the
+    /// one synced here as its newest: every version is sealed with its number, so this is an
+    /// old entry replayed (a server restored from a backup, or a hostile one). The planner does
+    /// not apply it (see `plan`: an older version is never taken as newer).
+    fn report_rollbacks(&mut self, remote: &HashMap<SyncPath, Entry>) {
+        for (path, e) in remote {
+            let Some(s) = self.state.state.files.get(path.as_str()) else {
+                continue;
+            };
+            if e.version < s.version {
+                let msg = format!(
+                    "the server shows v{} of {path} as its newest version, but v{} was synced \
+                     here: an older version replayed (a server restored from a backup, or one \
+                     that tampers); it is not applied",
+                    e.version, s.version
+                );
+                warn!("{msg}");
+                self.report.waiting.push(msg);
+            }
+        }
     }
 
     /// Says what the guard held back, and how to let it through.

@@ -145,6 +145,9 @@ pub enum Error {
     /// Setting up or using an encrypted folder's key failed.
     #[error("{0}")]
     Key(String),
+    /// Sealing or opening with the folder key failed.
+    #[error(transparent)]
+    Crypt(#[from] lbsync_crypt::Error),
 }
 
 impl Error {

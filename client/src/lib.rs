@@ -14,6 +14,7 @@
 //! - [`watch`](mod@watch): real-time sync (inotify + the server's change stream), offline queue, backoff.
 //! - [`transfer`]: uploading a file's new chunks and committing it as a delta; downloading into a
 //!   temp file and renaming it into place.
+//! - [`keys`]: an encrypted folder's key: made, joined, re-wrapped, shared.
 //! - [`undelete`]: undoing a deletion event by restoring the deleted paths' last versions.
 
 pub mod cache;
@@ -22,6 +23,7 @@ pub mod confine;
 pub mod conflict;
 pub mod engine;
 pub mod error;
+pub mod keys;
 pub mod local;
 pub mod place;
 pub mod plan;

@@ -69,6 +69,53 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Sets DIR up to sync with the server folder (--server, --folder) without syncing yet. An
+    /// end-to-end encrypted folder is joined with its passphrase (asked on the terminal, or
+    /// --key-file) or an age identity (--identity); --encrypt makes a new, empty folder
+    /// encrypted with a new key.
+    Init {
+        /// The directory to set up.
+        dir: PathBuf,
+        /// Make the folder end-to-end encrypted (it must be new or empty): the server stores
+        /// only what it cannot read. Asks for a passphrase twice, unless --key-file.
+        #[arg(long)]
+        encrypt: bool,
+        /// Read the passphrase from the first line of FILE instead of the terminal.
+        #[arg(long, value_name = "FILE", conflicts_with = "identity")]
+        key_file: Option<PathBuf>,
+        /// Join an encrypted folder with this age identity file (see `keygen`, `share-key`)
+        /// instead of a passphrase.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Changes the passphrase of DIR's encrypted folder: the folder key is wrapped anew (age
+    /// identities it was shared with keep working); the data is not touched, and the old
+    /// passphrase no longer opens it.
+    Passphrase {
+        /// A directory synced with the encrypted folder.
+        dir: PathBuf,
+        /// Read the new passphrase from the first line of FILE instead of the terminal.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// Check first that the old passphrase, the first line of FILE, opens the folder's key.
+        #[arg(long, value_name = "FILE")]
+        old_key_file: Option<PathBuf>,
+    },
+    /// Shares DIR's encrypted folder with the holder of an age identity: its recipient can then
+    /// join with `init --identity FILE`.
+    ShareKey {
+        /// A directory synced with the encrypted folder.
+        dir: PathBuf,
+        /// The age x25519 recipient (age1...), as `keygen` prints it.
+        #[arg(long, value_name = "age1...")]
+        recipient: String,
+    },
+    /// Writes a new age identity (secret key) into FILE, readable by you only, and prints its
+    /// recipient, to give to someone who shares a folder with you (`share-key`).
+    Keygen {
+        /// The identity file to create (never overwritten).
+        file: PathBuf,
+    },
     /// One two-way sync of DIR with the server folder; exits 0 when they agree.
     Sync {
         /// The directory to sync.
@@ -302,8 +349,65 @@ async fn run(cli: Cli, command: &clap::Command) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
+    if let Command::Keygen { file } = &cli.command {
+        let recipient = lbsync_client::keys::keygen(file)?;
+        out!(
+            "wrote a new age identity into {} (keep it secret)",
+            file.display()
+        );
+        out!("its recipient (give this one out): {recipient}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let opts = options(&cli)?;
     match &cli.command {
+        Command::Init {
+            dir,
+            encrypt,
+            key_file,
+            identity,
+        } => {
+            use lbsync_client::keys::{InitOptions, Passphrase, init};
+            let how = InitOptions {
+                encrypt: *encrypt,
+                passphrase: Passphrase {
+                    file: key_file.clone(),
+                },
+                identity: identity.clone(),
+            };
+            let done = init(dir, &opts, &how).await?;
+            out!("{done}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Passphrase {
+            dir,
+            key_file,
+            old_key_file,
+        } => {
+            use lbsync_client::keys::{Passphrase, change_passphrase};
+            let new = Passphrase {
+                file: key_file.clone(),
+            };
+            let old = old_key_file.clone().map(|f| Passphrase { file: Some(f) });
+            let done = change_passphrase(dir, &opts, &new, old.as_ref()).await?;
+            out!(
+                "folder {} has a new passphrase (keys at generation {}); the old one no longer \
+                 opens it. The data was not touched; other devices keep syncing",
+                done.folder,
+                done.generation
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ShareKey { dir, recipient } => {
+            let done = lbsync_client::keys::share_key(dir, &opts, recipient).await?;
+            out!(
+                "folder {} is shared with {recipient} ({} now); it joins with \
+                 `lbsync-client init DIR --folder {} --identity FILE`",
+                done.folder,
+                lbsync_cli::units::count(done.wraps as u64, "wrapped key"),
+                done.folder
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sync { dir, json } => {
             let mut syncer = Syncer::open(dir, &opts).await?;
             let report = syncer.sync().await?;
@@ -343,7 +447,13 @@ async fn run(cli: Cli, command: &clap::Command) -> anyhow::Result<ExitCode> {
         Command::History { path, json } => {
             let (root, rel) = locate(path)?;
             let mut syncer = Syncer::open(&root, &opts).await?;
-            let versions = syncer.remote.history(&rel).await?;
+            let checked = syncer.remote.history_checked(&rel).await?;
+            let tampered: Vec<String> = checked
+                .iter()
+                .filter_map(|v| v.as_ref().err().cloned())
+                .collect();
+            let versions: Vec<lbsync_proto::Entry> =
+                checked.into_iter().filter_map(Result::ok).collect();
             if *json {
                 let items: Vec<serde_json::Value> = versions
                     .iter()
@@ -358,8 +468,15 @@ async fn run(cli: Cli, command: &clap::Command) -> anyhow::Result<ExitCode> {
                         })
                     })
                     .collect();
-                print_json(&serde_json::json!({ "path": rel.as_str(), "versions": items }))?;
+                print_json(&serde_json::json!({
+                    "path": rel.as_str(),
+                    "versions": items,
+                    "tampered": tampered,
+                }))?;
                 return Ok(ExitCode::SUCCESS);
+            }
+            for why in &tampered {
+                out!("tampered: {why}");
             }
             if versions.is_empty() {
                 out!("{rel}: no versions on the server");
@@ -411,7 +528,9 @@ async fn run(cli: Cli, command: &clap::Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(EXIT_PENDING)
             })
         }
-        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Man { .. } | Command::Keygen { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -632,10 +751,15 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             "conflicts": conflicts,
             "bytes_sent": s.bytes_sent,
             "bytes_received": s.bytes_received,
+            "encrypted": s.encrypted.is_some(),
+            "key_fingerprint": s.encrypted,
         });
         out!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         out!("server:    {} (folder {})", s.server, s.folder);
+        if let Some(fp) = &s.encrypted {
+            out!("encrypted: end to end (key fingerprint {fp})");
+        }
         if let Some(t) = &trust {
             out!("trusting:  {t}");
         }

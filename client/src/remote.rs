@@ -346,6 +346,48 @@ impl Remote {
         (tx, handle)
     }
 
+    /// The folder's wrapped keys and their generation (0 and none: the folder is not
+    /// encrypted).
+    pub async fn folder_keys(&mut self) -> Result<pb::FolderKeys> {
+        let resp = self
+            .client
+            .get_folder_keys(pb::GetFolderKeysRequest {
+                folder: self.folder.clone(),
+            })
+            .await
+            .map_err(Error::rpc("GetFolderKeys"))?
+            .into_inner();
+        Ok(resp)
+    }
+
+    /// Replaces the folder's wrapped keys if they are still at generation `expected` (0: makes
+    /// the folder encrypted, which only an empty folder may become). Someone else changing them
+    /// first is said so, to read them again.
+    pub async fn set_folder_keys(
+        &mut self,
+        expected: u64,
+        wrapped: Vec<pb::WrappedKey>,
+    ) -> Result<pb::FolderKeys> {
+        let req = pb::SetFolderKeysRequest {
+            folder: self.folder.clone(),
+            expected_generation: expected,
+            wrapped,
+        };
+        match self.client.set_folder_keys(req).await {
+            Ok(resp) => Ok(resp.into_inner()),
+            Err(s) if s.code() == tonic::Code::Aborted => Err(Error::Key(format!(
+                "folder {}'s keys changed on the server meanwhile (another device): nothing was \
+                 changed; run the command again",
+                self.folder
+            ))),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(Error::Refused {
+                what: format!("make folder {} encrypted", self.folder),
+                reason: s.message().to_owned(),
+            }),
+            Err(s) => Err(Error::rpc("SetFolderKeys")(s)),
+        }
+    }
+
     /// Sets how the folder's chunks, manifests and entries look on the server.
     pub fn set_codec(&mut self, codec: FolderCodec) {
         self.codec = codec;

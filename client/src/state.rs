@@ -437,6 +437,11 @@ impl StateStore {
         write().map_err(Error::io(format!("writing {}", path.display())))
     }
 
+    /// `DIR/.lbsync` of this state.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Writes the state atomically.
     pub fn save(&self) -> Result<()> {
         let path = self.dir.join(STATE_FILE);

@@ -1,406 +1,515 @@
-//! End-to-end encrypted folders through the real binary: what the server keeps holds nothing of
-//! the names and contents (a marker grepped for in the whole store and the server's log), a
-//! wrong passphrase writes nothing, and a passphrase change keeps the data and the devices.
+//! End-to-end encrypted folders through the real binary and in-process syncs: init and join,
+//! convergence with plaintext names, wrong passphrases, re-keying, sharing to an age identity,
+//! history, restore and undelete, and clients that must refuse to sync.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::fs;
+use std::path::Path;
 
-use base64::Engine as _;
-
-use crate::procs::ServerProc;
 use crate::util::*;
 
-/// Passphrase wrapping with a tiny scrypt work factor: tests only.
-pub(crate) const FAST_KDF: [(&str, &str); 1] = [("LBSYNC_SCRYPT_LOG_N", "10")];
+/// A cheap scrypt work factor for the wraps tests make (honoured for tests only).
+const FAST_SCRYPT: (&str, &str) = ("LBSYNC_SCRYPT_LOG_N", "10");
 
-/// A key file (outside any synced directory) holding `passphrase` on its first line.
-pub(crate) fn key_file(dir: &Path, name: &str, passphrase: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, format!("{passphrase}\n")).unwrap();
-    p
+/// Runs the binary with the cheap scrypt work factor.
+async fn client(items: &[&str]) -> std::process::Output {
+    run_env(args(items), &[FAST_SCRYPT]).await
 }
 
-/// `lbsync-client init DIR` for `folder` on `url` with the passphrase in `key`; `encrypt`
-/// makes the folder, else joins it.
-pub(crate) async fn init(dir: &Path, url: &str, folder: &str, key: &Path, encrypt: bool) -> Output {
-    let mut a = args(&[
+/// A passphrase file in `dir`.
+fn pass_file(dir: &Path, name: &str, pass: &str) -> String {
+    let f = dir.join(name);
+    fs::write(&f, format!("{pass}\n")).unwrap();
+    f.to_str().unwrap().to_owned()
+}
+
+/// The key fingerprint `init` printed.
+fn fingerprint(out: &std::process::Output) -> String {
+    let t = text(out);
+    let line = t
+        .lines()
+        .find(|l| l.starts_with("key fingerprint: "))
+        .unwrap_or_else(|| panic!("no fingerprint in {t}"));
+    line["key fingerprint: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Makes folder `folder` encrypted from `dir` with the passphrase in `pass`.
+async fn make(server: &Server, dir: &str, folder: &str, pass: &str) -> String {
+    let out = client(&[
         "init",
-        dir.to_str().unwrap(),
+        dir,
         "--server",
-        url,
+        &server.url,
+        "--folder",
+        folder,
+        "--encrypt",
+        "--key-file",
+        pass,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("the data is gone for good"),
+        "the lost-passphrase warning: {}",
+        text(&out)
+    );
+    fingerprint(&out)
+}
+
+/// Joins folder `folder` from `dir` with the passphrase in `pass`.
+async fn join(server: &Server, dir: &str, folder: &str, pass: &str) -> std::process::Output {
+    client(&[
+        "init",
+        dir,
+        "--server",
+        &server.url,
         "--folder",
         folder,
         "--key-file",
-        key.to_str().unwrap(),
-    ]);
-    if encrypt {
-        a.push("--encrypt".into());
-    }
-    run_env(a, &FAST_KDF).await
-}
-
-/// [`init`] that must succeed.
-pub(crate) async fn init_ok(dir: &Path, url: &str, folder: &str, key: &Path, encrypt: bool) {
-    let out = init(dir, url, folder, key, encrypt).await;
-    assert!(
-        out.status.success(),
-        "init {}: {}",
-        dir.display(),
-        text(&out)
-    );
-}
-
-/// `lbsync-client sync DIR --server URL --device DEVICE`.
-pub(crate) async fn sync_bin(dir: &Path, url: &str, device: &str) -> Output {
-    run_env(
-        args(&[
-            "sync",
-            dir.to_str().unwrap(),
-            "--server",
-            url,
-            "--device",
-            device,
-        ]),
-        &FAST_KDF,
-    )
+        pass,
+    ])
     .await
 }
 
-/// [`sync_bin`] that must end in sync.
-pub(crate) async fn sync_ok(dir: &Path, url: &str, device: &str) {
-    let out = sync_bin(dir, url, device).await;
-    assert!(
-        out.status.success(),
-        "sync {}: {}",
-        dir.display(),
-        text(&out)
-    );
-}
-
-/// Two devices' directories on one encrypted folder of `server`: `a` made it, `b` joined.
-pub(crate) struct Pair {
-    pub(crate) a: tempfile::TempDir,
-    pub(crate) b: tempfile::TempDir,
-    pub(crate) keys: tempfile::TempDir,
-    pub(crate) key: PathBuf,
-}
-
-impl Pair {
-    /// A new folder `folder`: encrypted (`a` makes it with `init --encrypt`, `b` joins), or
-    /// plain (both only sync).
-    pub(crate) async fn new(url: &str, folder: &str, encrypted: bool) -> Self {
-        let (a, b, keys) = (
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
+/// The server's journal, as raw wire entries: what the server holds of the folder.
+async fn server_paths(server: &Server, folder: &str) -> Vec<String> {
+    use lbsync_proto::pb;
+    let mut c = pb::sync_client::SyncClient::connect(server.url.clone())
+        .await
+        .unwrap();
+    let mut stream = c
+        .changes(pb::ChangesRequest {
+            folder: folder.into(),
+            cursor: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        out.extend(
+            m.entries
+                .iter()
+                .map(|e| String::from_utf8_lossy(&e.path).into_owned()),
         );
-        let key = key_file(keys.path(), "pass", "correct horse battery staple");
-        if encrypted {
-            init_ok(a.path(), url, folder, &key, true).await;
-            init_ok(b.path(), url, folder, &key, false).await;
-        } else {
-            for d in [a.path(), b.path()] {
-                let out = run(args(&[
-                    "sync",
-                    d.to_str().unwrap(),
-                    "--server",
-                    url,
-                    "--folder",
-                    folder,
-                ]))
-                .await;
-                assert!(out.status.success(), "{}", text(&out));
-            }
-        }
-        Self { a, b, keys, key }
-    }
-
-    pub(crate) fn a(&self) -> &Path {
-        self.a.path()
-    }
-
-    pub(crate) fn b(&self) -> &Path {
-        self.b.path()
-    }
-}
-
-/// What `lbsync-client status DIR --json` says.
-pub(crate) async fn status_json(dir: &Path) -> serde_json::Value {
-    let out = run(args(&["status", dir.to_str().unwrap(), "--json"])).await;
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
-}
-
-/// The files and directories of `dir` (but `.lbsync/`), and whether it holds `.lbsync/`.
-fn contents(dir: &Path) -> (Vec<String>, bool) {
-    let mut names: Vec<String> = tree(dir).into_keys().collect();
-    names.sort();
-    (names, dir.join(".lbsync").exists())
-}
-
-/// The marker's spellings to look for: itself, hex (both cases), base64 (standard and URL-safe,
-/// each at the three alignments a marker inside a longer text can have), and UTF-16 (LE, BE).
-fn spellings(marker: &str) -> Vec<(String, Vec<u8>)> {
-    let m = marker.as_bytes();
-    let mut out = vec![("plain".to_string(), m.to_vec())];
-    let hex: String = m.iter().map(|b| format!("{b:02x}")).collect();
-    out.push(("hex".into(), hex.clone().into_bytes()));
-    out.push(("HEX".into(), hex.to_uppercase().into_bytes()));
-    for (name, engine) in [
-        ("base64", &base64::engine::general_purpose::STANDARD_NO_PAD),
-        (
-            "base64url",
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        ),
-    ] {
-        for lead in 0..3usize {
-            // `lead` bytes before the marker share the first group of four characters with it:
-            // keep only the groups made of the marker's bytes alone.
-            let mut v = vec![0u8; lead];
-            v.extend_from_slice(m);
-            let enc = engine.encode(&v);
-            let used = (3 - lead) % 3;
-            let start = if lead == 0 { 0 } else { 4 };
-            let groups = (m.len() - used) / 3;
-            out.push((
-                format!("{name}@{lead}"),
-                enc.as_bytes()[start..start + 4 * groups].to_vec(),
-            ));
+        if m.caught_up {
+            break;
         }
     }
-    let le: Vec<u8> = marker.encode_utf16().flat_map(u16::to_le_bytes).collect();
-    let be: Vec<u8> = marker.encode_utf16().flat_map(u16::to_be_bytes).collect();
-    out.push(("utf16le".into(), le));
-    out.push(("utf16be".into(), be));
     out
 }
 
-/// Every file under `root` (recursively, whatever it is), and where each spelling of the marker
-/// occurs: `(file, spelling)`.
-fn grep_tree(root: &Path, spellings: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            let p = e.path();
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            if md.is_dir() {
-                walk(&p, out);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(root, &mut files);
-    assert!(
-        !files.is_empty(),
-        "nothing to grep under {}",
-        root.display()
-    );
-    let mut found = Vec::new();
-    for f in files {
-        let data = std::fs::read(&f).unwrap();
-        for (name, s) in spellings {
-            if data.windows(s.len()).any(|w| w == s.as_slice()) {
-                found.push((f.display().to_string(), name.clone()));
-            }
-        }
-    }
-    found
-}
-
-/// Writes the marker into contents and names on `a`, syncs it through two devices (a uploads,
-/// b downloads, b edits, a gets the edit), stops the server, and greps its store and its log:
-/// the places the marker was found.
-async fn marker_run(encrypted: bool) -> Vec<(String, String)> {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("store");
-    let mut server = ServerProc::start_logging(&store, "debug");
-    let marker = format!("mk{}", random_hex(12));
-    let pair = Pair::new(&server.url, "secret", encrypted).await;
-    let (a, b) = (pair.a(), pair.b());
-    let text_line = format!("the quick brown fox {marker} jumps over the lazy dog\n");
-    write(a, &format!("{marker}.txt"), format!("note {marker}\n"));
-    write(
-        a,
-        &format!("dir-{marker}/inner/small.txt"),
-        text_line.as_bytes(),
-    );
-    write(
-        a,
-        &format!("dir-{marker}/big-text.txt"),
-        text_line.repeat(40_000),
-    );
-    let mut big = seeded(1_500_000, 7);
-    for at in [0usize, 700_000, 1_499_000] {
-        big[at..at + marker.len()].copy_from_slice(marker.as_bytes());
-    }
-    write(a, "plain-name.bin", &big);
-    std::fs::create_dir_all(a.join(format!("empty-{marker}"))).unwrap();
-    // A symlink's target is the file's content too.
-    std::os::unix::fs::symlink(format!("points-at-{marker}"), a.join("link")).unwrap();
-    sync_ok(a, &server.url, "alice").await;
-    sync_ok(b, &server.url, "bob").await;
-    assert_eq!(tree(a), tree(b), "b did not get a's files");
-    write(
-        b,
-        &format!("dir-{marker}/inner/small.txt"),
-        format!("{text_line}edited on b: {marker}\n"),
-    );
-    write(b, &format!("from-b-{marker}.md"), text_line.repeat(3));
-    sync_ok(b, &server.url, "bob").await;
-    sync_ok(a, &server.url, "alice").await;
-    assert_eq!(tree(a), tree(b), "a did not get b's edits");
-    assert!(server.stop(), "the server did not stop cleanly");
-    let spellings = spellings(&marker);
-    let mut found = grep_tree(&store, &spellings);
-    let log = server.log();
-    for (name, s) in &spellings {
-        if log.as_bytes().windows(s.len()).any(|w| w == s.as_slice()) {
-            found.push(("the server's log".into(), name.clone()));
-        }
-    }
-    drop(pair);
-    found
-}
-
-fn random_hex(bytes: usize) -> String {
-    use rand::RngCore;
-    let mut v = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut v);
-    v.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn marker_in_names_and_contents_is_nowhere_on_the_server() {
-    let found = marker_run(true).await;
-    assert!(
-        found.is_empty(),
-        "the marker is on the server in the clear: {found:?}"
-    );
-}
-
-/// Guards the grep: on a plain folder the same run finds the marker.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn marker_grep_finds_a_plain_folders_names_and_contents() {
-    let found = marker_run(false).await;
-    assert!(
-        found.iter().any(|(f, _)| f.contains("packs")),
-        "the marker's contents not found in the packs: {found:?}"
-    );
-    assert!(
-        found.iter().any(|(f, _)| !f.contains("packs")),
-        "the marker's names not found in the index: {found:?}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_passphrase_is_a_clear_error_and_writes_nothing() {
+async fn two_devices_converge_on_an_encrypted_folder_with_plaintext_names() {
     let server = Server::start().await;
-    let pair = Pair::new(&server.url, "f", true).await;
-    write(pair.a(), "doc.txt", "secret words");
-    write(pair.a(), "sub/more.txt", "more");
-    sync_ok(pair.a(), &server.url, "alice").await;
+    let (ta, tb, keys) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (pa, pb) = (ta.path(), tb.path());
+    let (a, b) = (pa.to_str().unwrap(), pb.to_str().unwrap());
+    let pass = pass_file(keys.path(), "pass", "correct horse battery staple");
+    let fp = make(&server, a, "vault", &pass).await;
+    let out = join(&server, b, "vault", &pass).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(fingerprint(&out), fp, "both devices hold the same key");
+    let key = pa.join(".lbsync/folder.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
-    let wrong = key_file(pair.keys.path(), "wrong", "not the passphrase");
-    // An empty directory, and one holding a file of its own: neither changes.
-    let empty = tempfile::tempdir().unwrap();
-    let own = tempfile::tempdir().unwrap();
-    write(own.path(), "mine.txt", "my own file");
-    for dir in [empty.path(), own.path()] {
-        let before = tree(dir);
-        let out = init(dir, &server.url, "f", &wrong, false).await;
-        let t = text(&out);
-        assert!(!out.status.success(), "a wrong passphrase was taken: {t}");
-        assert!(
-            t.to_lowercase().contains("passphrase"),
-            "the error does not say the passphrase is wrong: {t}"
-        );
-        assert_eq!(tree(dir), before, "files changed on a refused join: {t}");
-        assert!(
-            !dir.join(".lbsync").exists(),
-            ".lbsync/ left behind by a refused join: {t}"
-        );
-        // A sync of the directory without the key cannot read the folder either.
-        let out = run(args(&[
-            "sync",
-            dir.to_str().unwrap(),
-            "--server",
-            &server.url,
-            "--folder",
-            "f",
-        ]))
-        .await;
-        assert!(
-            !out.status.success(),
-            "a directory without the key synced an encrypted folder: {}",
-            text(&out)
-        );
-        assert_eq!(
-            tree(dir),
-            before,
-            "a sync without the key wrote: {}",
-            text(&out)
-        );
+    write(pa, "notes.txt", "meet at noon");
+    write(pa, "docs/deep/report.bin", seeded(300_000, 1));
+    write(pa, "docs/tool.sh", "#!/bin/sh\necho hi\n");
+    fs::set_permissions(pa.join("docs/tool.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir_all(pa.join("empty/dir")).unwrap();
+    std::os::unix::fs::symlink("docs/deep/report.bin", pa.join("link")).unwrap();
+    write(pa, "big.bin", seeded(3 << 20, 2));
+    converge(&[pa, pb], &server).await;
+    assert_eq!(tree(pa), tree(pb));
+    assert!(pb.join("empty/dir").is_dir());
+    assert_eq!(
+        fs::read_link(pb.join("link")).unwrap().to_str(),
+        Some("docs/deep/report.bin")
+    );
+    // The server holds none of the names.
+    let names = server_paths(&server, "vault").await;
+    assert!(!names.is_empty());
+    for n in &names {
+        for word in ["notes", "docs", "report", "empty", "link", "big"] {
+            assert!(!n.contains(word), "{n} names {word}");
+        }
     }
+
+    // Modify, delete, rename, both ways.
+    write(pa, "notes.txt", "meet at one");
+    fs::remove_file(pa.join("docs/tool.sh")).unwrap();
+    fs::rename(pa.join("big.bin"), pa.join("docs/big-renamed.bin")).unwrap();
+    let mut big = seeded(3 << 20, 2);
+    big[1 << 20] ^= 1;
+    write(pb, "edited-on-b.bin", &big);
+    converge(&[pa, pb], &server).await;
+    assert_eq!(tree(pa), tree(pb));
+    assert!(!pb.join("docs/tool.sh").exists());
+    assert_eq!(
+        fs::read_to_string(pb.join("notes.txt")).unwrap(),
+        "meet at one"
+    );
+    assert!(pa.join("edited-on-b.bin").exists());
+
+    // A conflict keeps both versions, with plaintext names.
+    write(pa, "notes.txt", "a's version");
+    write(pb, "notes.txt", "b's version");
+    converge(&[pa, pb], &server).await;
+    assert_eq!(tree(pa), tree(pb));
+    let copies: Vec<String> = fs::read_dir(pa)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("notes") && n.contains("conflict"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let both: Vec<String> = [pa.join("notes.txt"), pa.join(&copies[0])]
+        .iter()
+        .map(|p| fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(both.contains(&"a's version".to_owned()) && both.contains(&"b's version".to_owned()));
+
+    // A path deleted and made again (a new path over a tombstone) is no conflict.
+    fs::remove_file(pa.join("notes.txt")).unwrap();
+    converge(&[pa, pb], &server).await;
+    write(pb, "notes.txt", "back again");
+    converge(&[pa, pb], &server).await;
+    assert_eq!(tree(pa), tree(pb));
+    assert_eq!(
+        fs::read_to_string(pa.join("notes.txt")).unwrap(),
+        "back again"
+    );
+    let copies = fs::read_dir(pa)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("conflict"))
+        .count();
+    assert_eq!(copies, 1, "only the real conflict's copy");
+
+    // status shows plaintext paths and says the folder is encrypted.
+    write(pa, "unsent.txt", "x");
+    let out = run(args(&["status", a, "--json"])).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["pending"][0], "new unsent.txt");
+    assert_eq!(v["encrypted"], true);
+    assert_eq!(v["key_fingerprint"], fp.as_str());
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn passphrase_change_refuses_the_old_one_and_keeps_data_and_devices() {
+async fn a_wrong_passphrase_is_refused_and_writes_nothing() {
     let server = Server::start().await;
-    let pair = Pair::new(&server.url, "f", true).await;
-    let (a, b) = (pair.a(), pair.b());
-    write(a, "doc.txt", "version one");
-    write(a, "big.bin", seeded(3 << 20, 11));
-    sync_ok(a, &server.url, "alice").await;
-    sync_ok(b, &server.url, "bob").await;
-    assert_eq!(tree(a), tree(b));
-
-    let new_key = key_file(pair.keys.path(), "new", "a brand new passphrase");
-    let out = run_env(
-        args(&[
-            "passphrase",
-            a.to_str().unwrap(),
-            "--server",
-            &server.url,
-            "--key-file",
-            new_key.to_str().unwrap(),
-        ]),
-        &FAST_KDF,
-    )
+    let (ta, tb, keys) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (a, pb) = (ta.path().to_str().unwrap(), tb.path());
+    let right = pass_file(keys.path(), "right", "right one");
+    let wrong = pass_file(keys.path(), "wrong", "wrong one");
+    make(&server, a, "vault", &right).await;
+    write(ta.path(), "secret.txt", "s");
+    sync(ta.path(), &server, "a").await;
+    let out = join(&server, pb.to_str().unwrap(), "vault", &wrong).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("wrong passphrase"), "{}", text(&out));
+    assert!(!pb.join(".lbsync").exists(), "nothing written");
+    assert_eq!(fs::read_dir(pb).unwrap().count(), 0);
+    // Without init, a sync is refused and says what to run.
+    let out = run(args(&[
+        "sync",
+        pb.to_str().unwrap(),
+        "--server",
+        &server.url,
+        "--folder",
+        "vault",
+    ]))
     .await;
-    assert!(out.status.success(), "passphrase change: {}", text(&out));
-
-    // The old passphrase no longer opens the folder on a new device.
-    let c = tempfile::tempdir().unwrap();
-    let out = init(c.path(), &server.url, "f", &pair.key, false).await;
+    assert!(!out.status.success(), "{}", text(&out));
     assert!(
-        !out.status.success(),
-        "the old passphrase still works: {}",
+        text(&out).contains("folder vault is end-to-end encrypted: run `lbsync-client init"),
+        "{}",
         text(&out)
     );
-    assert_eq!(contents(c.path()), (vec![], false), "{}", text(&out));
-    // The new one does, and the data is intact.
-    let d = tempfile::tempdir().unwrap();
-    init_ok(d.path(), &server.url, "f", &new_key, false).await;
-    sync_ok(d.path(), &server.url, "dave").await;
-    assert_eq!(
-        tree(d.path()),
-        tree(a),
-        "the data changed with the passphrase"
-    );
-
-    // A device joined before keeps syncing both ways.
-    write(a, "doc.txt", "version two");
-    sync_ok(a, &server.url, "alice").await;
-    sync_ok(b, &server.url, "bob").await;
-    assert_eq!(std::fs::read(b.join("doc.txt")).unwrap(), b"version two");
-    write(b, "from-b.txt", "b still writes");
-    sync_ok(b, &server.url, "bob").await;
-    sync_ok(a, &server.url, "alice").await;
-    sync_ok(d.path(), &server.url, "dave").await;
-    assert_eq!(tree(a), tree(b));
-    assert_eq!(tree(a), tree(d.path()));
+    assert!(!pb.join("secret.txt").exists());
+    // A folder that holds entries in the clear is not made encrypted.
+    let tc = tempfile::tempdir().unwrap();
+    write(tc.path(), "plain.txt", "p");
+    let out = run(args(&[
+        "sync",
+        tc.path().to_str().unwrap(),
+        "--server",
+        &server.url,
+        "--folder",
+        "plain",
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let td = tempfile::tempdir().unwrap();
+    let out = client(&[
+        "init",
+        td.path().to_str().unwrap(),
+        "--server",
+        &server.url,
+        "--folder",
+        "plain",
+        "--encrypt",
+        "--key-file",
+        &right,
+    ])
+    .await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("make a new folder"), "{}", text(&out));
+    assert!(!td.path().join(".lbsync").exists());
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passphrase_change_refuses_the_old_one_and_keeps_the_data() {
+    let server = Server::start().await;
+    let (ta, tb, tc, keys) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (pa, pb, pc) = (ta.path(), tb.path(), tc.path());
+    let old = pass_file(keys.path(), "old", "old passphrase");
+    let new = pass_file(keys.path(), "new", "new passphrase");
+    let fp = make(&server, pa.to_str().unwrap(), "vault", &old).await;
+    let out = join(&server, pb.to_str().unwrap(), "vault", &old).await;
+    assert!(out.status.success(), "{}", text(&out));
+    write(pa, "kept.txt", "before the change");
+    converge(&[pa, pb], &server).await;
+
+    // A wrong old passphrase changes nothing.
+    let out = client(&[
+        "passphrase",
+        pa.to_str().unwrap(),
+        "--key-file",
+        &new,
+        "--old-key-file",
+        &new,
+    ])
+    .await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("wrong passphrase"), "{}", text(&out));
+    let out = client(&[
+        "passphrase",
+        pa.to_str().unwrap(),
+        "--key-file",
+        &new,
+        "--old-key-file",
+        &old,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = join(&server, pc.to_str().unwrap(), "vault", &old).await;
+    assert!(!out.status.success(), "the old passphrase is refused");
+    assert!(text(&out).contains("wrong passphrase"), "{}", text(&out));
+    assert!(!pc.join(".lbsync").exists());
+    let out = join(&server, pc.to_str().unwrap(), "vault", &new).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        fingerprint(&out),
+        fp,
+        "the key is the same: nothing re-encrypted"
+    );
+    // Every device keeps syncing, the joined one gets the data.
+    write(pb, "after.txt", "after the change");
+    converge(&[pa, pb, pc], &server).await;
+    assert_eq!(tree(pa), tree(pc));
+    assert_eq!(tree(pb), tree(pc));
+    assert_eq!(
+        fs::read_to_string(pc.join("kept.txt")).unwrap(),
+        "before the change"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_key_lets_an_age_identity_join() {
+    let server = Server::start().await;
+    let (ta, tb, keys) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (pa, pb) = (ta.path(), tb.path());
+    let pass = pass_file(keys.path(), "pass", "p");
+    let fp = make(&server, pa.to_str().unwrap(), "vault", &pass).await;
+    write(pa, "shared.txt", "for you");
+    sync(pa, &server, "a").await;
+
+    let id = keys.path().join("id.txt");
+    let out = client(&["keygen", id.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&id).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let recipient = text(&out)
+        .split_whitespace()
+        .find(|w| w.starts_with("age1"))
+        .unwrap()
+        .to_owned();
+    let out = client(&["keygen", id.to_str().unwrap()]).await;
+    assert!(!out.status.success(), "keygen never overwrites");
+
+    // Not shared yet: refused, nothing written.
+    let join_id = |dir: &Path| {
+        let dir = dir.to_str().unwrap().to_owned();
+        let (url, id) = (server.url.clone(), id.to_str().unwrap().to_owned());
+        async move {
+            client(&[
+                "init",
+                &dir,
+                "--server",
+                &url,
+                "--folder",
+                "vault",
+                "--identity",
+                &id,
+            ])
+            .await
+        }
+    };
+    let out = join_id(pb).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("share-key"), "{}", text(&out));
+    assert!(!pb.join(".lbsync").exists());
+
+    let out = client(&["share-key", pa.to_str().unwrap(), "--recipient", &recipient]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = join_id(pb).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(fingerprint(&out), fp);
+    sync(pb, &server, "b").await;
+    assert_eq!(
+        fs::read_to_string(pb.join("shared.txt")).unwrap(),
+        "for you"
+    );
+    // The passphrase still works next to the share.
+    let tc = tempfile::tempdir().unwrap();
+    let out = join(&server, tc.path().to_str().unwrap(), "vault", &pass).await;
+    assert!(out.status.success(), "{}", text(&out));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_restore_and_undelete_work_on_an_encrypted_folder() {
+    let server = Server::start().await;
+    let (ta, tb, keys) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (pa, pb) = (ta.path(), tb.path());
+    let (a, b) = (pa.to_str().unwrap(), pb.to_str().unwrap());
+    let pass = pass_file(keys.path(), "pass", "p");
+    make(&server, a, "vault", &pass).await;
+    assert!(join(&server, b, "vault", &pass).await.status.success());
+    write(pa, "notes.txt", "first");
+    sync(pa, &server, "laptop").await;
+    write(pa, "notes.txt", "second, longer");
+    sync(pa, &server, "laptop").await;
+    sync(pb, &server, "desktop").await;
+
+    let out = run(args(&["history", &format!("{a}/notes.txt"), "--json"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["path"], "notes.txt");
+    let versions = v["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{v}");
+    assert_eq!(versions[0]["version"], 2);
+    assert_eq!(versions[0]["size"], 14, "the real size, opened");
+    assert_eq!(versions[1]["size"], 5);
+    assert_eq!(v["tampered"].as_array().unwrap().len(), 0);
+
+    let out = run(args(&[
+        "restore",
+        &format!("{b}/notes.txt"),
+        "--version",
+        "1",
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("restored notes.txt v1 as v3"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(fs::read_to_string(pb.join("notes.txt")).unwrap(), "first");
+    sync(pa, &server, "laptop").await;
+    assert_eq!(fs::read_to_string(pa.join("notes.txt")).unwrap(), "first");
+
+    // Undelete brings a deleted tree back everywhere.
+    write(pa, "proj/a.txt", "a");
+    write(pa, "proj/b.txt", "b");
+    converge(&[pa, pb], &server).await;
+    let everything = tree(pa);
+    fs::remove_dir_all(pa.join("proj")).unwrap();
+    converge(&[pa, pb], &server).await;
+    assert!(!pb.join("proj").exists());
+    let out = run(args(&["undelete", b])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("restored 2 files and 1 directory"),
+        "{}",
+        text(&out)
+    );
+    converge(&[pa, pb], &server).await;
+    assert_eq!(tree(pa), everything);
+    assert_eq!(tree(pb), everything);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_says_the_folder_is_not_encrypted_is_refused() {
+    let server = Server::start().await;
+    let other = Server::start().await;
+    let (ta, keys) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pa = ta.path();
+    let pass = pass_file(keys.path(), "pass", "p");
+    make(&server, pa.to_str().unwrap(), "vault", &pass).await;
+    write(pa, "secret.txt", "not for the other server");
+    sync(pa, &server, "a").await;
+    // The same folder name on a server where it is plain: a downgrade, refused.
+    let out = run(args(&[
+        "sync",
+        pa.to_str().unwrap(),
+        "--server",
+        &other.url,
+    ]))
+    .await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "the server says folder vault is not encrypted, but this folder was set up \
+             encrypted: refusing to sync"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        server_paths(&other, "vault").await.is_empty(),
+        "nothing sent"
+    );
+    server.stop().await;
+    other.stop().await;
 }

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::encrypted::{Pair, status_json, sync_bin, sync_ok};
+use crate::encryption::{Pair, status_json, sync_bin, sync_ok};
 use crate::hostile_proxy::{HostileProxy, Tamper};
 use crate::util::*;
 

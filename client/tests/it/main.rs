@@ -5,6 +5,7 @@ mod access;
 mod cli;
 mod conventions;
 mod encrypted;
+mod encryption;
 mod faults;
 mod hostile;
 mod hostile_proxy;
