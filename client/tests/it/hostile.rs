@@ -103,12 +103,27 @@ async fn attack(mode: Tamper, encrypted: bool) {
     // nothing deleted.
     let after = tree(b);
     let (old, new, now) = (files(&before), files(&wanted), files(&after));
-    for (path, hash) in &now {
-        assert!(
-            old.get(path) == Some(hash) || new.get(path) == Some(hash),
-            "{mode:?}: b wrote bytes to {path} that neither a nor b had there: {said}"
-        );
-    }
+    let wrong: Vec<String> = now
+        .iter()
+        .filter(|(path, hash)| old.get(*path) != Some(*hash) && new.get(*path) != Some(*hash))
+        .map(|(path, hash)| {
+            let had = |t: &BTreeMap<&str, &str>| {
+                t.iter()
+                    .filter(|(_, h)| *h == hash)
+                    .map(|(p, _)| p.to_string())
+                    .collect::<Vec<_>>()
+            };
+            format!(
+                "{path} (bytes b had at {:?}, a wrote at {:?})",
+                had(&old),
+                had(&new)
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{mode:?}: b wrote bytes to paths that neither a nor b had there: {wrong:?}\n{said}"
+    );
     for path in before.keys() {
         assert!(after.contains_key(path), "{mode:?}: b lost {path}: {said}");
     }
