@@ -1629,12 +1629,13 @@ impl<'a> Model<'a> {
             return;
         }
         let kept = self.server_manifests();
+        let codec = codec_of(&self.dir, self.encrypted);
         for t in lost {
             let on_server = self
                 .contents
                 .iter()
                 .filter(|c| tokens(c).contains(&t))
-                .any(|c| kept.1.contains(&manifest_id(&self.dir, c, kept.0)));
+                .any(|c| kept.1.contains(&manifest_id(&self.dir, c, kept.0, &codec)));
             if !on_server {
                 let (wd, wp) = self.origin[&t].clone();
                 self.violate(
@@ -1649,11 +1650,13 @@ impl<'a> Model<'a> {
     fn server_manifests(&self) -> (lbsync_chunkstore::ChunkParams, HashSet<ManifestId>) {
         let url = self.server.url();
         let paths = self.ever.clone();
+        let codec = codec_of(&self.dir, self.encrypted);
         client_rt().block_on(async move {
             let mut remote =
                 lbsync_client::remote::Remote::connect(&url, None, FOLDER, "checker#0")
                     .await
                     .unwrap();
+            remote.set_codec(codec);
             let mut ids = HashSet::new();
             for p in paths {
                 let Ok(sp) = SyncPath::new(p) else { continue };
@@ -1691,12 +1694,32 @@ fn init_encrypted(base: &Path, roots: &[PathBuf], url: &str) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The checker's own copy of the key, for reading the server's versions.
+    fs::copy(roots[0].join(".lbsync/folder.key"), base.join("folder.key")).unwrap();
 }
 
-fn manifest_id(dir: &Path, content: &[u8], params: lbsync_chunkstore::ChunkParams) -> ManifestId {
+/// How the model's folder looks on the server: sealed with the key `init_encrypted` kept.
+fn codec_of(dir: &Path, encrypted: bool) -> lbsync_client::codec::FolderCodec {
+    if !encrypted {
+        return lbsync_client::codec::FolderCodec::Plain;
+    }
+    let text = fs::read_to_string(dir.join("folder.key")).unwrap();
+    lbsync_client::codec::FolderCodec::Sealed(
+        lbsync_crypt::FolderKey::from_file_text(&text)
+            .unwrap()
+            .crypt(),
+    )
+}
+
+fn manifest_id(
+    dir: &Path,
+    content: &[u8],
+    params: lbsync_chunkstore::ChunkParams,
+    codec: &lbsync_client::codec::FolderCodec,
+) -> ManifestId {
     let f = dir.join("scratch");
     fs::write(&f, content).unwrap();
-    lbsync_client::local::manifest_of(&f, params, &Default::default())
+    lbsync_client::local::manifest_of(&f, params, codec)
         .unwrap()
         .id()
 }
@@ -1893,7 +1916,7 @@ fn model_sequences_encrypted() {
         true,
         env_u64("LBSYNC_MODEL_ENCRYPTED_CASES")
             .or_else(|| env_u64("LBSYNC_MODEL_CASES"))
-            .unwrap_or(60),
+            .unwrap_or(150),
     );
 }
 
