@@ -250,6 +250,34 @@ pub async fn sync(
     r
 }
 
+/// Sets `dir` up for the encrypted folder `folder` on `url` with `passphrase` (kept in a file
+/// beside `dir`): `create` makes the folder encrypted, else `dir` joins it.
+pub async fn encrypted_folder(
+    dir: &std::path::Path,
+    url: &str,
+    folder: &str,
+    device: &str,
+    passphrase: &str,
+    create: bool,
+) {
+    let key = dir.with_extension("passphrase");
+    std::fs::write(&key, format!("{passphrase}\n")).expect("write the passphrase file");
+    let opts = lbsync_client::SyncOptions {
+        server: Some(url.to_owned()),
+        device: Some(device.to_owned()),
+        folder: Some(folder.to_owned()),
+        ..Default::default()
+    };
+    let how = lbsync_client::keys::InitOptions {
+        encrypt: create,
+        passphrase: lbsync_client::keys::Passphrase { file: Some(key) },
+        identity: None,
+    };
+    lbsync_client::keys::init(dir, &opts, &how)
+        .await
+        .expect("init the encrypted folder");
+}
+
 /// A generated source tree: `files` text files of a few KB in nested directories, the same for
 /// the same seed.
 pub fn source_tree(root: &std::path::Path, files: usize, seed: u64) -> Vec<std::path::PathBuf> {

@@ -30,7 +30,7 @@
 //! invariants are the same.
 //!
 //! - `LBSYNC_MODEL_CASES=N`: how many sequences (default 300: about 15 s on 2 cores, 20 sequences/s); sequence `i` uses seed `base + i`.
-//! - `LBSYNC_MODEL_ENCRYPTED_CASES=N`: how many sequences the encrypted run has (default 60).
+//! - `LBSYNC_MODEL_ENCRYPTED_CASES=N`: how many sequences the encrypted run has (default 150: about 15 s).
 //! - `LBSYNC_MODEL_ENCRYPTED=1`: `model_sequences` runs on an encrypted folder too.
 //! - `LBSYNC_MODEL_SEED=S`: run only the sequence with seed `S`.
 //! - `LBSYNC_MODEL_BASE=B`: the base seed (default 0).
