@@ -9,69 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use lbsync_benches::{
-    BenchServer, CountingProxy, changed_bytes, machine, patch_release, quick, random_bytes,
+    BenchServer, CountingProxy, Edit, changed_bytes, machine, patch_release, quick, random_bytes,
     runtime, snapshot, source_tree, sync, table, tree_bytes,
 };
 use lbsync_chunkstore::{ChunkParams, ChunkStore, PackStore};
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Edit {
-    Insert1,
-    Overwrite4K,
-    Append1M,
-    Prepend100,
-    Rename,
-    Copy,
-}
-
-impl Edit {
-    const ALL: [Edit; 6] = [
-        Edit::Insert1,
-        Edit::Overwrite4K,
-        Edit::Append1M,
-        Edit::Prepend100,
-        Edit::Rename,
-        Edit::Copy,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Edit::Insert1 => "insert 1 byte in the middle",
-            Edit::Overwrite4K => "overwrite 4 KiB",
-            Edit::Append1M => "append 1 MiB",
-            Edit::Prepend100 => "prepend 100 bytes",
-            Edit::Rename => "rename",
-            Edit::Copy => "copy to a second name",
-        }
-    }
-
-    /// Applies the edit to `dir/file.bin`; returns what a naive client would upload.
-    fn apply(self, dir: &Path, base: &[u8]) -> u64 {
-        let f = dir.join("file.bin");
-        let mut data = base.to_vec();
-        match self {
-            Edit::Insert1 => data.insert(data.len() / 2, b'!'),
-            Edit::Overwrite4K => {
-                let at = data.len() / 3;
-                data[at..at + 4096].copy_from_slice(&random_bytes(4096, 99));
-            }
-            Edit::Append1M => data.extend_from_slice(&random_bytes(1 << 20, 98)),
-            Edit::Prepend100 => {
-                data.splice(0..0, random_bytes(100, 97));
-            }
-            Edit::Rename => {
-                std::fs::rename(&f, dir.join("renamed.bin")).expect("rename");
-                return base.len() as u64;
-            }
-            Edit::Copy => {
-                std::fs::copy(&f, dir.join("copy.bin")).expect("copy");
-                return base.len() as u64;
-            }
-        }
-        std::fs::write(&f, &data).expect("write");
-        data.len() as u64
-    }
-}
 
 /// A local rsync daemon with one writable module.
 struct Rsync {

@@ -250,6 +250,34 @@ pub async fn sync(
     r
 }
 
+/// Sets `dir` up for the encrypted folder `folder` on `url` with `passphrase` (kept in a file
+/// beside `dir`): `create` makes the folder encrypted, else `dir` joins it.
+pub async fn encrypted_folder(
+    dir: &std::path::Path,
+    url: &str,
+    folder: &str,
+    device: &str,
+    passphrase: &str,
+    create: bool,
+) {
+    let key = dir.with_extension("passphrase");
+    std::fs::write(&key, format!("{passphrase}\n")).expect("write the passphrase file");
+    let opts = lbsync_client::SyncOptions {
+        server: Some(url.to_owned()),
+        device: Some(device.to_owned()),
+        folder: Some(folder.to_owned()),
+        ..Default::default()
+    };
+    let how = lbsync_client::keys::InitOptions {
+        encrypt: create,
+        passphrase: lbsync_client::keys::Passphrase { file: Some(key) },
+        identity: None,
+    };
+    lbsync_client::keys::init(dir, &opts, &how)
+        .await
+        .expect("init the encrypted folder");
+}
+
 /// A generated source tree: `files` text files of a few KB in nested directories, the same for
 /// the same seed.
 pub fn source_tree(root: &std::path::Path, files: usize, seed: u64) -> Vec<std::path::PathBuf> {
@@ -364,6 +392,69 @@ pub fn snapshot(
 /// Total size of the regular files under `root`, `.lbsync/` excluded.
 pub fn tree_bytes(root: &std::path::Path) -> u64 {
     files(root).iter().map(|(_, m)| m.len()).sum()
+}
+
+/// The bandwidth bench's edits of one file, `file.bin`, which the encrypted bench repeats.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[allow(missing_docs)] // the names say it, and `name` says it in words
+pub enum Edit {
+    Insert1,
+    Overwrite4K,
+    Append1M,
+    Prepend100,
+    Rename,
+    Copy,
+}
+
+impl Edit {
+    /// Every edit, in the order the tables list them.
+    pub const ALL: [Edit; 6] = [
+        Edit::Insert1,
+        Edit::Overwrite4K,
+        Edit::Append1M,
+        Edit::Prepend100,
+        Edit::Rename,
+        Edit::Copy,
+    ];
+
+    /// The edit in words.
+    pub fn name(self) -> &'static str {
+        match self {
+            Edit::Insert1 => "insert 1 byte in the middle",
+            Edit::Overwrite4K => "overwrite 4 KiB",
+            Edit::Append1M => "append 1 MiB",
+            Edit::Prepend100 => "prepend 100 bytes",
+            Edit::Rename => "rename",
+            Edit::Copy => "copy to a second name",
+        }
+    }
+
+    /// Applies the edit to `dir/file.bin`; returns what a naive client would upload.
+    pub fn apply(self, dir: &std::path::Path, base: &[u8]) -> u64 {
+        let f = dir.join("file.bin");
+        let mut data = base.to_vec();
+        match self {
+            Edit::Insert1 => data.insert(data.len() / 2, b'!'),
+            Edit::Overwrite4K => {
+                let at = data.len() / 3;
+                data[at..at + 4096].copy_from_slice(&random_bytes(4096, 99));
+            }
+            Edit::Append1M => data.extend_from_slice(&random_bytes(1 << 20, 98)),
+            Edit::Prepend100 => {
+                data.splice(0..0, random_bytes(100, 97));
+            }
+            Edit::Rename => {
+                std::fs::rename(&f, dir.join("renamed.bin")).expect("rename");
+                return base.len() as u64;
+            }
+            Edit::Copy => {
+                std::fs::copy(&f, dir.join("copy.bin")).expect("copy");
+                return base.len() as u64;
+            }
+        }
+        std::fs::write(&f, &data).expect("write");
+        data.len() as u64
+    }
 }
 
 /// Set in a bench's server child: the store directory to serve.

@@ -25,7 +25,13 @@
 //!
 //! A failing sequence is shrunk (greedy delta debugging on its op list) and reported with its seed.
 //!
+//! The same sequences also run on an encrypted folder (`model_sequences_encrypted`, fewer of
+//! them by default): every device joins it with the passphrase before the first op, and the
+//! invariants are the same.
+//!
 //! - `LBSYNC_MODEL_CASES=N`: how many sequences (default 300: about 15 s on 2 cores, 20 sequences/s); sequence `i` uses seed `base + i`.
+//! - `LBSYNC_MODEL_ENCRYPTED_CASES=N`: how many sequences the encrypted run has (default 150: about 15 s).
+//! - `LBSYNC_MODEL_ENCRYPTED=1`: `model_sequences` runs on an encrypted folder too.
 //! - `LBSYNC_MODEL_SEED=S`: run only the sequence with seed `S`.
 //! - `LBSYNC_MODEL_BASE=B`: the base seed (default 0).
 //! - `LBSYNC_MODEL_STEPS=N`: ops per sequence (default 40).
@@ -652,6 +658,8 @@ struct Model<'a> {
     server: ModelServer,
     saved_store: bool,
     can_lock: bool,
+    /// The folder is encrypted: every device joined it with `init` before the first op.
+    encrypted: bool,
     kinds: &'a HashSet<&'static str>,
     seq: u64,
     /// Token → (device, path) of its write.
@@ -683,7 +691,7 @@ struct Model<'a> {
 }
 
 impl<'a> Model<'a> {
-    fn new(base: &Path, kinds: &'a HashSet<&'static str>, can_lock: bool) -> Self {
+    fn new(base: &Path, kinds: &'a HashSet<&'static str>, can_lock: bool, encrypted: bool) -> Self {
         let roots: Vec<PathBuf> = (0..DEVICES).map(|d| base.join(format!("dev{d}"))).collect();
         for r in &roots {
             fs::create_dir_all(r).unwrap();
@@ -694,6 +702,9 @@ impl<'a> Model<'a> {
         fs::write(sentinel.join("inner/deep.txt"), b"deep sentinel\n").unwrap();
         let sentinel_listing = listing(&sentinel);
         let server = ModelServer::start(base.join("store"));
+        if encrypted {
+            init_encrypted(base, &roots, &server.url());
+        }
         Self {
             dir: base.to_path_buf(),
             roots,
@@ -702,6 +713,7 @@ impl<'a> Model<'a> {
             server,
             saved_store: false,
             can_lock,
+            encrypted,
             kinds,
             seq: 0,
             origin: HashMap::new(),
@@ -1425,6 +1437,8 @@ impl<'a> Model<'a> {
                     // The client's own: its marker, lock, and the files a lost state would have
                     // brought back (versions the server keeps in its history anyway).
                     "state.json" | "state.json.tmp" | "tmp" | "marker" | "lock" | "trash" => {}
+                    // An encrypted folder's key (the local disk is trusted).
+                    "folder.key" if self.encrypted => {}
                     "manifests" | "cache" => {
                         for f in fs::read_dir(e.path()).into_iter().flatten().flatten() {
                             let n = f.file_name().to_string_lossy().into_owned();
@@ -1615,12 +1629,13 @@ impl<'a> Model<'a> {
             return;
         }
         let kept = self.server_manifests();
+        let codec = codec_of(&self.dir, self.encrypted);
         for t in lost {
             let on_server = self
                 .contents
                 .iter()
                 .filter(|c| tokens(c).contains(&t))
-                .any(|c| kept.1.contains(&manifest_id(&self.dir, c, kept.0)));
+                .any(|c| kept.1.contains(&manifest_id(&self.dir, c, kept.0, &codec)));
             if !on_server {
                 let (wd, wp) = self.origin[&t].clone();
                 self.violate(
@@ -1635,11 +1650,13 @@ impl<'a> Model<'a> {
     fn server_manifests(&self) -> (lbsync_chunkstore::ChunkParams, HashSet<ManifestId>) {
         let url = self.server.url();
         let paths = self.ever.clone();
+        let codec = codec_of(&self.dir, self.encrypted);
         client_rt().block_on(async move {
             let mut remote =
                 lbsync_client::remote::Remote::connect(&url, None, FOLDER, "checker#0")
                     .await
                     .unwrap();
+            remote.set_codec(codec);
             let mut ids = HashSet::new();
             for p in paths {
                 let Ok(sp) = SyncPath::new(p) else { continue };
@@ -1652,10 +1669,57 @@ impl<'a> Model<'a> {
     }
 }
 
-fn manifest_id(dir: &Path, content: &[u8], params: lbsync_chunkstore::ChunkParams) -> ManifestId {
+/// Makes the model's folder encrypted: dev0 creates it with `lbsync-client init --encrypt`, the
+/// other devices join it with the same passphrase (a fast KDF: tests only).
+fn init_encrypted(base: &Path, roots: &[PathBuf], url: &str) {
+    let key = base.join("passphrase");
+    fs::write(&key, "model passphrase\n").unwrap();
+    for (dev, root) in roots.iter().enumerate() {
+        let mut cmd = std::process::Command::new(crate::procs::CLIENT_BIN);
+        cmd.arg("init")
+            .arg(root)
+            .args(["--server", url, "--folder", FOLDER])
+            .args(["--device", &format!("dev{dev}")])
+            .arg("--key-file")
+            .arg(&key)
+            .env("LBSYNC_SCRYPT_LOG_N", "10");
+        if dev == 0 {
+            cmd.arg("--encrypt");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "init of dev{dev} on an encrypted folder: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The checker's own copy of the key, for reading the server's versions.
+    fs::copy(roots[0].join(".lbsync/folder.key"), base.join("folder.key")).unwrap();
+}
+
+/// How the model's folder looks on the server: sealed with the key `init_encrypted` kept.
+fn codec_of(dir: &Path, encrypted: bool) -> lbsync_client::codec::FolderCodec {
+    if !encrypted {
+        return lbsync_client::codec::FolderCodec::Plain;
+    }
+    let text = fs::read_to_string(dir.join("folder.key")).unwrap();
+    lbsync_client::codec::FolderCodec::Sealed(
+        lbsync_crypt::FolderKey::from_file_text(&text)
+            .unwrap()
+            .crypt(),
+    )
+}
+
+fn manifest_id(
+    dir: &Path,
+    content: &[u8],
+    params: lbsync_chunkstore::ChunkParams,
+    codec: &lbsync_client::codec::FolderCodec,
+) -> ManifestId {
     let f = dir.join("scratch");
     fs::write(&f, content).unwrap();
-    lbsync_client::local::manifest_of(&f, params, &Default::default())
+    lbsync_client::local::manifest_of(&f, params, codec)
         .unwrap()
         .id()
 }
@@ -1695,12 +1759,17 @@ fn scratch_base() -> PathBuf {
     }
 }
 
-fn run_case(source: Source<'_>, kinds: &HashSet<&'static str>, can_lock: bool) -> Outcome {
+fn run_case(
+    source: Source<'_>,
+    kinds: &HashSet<&'static str>,
+    can_lock: bool,
+    encrypted: bool,
+) -> Outcome {
     let tmp = tempfile::Builder::new()
         .prefix("lbsync-model-")
         .tempdir_in(scratch_base())
         .unwrap();
-    let mut m = Model::new(tmp.path(), kinds, can_lock);
+    let mut m = Model::new(tmp.path(), kinds, can_lock, encrypted);
     match source {
         Source::Generate { seed, steps } => {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -1751,10 +1820,11 @@ fn shrink(
     invariant: u8,
     kinds: &HashSet<&'static str>,
     can_lock: bool,
+    encrypted: bool,
     deadline: Instant,
 ) -> (Vec<Op>, Vec<Violation>) {
     let fails = |ops: &[Op]| -> Option<Vec<Violation>> {
-        let out = run_case(Source::Replay(ops), kinds, can_lock);
+        let out = run_case(Source::Replay(ops), kinds, can_lock, encrypted);
         out.violations
             .iter()
             .any(|v| v.invariant == invariant)
@@ -1834,12 +1904,31 @@ struct Failure {
 
 #[test]
 fn model_sequences() {
+    let encrypted = std::env::var_os("LBSYNC_MODEL_ENCRYPTED").is_some();
+    sequences(encrypted, env_u64("LBSYNC_MODEL_CASES").unwrap_or(300));
+}
+
+/// The same sequences on an encrypted folder (every device joined with the passphrase before
+/// the first op), fewer by default: each case starts three `lbsync-client init`s.
+#[test]
+fn model_sequences_encrypted() {
+    sequences(
+        true,
+        env_u64("LBSYNC_MODEL_ENCRYPTED_CASES")
+            .or_else(|| env_u64("LBSYNC_MODEL_CASES"))
+            .unwrap_or(150),
+    );
+}
+
+/// Runs `cases` generated sequences (or the one `LBSYNC_MODEL_SEED` names), on plain or
+/// encrypted folders, and panics with the first failure, shrunk.
+fn sequences(encrypted: bool, cases: u64) {
     let kinds = enabled_kinds();
     let base = env_u64("LBSYNC_MODEL_BASE").unwrap_or(0);
     let steps = env_u64("LBSYNC_MODEL_STEPS").unwrap_or(40) as usize;
     let (first, cases) = match env_u64("LBSYNC_MODEL_SEED") {
         Some(s) => (s, 1),
-        None => (base, env_u64("LBSYNC_MODEL_CASES").unwrap_or(300)),
+        None => (base, cases),
     };
     let survey = std::env::var_os("LBSYNC_MODEL_SURVEY").is_some();
     let shrink_secs = env_u64("LBSYNC_MODEL_SHRINK_SECS").unwrap_or(120);
@@ -1866,7 +1955,12 @@ fn model_sequences() {
                         break;
                     }
                     let seed = first + i;
-                    let mut out = run_case(Source::Generate { seed, steps }, &kinds, can_lock);
+                    let mut out = run_case(
+                        Source::Generate { seed, steps },
+                        &kinds,
+                        can_lock,
+                        encrypted,
+                    );
                     if let Some(only) = only {
                         out.violations.retain(|v| u64::from(v.invariant) == only);
                     }
@@ -1894,7 +1988,8 @@ fn model_sequences() {
                     stop.store(true, Ordering::Relaxed);
                     let deadline = Instant::now() + Duration::from_secs(shrink_secs);
                     let inv = out.violations[0].invariant;
-                    let (ops, why) = shrink(out.ops.clone(), inv, &kinds, can_lock, deadline);
+                    let (ops, why) =
+                        shrink(out.ops.clone(), inv, &kinds, can_lock, encrypted, deadline);
                     let (ops, violations) = if why.is_empty() {
                         (out.ops, out.violations)
                     } else {
@@ -1913,7 +2008,8 @@ fn model_sequences() {
     let secs = start.elapsed().as_secs_f64();
     let ran = ran.load(Ordering::Relaxed);
     eprintln!(
-        "model: {ran} sequences of {steps} ops ({} syncs) in {secs:.1}s on {threads} threads: {:.1} sequences/s",
+        "model{}: {ran} sequences of {steps} ops ({} syncs) in {secs:.1}s on {threads} threads: {:.1} sequences/s",
+        if encrypted { " (encrypted)" } else { "" },
         syncs.load(Ordering::Relaxed),
         ran as f64 / secs
     );
@@ -1946,7 +2042,8 @@ fn model_sequences() {
         let why: Vec<String> = f.violations.iter().map(|v| format!("  - {v}")).collect();
         let notes: Vec<String> = f.notes.iter().take(5).map(|n| format!("  - {n}")).collect();
         panic!(
-            "model: seed {} (LBSYNC_MODEL_SEED={} reruns it) breaks the engine; shrunk to {} ops:\n{}\n  then settle (restore permissions, server up, sync round-robin until quiet).\nviolations:\n{}\nnotes of the unshrunk run (sync errors while online):\n{}",
+            "model{}: seed {} (LBSYNC_MODEL_SEED={} reruns it) breaks the engine; shrunk to {} ops:\n{}\n  then settle (restore permissions, server up, sync round-robin until quiet).\nviolations:\n{}\nnotes of the unshrunk run (sync errors while online):\n{}",
+            if encrypted { " (encrypted folder)" } else { "" },
             f.seed,
             f.seed,
             f.ops.len(),
@@ -1961,7 +2058,7 @@ fn model_sequences() {
 fn replay(ops: &[Op]) {
     let kinds = enabled_kinds();
     let can_lock = unreadable_works();
-    let out = run_case(Source::Replay(ops), &kinds, can_lock);
+    let out = run_case(Source::Replay(ops), &kinds, can_lock, false);
     let why: Vec<String> = out.violations.iter().map(|v| format!("  - {v}")).collect();
     assert!(out.violations.is_empty(), "violations:\n{}", why.join("\n"));
 }

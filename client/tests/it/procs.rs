@@ -47,12 +47,19 @@ pub(crate) struct ServerProc {
     pub(crate) store: PathBuf,
     addr: SocketAddr,
     log: PathBuf,
+    /// `RUST_LOG` for the server.
+    log_level: String,
     child: Option<Child>,
 }
 
 impl ServerProc {
     /// Starts a server on `store` and waits until it accepts connections.
     pub(crate) fn start(store: &Path) -> Self {
+        Self::start_logging(store, "warn")
+    }
+
+    /// [`ServerProc::start`] with the server's log at `level` (`RUST_LOG`).
+    pub(crate) fn start_logging(store: &Path, level: &str) -> Self {
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -62,6 +69,7 @@ impl ServerProc {
             store: store.to_path_buf(),
             addr,
             log: store.with_extension("server.log"),
+            log_level: level.to_owned(),
             child: None,
         };
         s.restart();
@@ -86,7 +94,7 @@ impl ServerProc {
         let child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "procs::server_child", "--nocapture"])
             .env(CHILD_ENV, args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", &self.log_level)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
