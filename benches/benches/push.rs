@@ -21,7 +21,40 @@ async fn run() {
     let size: u64 = if quick() { 64 << 20 } else { 1 << 30 };
     println!("# end-to-end push — {}", machine());
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("client");
+    let mut rows = Vec::new();
+    let mut rates = Vec::new();
+    // The same new file into a plain folder and into an end-to-end encrypted one, in one run.
+    for encrypted in [false, true] {
+        let (row, rate) = push(tmp.path(), size, encrypted).await;
+        rows.push(row);
+        rates.push(rate);
+    }
+    println!(
+        "{}",
+        table(
+            &[
+                "push of a new file",
+                "folder",
+                "size",
+                "time",
+                "rate",
+                "client peak RSS",
+                "server peak RSS",
+                "CPU client + server",
+            ],
+            &rows
+        )
+    );
+    println!(
+        "encrypted / plain throughput: {:.0}% (target >= 80%)",
+        rates[1] / rates[0] * 100.0
+    );
+}
+
+/// Pushes a new file of `size` random bytes into a new folder; returns the table row and MiB/s.
+async fn push(tmp: &std::path::Path, size: u64, encrypted: bool) -> (Vec<String>, f64) {
+    let name = if encrypted { "encrypted" } else { "plain" };
+    let dir = tmp.join(name);
     std::fs::create_dir_all(&dir).expect("mkdir");
     // Written in 4 MiB pieces so that the client's own memory stays small.
     {
@@ -34,36 +67,43 @@ async fn run() {
             f.write_all(&buf).expect("write");
         }
     }
-    let server = ChildServer::start(&tmp.path().join("store"));
+    let server = ChildServer::start(&tmp.join(format!("store-{name}")));
+    if encrypted {
+        let pass = tmp.join("passphrase");
+        std::fs::write(&pass, "bench passphrase\n").expect("passphrase file");
+        let opts = lbsync_client::SyncOptions {
+            server: Some(server.url()),
+            folder: Some(name.to_owned()),
+            device: Some("pusher".into()),
+            ..Default::default()
+        };
+        let how = lbsync_client::keys::InitOptions {
+            encrypt: true,
+            passphrase: lbsync_client::keys::Passphrase { file: Some(pass) },
+            identity: None,
+        };
+        lbsync_client::keys::init(&dir, &opts, &how)
+            .await
+            .expect("make the folder encrypted");
+    }
     let rss_before = peak_rss();
     let cpu_before = cpu_seconds();
     let start = Instant::now();
-    let report = lbsync_benches::sync(&dir, &server.url(), "pusher", "default").await;
+    let report = lbsync_benches::sync(&dir, &server.url(), "pusher", name).await;
     let secs = start.elapsed().as_secs_f64();
     let client_cpu = cpu_seconds() - cpu_before;
     let server = server.stop();
     let mib_s = size as f64 / (1 << 20) as f64 / secs;
-    println!(
-        "{}",
-        table(
-            &[
-                "push of a new file",
-                "size",
-                "time",
-                "rate",
-                "client peak RSS",
-                "server peak RSS",
-                "CPU client + server",
-            ],
-            &[vec![
-                format!("{} chunks sent", report.chunks_sent),
-                format!("{} MiB", size >> 20),
-                format!("{secs:.2} s"),
-                format!("{mib_s:.0} MiB/s"),
-                format!("{} MB", peak_rss().max(rss_before) / 1_000_000),
-                format!("{} MB", server.peak_rss / 1_000_000),
-                format!("{client_cpu:.1} + {:.1} s", server.cpu_seconds),
-            ]]
-        )
-    );
+    let row = vec![
+        format!("{} chunks sent", report.chunks_sent),
+        name.to_owned(),
+        format!("{} MiB", size >> 20),
+        format!("{secs:.2} s"),
+        format!("{mib_s:.0} MiB/s"),
+        format!("{} MB", peak_rss().max(rss_before) / 1_000_000),
+        format!("{} MB", server.peak_rss / 1_000_000),
+        format!("{client_cpu:.1} + {:.1} s", server.cpu_seconds),
+    ];
+    let _ = std::fs::remove_dir_all(&dir);
+    (row, mib_s)
 }

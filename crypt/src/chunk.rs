@@ -36,7 +36,7 @@ const FLAG_ZSTD: u8 = 1;
 /// bytes for the same plaintext (still correct, but no dedup against chunks sealed before).
 const ZSTD_LEVEL: i32 = 1;
 /// Chunks longer than `2 * SAMPLE` are first probed by compressing their first `SAMPLE` bytes.
-const SAMPLE: usize = 4096;
+const SAMPLE: usize = 1024;
 
 thread_local! {
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };

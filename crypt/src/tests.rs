@@ -15,15 +15,25 @@ fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// Text-like data: words of a seeded random vocabulary, in random order (compresses about 2-3x
+/// with zstd level 1, like prose or source code).
 fn text_bytes(n: usize) -> Vec<u8> {
-    let words = [
-        "sync ", "folder ", "chunk ", "the ", "server ", "cannot ", "read ", "it\n",
-    ];
-    let mut out = Vec::with_capacity(n + 8);
-    let mut i = 0usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let vocab: Vec<Vec<u8>> = (0..2000)
+        .map(|_| {
+            let len = 2 + (rng.next_u32() % 9) as usize;
+            (0..len)
+                .map(|_| b'a' + (rng.next_u32() % 26) as u8)
+                .collect()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n + 16);
     while out.len() < n {
-        out.extend_from_slice(words[(i * 7 + i / 3) % words.len()].as_bytes());
-        i += 1;
+        let r = rng.next_u32();
+        // Zipf-like: small indices far more often.
+        let i = ((r % 2000) * (r >> 21 & 1023) / 1024) as usize;
+        out.extend_from_slice(&vocab[i]);
+        out.push(if r % 13 == 0 { b'\n' } else { b' ' });
     }
     out.truncate(n);
     out
@@ -59,7 +69,32 @@ fn chunks_round_trip_raw_and_compressed() {
     let r = random_bytes(32 << 10, 3);
     assert_eq!(c.seal_chunk(&r).bytes.len(), r.len() + CHUNK_OVERHEAD);
     let t = text_bytes(32 << 10);
-    assert!(c.seal_chunk(&t).bytes.len() < t.len() / 4);
+    assert!(c.seal_chunk(&t).bytes.len() < t.len() * 3 / 4);
+}
+
+#[test]
+fn the_compression_decision_rests_on_the_chunk_alone() {
+    let t = text_bytes(16 << 10);
+    let r = random_bytes(16 << 10, 8);
+    assert!(chunk::compressed(&t).is_some());
+    assert!(chunk::compressed(&r).is_none());
+    // Small chunks are tried whole.
+    assert!(chunk::compressed(&t[..1500]).is_some());
+    assert!(chunk::compressed(&r[..1500]).is_none());
+    // The probe looks at the first 1 KiB: a chunk that starts random is sealed raw even if the
+    // rest would compress (a cost in bytes, never in correctness), and one that starts
+    // compressible is compressed whole only when the whole saves 1/32.
+    let random_head = [&r[..1024], &t[..8192]].concat();
+    assert!(chunk::compressed(&random_head).is_none());
+    let text_head = [&t[..1024], &r[..]].concat();
+    assert!(chunk::compressed(&text_head).is_none());
+    // The same bytes, the same decision, whatever was sealed before (no state between chunks).
+    let c = crypt();
+    let first = c.seal_chunk(&t);
+    for _ in 0..10 {
+        c.seal_chunk(&r);
+    }
+    assert_eq!(c.seal_chunk(&t), first);
 }
 
 #[test]
@@ -662,6 +697,49 @@ fn seal_throughput() {
             stored += c.seal_chunk(&ch.data).bytes.len();
         }
         let secs = t.elapsed().as_secs_f64();
+        let mb_s = |t: std::time::Instant| total as f64 / t.elapsed().as_secs_f64() / 1e6;
+        let t = std::time::Instant::now();
+        for ch in &chunks {
+            std::hint::black_box(blake3::hash(&ch.data));
+        }
+        let hash = mb_s(t);
+        let t = std::time::Instant::now();
+        let mut zstd_hits = 0;
+        for ch in &chunks {
+            zstd_hits += usize::from(chunk::compressed(&ch.data).is_some());
+        }
+        let decide = mb_s(t);
+        let t = std::time::Instant::now();
+        for ch in &chunks {
+            let mut b = ch.data.to_vec();
+            std::hint::black_box(
+                chacha20poly1305::aead::AeadInPlace::encrypt_in_place_detached(
+                    &c.0.chunk_aead,
+                    chacha20poly1305::XNonce::from_slice(&[0; 24]),
+                    CHUNK_AAD,
+                    &mut b,
+                )
+                .unwrap(),
+            );
+        }
+        let aead = mb_s(t);
+        println!(
+            "{name}: parts: one blake3 pass {hash:.0} MB/s, compression decision {decide:.0} MB/s \
+             ({zstd_hits} of {} chunks compressed), AEAD {aead:.0} MB/s",
+            chunks.len()
+        );
+        let t = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for half in chunks.chunks(chunks.len().div_ceil(2)) {
+                let c = c.clone();
+                s.spawn(move || {
+                    for ch in half {
+                        std::hint::black_box(c.seal_chunk(&ch.data));
+                    }
+                });
+            }
+        });
+        println!("{name}: seal on two threads {:.0} MB/s", mb_s(t));
         let t = std::time::Instant::now();
         for ch in chunks.iter().take(chunks.len() / 8) {
             let s = c.seal_chunk(&ch.data);
@@ -677,3 +755,110 @@ fn seal_throughput() {
         );
     }
 }
+
+// ---- the formats, recomputed from the design with the primitives alone ----
+
+#[test]
+fn formats_follow_the_design_byte_for_byte() {
+    use aes_siv::KeyInit as _;
+    use base64::Engine as _;
+    use chacha20poly1305::aead::{Aead, Payload};
+
+    let key = [42u8; 32];
+    let c = FolderKey::from_bytes(key).crypt();
+    let sub = |ctx: &str| blake3::derive_key(&format!("lbsync 2026-12-02 {ctx}"), &key);
+
+    // Chunk: 0x01 || nonce || XChaCha20-Poly1305(body = 0x00 || pt), id = blake3(sealed).
+    let pt = b"a chunk too short to compress";
+    let nonce_hash = blake3::keyed_hash(&sub("chunk nonce"), pt);
+    let nonce = &nonce_hash.as_bytes()[..24];
+    let aead = XChaCha20Poly1305::new((&sub("chunk aead")).into());
+    let body = [&[0u8][..], pt].concat();
+    let ct = aead
+        .encrypt(
+            chacha20poly1305::XNonce::from_slice(nonce),
+            Payload {
+                msg: &body,
+                aad: b"lbsync chunk v1",
+            },
+        )
+        .unwrap();
+    let want = [&[1u8][..], nonce, &ct].concat();
+    let got = c.seal_chunk(pt);
+    assert_eq!(got.bytes.as_ref(), want.as_slice());
+    assert_eq!(got.id, ChunkId::of(&want));
+
+    // Length mask: the "length mask" subkey.
+    assert_eq!(c.length_mask(), LengthMask::new(sub("length mask")));
+
+    // Path: AES-256-SIV with key siv1 || siv2, ad = plaintext parent, name padded to 32.
+    let mut k64 = [0u8; 64];
+    k64[..32].copy_from_slice(&sub("path siv 1"));
+    k64[32..].copy_from_slice(&sub("path siv 2"));
+    let seal_name = |parent: &[u8], name: &[u8]| {
+        let mut padded = name.to_vec();
+        padded.push(0x80);
+        padded.resize(32, 0);
+        let raw = aes_siv::siv::Aes256Siv::new((&k64).into())
+            .encrypt([parent], &padded)
+            .unwrap();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    };
+    let sealed = c.seal_path(&p("dir/file")).unwrap();
+    assert_eq!(
+        sealed.as_str(),
+        format!("{}/{}", seal_name(b"", b"dir"), seal_name(b"dir", b"file"))
+    );
+
+    // Entry: 0x01 || nonce || XChaCha20-Poly1305(meta, aad) with the entry subkey.
+    let mut e = Entry::new(p("dir/file"), EntryKind::Symlink, "d");
+    e.size = 0x0102;
+    e.mode = 0o644;
+    e.mtime_ns = -5;
+    e.symlink_target = Some("tgt".into());
+    e.manifest = Some(ManifestId::of(b"m"));
+    let s = c.seal_entry(&e, 9).unwrap();
+    assert_eq!(s.sealed[0], 1);
+    let mut aad = b"lbsync entry v1".to_vec();
+    aad.extend_from_slice(&8u32.to_le_bytes());
+    aad.extend_from_slice(b"dir/file");
+    aad.extend_from_slice(&9u64.to_le_bytes());
+    aad.push(2); // symlink
+    aad.push(0);
+    aad.extend_from_slice(ManifestId::of(b"m").as_bytes());
+    let meta = XChaCha20Poly1305::new((&sub("entry aead")).into())
+        .decrypt(
+            chacha20poly1305::XNonce::from_slice(&s.sealed[1..25]),
+            Payload {
+                msg: &s.sealed[25..],
+                aad: &aad,
+            },
+        )
+        .unwrap();
+    let mut want = Vec::new();
+    want.extend_from_slice(&0x0102u64.to_le_bytes());
+    want.extend_from_slice(&0o644u32.to_le_bytes());
+    want.extend_from_slice(&(-5i64).to_le_bytes());
+    want.extend_from_slice(&3u32.to_le_bytes());
+    want.extend_from_slice(b"tgt");
+    assert_eq!(meta, want);
+
+    // Fingerprint: the first 10 bytes of the fingerprint subkey.
+    assert_eq!(
+        c.fingerprint().replace('-', ""),
+        key::to_hex(&sub("fingerprint")[..10])
+    );
+
+    // Golden values: a change here is a format change (every encrypted folder's ids change).
+    assert_eq!(
+        FolderKey::from_bytes(key).fingerprint(),
+        GOLDEN_FINGERPRINT,
+        "fingerprint of [42; 32]"
+    );
+    assert_eq!(c.seal_chunk(b"hello").id.to_string(), GOLDEN_HELLO_ID);
+    assert_eq!(c.seal_path(&p("a")).unwrap().as_str(), GOLDEN_PATH_A);
+}
+
+const GOLDEN_FINGERPRINT: &str = "b322-a473-337a-b2b2-5b1e";
+const GOLDEN_HELLO_ID: &str = "17cddab57e11b776c60afe0f27a7486c094ba603c9703df034d0a5b5033c3ef4";
+const GOLDEN_PATH_A: &str = "u2Ti27ZkbDKUuRym-qWzKkNYulDpzvjB36wD7ain8jWN0pax76rZVf53XBWC6Y8J";
