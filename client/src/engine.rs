@@ -1402,6 +1402,21 @@ impl Syncer {
                 if cur.deleted || cur.version == 0 {
                     return Box::pin(self.upload(path, cur.version)).await;
                 }
+                // Unchanged here since it was synced, and the server holds a newer version: as
+                // the plan would have, take it (no conflicted copy). An unchanged file is
+                // uploaded when the server showed an older version than the one synced here:
+                // a store restored from a backup, or an old entry replayed.
+                let as_synced = self.state.state.files.get(path.as_str()).is_some_and(|s| {
+                    cur.version > s.version && here.as_ref().is_some_and(|l| unchanged(l, &s.local))
+                });
+                if as_synced {
+                    match cur.kind {
+                        EntryKind::File => self.download_file(&cur).await?,
+                        _ => self.apply_plain(&cur)?,
+                    }
+                    self.report.downloaded += 1;
+                    return Ok(());
+                }
                 match self.both_changed(&cur, here.as_ref()).await? {
                     Resolved::Done => Ok(()),
                     Resolved::KeptDir | Resolved::SendHere => {
