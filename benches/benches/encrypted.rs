@@ -58,10 +58,22 @@ fn main() {
         set_fast_kdf();
     }
     println!("# encrypted folders beside plain ones — {}", machine());
+    // `cargo bench --bench encrypted -- bandwidth` runs only the sections named.
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let run = |section: &str| named.is_empty() || named.iter().any(|n| n == section);
     runtime().block_on(async {
-        push().await;
-        bandwidth().await;
-        dedup().await;
+        if run("push") {
+            push().await;
+        }
+        if run("bandwidth") {
+            bandwidth().await;
+        }
+        if run("dedup") {
+            dedup().await;
+        }
     });
 }
 

@@ -8,6 +8,10 @@
 //! kept (large files' edits already cost one chunk of many), compressed, and the oldest go when
 //! the cache passes [`BUDGET`]. Entries are checked against their id when read, so a damaged one
 //! is only a miss.
+//!
+//! The cache keeps a chunk's stored form, what the server holds and deltas are made of: in an
+//! encrypted folder the sealed bytes (which hash to the chunk's id as plain bytes do), so it
+//! holds no plaintext the folder itself does not.
 
 use std::fs;
 use std::path::PathBuf;

@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use lbsync_chunkstore::{Chunk, ChunkId, ChunkRef, Manifest};
 use lbsync_crypt::FolderCrypt;
-use lbsync_proto::convert::SEALED_CHUNK_OVERHEAD;
+use lbsync_proto::convert::max_sealed_chunk;
 use lbsync_proto::{Entry, SyncPath, pb};
 
 use crate::error::{Error, Result};
@@ -62,6 +62,12 @@ impl Piece {
             id: self.id,
             len: self.plain.len() as u32,
         }
+    }
+
+    /// The bytes the server stores for it: the file's bytes, or the sealed bytes in an
+    /// encrypted folder. What a delta is made of and against.
+    pub fn stored(&self) -> &Bytes {
+        self.sealed.as_ref().unwrap_or(&self.plain)
     }
 
     /// The chunk on the wire, compressed when `probe` says it is worth trying (sealed bytes
@@ -169,7 +175,7 @@ impl FolderCodec {
     pub fn wire_max_len(&self, max_len: u32) -> u32 {
         match self {
             Self::Plain => max_len,
-            Self::Sealed(_) => max_len + SEALED_CHUNK_OVERHEAD,
+            Self::Sealed(_) => max_sealed_chunk(max_len),
         }
     }
 
@@ -189,10 +195,14 @@ impl FolderCodec {
         }
     }
 
-    /// Whether chunks may travel as deltas against chunks the receiver holds (not in an
-    /// encrypted folder: the server cannot read them to make or apply one).
-    pub fn chunk_deltas(&self) -> bool {
-        !self.is_sealed()
+    /// The bytes the server stores for a chunk whose plaintext is `plain` (sealed, in an
+    /// encrypted folder): what a delta against that chunk is made against. Sealing is
+    /// deterministic, so these are the very bytes the server holds.
+    pub fn stored_form(&self, plain: &Bytes) -> Bytes {
+        match self {
+            Self::Plain => plain.clone(),
+            Self::Sealed(crypt) => crypt.seal_chunk(plain).bytes,
+        }
     }
 
     /// An entry as the server receives it, committed on `base_version`: in an encrypted folder

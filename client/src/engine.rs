@@ -332,12 +332,7 @@ impl Syncer {
             state.save()?;
         }
         let index = ChunkIndex::build(&state);
-        // The cache serves chunk deltas only, which an encrypted folder does not make.
-        let cache = if state.codec.chunk_deltas() {
-            ChunkCache::open(state.cache_dir())
-        } else {
-            ChunkCache::off()
-        };
+        let cache = ChunkCache::open(state.cache_dir());
         let root_id = (md.dev(), md.ino());
         let mut syncer = Self {
             root,

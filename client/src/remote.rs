@@ -702,13 +702,6 @@ impl Remote {
         max_len: u32,
     ) -> Result<HashMap<ChunkId, Bytes>> {
         let mut out = HashMap::with_capacity(ids.len());
-        // An encrypted folder's chunks never travel as deltas: the server cannot read them.
-        let none = DeltaBases::new();
-        let bases = if self.codec.chunk_deltas() {
-            bases
-        } else {
-            &none
-        };
         let wire_max = self.codec.wire_max_len(max_len);
         for batch in ids.chunks(self.max_ids) {
             let offered = if bases.is_empty() {

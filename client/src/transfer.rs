@@ -252,7 +252,7 @@ impl Syncer {
             refs.extend(batch.iter().map(Piece::chunk_ref));
             if cache_them {
                 for c in &batch {
-                    self.cache.put(&c.id(), c.plain());
+                    self.cache.put(&c.id(), c.stored());
                 }
             }
             // Deduplicated within the batch only: a set over the whole file would grow with it
@@ -495,12 +495,10 @@ impl Syncer {
         let mut queued: HashSet<ChunkId> = HashSet::new();
         let mut deltas: Vec<(usize, pb::ChunkData)> = Vec::new();
         let mut ask: Vec<(usize, usize)> = Vec::new();
-        let chunk_deltas = self.remote.codec().chunk_deltas();
         for (f, s) in batch.iter().enumerate() {
             let bases = s
                 .synced
                 .as_ref()
-                .filter(|_| chunk_deltas)
                 .map(|old| edit_bases(old, &s.manifest, MAX_DELTA_BASES));
             for (i, c) in s.chunks.iter().enumerate() {
                 if self.index.contains(&c.id()) || !queued.insert(c.id()) {
@@ -508,7 +506,7 @@ impl Syncer {
                 }
                 let (present, base) = self.held(bases.as_ref().map_or(&[][..], |b| &b[i]));
                 if !present.is_empty() {
-                    let wire = encode_chunk_against(c.id(), c.plain(), &present, &base);
+                    let wire = encode_chunk_against(c.id(), c.stored(), &present, &base);
                     if !wire.base_ids.is_empty() {
                         deltas.push((f, wire));
                         continue;
@@ -586,7 +584,7 @@ impl Syncer {
             self.report.chunks_sent += s.chunks_sent;
             self.report.uploaded += 1;
             for c in &s.chunks {
-                self.cache.put(&c.id(), c.plain());
+                self.cache.put(&c.id(), c.stored());
             }
             // Committed: a local failure to record it must not make the rest look uncommitted.
             let at = (version, seq, committed_ns);
@@ -677,10 +675,8 @@ impl Syncer {
         // Per chunk, the chunks of the version here it most likely replaced: the server may send
         // an edited chunk as a delta against them. Not for a rewrite of a large file, where
         // reading the old bases would cost more than the deltas save.
-        let edits: Option<HashMap<ChunkId, Vec<ChunkId>>> = self
-            .synced_manifest(&r.path)
-            .filter(|_| self.remote.codec().chunk_deltas())
-            .and_then(|old| {
+        let edits: Option<HashMap<ChunkId, Vec<ChunkId>>> =
+            self.synced_manifest(&r.path).and_then(|old| {
                 let lens: HashMap<ChunkId, u32> =
                     old.chunks().iter().map(|c| (c.id, c.len)).collect();
                 let edits: HashMap<ChunkId, Vec<ChunkId>> = m
@@ -720,7 +716,7 @@ impl Syncer {
             }
             if m.size() <= CACHED_FILE_MAX {
                 for (id, bytes) in &have {
-                    self.cache.put(id, bytes);
+                    self.cache.put(id, &self.remote.codec().stored_form(bytes));
                 }
             }
             for c in window {
@@ -779,10 +775,11 @@ impl Syncer {
     fn held(&self, ids: &[ChunkId]) -> (Vec<ChunkId>, Vec<u8>) {
         let (mut held, mut bytes) = (Vec::new(), Vec::new());
         for id in ids {
+            // The stored form: the cache keeps it; a local file holds the plaintext.
             let got = self
                 .index
                 .read(&self.root, id)
-                .map(|b| b.to_vec())
+                .map(|b| self.remote.codec().stored_form(&b).to_vec())
                 .or_else(|| self.cache.get(id));
             if let Some(got) = got {
                 held.push(*id);

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 /// The first word of a folder key file, and the prefix of the plaintext age wraps.
 pub const KEY_FILE_TAG: &str = "lbsync-folder-key-v1";
 
+pub(crate) const CTX_CHUNK_BLOCK: &str = "lbsync 2026-12-02 chunk block";
 pub(crate) const CTX_CHUNK_NONCE: &str = "lbsync 2026-12-02 chunk nonce";
 pub(crate) const CTX_CHUNK_AEAD: &str = "lbsync 2026-12-02 chunk aead";
 pub(crate) const CTX_LENGTH_MASK: &str = "lbsync 2026-12-02 length mask";

@@ -98,7 +98,10 @@ use lbsync_chunkstore::{ChunkId, LengthMask};
 use lbsync_proto::{Entry, SyncPath};
 use zeroize::Zeroize;
 
-pub use chunk::{CHUNK_AAD, CHUNK_FORMAT, CHUNK_OVERHEAD, SealedChunk};
+pub use chunk::{
+    BLOCK_AVG, BLOCK_MAX, BLOCK_MIN, BLOCK_OVERHEAD, CHUNK_AAD, CHUNK_AAD_V1, CHUNK_FORMAT,
+    CHUNK_FORMAT_V1, SealedChunk, max_sealed_len,
+};
 pub use entry::{ENTRY_AAD_TAG, ENTRY_FORMAT, MAX_TARGET_BYTES};
 pub use error::{Error, Result};
 pub use key::{FolderKey, KEY_FILE_TAG};
@@ -108,7 +111,12 @@ pub use wrap::{
     unwrap_with_identity, unwrap_with_passphrase, wrap_to_recipient, wrap_with_passphrase,
 };
 
-const _: () = assert!(CHUNK_OVERHEAD <= lbsync_proto::convert::SEALED_CHUNK_OVERHEAD as usize);
+// What the server accepts as an encrypted folder's chunk holds every chunk this crate seals.
+const _: () = assert!(
+    max_sealed_len(1 << 20) <= lbsync_proto::convert::max_sealed_chunk(1 << 20) as usize
+        && max_sealed_len(64 << 10) <= lbsync_proto::convert::max_sealed_chunk(64 << 10) as usize
+        && max_sealed_len(1) <= lbsync_proto::convert::max_sealed_chunk(1) as usize
+);
 
 /// The ciphers of one encrypted folder (from [`FolderKey::crypt`]): seals what goes to the server
 /// and opens what comes back. Cheap to clone, and shared across threads.
@@ -117,6 +125,8 @@ pub struct FolderCrypt(Arc<Inner>);
 
 struct Inner {
     fingerprint: String,
+    chunk_block: aes_gcm_siv::Aes256GcmSiv,
+    /// Format-1 chunks (sealed whole, before blocks): still opened.
     chunk_nonce: [u8; 32],
     chunk_aead: XChaCha20Poly1305,
     mask: LengthMask,
@@ -139,11 +149,16 @@ impl FolderCrypt {
         let mut entry_key = key.subkey(key::CTX_ENTRY_AEAD);
         let entry_aead = XChaCha20Poly1305::new((&entry_key).into());
         entry_key.zeroize();
+        let mut block_key = key.subkey(key::CTX_CHUNK_BLOCK);
+        let chunk_block =
+            <aes_gcm_siv::Aes256GcmSiv as aes_gcm_siv::KeyInit>::new((&block_key).into());
+        block_key.zeroize();
         let mut path_siv = [0u8; 64];
         path_siv[..32].copy_from_slice(&key.subkey(key::CTX_PATH_SIV_1));
         path_siv[32..].copy_from_slice(&key.subkey(key::CTX_PATH_SIV_2));
         Self(Arc::new(Inner {
             fingerprint: key.fingerprint(),
+            chunk_block,
             chunk_nonce: key.subkey(key::CTX_CHUNK_NONCE),
             chunk_aead,
             mask: LengthMask::new(key.subkey(key::CTX_LENGTH_MASK)),
@@ -159,14 +174,20 @@ impl FolderCrypt {
 
     /// Seals a chunk's plaintext: the bytes to store and their id. Deterministic.
     pub fn seal_chunk(&self, pt: &[u8]) -> SealedChunk {
-        chunk::seal(&self.0.chunk_aead, &self.0.chunk_nonce, pt)
+        chunk::seal(&self.0.chunk_block, pt)
     }
 
-    /// Opens the sealed chunk `id` received as `sealed`, whose plaintext is at most `max_len`
-    /// bytes (the largest chunk). Checks the id, the format, the AEAD and that the plaintext is
-    /// the one the nonce was made from; any failure is [`Error::Tampered`].
+    /// Opens the sealed chunk `id` received as `sealed` (either format), whose plaintext is at
+    /// most `max_len` bytes (the largest chunk). Checks the id, the format and every block's
+    /// tag; any failure is [`Error::Tampered`].
     pub fn open_chunk(&self, id: &ChunkId, sealed: &[u8], max_len: usize) -> Result<Vec<u8>> {
-        chunk::open(&self.0.chunk_aead, &self.0.chunk_nonce, id, sealed, max_len)
+        chunk::open(
+            &self.0.chunk_block,
+            (&self.0.chunk_aead, &self.0.chunk_nonce),
+            id,
+            sealed,
+            max_len,
+        )
     }
 
     /// The mask of this folder's manifest lengths (attach it with

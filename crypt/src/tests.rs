@@ -65,29 +65,93 @@ fn chunks_round_trip_raw_and_compressed() {
         assert_eq!(s.bytes[0], CHUNK_FORMAT);
         assert_eq!(c.open_chunk(&s.id, &s.bytes, pt.len()).unwrap(), pt);
     }
-    // Random data is stored raw (overhead exactly CHUNK_OVERHEAD), text compressed.
+    // Random data is stored raw (a format byte, then 18 bytes a block of about 576), text
+    // compressed block by block.
     let r = random_bytes(32 << 10, 3);
-    assert_eq!(c.seal_chunk(&r).bytes.len(), r.len() + CHUNK_OVERHEAD);
+    let sealed = c.seal_chunk(&r).bytes.len();
+    let blocks = chunk::blocks(&r).count();
+    assert_eq!(sealed, r.len() + 1 + blocks * BLOCK_OVERHEAD);
+    assert!(sealed <= max_sealed_len(r.len()));
+    assert!(((32 << 10) / BLOCK_MAX..=(32 << 10) / BLOCK_MIN + 1).contains(&blocks));
+    assert!(
+        sealed < r.len() + r.len() / 20,
+        "{sealed}: overhead under 5%"
+    );
     let t = text_bytes(32 << 10);
     assert!(c.seal_chunk(&t).bytes.len() < t.len() * 3 / 4);
+    // The bound holds for any length, blocks of the least size included.
+    for n in [1, 255, 256, 257, 511, 4096, 70_000] {
+        let z = vec![0u8; n];
+        assert!(c.seal_chunk(&z).bytes.len() <= max_sealed_len(n), "{n}");
+        let r = random_bytes(n, n as u64);
+        assert!(c.seal_chunk(&r).bytes.len() <= max_sealed_len(n), "{n}");
+    }
 }
 
 #[test]
-fn the_compression_decision_rests_on_the_chunk_alone() {
-    let t = text_bytes(16 << 10);
-    let r = random_bytes(16 << 10, 8);
+fn an_edited_chunk_shares_its_sealed_blocks_with_the_one_it_replaced() {
+    let c = crypt();
+    for (name, old) in [
+        ("random", random_bytes(8 << 10, 11)),
+        ("text", text_bytes(8 << 10)),
+    ] {
+        let noise = random_bytes(100, 12);
+        let mut inserted = old.clone();
+        inserted.insert(old.len() / 2, b'!');
+        let mut overwritten = old.clone();
+        overwritten[3000..3100].copy_from_slice(&noise);
+        let edits = [
+            ("insert 1 byte in the middle", inserted),
+            ("overwrite 100 bytes", overwritten),
+            ("prepend 100 bytes", [&noise[..], &old].concat()),
+            ("append 100 bytes", [&old[..], &noise[..]].concat()),
+            // A file-level cut that moved: the chunk now starts 1000 bytes further on.
+            ("start 1000 bytes later", old[1000..].to_vec()),
+        ];
+        let so = c.seal_chunk(&old);
+        for (what, new) in edits {
+            let sn = c.seal_chunk(&new);
+            assert_ne!(so.id, sn.id);
+            // What the server sends for the edited chunk to a client that holds the old one.
+            let delta = lbsync_chunkstore::compress_against(&sn.bytes, &so.bytes).unwrap();
+            assert!(
+                delta.len() < 3 * BLOCK_AVG,
+                "{name}, {what}: the delta is {} bytes of {}",
+                delta.len(),
+                sn.bytes.len()
+            );
+        }
+        let whole = lbsync_chunkstore::compress_against(&so.bytes, &[]).unwrap();
+        assert!(
+            whole.len() > so.bytes.len() * 9 / 10,
+            "{name}: sealed bytes do not compress"
+        );
+    }
+}
+
+#[test]
+fn the_compression_decision_rests_on_the_block_alone() {
+    let t = text_bytes(2048);
+    let r = random_bytes(2048, 8);
     assert!(chunk::compressed(&t).is_some());
     assert!(chunk::compressed(&r).is_none());
-    // Small chunks are tried whole.
-    assert!(chunk::compressed(&t[..1500]).is_some());
-    assert!(chunk::compressed(&r[..1500]).is_none());
-    // The probe looks at the first 1 KiB: a chunk that starts random is sealed raw even if the
-    // rest would compress (a cost in bytes, never in correctness), and one that starts
-    // compressible is compressed whole only when the whole saves 1/32.
-    let random_head = [&r[..1024], &t[..8192]].concat();
+    assert!(chunk::compressed(&t[..300]).is_some());
+    assert!(chunk::compressed(&r[..300]).is_none());
+    // Hex and base64 compress; tiny blocks are not tried.
+    let hex: Vec<u8> = r
+        .iter()
+        .flat_map(|b| format!("{b:02x}").into_bytes())
+        .collect();
+    assert!(chunk::compressed(&hex[..2048]).is_some());
+    assert!(chunk::compressed(&t[..63]).is_none());
+    // The histogram looks at the first 512 bytes: a block that starts random is sealed raw even
+    // if the rest would compress (a cost in bytes, never in correctness), and one that starts
+    // compressible is compressed only when the whole saves 1/32.
+    let random_head = [&r[..512], &t[..1536]].concat();
     assert!(chunk::compressed(&random_head).is_none());
-    let text_head = [&t[..1024], &r[..]].concat();
+    let text_head = [&t[..512], &r[..1536]].concat();
     assert!(chunk::compressed(&text_head).is_none());
+    let t = text_bytes(16 << 10);
     // The same bytes, the same decision, whatever was sealed before (no state between chunks).
     let c = crypt();
     let first = c.seal_chunk(&t);
@@ -146,19 +210,23 @@ fn wrong_id_truncation_and_oversize_are_tampered() {
         is_tampered(c.open_chunk(&other.id, &s.bytes, 1 << 20)),
         "swapped chunks"
     );
-    for n in [
-        0,
-        1,
-        10,
-        CHUNK_OVERHEAD - 1,
-        CHUNK_OVERHEAD,
-        s.bytes.len() - 1,
-    ] {
+    // A cut inside a block is caught by the block; any cut by the id the manifest names (a
+    // cut at a block's end is a run of good blocks, which only the id tells apart).
+    let ends = record_ends(&s.bytes);
+    assert!(ends.len() > 3);
+    for n in [0, 1, 2, 10, 18, 19, s.bytes.len() - 1] {
         let cut = &s.bytes[..n];
-        assert!(
-            is_tampered(c.open_chunk(&ChunkId::of(cut), cut, 1 << 20)),
-            "cut to {n}"
-        );
+        if !ends.contains(&n) {
+            assert!(
+                is_tampered(c.open_chunk(&ChunkId::of(cut), cut, 1 << 20)),
+                "cut to {n}"
+            );
+        }
+        assert!(is_tampered(c.open_chunk(&s.id, cut, 1 << 20)), "cut to {n}");
+    }
+    for &n in ends.iter().filter(|&&n| n < s.bytes.len()) {
+        let cut = &s.bytes[..n];
+        assert!(is_tampered(c.open_chunk(&s.id, cut, 1 << 20)), "cut to {n}");
     }
     // More plaintext than the caller allows is refused (raw and compressed).
     assert!(is_tampered(c.open_chunk(&s.id, &s.bytes, 4999)));
@@ -176,19 +244,76 @@ fn wrong_id_truncation_and_oversize_are_tampered() {
     );
 }
 
+/// Where each block record of a format-2 chunk ends (offsets into `sealed`).
+fn record_ends(sealed: &[u8]) -> Vec<usize> {
+    let mut ends = vec![1];
+    let mut at = 1;
+    while at < sealed.len() {
+        let (mut v, mut i) = (0usize, 0);
+        loop {
+            let x = sealed[at + i];
+            v |= usize::from(x & 0x7f) << (7 * i);
+            i += 1;
+            if x & 0x80 == 0 {
+                break;
+            }
+        }
+        at += i + 16 + (v >> 1);
+        ends.push(at);
+    }
+    assert_eq!(at, sealed.len());
+    ends
+}
+
 #[test]
-fn a_validly_encrypted_body_with_a_nonce_not_its_own_is_tampered() {
+fn format_1_chunks_still_open() {
+    // Sealed whole, as lbsync did before blocks: 0x01 || nonce || XChaCha20-Poly1305(body).
+    use chacha20poly1305::KeyInit as _;
+    use chacha20poly1305::aead::{Aead, Payload};
+    let key = [42u8; 32];
+    let c = FolderKey::from_bytes(key).crypt();
+    let sub = |ctx: &str| blake3::derive_key(&format!("lbsync 2026-12-02 {ctx}"), &key);
+    for (flag, pt) in [(0u8, random_bytes(5000, 1)), (1, text_bytes(5000))] {
+        let h = blake3::keyed_hash(&sub("chunk nonce"), &pt);
+        let nonce = &h.as_bytes()[..24];
+        let payload = if flag == 1 {
+            zstd::bulk::compress(&pt, 1).unwrap()
+        } else {
+            pt.clone()
+        };
+        let body = [&[flag][..], &payload].concat();
+        let ct = XChaCha20Poly1305::new((&sub("chunk aead")).into())
+            .encrypt(
+                chacha20poly1305::XNonce::from_slice(nonce),
+                Payload {
+                    msg: &body,
+                    aad: CHUNK_AAD_V1,
+                },
+            )
+            .unwrap();
+        let sealed = [&[CHUNK_FORMAT_V1][..], nonce, &ct].concat();
+        let id = ChunkId::of(&sealed);
+        assert_eq!(c.open_chunk(&id, &sealed, 5000).unwrap(), pt);
+        assert!(is_tampered(c.open_chunk(&id, &sealed, 4999)));
+        let mut bad = sealed.clone();
+        bad[30] ^= 1;
+        assert!(is_tampered(c.open_chunk(&ChunkId::of(&bad), &bad, 5000)));
+    }
+}
+
+#[test]
+fn a_validly_encrypted_format_1_body_with_a_nonce_not_its_own_is_tampered() {
     // A holder of the key could encrypt another body under some chunk's nonce; the nonce check
     // catches it (the nonce is a PRF of the plaintext).
     let c = crypt();
     let nonce = [7u8; 24];
-    let mut buf = vec![CHUNK_FORMAT];
+    let mut buf = vec![CHUNK_FORMAT_V1];
     buf.extend_from_slice(&nonce);
     buf.extend_from_slice(&[0, b'h', b'i']);
     let tag = chacha20poly1305::aead::AeadInPlace::encrypt_in_place_detached(
         &c.0.chunk_aead,
         chacha20poly1305::XNonce::from_slice(&nonce),
-        CHUNK_AAD,
+        CHUNK_AAD_V1,
         &mut buf[25..],
     )
     .unwrap();
@@ -706,26 +831,30 @@ fn seal_throughput() {
         let t = std::time::Instant::now();
         let mut zstd_hits = 0;
         for ch in &chunks {
-            zstd_hits += usize::from(chunk::compressed(&ch.data).is_some());
+            zstd_hits += chunk::blocks(&ch.data)
+                .filter(|b| chunk::compressed(b).is_some())
+                .count();
         }
         let decide = mb_s(t);
         let t = std::time::Instant::now();
         for ch in &chunks {
             let mut b = ch.data.to_vec();
-            std::hint::black_box(
-                chacha20poly1305::aead::AeadInPlace::encrypt_in_place_detached(
-                    &c.0.chunk_aead,
-                    chacha20poly1305::XNonce::from_slice(&[0; 24]),
-                    CHUNK_AAD,
-                    &mut b,
-                )
-                .unwrap(),
-            );
+            for piece in b.chunks_mut(BLOCK_AVG) {
+                std::hint::black_box(
+                    aes_gcm_siv::aead::AeadInPlace::encrypt_in_place_detached(
+                        &c.0.chunk_block,
+                        &[0u8; 12].into(),
+                        CHUNK_AAD,
+                        piece,
+                    )
+                    .unwrap(),
+                );
+            }
         }
         let aead = mb_s(t);
         println!(
             "{name}: parts: one blake3 pass {hash:.0} MB/s, compression decision {decide:.0} MB/s \
-             ({zstd_hits} of {} chunks compressed), AEAD {aead:.0} MB/s",
+             ({zstd_hits} blocks of {} chunks compressed), AES-GCM-SIV {aead:.0} MB/s",
             chunks.len()
         );
         let t = std::time::Instant::now();
@@ -768,25 +897,57 @@ fn formats_follow_the_design_byte_for_byte() {
     let c = FolderKey::from_bytes(key).crypt();
     let sub = |ctx: &str| blake3::derive_key(&format!("lbsync 2026-12-02 {ctx}"), &key);
 
-    // Chunk: 0x01 || nonce || XChaCha20-Poly1305(body = 0x00 || pt), id = blake3(sealed).
-    let pt = b"a chunk too short to compress";
-    let nonce_hash = blake3::keyed_hash(&sub("chunk nonce"), pt);
-    let nonce = &nonce_hash.as_bytes()[..24];
-    let aead = XChaCha20Poly1305::new((&sub("chunk aead")).into());
-    let body = [&[0u8][..], pt].concat();
-    let ct = aead
-        .encrypt(
-            chacha20poly1305::XNonce::from_slice(nonce),
-            Payload {
-                msg: &body,
-                aad: b"lbsync chunk v1",
-            },
-        )
-        .unwrap();
-    let want = [&[1u8][..], nonce, &ct].concat();
-    let got = c.seal_chunk(pt);
-    assert_eq!(got.bytes.as_ref(), want.as_slice());
-    assert_eq!(got.id, ChunkId::of(&want));
+    // Chunk: 0x02, then per FastCDC block (level 0, 64/512/2048) uleb128(len << 1 | z) || tag || ct,
+    // AES-256-GCM-SIV(block key, nonce 0, ad = "lbsync chunk v2" || [z], body);
+    // id = blake3(sealed).
+    let gcm =
+        <aes_gcm_siv::Aes256GcmSiv as aes_gcm_siv::KeyInit>::new((&sub("chunk block")).into());
+    let text = text_bytes(3000);
+    for pt in [
+        &b"a chunk too short to compress"[..],
+        &random_bytes(5000, 2),
+        &text,
+    ] {
+        let mut want = vec![2u8];
+        let cuts = fastcdc::v2020::FastCDC::with_level(
+            pt,
+            64,
+            512,
+            2048,
+            fastcdc::v2020::Normalization::Level0,
+        );
+        for cut in cuts {
+            let b = &pt[cut.offset..cut.offset + cut.length];
+            let z = zstd::bulk::compress(b, 1)
+                .ok()
+                .filter(|z| z.len() < b.len() - b.len() / 32 && chunk::compressed(b).is_some());
+            let flag = u8::from(z.is_some());
+            let body = z.unwrap_or_else(|| b.to_vec());
+            let v = (body.len() << 1) | usize::from(flag);
+            if v < 0x80 {
+                want.push(v as u8);
+            } else {
+                want.extend_from_slice(&[(v as u8) | 0x80, (v >> 7) as u8]);
+            }
+            let mut ct = body.clone();
+            let tag = aes_gcm_siv::aead::AeadInPlace::encrypt_in_place_detached(
+                &gcm,
+                &[0u8; 12].into(),
+                &[&b"lbsync chunk v2"[..], &[flag][..]].concat(),
+                &mut ct,
+            )
+            .unwrap();
+            want.extend_from_slice(&tag);
+            want.extend_from_slice(&ct);
+        }
+        let got = c.seal_chunk(pt);
+        assert_eq!(got.bytes.as_ref(), want.as_slice());
+        assert_eq!(got.id, ChunkId::of(&want));
+    }
+    assert!(
+        c.seal_chunk(&text).bytes.len() < text.len(),
+        "the text blocks were compressed"
+    );
 
     // Length mask: the "length mask" subkey.
     assert_eq!(c.length_mask(), LengthMask::new(sub("length mask")));
@@ -860,5 +1021,5 @@ fn formats_follow_the_design_byte_for_byte() {
 }
 
 const GOLDEN_FINGERPRINT: &str = "b322-a473-337a-b2b2-5b1e";
-const GOLDEN_HELLO_ID: &str = "17cddab57e11b776c60afe0f27a7486c094ba603c9703df034d0a5b5033c3ef4";
+const GOLDEN_HELLO_ID: &str = "1891cfbaf27ab98e33674a3530b5cac2fc1237aa88439a118174bd7743b5d18c";
 const GOLDEN_PATH_A: &str = "u2Ti27ZkbDKUuRym-qWzKkNYulDpzvjB36wD7ain8jWN0pax76rZVf53XBWC6Y8J";

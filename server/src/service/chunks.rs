@@ -1,11 +1,13 @@
 //! Chunk transfer: PutChunks receives, verifies and stores chunks; GetChunks streams them back,
 //! as deltas against chunks the client holds when that is smaller. An encrypted folder's chunks
-//! are sealed (up to [`SEALED_CHUNK_OVERHEAD`] longer than the largest chunk, and incompressible):
-//! they go out as stored, with no zstd attempt and no delta.
+//! are sealed (up to [`max_sealed_chunk`] long, and incompressible): they are stored as they
+//! arrive and served as stored (no zstd attempt), or as a delta against sealed chunks the client
+//! offers: sealed block by block, an edited chunk shares most of its bytes with the one it
+//! replaced.
 
 use bytes::Bytes;
 use lbsync_chunkstore::{Chunk, ChunkStore, Inserted, PackStore};
-use lbsync_proto::convert::SEALED_CHUNK_OVERHEAD;
+use lbsync_proto::convert::max_sealed_chunk;
 use lbsync_proto::wire::{
     MAX_DELTA_BASES, chunk_bases, decode_chunk_against, encode_chunk, encode_chunk_against,
 };
@@ -56,8 +58,12 @@ impl SyncService {
         let folders = self.folders.clone();
         let f = folder.clone();
         let encrypted = to_status(blocking(move || folders.encrypted(&f)).await)?;
-        let max_len =
-            self.store.params().largest_chunk() + if encrypted { SEALED_CHUNK_OVERHEAD } else { 0 };
+        let largest = self.store.params().largest_chunk();
+        let max_len = if encrypted {
+            max_sealed_chunk(largest)
+        } else {
+            largest
+        };
         let mut pending: Vec<Chunk> = Vec::new();
         let mut pending_bytes = 0usize;
         let mut in_flight: Option<tokio::task::JoinHandle<Result<Vec<Inserted>>>> = None;
@@ -214,16 +220,14 @@ impl SyncService {
                 match chunk {
                     Ok(bytes) => {
                         let wire = match bases.get(i).filter(|b| !b.is_empty()) {
-                            _ if encrypted => as_stored(id, bytes),
                             Some(b) => encode_against_stored(
                                 &store,
                                 scope,
-                                id,
-                                &bytes,
+                                (id, &bytes, encrypted),
                                 b,
                                 &mut base_budget,
                             ),
-                            None => encode_chunk(id, &bytes),
+                            None => whole(id, &bytes, encrypted),
                         };
                         size += wire.data.len();
                         msg.chunks.push(wire);
@@ -291,12 +295,13 @@ fn receive_chunk(
 }
 
 /// A chunk for a client that holds `bases`: a delta against them when the store has them all,
-/// they fit in what is left of `budget` (decremented) and the delta is smaller; else plain.
+/// they fit in what is left of `budget` (decremented) and the delta is smaller; else whole. The
+/// chunk is `(id, bytes, sealed)`: in an encrypted folder the delta is made of sealed bytes
+/// against sealed bytes, which share the blocks the edit left alone.
 fn encode_against_stored(
     store: &PackStore,
     scope: Option<(&Scopes, &str)>,
-    id: lbsync_chunkstore::ChunkId,
-    bytes: &Bytes,
+    (id, bytes, sealed): (lbsync_chunkstore::ChunkId, &Bytes, bool),
     bases: &[lbsync_chunkstore::ChunkId],
     budget: &mut u64,
 ) -> pb::ChunkData {
@@ -304,27 +309,34 @@ fn encode_against_stored(
     for b in bases {
         // A delta against a base outside the caller's folder would tell that the store has it.
         if !in_scope(scope, b).unwrap_or(false) {
-            return encode_chunk(id, bytes);
+            return whole(id, bytes, sealed);
         }
         match store.get(b) {
             Ok(Some(bb)) if bb.len() as u64 <= *budget => {
                 *budget -= bb.len() as u64;
                 base.extend_from_slice(&bb);
             }
-            _ => return encode_chunk(id, bytes),
+            _ => return whole(id, bytes, sealed),
         }
     }
-    encode_chunk_against(id, bytes, bases, &base)
+    let delta = encode_chunk_against(id, bytes, bases, &base);
+    if sealed && delta.base_ids.is_empty() {
+        return whole(id, bytes, sealed);
+    }
+    delta
 }
 
-/// A chunk as stored, uncompressed: an encrypted folder's chunks are sealed, and sealed bytes
-/// neither compress nor make useful deltas.
-fn as_stored(id: lbsync_chunkstore::ChunkId, bytes: Bytes) -> pb::ChunkData {
+/// A chunk sent whole: compressed when that pays, except a sealed chunk (an encrypted folder's),
+/// whose bytes do not compress and go as stored.
+fn whole(id: lbsync_chunkstore::ChunkId, bytes: &Bytes, sealed: bool) -> pb::ChunkData {
+    if !sealed {
+        return encode_chunk(id, bytes);
+    }
     pb::ChunkData {
         id: Bytes::copy_from_slice(id.as_bytes()),
         compression: pb::Compression::None.into(),
         raw_len: bytes.len() as u32,
-        data: bytes,
+        data: bytes.clone(),
         base_ids: Bytes::new(),
     }
 }

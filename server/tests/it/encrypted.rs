@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use lbsync_chunkstore::{Chunk, ChunkParams, ChunkRef, Manifest, PackStore};
-use lbsync_proto::convert::SEALED_CHUNK_OVERHEAD;
+use lbsync_proto::convert::max_sealed_chunk;
 use lbsync_proto::wire::encode_chunk;
 use lbsync_proto::{
     BatchOutcome, CommitOutcome, CommitRequest, Content, Entry, EntryKind, SyncPath, ids_to_bytes,
@@ -914,9 +914,10 @@ async fn sealed_metadata_round_trips_through_changes_and_history() {
 }
 
 /// An encrypted folder's chunks may be up to the largest chunk plus the sealing overhead, and
-/// come back as stored: no zstd, no delta, even when they would compress and bases are offered.
+/// come back as stored (no zstd, even when they would compress), or, when the client offers
+/// bases, as a delta of the stored bytes against the stored bases.
 #[tokio::test]
-async fn sealed_chunks_may_be_a_little_longer_and_are_served_as_stored() {
+async fn sealed_chunks_may_be_a_little_longer_and_are_served_as_stored_or_as_deltas() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     let mut c = server.client().await;
@@ -924,8 +925,8 @@ async fn sealed_chunks_may_be_a_little_longer_and_are_served_as_stored() {
     let params = ChunkParams::try_from(hs.params.unwrap()).unwrap();
     let largest = params.largest_chunk() as usize;
     encrypted_folder(&mut c, "vault").await;
-    let at_limit = Chunk::new(vec![b'a'; largest + SEALED_CHUNK_OVERHEAD as usize]);
-    let over = Chunk::new(vec![b'b'; largest + SEALED_CHUNK_OVERHEAD as usize + 1]);
+    let at_limit = Chunk::new(vec![b'a'; max_sealed_chunk(largest as u32) as usize]);
+    let over = Chunk::new(vec![b'b'; max_sealed_chunk(largest as u32) as usize + 1]);
     let s = put(&mut c, "vault", std::slice::from_ref(&over))
         .await
         .unwrap_err();
@@ -955,16 +956,25 @@ async fn sealed_chunks_may_be_a_little_longer_and_are_served_as_stored() {
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
 
     let small = Chunk::new(vec![b'z'; 20_000]);
-    put(&mut c, "vault", std::slice::from_ref(&small))
-        .await
-        .unwrap();
-    let ids = [at_limit.id(), small.id()];
+    // Sealed chunks are random-looking; an edited one shares most bytes with its predecessor.
+    let old = Chunk::new(random_bytes(20_000, 5));
+    let mut edited = old.data().to_vec();
+    edited[10_000..10_100].copy_from_slice(&random_bytes(100, 6));
+    let edited = Chunk::new(edited);
+    put(
+        &mut c,
+        "vault",
+        &[small.clone(), old.clone(), edited.clone()],
+    )
+    .await
+    .unwrap();
+    let ids = [at_limit.id(), small.id(), edited.id()];
     let fetch = |c: &mut Client, folder: &str, bases: bool| {
         let req = pb::GetChunksRequest {
             ids: ids_to_bytes(&ids),
             folder: folder.into(),
             bases: if bases {
-                vec![ids_to_bytes(&[small.id()]), ids_to_bytes(&[at_limit.id()])]
+                vec![Bytes::new(), Bytes::new(), ids_to_bytes(&[old.id()])]
             } else {
                 Vec::new()
             },
@@ -979,16 +989,25 @@ async fn sealed_chunks_may_be_a_little_longer_and_are_served_as_stored() {
             got
         }
     };
-    for bases in [false, true] {
-        let got = fetch(&mut c, "vault", bases).await;
-        assert_eq!(got.len(), 2);
-        for (cd, want) in got.iter().zip([&at_limit, &small]) {
-            assert_eq!(cd.compression, pb::Compression::None as i32);
-            assert!(cd.base_ids.is_empty());
-            assert_eq!(cd.id[..], want.id().as_bytes()[..]);
-            assert_eq!(cd.data[..], want.data()[..]);
-        }
+    let got = fetch(&mut c, "vault", false).await;
+    assert_eq!(got.len(), 3);
+    for (cd, want) in got.iter().zip([&at_limit, &small, &edited]) {
+        assert_eq!(cd.compression, pb::Compression::None as i32);
+        assert!(cd.base_ids.is_empty());
+        assert_eq!(cd.id[..], want.id().as_bytes()[..]);
+        assert_eq!(cd.data[..], want.data()[..]);
     }
+    let got = fetch(&mut c, "vault", true).await;
+    assert_eq!(got.len(), 3);
+    for (cd, want) in got.iter().zip([&at_limit, &small]) {
+        assert_eq!(cd.compression, pb::Compression::None as i32);
+        assert_eq!(cd.data[..], want.data()[..]);
+    }
+    let delta = got[2].clone();
+    assert_eq!(delta.base_ids[..], old.id().as_bytes()[..]);
+    assert!(delta.data.len() < 1000, "{} bytes", delta.data.len());
+    let back = lbsync_proto::wire::decode_chunk_against(delta, 1 << 20, Some(old.data())).unwrap();
+    assert_eq!(back.data()[..], edited.data()[..]);
     // The same chunk through a plain folder is compressed, as before.
     put(&mut c, "plain", std::slice::from_ref(&small))
         .await
@@ -1147,4 +1166,11 @@ fn a_commit_checked_as_plain_does_not_land_in_a_folder_made_encrypted() {
     );
     assert_eq!(folders.head("f").unwrap(), 0);
     assert!(folders.current_entries("f").unwrap().is_empty());
+}
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut v = vec![0u8; n];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
 }
