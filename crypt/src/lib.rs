@@ -29,21 +29,14 @@
 //!
 //! **Chunk** (deterministic: equal plaintexts give equal bytes and ids inside one folder, so
 //! dedup works; another folder's key gives other ids, so the server cannot test for a known file):
-//!
-//! ```text
-//! nonce  = keyed_hash(chunk nonce key, pt)[..24]
-//! body   = 0x00 || pt  |  0x01 || zstd level 1 (pt)      (zstd when it saves >= 1/32)
-//! sealed = 0x01 || nonce || XChaCha20-Poly1305(chunk aead key, nonce, body, aad = "lbsync chunk v1")
-//! id     = blake3(sealed)                                 (the plain hash: the server checks it)
-//! ```
-//!
-//! The compression decision depends on the chunk alone (no probe state carried from chunk to
-//! chunk, which would make equal chunks seal differently): chunks over 2 KiB are first probed by
-//! compressing their first 1 KiB, and sealed raw when that saves less than 1/32 (random data then
-//! costs a 1 KiB probe a chunk, not a full zstd pass). Overhead: [`CHUNK_OVERHEAD`] (42) bytes.
-//! Sealing costs two BLAKE3 passes (nonce, id) and one XChaCha20-Poly1305 pass a chunk; it is
-//! about 430-480 MB/s on one core of the reference machine for random data at 8 KiB chunks, so
-//! callers seal on more than one thread ([`FolderCrypt`] is `Send + Sync`).
+//! format 2 ([`CHUNK_FORMAT`]) seals the chunk block by block, content-defined blocks of
+//! [`BLOCK_MIN`]..[`BLOCK_MAX`] bytes each under deterministic AES-256-GCM-SIV, so an edited chunk
+//! shares all its sealed blocks but the edited ones with the chunk it replaced and travels as a
+//! delta; the chunk module's documentation gives the layout. A chunk of `n` plaintext bytes
+//! seals to at most [`max_sealed_len`]`(n)` bytes. Format-1 chunks ([`CHUNK_FORMAT_V1`], one
+//! XChaCha20-Poly1305 over the whole chunk) still open. Sealing is one BLAKE3 pass (the id) and
+//! one AES-GCM-SIV pass a chunk, so callers seal on more than one thread ([`FolderCrypt`] is
+//! `Send + Sync`).
 //!
 //! **Manifest lengths**: `masked = ((len - 1) ^ (m & 0x7fff_ffff)) + 1`, with
 //! `m = u32 of keyed_hash(length mask key, sealed chunk id)[..4]` (see
