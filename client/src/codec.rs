@@ -146,6 +146,19 @@ impl FolderCodec {
         })
     }
 
+    /// [`Self::piece`] for each of `chunks`, in order. Sealing costs far more than chunking
+    /// (about 300 MB/s a core against 3 GB/s), so an encrypted folder seals a batch on every
+    /// core; a plain folder's pieces are its chunks as they are.
+    pub fn pieces(&self, chunks: Vec<Chunk>) -> Result<Vec<Piece>> {
+        match self {
+            Self::Plain => chunks.into_iter().map(|c| self.piece(c)).collect(),
+            Self::Sealed(_) => {
+                use rayon::prelude::*;
+                chunks.into_par_iter().map(|c| self.piece(c)).collect()
+            }
+        }
+    }
+
     /// The manifest of a file's chunks (refs from [`Piece::chunk_ref`]).
     pub fn manifest(&self, refs: Vec<ChunkRef>) -> Manifest {
         match self {

@@ -10,6 +10,7 @@ use lbsync_chunkstore::{ChunkId, Manifest};
 use lbsync_proto::SyncPath;
 use tracing::warn;
 
+use crate::codec::Piece;
 use crate::error::{Error, Result};
 use crate::state::{Fingerprint, Kind, STATE_DIR, StateStore};
 
@@ -372,10 +373,27 @@ pub fn manifest_of(
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let params = params.for_file(len);
     let mut refs = Vec::with_capacity((len / u64::from(params.avg_size) + 16) as usize);
+    // Batched so that an encrypted folder seals on every core (`FolderCodec::pieces`).
+    let (mut batch, mut batch_bytes) = (Vec::new(), 0);
+    let mut flush = |batch: &mut Vec<_>| -> Result<()> {
+        refs.extend(
+            codec
+                .pieces(std::mem::take(batch))?
+                .iter()
+                .map(Piece::chunk_ref),
+        );
+        Ok(())
+    };
     lbsync_chunkstore::chunk_pipelined::<_, Error>(file, params, |_, c| {
-        refs.push(codec.piece(c)?.chunk_ref());
+        batch_bytes += c.len();
+        batch.push(c);
+        if batch_bytes >= 4 << 20 {
+            batch_bytes = 0;
+            flush(&mut batch)?;
+        }
         Ok(())
     })?;
+    flush(&mut batch)?;
     Ok(codec.manifest(refs))
 }
 

@@ -225,16 +225,17 @@ impl Syncer {
             let mut batch_bytes = 0;
             lbsync_chunkstore::chunk_pipelined::<_, Error>(file, params, |_, c| {
                 batch_bytes += c.len();
-                batch.push(codec.piece(c)?);
+                batch.push(c);
                 if batch.len() == MISSING_BATCH || batch_bytes >= MISSING_BATCH_BYTES {
                     batch_bytes = 0;
-                    tx.blocking_send(std::mem::take(&mut batch))
+                    let pieces = codec.pieces(std::mem::take(&mut batch))?;
+                    tx.blocking_send(pieces)
                         .map_err(|_| Error::Usage("upload abandoned".into()))?;
                 }
                 Ok(())
             })?;
             if !batch.is_empty() {
-                let _ = tx.blocking_send(batch);
+                let _ = tx.blocking_send(codec.pieces(batch)?);
             }
             Ok::<(), Error>(())
         });
@@ -471,9 +472,10 @@ impl Syncer {
         let params = self.remote.params.for_file(before.size);
         let codec = self.remote.codec();
         let chunks = lbsync_chunkstore::Chunker::new(&data[..], params)
-            .map(|r| r.map_err(Error::from).and_then(|(_, c)| codec.piece(c)))
-            .collect::<Result<Vec<Piece>>>()
+            .map(|r| r.map(|(_, c)| c))
+            .collect::<lbsync_chunkstore::Result<Vec<_>>>()
             .ok()?;
+        let chunks = codec.pieces(chunks).ok()?;
         let manifest = codec.manifest(chunks.iter().map(Piece::chunk_ref).collect());
         Some(Staged {
             synced: self.synced_manifest(path),
