@@ -86,6 +86,9 @@ async fn a_revoked_token_stops_a_running_watch_with_a_clear_message() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // What the watch said before the revocation (a slow machine may have made it retry a
+    // timed-out call then): the refusal is judged on what it says after.
+    let before_revoke = fs::read_to_string(&log).unwrap().len();
     let o = server_command(&["token", "revoke", &id, "--store", store.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let revoked = Instant::now();
@@ -102,7 +105,7 @@ async fn a_revoked_token_stops_a_running_watch_with_a_clear_message() {
     );
     assert!(said.contains(&format!("token {id} was revoked")), "{said}");
     assert!(
-        !said.contains("retrying"),
+        !said[before_revoke..].contains("retrying"),
         "a refusal is not retried: {said}"
     );
 
