@@ -16,6 +16,7 @@ pub(crate) const CTX_LENGTH_MASK: &str = "lbsync 2026-12-02 length mask";
 pub(crate) const CTX_PATH_SIV_1: &str = "lbsync 2026-12-02 path siv 1";
 pub(crate) const CTX_PATH_SIV_2: &str = "lbsync 2026-12-02 path siv 2";
 pub(crate) const CTX_ENTRY_AEAD: &str = "lbsync 2026-12-02 entry aead";
+pub(crate) const CTX_ENTRY_SIV: &str = "lbsync 2026-12-03 entry siv";
 pub(crate) const CTX_FINGERPRINT: &str = "lbsync 2026-12-02 fingerprint";
 
 /// The 32-byte key of one encrypted folder. Zeroed on drop; its `Debug` shows only the

@@ -13,7 +13,8 @@
 //! **Subkeys**: `blake3::derive_key(context, folder key)` with the contexts
 //! `"lbsync 2026-12-02 chunk nonce"`, `"... chunk aead"`, `"... length mask"`,
 //! `"... path siv 1"` and `"... path siv 2"` (the two halves, in that order, of the 64-byte
-//! AES-256-SIV key: MAC key, then CTR key), `"... entry aead"`, `"... fingerprint"`.
+//! AES-256-SIV key: MAC key, then CTR key), `"... entry aead"`, `"... fingerprint"`,
+//! `"... chunk block"`, and `"lbsync 2026-12-03 entry siv"`.
 //!
 //! **Fingerprint**: the first 10 bytes of the fingerprint subkey, hex, in groups of 4
 //! (`ab12-cd34-ef56-7890-abcd`).
@@ -51,11 +52,14 @@
 //! **Entry** (the server form): path sealed; size, mode, mtime 0 and no symlink target;
 //!
 //! ```text
-//! meta   = size u64 || mode u32 || mtime_ns i64 || target_len u32 || target
-//! aad    = "lbsync entry v1" || path_len u32 || plaintext path || version u64 || kind u8
+//! meta   = uleb128 size || uleb128 mode || uleb128 zigzag(mtime_ns) || uleb128 target_len || target
+//! aad    = "lbsync entry v2" || path_len u32 || plaintext path || version u64 || kind u8
 //!          (file 0, dir 1, symlink 2) || deleted u8 || manifest id (32 zero bytes when none)
-//! sealed = 0x01 || nonce(24, random) || XChaCha20-Poly1305(entry aead key, nonce, meta, aad)
+//! sealed = 0x02 || tag(16) || AES-256-GCM-SIV(entry siv key, nonce = 0^12, meta, aad)
 //! ```
+//!
+//! Entries sealed in format 1 (`0x01 || random nonce(24) || XChaCha20-Poly1305`, fixed-width
+//! metadata, aad tag `"lbsync entry v1"`) still open.
 //!
 //! # Example
 //!
@@ -95,7 +99,7 @@ pub use chunk::{
     BLOCK_AVG, BLOCK_MAX, BLOCK_MIN, BLOCK_OVERHEAD, CHUNK_AAD, CHUNK_AAD_V1, CHUNK_FORMAT,
     CHUNK_FORMAT_V1, SealedChunk, max_sealed_len,
 };
-pub use entry::{ENTRY_AAD_TAG, ENTRY_FORMAT, MAX_TARGET_BYTES};
+pub use entry::{ENTRY_AAD_TAG, ENTRY_AAD_TAG_V1, ENTRY_FORMAT, ENTRY_FORMAT_V1, MAX_TARGET_BYTES};
 pub use error::{Error, Result};
 pub use key::{FolderKey, KEY_FILE_TAG};
 pub use path::{NAME_BLOCK, NAME_TAG, sealed_component_shape_ok, sealed_path_shape_ok};
@@ -124,7 +128,7 @@ struct Inner {
     chunk_aead: XChaCha20Poly1305,
     mask: LengthMask,
     path_siv: [u8; 64],
-    entry_aead: XChaCha20Poly1305,
+    entry: entry::EntryCiphers,
 }
 
 impl Drop for Inner {
@@ -140,7 +144,10 @@ impl FolderCrypt {
         let chunk_aead = XChaCha20Poly1305::new((&aead_key).into());
         aead_key.zeroize();
         let mut entry_key = key.subkey(key::CTX_ENTRY_AEAD);
-        let entry_aead = XChaCha20Poly1305::new((&entry_key).into());
+        let entry_v1 = XChaCha20Poly1305::new((&entry_key).into());
+        entry_key = key.subkey(key::CTX_ENTRY_SIV);
+        let entry_siv =
+            <aes_gcm_siv::Aes256GcmSiv as aes_gcm_siv::KeyInit>::new((&entry_key).into());
         entry_key.zeroize();
         let mut block_key = key.subkey(key::CTX_CHUNK_BLOCK);
         let chunk_block =
@@ -156,7 +163,10 @@ impl FolderCrypt {
             chunk_aead,
             mask: LengthMask::new(key.subkey(key::CTX_LENGTH_MASK)),
             path_siv,
-            entry_aead,
+            entry: entry::EntryCiphers {
+                siv: entry_siv,
+                v1: entry_v1,
+            },
         }))
     }
 
@@ -211,14 +221,14 @@ impl FolderCrypt {
     /// have once committed: the base version + 1). Every entry, tombstones included, gets one.
     pub fn seal_entry(&self, e: &Entry, version: u64) -> Result<Entry> {
         let path = self.seal_path(&e.path)?;
-        entry::seal(&self.0.entry_aead, path, e, version)
+        entry::seal(&self.0.entry, path, e, version)
     }
 
     /// The plaintext entry of a server form, checked against the version, kind, deletion and
     /// manifest the server shows. Any failure is [`Error::Tampered`].
     pub fn open_entry(&self, e: &Entry) -> Result<Entry> {
         let path = self.open_path(&e.path)?;
-        entry::open(&self.0.entry_aead, path, e)
+        entry::open(&self.0.entry, path, e)
     }
 }
 

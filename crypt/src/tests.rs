@@ -520,8 +520,40 @@ fn entries_round_trip_and_hide_metadata() {
                 ..e.clone()
             }
         );
-        // Random nonces: two seals of the same entry differ.
-        assert_ne!(c.seal_entry(&e, 7).unwrap().sealed, s.sealed);
+        // Deterministic for one version of one path; another version seals otherwise.
+        assert_eq!(c.seal_entry(&e, 7).unwrap().sealed, s.sealed);
+        assert_ne!(c.seal_entry(&e, 8).unwrap().sealed, s.sealed);
+        // Format 1, as sealed before, still opens to the same entry.
+        let old = entry::seal_v1(&c.0.entry, s.path.clone(), &e, 7).unwrap();
+        assert_eq!(old.sealed[0], ENTRY_FORMAT_V1);
+        assert_eq!(c.open_entry(&old).unwrap(), o);
+    }
+}
+
+#[test]
+fn sealed_file_metadata_is_about_half_of_format_1() {
+    let c = crypt();
+    let mut e = file_entry();
+    e.mtime_ns = 1_764_700_000_123_456_789;
+    let s = c.seal_entry(&e, 3).unwrap();
+    let old = entry::seal_v1(&c.0.entry, s.path.clone(), &e, 3).unwrap();
+    assert_eq!(old.sealed.len(), 65);
+    assert!(s.sealed.len() <= 33, "{} bytes", s.sealed.len());
+}
+
+proptest! {
+    #[test]
+    fn entry_metadata_round_trips_whatever_the_values(
+        size in any::<u64>(),
+        mode in any::<u32>(),
+        mtime_ns in any::<i64>(),
+        target in proptest::option::of("[a-z/.]{1,40}"),
+    ) {
+        let c = crypt();
+        let mut e = Entry::new(p("x"), EntryKind::Symlink, "d");
+        (e.size, e.mode, e.mtime_ns, e.symlink_target) = (size, mode, mtime_ns, target);
+        let o = c.open_entry(&c.seal_entry(&e, 1).unwrap()).unwrap();
+        prop_assert_eq!(o, Entry { version: 1, ..e });
     }
 }
 
@@ -971,7 +1003,8 @@ fn formats_follow_the_design_byte_for_byte() {
         format!("{}/{}", seal_name(b"", b"dir"), seal_name(b"dir", b"file"))
     );
 
-    // Entry: 0x01 || nonce || XChaCha20-Poly1305(meta, aad) with the entry subkey.
+    // Entry: 0x02 || tag || AES-256-GCM-SIV(entry siv key, nonce 0, meta, aad), meta as
+    // ULEB128s (the mtime zigzagged) and the target.
     let mut e = Entry::new(p("dir/file"), EntryKind::Symlink, "d");
     e.size = 0x0102;
     e.mode = 0o644;
@@ -979,14 +1012,34 @@ fn formats_follow_the_design_byte_for_byte() {
     e.symlink_target = Some("tgt".into());
     e.manifest = Some(ManifestId::of(b"m"));
     let s = c.seal_entry(&e, 9).unwrap();
-    assert_eq!(s.sealed[0], 1);
-    let mut aad = b"lbsync entry v1".to_vec();
+    assert_eq!(s.sealed[0], 2);
+    let mut aad = b"lbsync entry v2".to_vec();
     aad.extend_from_slice(&8u32.to_le_bytes());
     aad.extend_from_slice(b"dir/file");
     aad.extend_from_slice(&9u64.to_le_bytes());
     aad.push(2); // symlink
     aad.push(0);
     aad.extend_from_slice(ManifestId::of(b"m").as_bytes());
+    let siv_key = blake3::derive_key("lbsync 2026-12-03 entry siv", &key);
+    let mut meta = s.sealed[17..].to_vec();
+    {
+        use aes_gcm_siv::aead::AeadInPlace as _;
+        <aes_gcm_siv::Aes256GcmSiv as aes_gcm_siv::KeyInit>::new((&siv_key).into())
+            .decrypt_in_place_detached(
+                (&[0u8; 12]).into(),
+                &aad,
+                &mut meta,
+                s.sealed[1..17].into(),
+            )
+            .unwrap();
+    }
+    // 0x0102 = 258: 0x82 0x02; 0o644 = 420: 0xa4 0x03; zigzag(-5) = 9; target length 3.
+    assert_eq!(meta, [0x82, 0x02, 0xa4, 0x03, 9, 3, b't', b'g', b't']);
+
+    // Format 1: 0x01 || nonce || XChaCha20-Poly1305(meta, aad) with the entry aead subkey.
+    let s = entry::seal_v1(&c.0.entry, s.path.clone(), &e, 9).unwrap();
+    assert_eq!(s.sealed[0], 1);
+    aad[..15].copy_from_slice(b"lbsync entry v1");
     let meta = XChaCha20Poly1305::new((&sub("entry aead")).into())
         .decrypt(
             chacha20poly1305::XNonce::from_slice(&s.sealed[1..25]),
