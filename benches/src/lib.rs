@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+pub mod rsync;
+
 /// The benches measure what the binaries run, and the binaries use jemalloc.
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

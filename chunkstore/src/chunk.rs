@@ -100,6 +100,13 @@ impl Chunk {
         self
     }
 
+    /// Marks the chunk as not yet tried for compression (it came compressed with others, whose
+    /// frame a store cannot keep): a store compresses it on its own if that pays.
+    pub fn compress_when_stored(mut self) -> Self {
+        self.packed = Packed::Unknown;
+        self
+    }
+
     #[cfg_attr(not(feature = "sled"), allow(dead_code))]
     pub(crate) fn packed(&self) -> &Packed {
         &self.packed

@@ -57,7 +57,8 @@ mod store;
 pub use chunk::Chunk;
 pub use chunker::{BLOCK_SIZE, Chunker, Cutter, NORMALIZATION, Piece, chunk_pipelined};
 pub use compress::{
-    CompressProbe, compress_against, compress_if_smaller, decompress, decompress_against,
+    CompressProbe, compress_against, compress_if_smaller, compress_together, decompress,
+    decompress_against,
 };
 pub use delta::{DeltaOp, ManifestDelta, edit_bases};
 pub use error::{Error, Result};

@@ -62,6 +62,8 @@ pub struct Remote {
     pub read_only: bool,
     /// The server says the folder is end-to-end encrypted.
     pub encrypted: bool,
+    /// The server takes chunks compressed together (`PutChunksRequest.together`).
+    pub chunks_together: bool,
     /// How the folder's chunks, manifests and entries look on the server (see
     /// [`Remote::set_codec`]).
     codec: FolderCodec,
@@ -290,6 +292,7 @@ impl Remote {
             store_id: hs.store_id,
             read_only: hs.read_only,
             encrypted: hs.encrypted,
+            chunks_together: hs.chunks_together,
             codec: FolderCodec::Plain,
             refused: Vec::new(),
             max_ids: (hs.max_ids_per_request as usize).clamp(1, 65_536),

@@ -137,9 +137,15 @@ struct Puts {
     msg: pb::PutChunksRequest,
     msg_bytes: usize,
     msg_raw: usize,
+    /// Each message's uncompressed chunks go as one zstd frame (`PutChunksRequest.together`).
+    together: bool,
     /// Encoded bytes handed to the call.
     sent: u64,
 }
+
+/// A message of chunks compressed together holds about this many of their bytes: the frame's
+/// window spans them all.
+const TOGETHER_MESSAGE_BYTES: usize = 4 << 20;
 
 impl Puts {
     fn new() -> Self {
@@ -148,7 +154,17 @@ impl Puts {
             msg: pb::PutChunksRequest::default(),
             msg_bytes: 0,
             msg_raw: 0,
+            together: false,
             sent: 0,
+        }
+    }
+
+    /// A call whose messages compress their uncompressed chunks together: for a server whose
+    /// handshake says `chunks_together`, and chunks sent with [`lbsync_proto::wire::raw_chunk`].
+    fn together() -> Self {
+        Self {
+            together: true,
+            ..Self::new()
         }
     }
 
@@ -157,7 +173,12 @@ impl Puts {
         self.msg_bytes += wire.data.len();
         self.msg_raw += wire.raw_len as usize;
         self.msg.chunks.push(wire);
-        if self.msg_bytes >= PUT_MESSAGE_BYTES || self.msg_raw >= PUT_MESSAGE_RAW_BYTES {
+        let full = if self.together {
+            TOGETHER_MESSAGE_BYTES
+        } else {
+            PUT_MESSAGE_BYTES
+        };
+        if self.msg_bytes >= full || self.msg_raw >= PUT_MESSAGE_RAW_BYTES {
             return self.flush(remote).await;
         }
         true
@@ -166,6 +187,21 @@ impl Puts {
     async fn flush(&mut self, remote: &Remote) -> bool {
         if self.msg.chunks.is_empty() {
             return true;
+        }
+        if self.together {
+            // Compressing is CPU work: off the runtime's threads.
+            let mut msg = std::mem::take(&mut self.msg);
+            msg = match tokio::task::spawn_blocking(move || {
+                // Left as it is when it does not pay (or, never seen, zstd fails).
+                let _ = lbsync_proto::wire::pack_together(&mut msg);
+                msg
+            })
+            .await
+            {
+                Ok(m) => m,
+                Err(_) => return false,
+            };
+            self.msg = msg;
         }
         let sender = &self.call.get_or_insert_with(|| remote.put_chunks()).0;
         self.sent += prost::Message::encoded_len(&self.msg) as u64;
@@ -523,12 +559,26 @@ impl Syncer {
         } else {
             self.remote.missing(&ids).await?.into_iter().collect()
         };
+        // A plain folder's new chunks go compressed together when the server takes that: many
+        // small files share much that each alone cannot compress away.
+        let together = self.remote.chunks_together && !self.remote.codec().is_sealed();
         let plain = ask.into_iter().filter_map(|(f, i)| {
             let c = &batch[f].chunks[i];
-            missing.contains(&c.id()).then(|| (f, c.wire_unprobed()))
+            missing.contains(&c.id()).then(|| {
+                let wire = if together {
+                    lbsync_proto::wire::raw_chunk(c.id(), c.stored())
+                } else {
+                    c.wire_unprobed()
+                };
+                (f, wire)
+            })
         });
         let wires: Vec<(usize, pb::ChunkData)> = deltas.into_iter().chain(plain).collect();
-        let mut puts = Puts::new();
+        let mut puts = if together {
+            Puts::together()
+        } else {
+            Puts::new()
+        };
         for (f, wire) in wires {
             let s = &mut batch[f];
             s.chunks_sent += 1;

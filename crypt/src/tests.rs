@@ -1025,12 +1025,7 @@ fn formats_follow_the_design_byte_for_byte() {
     {
         use aes_gcm_siv::aead::AeadInPlace as _;
         <aes_gcm_siv::Aes256GcmSiv as aes_gcm_siv::KeyInit>::new((&siv_key).into())
-            .decrypt_in_place_detached(
-                (&[0u8; 12]).into(),
-                &aad,
-                &mut meta,
-                s.sealed[1..17].into(),
-            )
+            .decrypt_in_place_detached((&[0u8; 12]).into(), &aad, &mut meta, s.sealed[1..17].into())
             .unwrap();
     }
     // 0x0102 = 258: 0x82 0x02; 0o644 = 420: 0xa4 0x03; zigzag(-5) = 9; target length 3.

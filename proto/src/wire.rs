@@ -36,6 +36,92 @@ fn chunk_data(id: ChunkId, raw: &Bytes, compressed: Option<Vec<u8>>) -> pb::Chun
     }
 }
 
+/// A chunk as sent, uncompressed: for a message whose chunks are compressed together
+/// ([`pack_together`]).
+pub fn raw_chunk(id: ChunkId, raw: &Bytes) -> pb::ChunkData {
+    chunk_data(id, raw, None)
+}
+
+/// Whether `c` is sent whole and uncompressed, so may go in a message's `together` frame.
+fn goes_together(c: &pb::ChunkData) -> bool {
+    c.compression == i32::from(pb::Compression::None) && c.base_ids.is_empty() && c.raw_len > 0
+}
+
+/// Moves the bytes of `msg`'s whole, uncompressed chunks into one zstd frame,
+/// `msg.together` (`PutChunksRequest.together`), when that saves at least 1/32 of them; else
+/// leaves `msg` as it is. Only for a server whose handshake says `chunks_together`.
+pub fn pack_together(msg: &mut pb::PutChunksRequest) -> std::io::Result<()> {
+    let pieces: Vec<&[u8]> = msg
+        .chunks
+        .iter()
+        .filter(|c| goes_together(c) && c.data.len() == c.raw_len as usize)
+        .map(|c| &c.data[..])
+        .collect();
+    let raw: usize = pieces.iter().map(|p| p.len()).sum();
+    if pieces.len() < 2 {
+        return Ok(());
+    }
+    let frame = lbsync_chunkstore::compress_together(&pieces)?;
+    if frame.len() >= raw - raw / 32 {
+        return Ok(());
+    }
+    for c in msg.chunks.iter_mut() {
+        if goes_together(c) && c.data.len() == c.raw_len as usize {
+            c.data = Bytes::new();
+        }
+    }
+    msg.together = Bytes::from(frame);
+    Ok(())
+}
+
+/// Inverts [`pack_together`] on arrival: gives the chunks whose bytes `msg.together` holds their
+/// `data`, and says which they are. The frame must decode to exactly their declared lengths,
+/// which add up to at most `limit`.
+pub fn unpack_together(
+    msg: &mut pb::PutChunksRequest,
+    limit: u64,
+) -> Result<Vec<bool>, ConvertError> {
+    let inside: Vec<bool> = msg
+        .chunks
+        .iter()
+        .map(|c| !msg.together.is_empty() && goes_together(c) && c.data.is_empty())
+        .collect();
+    if msg.together.is_empty() {
+        return Ok(inside);
+    }
+    let total: u64 = msg
+        .chunks
+        .iter()
+        .zip(&inside)
+        .filter(|(_, i)| **i)
+        .map(|(c, _)| u64::from(c.raw_len))
+        .sum();
+    let bad =
+        |why: String| ConvertError::BadChunk(format!("a PutChunks message's together frame {why}"));
+    if total > limit {
+        return Err(bad(format!(
+            "declares {total} bytes, over the {limit} allowed"
+        )));
+    }
+    let raw = lbsync_chunkstore::decompress(&msg.together, total as usize)
+        .map_err(|e| bad(format!("does not decode to at most {total} bytes: {e}")))?;
+    if raw.len() as u64 != total {
+        return Err(bad(format!(
+            "decodes to {} bytes where its chunks declare {total}",
+            raw.len()
+        )));
+    }
+    let raw = Bytes::from(raw);
+    let mut at = 0;
+    for (c, _) in msg.chunks.iter_mut().zip(&inside).filter(|(_, i)| **i) {
+        let len = c.raw_len as usize;
+        c.data = raw.slice(at..at + len);
+        at += len;
+    }
+    msg.together = Bytes::new();
+    Ok(inside)
+}
+
 /// A chunk as sent to a receiver that holds `base_ids`, whose concatenated bytes are `base`: as
 /// a delta against them when that is smaller than [`encode_chunk`]'s choice. At most
 /// [`MAX_DELTA_BASES`] ids are used; with none, this is [`encode_chunk`].
@@ -156,6 +242,81 @@ pub fn decode_chunk_against(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text_chunks(n: usize) -> Vec<Chunk> {
+        (0..n)
+            .map(|i| {
+                Chunk::new(
+                    format!("import os\nimport sys\n\ndef f{i}(x):\n    return x\n").repeat(4),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_packed_together_unpack_to_themselves_and_deltas_stay_apart() {
+        let chunks = text_chunks(50);
+        let mut msg = pb::PutChunksRequest {
+            chunks: chunks.iter().map(|c| raw_chunk(c.id(), c.data())).collect(),
+            ..Default::default()
+        };
+        let zstd_one = encode_chunk(chunks[0].id(), chunks[0].data());
+        msg.chunks.push(zstd_one.clone());
+        let raw: usize = chunks.iter().map(Chunk::len).sum();
+        pack_together(&mut msg).unwrap();
+        assert!(
+            !msg.together.is_empty() && msg.together.len() * 10 < raw,
+            "{}",
+            msg.together.len()
+        );
+        assert!(msg.chunks[..50].iter().all(|c| c.data.is_empty()));
+        assert_eq!(
+            msg.chunks[50], zstd_one,
+            "a compressed chunk is not repacked"
+        );
+
+        let inside = unpack_together(&mut msg, 1 << 20).unwrap();
+        assert_eq!(inside.iter().filter(|i| **i).count(), 50);
+        assert!(!inside[50]);
+        for (c, wire) in chunks.iter().zip(&msg.chunks) {
+            assert_eq!(&decode_chunk(wire.clone(), 1 << 20).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn a_together_frame_that_lies_about_its_length_or_amplifies_is_refused() {
+        let chunks = text_chunks(10);
+        let packed = || {
+            let mut msg = pb::PutChunksRequest {
+                chunks: chunks.iter().map(|c| raw_chunk(c.id(), c.data())).collect(),
+                ..Default::default()
+            };
+            pack_together(&mut msg).unwrap();
+            msg
+        };
+        let mut short = packed();
+        short.chunks[3].raw_len += 1;
+        let e = unpack_together(&mut short, 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("decodes to"), "{e}");
+        let mut long = packed();
+        long.chunks[3].raw_len -= 1;
+        let e = unpack_together(&mut long, 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("does not decode"), "{e}");
+        let mut over = packed();
+        let e = unpack_together(&mut over, 100).unwrap_err().to_string();
+        assert!(e.contains("over the 100 allowed"), "{e}");
+        let mut garbage = packed();
+        garbage.together = Bytes::from_static(b"not zstd at all");
+        assert!(unpack_together(&mut garbage, 1 << 20).is_err());
+        // A chunk whose bytes came wrong out of the frame fails its id check.
+        let mut swapped = packed();
+        swapped.chunks.swap(0, 1);
+        swapped.chunks[0].raw_len = chunks[1].len() as u32;
+        unpack_together(&mut swapped, 1 << 20).unwrap();
+        assert!(decode_chunk(swapped.chunks[0].clone(), 1 << 20).is_err());
+    }
 
     #[test]
     fn round_trip_and_rejections() {

@@ -189,6 +189,7 @@ impl pb::sync_server::Sync for SyncService {
             max_history: self.limits.max_history,
             max_requests_per_user: self.limits.max_requests_per_user,
             encrypted,
+            chunks_together: true,
         }))
     }
 

@@ -10,6 +10,7 @@ use lbsync_chunkstore::{Chunk, ChunkStore, Inserted, PackStore};
 use lbsync_proto::convert::max_sealed_chunk;
 use lbsync_proto::wire::{
     MAX_DELTA_BASES, chunk_bases, decode_chunk_against, encode_chunk, encode_chunk_against,
+    unpack_together,
 };
 use lbsync_proto::{ids_from_bytes, pb};
 use tokio::sync::mpsc;
@@ -105,11 +106,22 @@ impl SyncService {
                 let turn = self.gates.enter(&caller.name()).await;
                 let verified = blocking(move || {
                     let _turn = turn;
+                    let mut m = m;
                     let mut base_budget = PUT_MESSAGE_RAW_LIMIT;
                     let scope = scoped.as_deref().map(|f| (&scopes, f));
+                    let together = unpack_together(&mut m, PUT_MESSAGE_RAW_LIMIT)?;
                     m.chunks
                         .into_iter()
-                        .map(|c| receive_chunk(&store, scope, c, max_len, &mut base_budget))
+                        .zip(together)
+                        .map(|(c, together)| {
+                            let c = receive_chunk(&store, scope, c, max_len, &mut base_budget)?;
+                            // Compressed with its neighbours: stored compressed on its own.
+                            Ok(if together {
+                                c.compress_when_stored()
+                            } else {
+                                c
+                            })
+                        })
                         .collect::<Result<Vec<Chunk>>>()
                 })
                 .await;

@@ -127,6 +127,7 @@ async fn put(
             .map(|ch| encode_chunk(ch.id(), ch.data()))
             .collect(),
         folder: folder.into(),
+        ..Default::default()
     };
     c.put_chunks(tokio_stream::iter(vec![msg]))
         .await
@@ -950,6 +951,7 @@ async fn sealed_chunks_may_be_a_little_longer_and_are_served_as_stored_or_as_del
         .put_chunks(tokio_stream::iter(vec![pb::PutChunksRequest {
             chunks: vec![lie],
             folder: "vault".into(),
+            ..Default::default()
         }]))
         .await
         .unwrap_err();

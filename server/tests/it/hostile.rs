@@ -910,6 +910,7 @@ async fn what_the_spec_forbids_is_refused_and_changes_nothing() {
         tokio_stream::iter([pb::PutChunksRequest {
             chunks: vec![chunk],
             folder: "default".into(),
+            ..Default::default()
         }])
     };
     let empty = Chunk::new(Bytes::new());

@@ -95,6 +95,7 @@ fn metrics_after_a_sync_show_the_counters_moved() {
         c.put_chunks(tokio_stream::iter([pb::PutChunksRequest {
             folder: "f".into(),
             chunks,
+            ..Default::default()
         }]))
         .await
         .unwrap();
@@ -184,6 +185,7 @@ fn graceful_stop_on(signal: &str) {
         tx.send(pb::PutChunksRequest {
             folder: "f".into(),
             chunks: chunks[..1].to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -228,6 +230,7 @@ fn graceful_stop_on(signal: &str) {
         tx.send(pb::PutChunksRequest {
             folder: "f".into(),
             chunks: chunks[1..].to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -638,3 +638,63 @@ async fn a_damaged_chunk_is_missing_after_a_failed_read_and_heals_on_upload() {
     assert_eq!(download(&mut c, &m).await, data);
     server.stop().await;
 }
+
+/// Small files' chunks in one zstd frame (`PutChunksRequest.together`) are stored each on its
+/// own, compressed alone, and come back whole; a frame that lies about its length, or a chunk
+/// whose bytes in it are not its own, stores nothing of the message.
+#[tokio::test]
+async fn chunks_sent_together_are_stored_one_by_one_and_a_lying_frame_stores_nothing() {
+    use lbsync_proto::wire::{pack_together, raw_chunk};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    assert!(handshake(&mut c, "default").await.chunks_together);
+    let files: Vec<Chunk> = (0..40)
+        .map(|i| Chunk::new(format!("import os\n\ndef f{i}():\n    return {i}\n").repeat(20)))
+        .collect();
+    let ids: Vec<ChunkId> = files.iter().map(Chunk::id).collect();
+    let message = |chunks: &[Chunk]| {
+        let mut m = pb::PutChunksRequest {
+            chunks: chunks.iter().map(|c| raw_chunk(c.id(), c.data())).collect(),
+            ..Default::default()
+        };
+        pack_together(&mut m).unwrap();
+        assert!(!m.together.is_empty());
+        m
+    };
+
+    // Lies: a length off by one, and two chunks' places swapped.
+    let mut short = message(&files[..20]);
+    short.chunks[5].raw_len -= 1;
+    let mut swapped = message(&files[..20]);
+    swapped.chunks.swap(2, 3);
+    for (what, m, says) in [
+        ("a length off by one", short, "together frame"),
+        ("swapped chunks", swapped, &files[3].id().to_string()[..]),
+    ] {
+        let err = c.put_chunks(tokio_stream::iter([m])).await.expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains(says), "{what}: {}", err.message());
+    }
+    assert_eq!(missing(&mut c, &ids).await.len(), 40, "nothing was stored");
+
+    let sent = message(&files);
+    let wire = prost::Message::encoded_len(&sent);
+    let raw: usize = files.iter().map(Chunk::len).sum();
+    assert!(wire * 10 < raw, "{wire} bytes on the wire for {raw}");
+    let resp = c
+        .put_chunks(tokio_stream::iter([sent]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.stored, 40);
+    assert!(missing(&mut c, &ids).await.is_empty());
+    let m = Manifest::new(files.iter().map(|c| c.chunk_ref()).collect());
+    let whole: Vec<u8> = files.iter().flat_map(|c| c.data().to_vec()).collect();
+    assert_eq!(download(&mut c, &m).await, whole);
+    server.stop().await;
+    // Each is stored compressed on its own.
+    let store = lbsync_chunkstore::PackStore::open(dir.path()).unwrap();
+    let stats = lbsync_chunkstore::ChunkStore::stats(&store).unwrap();
+    assert!(stats.stored_bytes * 4 < stats.raw_bytes, "{stats:?}");
+}

@@ -161,6 +161,7 @@ async fn put_in(
     let first = pb::PutChunksRequest {
         chunks,
         folder: folder.into(),
+        ..Default::default()
     };
     c.put_chunks(tokio_stream::iter([first]))
         .await
