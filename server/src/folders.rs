@@ -519,7 +519,7 @@ impl Folders {
     /// further behind the caller pages through the current entries with [`Folders::scan_page`]
     /// ([`Backlog::Scan`]), so no replay holds a whole folder in memory.
     pub fn backlog(&self, folder: &str, cursor: u64) -> Result<(Backlog, u64)> {
-        let head = self.head(folder)?;
+        let mut head = self.head(folder)?;
         if cursor > head {
             return Err(Error::CursorAhead { cursor, head });
         }
@@ -529,17 +529,28 @@ impl Folders {
         let t = self.trees(folder)?;
         let mut entries = Vec::new();
         let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
-        for kv in t
-            .journal
-            .range((cursor + 1).to_be_bytes()..=head.to_be_bytes())
-        {
-            let (_, rec) = kv?;
-            let Some(split) = rec.iter().position(|&b| b == 0) else {
-                return Err(Error::Metadata("journal record without a version".into()));
-            };
-            let version = be_u64(&rec[split + 1..]);
-            let slot = latest.entry(rec[..split].to_vec()).or_default();
-            *slot = (*slot).max(version);
+        // A commit while the range is read drops its path's record (at or below the head) and
+        // writes one above it: read again up to the new head, so that a replay from 0 lists
+        // every path. Under a steady stream of commits, a path missed so is in the next replay.
+        for attempt in 0..3 {
+            latest.clear();
+            for kv in t
+                .journal
+                .range((cursor + 1).to_be_bytes()..=head.to_be_bytes())
+            {
+                let (_, rec) = kv?;
+                let Some(split) = rec.iter().position(|&b| b == 0) else {
+                    return Err(Error::Metadata("journal record without a version".into()));
+                };
+                let version = be_u64(&rec[split + 1..]);
+                let slot = latest.entry(rec[..split].to_vec()).or_default();
+                *slot = (*slot).max(version);
+            }
+            let now = self.head(folder)?;
+            if now == head || attempt == 2 || now - cursor > JOURNAL_SCAN_LIMIT {
+                break;
+            }
+            head = now;
         }
         for (path, version) in latest {
             let mut key = path;
