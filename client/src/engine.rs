@@ -461,7 +461,9 @@ impl Syncer {
         let behind = st.cursor < self.remote.expired_seq && !st.files.is_empty();
         if behind && !st.rescan && !st.forgotten {
             warn!(
-                "the server forgot deletions older than its retention, up to seq {}, and {} was                  last synced at seq {}: it may have missed one. Re-scanning: a file here the                  server no longer lists is offered to it again, nothing is deleted for it",
+                "the server forgot deletions older than its retention, up to seq {}, and {} was \
+                 last synced at seq {}: it may have missed one. Re-scanning: a file here the \
+                 server no longer lists is offered to it again, nothing is deleted for it",
                 self.remote.expired_seq,
                 self.root.display(),
                 st.cursor
@@ -600,7 +602,8 @@ impl Syncer {
         }
         if complete && st.rescan && st.cursor >= self.remote.expired_seq {
             info!(
-                "re-scan done: the server holds again every file here it had forgotten, and                  this folder is past its expiry horizon"
+                "re-scan done: the server holds again every file here it had forgotten, and \
+                 this folder is past its expiry horizon"
             );
             st.rescan = false;
         }
