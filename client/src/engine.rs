@@ -444,18 +444,39 @@ impl Syncer {
         self.report = Report::default();
         self.problems.clear();
         self.check_folder()?;
-        let (mut remote, cursor) = self
-            .remote
-            // From one before the cursor: the entry at the cursor is read again, and must still be
-            // what was synced (see `plan`: a restored store may have numbered another commit so).
-            // A server that forgot is read whole until a sync completes: the planner takes what
-            // it does not show as what it does not have.
-            .changes_until_caught_up(if self.state.state.replay || self.state.state.forgotten {
-                0
-            } else {
-                self.state.state.cursor.saturating_sub(1)
-            })
-            .await?;
+        // From one before the cursor: the entry at the cursor is read again, and must still be
+        // what was synced (see `plan`: a restored store may have numbered another commit so).
+        // A server that forgot is read whole until a sync completes: the planner takes what
+        // it does not show as what it does not have. A re-scan reads the whole folder too (see
+        // `State::rescan`).
+        let st = &self.state.state;
+        let from = if st.replay || st.forgotten || st.rescan {
+            0
+        } else {
+            st.cursor.saturating_sub(1)
+        };
+        let (mut remote, mut cursor) = self.remote.changes_until_caught_up(from).await?;
+        let st = &mut self.state.state;
+        // A state with nothing synced has nothing a forgotten deletion could leave behind.
+        let behind = st.cursor < self.remote.expired_seq && !st.files.is_empty();
+        if behind && !st.rescan && !st.forgotten {
+            warn!(
+                "the server forgot deletions older than its retention, up to seq {}, and {} was \
+                 last synced at seq {}: it may have missed one. Re-scanning: a file here the \
+                 server no longer lists is offered to it again, nothing is deleted for it",
+                self.remote.expired_seq,
+                self.root.display(),
+                st.cursor
+            );
+            st.rescan = true;
+            // Before anything is applied: a crash must not end the re-scan.
+            self.state.save()?;
+            if from > 0 {
+                let (all, head) = self.remote.changes_until_caught_up(0).await?;
+                remote = all;
+                cursor = head;
+            }
+        }
         self.cursor = cursor;
         self.at_cursor = remote
             .values()
@@ -512,6 +533,7 @@ impl Syncer {
             synced: &st.files,
             in_doubt: &st.in_doubt,
             forgotten: st.forgotten,
+            rescan: st.rescan,
             hashed: &hashed,
             seeding: st.seeding,
             sealed_versions: self.remote.codec().is_sealed(),
@@ -578,6 +600,13 @@ impl Syncer {
             info!("the server has everything this folder holds again");
             st.forgotten = false;
         }
+        if complete && st.rescan && st.cursor >= self.remote.expired_seq {
+            info!(
+                "re-scan done: the server holds again every file here it had forgotten, and \
+                 this folder is past its expiry horizon"
+            );
+            st.rescan = false;
+        }
         if complete {
             st.seeding = false;
         }
@@ -599,15 +628,22 @@ impl Syncer {
     /// journal was replaced since (a store restored from a backup, then written to).
     async fn journal_rewritten(&mut self, remote: &HashMap<SyncPath, Entry>) -> Result<bool> {
         let st = &self.state.state;
+        // Past the cursor, the server forgot old deletions: a path it no longer shows at all may
+        // be one of them (deleted since, then forgotten), which says nothing of a restore. The
+        // re-scan offers such a path again (see `State::rescan`).
+        let expired = st.cursor < self.remote.expired_seq;
         // Our own commits past the cursor (a sync that was stopped before it moved the cursor
         // on) are in what was just read, or a later version of their path is: a journal without
         // them was restored from before them.
         let lost = st.files.iter().find(|(p, s)| {
             s.seq > st.cursor
-                && SyncPath::new((*p).clone())
+                && match SyncPath::new((*p).clone())
                     .ok()
                     .and_then(|p| remote.get(&p))
-                    .is_none_or(|r| r.version < s.version)
+                {
+                    Some(r) => r.version < s.version,
+                    None => !expired,
+                }
         });
         if let Some((p, s)) = lost {
             debug!(
@@ -642,6 +678,10 @@ impl Syncer {
             return Ok(false);
         };
         let versions = self.remote.history(&sp).await?;
+        if versions.is_empty() && expired {
+            // The path is gone with all its versions: forgotten, not rewritten.
+            return Ok(false);
+        }
         Ok(!versions.iter().any(same))
     }
 

@@ -710,6 +710,14 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|(p, why)| format!("{p}: {}", why.reason)),
     );
+    if s.rescan {
+        problems.push(
+            "the server forgot deletions older than its retention that this folder may not have \
+             seen; the next sync re-scans (it offers again what the server no longer lists and \
+             deletes nothing for it)"
+                .into(),
+        );
+    }
     if s.forgotten {
         problems.push(
             "the server forgot what this folder synced (its store was replaced or restored); \

@@ -18,6 +18,10 @@
 //!   over this folder: an older version it holds is not applied, nothing is deleted for it, and
 //!   every local path is offered to it again. A version newer than what was synced here (someone
 //!   edited since) meets the local one as a conflict.
+//! - A server that forgot old deletions (its tombstone expiry passed this folder's cursor: a
+//!   re-scan, see `State::rescan`) is believed for every path it lists, but a synced path it no
+//!   longer lists is not taken as deleted: it is offered to it again (or, deleted here too,
+//!   dropped). No deletion is made because a server forgot; unknown is not deleted.
 //! - Our own commit whose answer was lost (in doubt) is recognised as ours.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -111,6 +115,9 @@ pub struct View<'a> {
     pub in_doubt: &'a BTreeSet<String>,
     /// The server forgot what was synced (see `State::forgotten`).
     pub forgotten: bool,
+    /// The server may have forgotten deletions this folder never saw, and `remote` is its whole
+    /// current listing (see `State::rescan`): a synced path it does not list is offered again.
+    pub rescan: bool,
     /// Files hashed because their fingerprint moved or was racy.
     pub hashed: &'a HashMap<SyncPath, Hashed>,
     /// The state is new (see `State::seeding`).
@@ -139,12 +146,13 @@ pub fn plan(
     let mut out = BTreeMap::new();
     for path in paths {
         let synced = view.synced.get(path.as_str());
+        let listed = remote.contains_key(&path);
         // What the server holds as synced is no change, except to a server that forgot: there
         // it is what the server has now, which decides what is offered again.
         let there = remote.remove(&path).filter(|r| {
             view.forgotten || synced.is_none_or(|s| s.version != r.version || !holds(r, s))
         });
-        if let Some(action) = plan_path(view, &path, synced, there, ignored) {
+        if let Some(action) = plan_path(view, &path, synced, (there, listed), ignored) {
             out.insert(path, action);
         }
     }
@@ -155,7 +163,7 @@ fn plan_path(
     view: &View<'_>,
     path: &SyncPath,
     synced: Option<&Synced>,
-    there: Option<Entry>,
+    (there, listed): (Option<Entry>, bool),
     ignored: Ignored<'_>,
 ) -> Option<Action> {
     let here = view.local.files.get(path);
@@ -213,7 +221,10 @@ fn plan_path(
         let regressed = there
             .as_ref()
             .is_some_and(|r| r.version < s.version || (r.version == s.version && !holds(r, s)));
-        if view.forgotten || regressed {
+        // A re-scan: a synced path the whole listing lacks may be a deletion the server forgot,
+        // or never heard of; either way the copy here is offered again, never deleted.
+        let unlisted = view.rescan && !listed;
+        if view.forgotten || regressed || unlisted {
             return Some(forgetful_server(
                 here,
                 s,

@@ -75,6 +75,9 @@ pub struct Remote {
     pub sent: u64,
     /// See `sent`.
     pub received: u64,
+    /// The folder's expiry horizon as the last Changes replay said it (see
+    /// `ChangesResponse.expired_seq`): a cursor below it may have missed a forgotten deletion.
+    pub expired_seq: u64,
 }
 
 /// Per chunk, chunks this side holds that it may come as a delta against: their ids and their
@@ -298,6 +301,7 @@ impl Remote {
             max_ids: (hs.max_ids_per_request as usize).clamp(1, 65_536),
             sent: 0,
             received: 0,
+            expired_seq: 0,
         })
     }
 
@@ -619,6 +623,7 @@ impl Remote {
                 });
             };
             self.received += msg.encoded_len() as u64;
+            self.expired_seq = msg.expired_seq;
             for e in msg.entries {
                 // One entry this client cannot take must not stop the others. A path it
                 // refuses for good (such as one inside `.lbsync/`) must not hold the cursor

@@ -241,6 +241,13 @@ pub struct State {
     /// nothing is deleted for it, and every local path is offered to it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forgotten: bool,
+    /// The server forgot deletions older than its retention, and this folder's cursor was below
+    /// the newest of them (`ChangesResponse.expired_seq`): it may have missed one. Until a sync
+    /// finishes, every sync replays the whole folder, and a synced path the server no longer
+    /// lists is offered to it again, never deleted here. Saved before anything is applied, so a
+    /// crash in the middle of the re-scan does not end it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rescan: bool,
     /// This state is new (a new folder, or one whose state was lost) and no sync has finished
     /// yet: a local file it does not know, where the server deleted the path, may be an old copy
     /// and is compared with the path's history before it is sent.

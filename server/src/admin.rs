@@ -192,13 +192,21 @@ pub struct Retention {
     pub keep_versions: usize,
     /// And every version younger than this.
     pub keep_for: Duration,
+    /// A deletion (tombstone) older than this is forgotten, with every kept version of its
+    /// path: keep it longer than any device may stay offline. A device away longer re-scans
+    /// safely (it offers its copy again; see `Folders::expire_tombstones`).
+    pub keep_tombstones: Duration,
 }
+
+/// The default of [`Retention::keep_tombstones`]: 180 days.
+pub const KEEP_TOMBSTONES: Duration = Duration::from_secs(180 * 24 * 3600);
 
 impl Default for Retention {
     fn default() -> Self {
         Self {
             keep_versions: 10,
             keep_for: Duration::from_secs(30 * 24 * 3600),
+            keep_tombstones: KEEP_TOMBSTONES,
         }
     }
 }
@@ -210,6 +218,10 @@ pub struct Gc {
     pub versions_kept: u64,
     /// File versions dropped from history.
     pub versions_pruned: u64,
+    /// Tombstones forgotten past their retention, over all folders.
+    pub tombstones_expired: u64,
+    /// Superseded journal records dropped (journals written before one record a path).
+    pub journal_records_dropped: u64,
     /// The chunk store's report.
     pub store: GcReport,
     /// Whether this was a dry run.
@@ -222,8 +234,10 @@ impl fmt::Display for Gc {
         let verb = if self.dry_run { "would " } else { "" };
         write!(
             f,
-            "{verb}keep {} and drop {}; {verb}sweep {} ({}), keep {} \
-             stored within the grace period; {verb}rewrite {} and delete {}, freeing {}",
+            "{verb}forget {} past their retention; {verb}keep {} and drop {}; {verb}sweep {} \
+             ({}), keep {} stored within the grace period; {verb}rewrite {} and delete {}, \
+             freeing {}",
+            count(self.tombstones_expired, "tombstone"),
             count(self.versions_kept, "version"),
             self.versions_pruned,
             count(s.swept_chunks, "unreferenced chunk"),
@@ -245,6 +259,8 @@ impl Gc {
             "dry_run": self.dry_run,
             "versions_kept": self.versions_kept,
             "versions_pruned": self.versions_pruned,
+            "tombstones_expired": self.tombstones_expired,
+            "journal_records_dropped": self.journal_records_dropped,
             "live_chunks": s.live_chunks,
             "swept_chunks": s.swept_chunks,
             "swept_bytes": s.swept_bytes,
@@ -256,13 +272,22 @@ impl Gc {
     }
 }
 
-/// Drops history beyond `retention`, then collects the chunks no kept version references.
+/// Forgets tombstones older than `retention.keep_tombstones` and compacts journals written
+/// before one record a path, drops history beyond `retention`, then collects the chunks no kept
+/// version references.
 pub fn gc(store: &PackStore, retention: Retention, grace: Duration, dry_run: bool) -> Result<Gc> {
     let folders = Folders::open(store.db())?;
     let keep_ns = i64::try_from(retention.keep_for.as_nanos()).unwrap_or(i64::MAX);
+    let keep_tombstones_ns =
+        i64::try_from(retention.keep_tombstones.as_nanos()).unwrap_or(i64::MAX);
+    let cutoff_ns = crate::folders::now_ns().saturating_sub(keep_tombstones_ns);
     let mut live: HashSet<ManifestId> = HashSet::new();
-    let (mut kept, mut pruned) = (0, 0);
+    let (mut kept, mut pruned, mut expired, mut dropped) = (0, 0, 0, 0);
     for folder in folders.names()? {
+        // Before the history is pruned: an expired path's versions are gone, and so are the
+        // chunks only they held.
+        expired += folders.expire_tombstones(&folder, cutoff_ns, dry_run)?.0;
+        dropped += folders.compact_journal(&folder, dry_run)?;
         let (k, p) = folders.prune_history(
             &folder,
             retention.keep_versions.max(1),
@@ -292,6 +317,8 @@ pub fn gc(store: &PackStore, retention: Retention, grace: Duration, dry_run: boo
     Ok(Gc {
         versions_kept: kept,
         versions_pruned: pruned,
+        tombstones_expired: expired,
+        journal_records_dropped: dropped,
         store: report,
         dry_run,
     })

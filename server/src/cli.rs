@@ -81,7 +81,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Drop old versions beyond the retention and delete chunks nothing references.
+    /// Forget deletions past their retention, drop old versions beyond the retention and delete
+    /// chunks nothing references.
     Gc {
         /// Say what would be done, change nothing.
         #[arg(long)]
@@ -92,6 +93,14 @@ enum Command {
         /// And every version younger than this many days.
         #[arg(long, default_value_t = 30)]
         keep_days: u64,
+        /// Forget a deletion (and every kept version of its path) once it is older than this:
+        /// 180d, 12h, 90m, 30s, 2w, 1d12h. Keep it longer than any device may stay offline. A
+        /// device that was away longer re-scans when it comes back: it offers its copy of a path
+        /// the server no longer lists again, and deletes nothing for it; so a file deleted
+        /// meanwhile may come back from it, and is never lost.
+        #[arg(long, value_name = "AGE", default_value = "180d",
+              value_parser = lbsync_cli::units::parse_duration)]
+        keep_tombstones: Duration,
         /// Never delete chunks stored less than this many seconds ago (uploads awaiting commit).
         #[arg(long, default_value_t = 3600)]
         grace_secs: u64,
@@ -445,12 +454,14 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
             dry_run,
             keep_versions,
             keep_days,
+            keep_tombstones,
             grace_secs,
             json,
         }) => {
             let retention = Retention {
                 keep_versions,
                 keep_for: Duration::from_secs(keep_days * 24 * 3600),
+                keep_tombstones,
             };
             let grace = Duration::from_secs(grace_secs);
             let gc =

@@ -3,8 +3,14 @@
 //! Trees, per folder `F`:
 //! - `folder/F/entries`: path → the path's current entry;
 //! - `folder/F/history`: path, NUL, u64 BE version → that version's entry;
-//! - `folder/F/journal`: u64 BE seq → path, NUL, u64 BE version;
+//! - `folder/F/journal`: u64 BE seq → path, NUL, u64 BE version; at most one record a path,
+//!   its latest commit's (a commit drops the path's previous record in its transaction, so the
+//!   journal is as long as the folder has paths, however many commits it took; a journal written
+//!   before that is rewritten so by [`Folders::compact_journal`]);
 //! - and in the shared tree `folders`: F → u64 BE journal head (the last seq);
+//! - in the shared tree `folder_expired`: F → u64 BE expiry horizon, the highest seq of a
+//!   tombstone [`Folders::expire_tombstones`] forgot (absent: 0, none). A client whose cursor is
+//!   below it may have missed a deletion the folder no longer shows, and re-scans;
 //! - in the shared tree `folder_keys`, for an end-to-end encrypted folder only: F → its wrapped
 //!   keys, an encoded `lbsync.v1.FolderKeys` (generation >= 1). A folder without a record is
 //!   plain; a folder with one never goes back to plain.
@@ -58,6 +64,8 @@ pub struct Folders {
     heads: sled::Tree,
     /// Encrypted folders' keys: see the module's docs.
     keys: sled::Tree,
+    /// Each folder's expiry horizon: see the module's docs.
+    expired: sled::Tree,
     /// Commits between the start of their transaction and the end of their flush.
     flushing: Arc<AtomicUsize>,
     /// One flush for every commit waiting for one.
@@ -193,11 +201,25 @@ fn decode_listed(b: &[u8]) -> Result<Option<Entry>> {
     }
 }
 
+/// The path a journal record names (`None` for a record without its NUL).
+fn journal_path(rec: &[u8]) -> Option<&[u8]> {
+    rec.iter().position(|&b| b == 0).map(|split| &rec[..split])
+}
+
+/// A stored entry's seq, deletion flag and commit time, read without the path checks of
+/// [`decode_listed`] (maintenance passes over every record, whatever its path).
+fn raw_meta(b: &[u8]) -> Result<(u64, bool, i64)> {
+    let e = pb::Entry::decode(b)
+        .map_err(|err| Error::Metadata(format!("entry does not decode: {err}")))?;
+    Ok((e.seq, e.deleted, e.committed_ns))
+}
+
 fn be_u64(b: &[u8]) -> u64 {
     b.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
-fn now_ns() -> i64 {
+/// Now, in Unix nanoseconds (the clock commit times are taken from).
+pub(crate) fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -211,6 +233,7 @@ impl Folders {
             db: db.clone(),
             heads: db.open_tree("folders")?,
             keys: db.open_tree("folder_keys")?,
+            expired: db.open_tree("folder_expired")?,
             flushing: Arc::new(AtomicUsize::new(0)),
             group: Arc::new(GroupFlush::default()),
         })
@@ -450,6 +473,17 @@ impl Folders {
                         head += 1;
                         new.seq = head;
                         let bytes = encode(&new);
+                        if let Some(c) = &current {
+                            // One journal record a path: its previous one goes (a replay shows
+                            // only a path's latest entry anyway).
+                            let old = c.seq.to_be_bytes();
+                            if journal
+                                .get(old)?
+                                .is_some_and(|rec| journal_path(&rec) == Some(path_key))
+                            {
+                                journal.remove(&old)?;
+                            }
+                        }
                         entries.insert(path_key, bytes.as_slice())?;
                         history.insert(history_key(&new.path, new.version), bytes.as_slice())?;
                         let mut jrec = history_prefix(&new.path);
@@ -485,7 +519,7 @@ impl Folders {
     /// further behind the caller pages through the current entries with [`Folders::scan_page`]
     /// ([`Backlog::Scan`]), so no replay holds a whole folder in memory.
     pub fn backlog(&self, folder: &str, cursor: u64) -> Result<(Backlog, u64)> {
-        let head = self.head(folder)?;
+        let mut head = self.head(folder)?;
         if cursor > head {
             return Err(Error::CursorAhead { cursor, head });
         }
@@ -495,17 +529,28 @@ impl Folders {
         let t = self.trees(folder)?;
         let mut entries = Vec::new();
         let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
-        for kv in t
-            .journal
-            .range((cursor + 1).to_be_bytes()..=head.to_be_bytes())
-        {
-            let (_, rec) = kv?;
-            let Some(split) = rec.iter().position(|&b| b == 0) else {
-                return Err(Error::Metadata("journal record without a version".into()));
-            };
-            let version = be_u64(&rec[split + 1..]);
-            let slot = latest.entry(rec[..split].to_vec()).or_default();
-            *slot = (*slot).max(version);
+        // A commit while the range is read drops its path's record (at or below the head) and
+        // writes one above it: read again up to the new head, so that a replay from 0 lists
+        // every path. Under a steady stream of commits, a path missed so is in the next replay.
+        for attempt in 0..3 {
+            latest.clear();
+            for kv in t
+                .journal
+                .range((cursor + 1).to_be_bytes()..=head.to_be_bytes())
+            {
+                let (_, rec) = kv?;
+                let Some(split) = rec.iter().position(|&b| b == 0) else {
+                    return Err(Error::Metadata("journal record without a version".into()));
+                };
+                let version = be_u64(&rec[split + 1..]);
+                let slot = latest.entry(rec[..split].to_vec()).or_default();
+                *slot = (*slot).max(version);
+            }
+            let now = self.head(folder)?;
+            if now == head || attempt == 2 || now - cursor > JOURNAL_SCAN_LIMIT {
+                break;
+            }
+            head = now;
         }
         for (path, version) in latest {
             let mut key = path;
@@ -670,6 +715,139 @@ impl Folders {
             t.history.apply_batch(batch)?;
         }
         Ok((kept, pruned))
+    }
+
+    /// The folder's expiry horizon: the highest seq of a tombstone expired (0: none). A client
+    /// whose cursor is below it may have missed a deletion that the folder no longer shows.
+    pub fn expired_seq(&self, folder: &str) -> Result<u64> {
+        Ok(self.expired.get(folder)?.map_or(0, |v| be_u64(&v)))
+    }
+
+    /// Rewrites a journal written before a commit dropped its path's previous record into one
+    /// record a path: a record is kept only if its path's current entry is its commit. Returns
+    /// how many records were (with `dry_run`: would be) dropped. Safe beside commits: a record
+    /// that is not its path's latest never becomes it again.
+    pub fn compact_journal(&self, folder: &str, dry_run: bool) -> Result<u64> {
+        let t = self.trees(folder)?;
+        let mut batch = sled::Batch::default();
+        let mut dropped = 0u64;
+        for kv in t.journal.iter() {
+            let (seq, rec) = kv?;
+            let current = match journal_path(&rec) {
+                Some(path) => t.entries.get(path)?.map(|v| raw_meta(&v)).transpose()?,
+                None => None,
+            };
+            if current.is_none_or(|(cur_seq, _, _)| cur_seq != be_u64(&seq)) {
+                dropped += 1;
+                batch.remove(seq);
+            }
+        }
+        if !dry_run && dropped > 0 {
+            t.journal.apply_batch(batch)?;
+            tracing::info!(
+                "folder {folder}: compacted its journal to one record a path, dropping {}",
+                lbsync_cli::units::count(dropped, "superseded record")
+            );
+        }
+        Ok(dropped)
+    }
+
+    /// Forgets the tombstones committed before `cutoff_ns` (Unix nanoseconds): each one's
+    /// current entry, journal record and every kept version of its path go, and the folder's
+    /// expiry horizon ([`Folders::expired_seq`]) rises to the highest seq forgotten, in the same
+    /// transaction. Nothing but a path whose current entry is an old tombstone is touched.
+    /// Returns (tombstones expired, the horizon); with `dry_run` what it would be, changing
+    /// nothing.
+    pub fn expire_tombstones(
+        &self,
+        folder: &str,
+        cutoff_ns: i64,
+        dry_run: bool,
+    ) -> Result<(u64, u64)> {
+        /// Paths expired in one transaction.
+        const PER_TXN: usize = 256;
+        let t = self.trees(folder)?;
+        let mut horizon = self.expired_seq(folder)?;
+        let mut old: Vec<(Vec<u8>, sled::IVec, u64, Vec<sled::IVec>)> = Vec::new();
+        let mut expired = 0u64;
+        let mut expire = |old: &mut Vec<(Vec<u8>, sled::IVec, u64, Vec<sled::IVec>)>,
+                          horizon: &mut u64|
+         -> Result<()> {
+            if old.is_empty() {
+                return Ok(());
+            }
+            if dry_run {
+                expired += old.len() as u64;
+                *horizon = old.iter().map(|o| o.2).fold(*horizon, u64::max);
+                old.clear();
+                return Ok(());
+            }
+            let folder_key = folder.as_bytes();
+            let res = (&t.entries, &t.history, &t.journal, &self.expired).transaction(
+                |(entries, history, journal, horizons)| {
+                    let mut top = horizons.get(folder_key)?.map_or(0, |v| be_u64(&v));
+                    let mut n = 0u64;
+                    for (path, seen, seq, versions) in old.iter() {
+                        // A commit since the scan made the path live again: it stays.
+                        if entries.get(path.as_slice())?.as_ref() != Some(seen) {
+                            continue;
+                        }
+                        entries.remove(path.as_slice())?;
+                        let rec_key = seq.to_be_bytes();
+                        if journal
+                            .get(rec_key)?
+                            .is_some_and(|rec| journal_path(&rec) == Some(path.as_slice()))
+                        {
+                            journal.remove(&rec_key)?;
+                        }
+                        for v in versions {
+                            history.remove(v)?;
+                        }
+                        top = top.max(*seq);
+                        n += 1;
+                    }
+                    horizons.insert(folder_key, &top.to_be_bytes())?;
+                    Ok::<_, ConflictableTransactionError<Error>>((n, top))
+                },
+            );
+            let (n, top) = match res {
+                Ok(r) => r,
+                Err(TransactionError::Abort(e)) => return Err(e),
+                Err(TransactionError::Storage(e)) => return Err(e.into()),
+            };
+            expired += n;
+            *horizon = top;
+            old.clear();
+            Ok(())
+        };
+        for kv in t.entries.iter() {
+            let (path, v) = kv?;
+            let (seq, deleted, committed_ns) = raw_meta(&v)?;
+            if !deleted || committed_ns >= cutoff_ns {
+                continue;
+            }
+            let mut prefix = path.to_vec();
+            prefix.push(0);
+            let versions = t
+                .history
+                .scan_prefix(&prefix)
+                .keys()
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            old.push((path.to_vec(), v, seq, versions));
+            if old.len() == PER_TXN {
+                expire(&mut old, &mut horizon)?;
+            }
+        }
+        expire(&mut old, &mut horizon)?;
+        if !dry_run && expired > 0 {
+            self.group.flush(&self.db)?;
+            tracing::info!(
+                "folder {folder}: forgot {} past their retention; clients behind seq {horizon} \
+                 re-scan",
+                lbsync_cli::units::count(expired, "tombstone")
+            );
+        }
+        Ok((expired, horizon))
     }
 }
 
@@ -865,5 +1043,226 @@ mod tests {
             panic!("near the head the journal is read")
         };
         assert_eq!(near.len(), 10);
+    }
+
+    /// A folder for the tests below, with its store's directory.
+    fn folder() -> (tempfile::TempDir, Folders) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let folders = Folders::open(&db).unwrap();
+        folders.ensure("f").unwrap();
+        (dir, folders)
+    }
+
+    /// A deterministic mix of commits over a few paths: new files, edits, deletions and
+    /// re-creations. Returns every committed entry, in seq order.
+    fn churn(folders: &Folders, commits: u64) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let mut current: HashMap<String, Entry> = HashMap::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..commits {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let p = format!("p{}", x % 7);
+            let path = SyncPath::new(&p).unwrap();
+            let (entry, base) = match current.get(&p) {
+                Some(c) if !c.deleted && x.is_multiple_of(3) => (
+                    Entry::tombstone(path, lbsync_proto::EntryKind::Dir, "d"),
+                    c.version,
+                ),
+                Some(c) if c.deleted => (Entry::dir(path, "d"), 0),
+                Some(c) => (Entry::dir(path, &format!("d{}", x % 5)), c.version),
+                None => (Entry::dir(path, "d"), 0),
+            };
+            let CommitOutcome::Committed(e) = folders.commit("f", entry, base).unwrap() else {
+                panic!("conflict")
+            };
+            current.insert(p, e.clone());
+            out.push(e);
+        }
+        out
+    }
+
+    /// Per path, (version, deleted) of the latest of `commits` at or before `seq`.
+    fn state_at(commits: &[Entry], seq: u64) -> BTreeMap<String, (u64, bool)> {
+        commits
+            .iter()
+            .filter(|e| e.seq <= seq)
+            .map(|e| (e.path.to_string(), (e.version, e.deleted)))
+            .collect()
+    }
+
+    /// A replay from `cursor` applied to what a client held at `cursor`.
+    fn replayed(
+        folders: &Folders,
+        commits: &[Entry],
+        cursor: u64,
+    ) -> BTreeMap<String, (u64, bool)> {
+        let mut state = state_at(commits, cursor);
+        let (changes, _) = folders.changes_since("f", cursor).unwrap();
+        let paths: std::collections::BTreeSet<_> = changes.iter().map(|e| &e.path).collect();
+        assert_eq!(paths.len(), changes.len(), "one entry a path from {cursor}");
+        assert!(changes.windows(2).all(|w| w[0].seq < w[1].seq), "seq order");
+        for e in changes {
+            assert!(e.seq > cursor);
+            state.insert(e.path.to_string(), (e.version, e.deleted));
+        }
+        state
+    }
+
+    use std::collections::BTreeMap;
+
+    /// The journal keeps one record a path whatever the commits, and a replay from any cursor
+    /// brings a client that held the folder as of that cursor to the folder's current state.
+    #[test]
+    fn the_journal_keeps_one_record_a_path_and_every_replay_still_converges() {
+        let (_dir, folders) = folder();
+        let commits = churn(&folders, 300);
+        let t = folders.trees("f").unwrap();
+        assert_eq!(t.journal.len(), t.entries.len());
+        assert_eq!(t.entries.len(), 7);
+        let head = folders.head("f").unwrap();
+        assert_eq!(head, 300);
+        let now = state_at(&commits, head);
+        for cursor in 0..=head {
+            assert_eq!(replayed(&folders, &commits, cursor), now, "from {cursor}");
+        }
+    }
+
+    /// A journal written before commits dropped their path's previous record replays the same
+    /// from every cursor once `compact_journal` rewrote it to one record a path.
+    #[test]
+    fn compacting_an_old_journal_keeps_every_replay() {
+        let (_dir, folders) = folder();
+        let commits = churn(&folders, 200);
+        let t = folders.trees("f").unwrap();
+        // The journal as a server from before wrote it: a record a commit.
+        for e in &commits {
+            let mut rec = history_prefix(&e.path);
+            rec.extend_from_slice(&e.version.to_be_bytes());
+            t.journal.insert(e.seq.to_be_bytes(), rec).unwrap();
+        }
+        assert_eq!(t.journal.len(), 200);
+        let head = folders.head("f").unwrap();
+        let before: Vec<_> = (0..=head)
+            .map(|c| folders.changes_since("f", c).unwrap())
+            .collect();
+        assert_eq!(folders.compact_journal("f", true).unwrap(), 193);
+        assert_eq!(t.journal.len(), 200, "a dry run changes nothing");
+        assert_eq!(folders.compact_journal("f", false).unwrap(), 193);
+        assert_eq!(t.journal.len(), 7);
+        assert_eq!(folders.compact_journal("f", false).unwrap(), 0);
+        let now = state_at(&commits, head);
+        for cursor in 0..=head {
+            assert_eq!(
+                folders.changes_since("f", cursor).unwrap(),
+                before[cursor as usize],
+                "from {cursor}"
+            );
+            assert_eq!(replayed(&folders, &commits, cursor), now, "from {cursor}");
+        }
+    }
+
+    /// Rewrites the path's current entry and history record as committed `ago` earlier.
+    fn backdate(folders: &Folders, e: &Entry, ago: std::time::Duration) -> Entry {
+        let t = folders.trees("f").unwrap();
+        let mut old = e.clone();
+        old.committed_ns -= ago.as_nanos() as i64;
+        t.entries.insert(e.path.as_str(), encode(&old)).unwrap();
+        t.history
+            .insert(history_key(&e.path, e.version), encode(&old))
+            .unwrap();
+        old
+    }
+
+    /// Expiry forgets old tombstones only (with all of their path), never a live entry however
+    /// old nor a recent tombstone; the horizon is the highest seq forgotten and never goes
+    /// down; a dry run changes nothing; the path can be made again from version 1.
+    #[test]
+    fn expiry_forgets_only_old_tombstones_and_raises_the_horizon() {
+        let (_dir, folders) = folder();
+        let day = std::time::Duration::from_secs(24 * 3600);
+        let d = |p: &str| Entry::dir(SyncPath::new(p).unwrap(), "d");
+        let gone = |p: &str| {
+            Entry::tombstone(SyncPath::new(p).unwrap(), lbsync_proto::EntryKind::Dir, "d")
+        };
+        let c = |o: CommitOutcome| match o {
+            CommitOutcome::Committed(e) => e,
+            CommitOutcome::Conflict(e) => panic!("conflict with {e:?}"),
+        };
+        for p in ["old-gone", "new-gone", "old-live", "older-gone"] {
+            c(folders.commit("f", d(p), 0).unwrap());
+        }
+        c(folders.commit("f", d("old-gone"), 1).unwrap());
+        let older = c(folders.commit("f", gone("older-gone"), 1).unwrap());
+        let old = c(folders.commit("f", gone("old-gone"), 2).unwrap());
+        let new = c(folders.commit("f", gone("new-gone"), 1).unwrap());
+        let live = folders
+            .current("f", &SyncPath::new("old-live").unwrap())
+            .unwrap()
+            .unwrap();
+        backdate(&folders, &older, day * 400);
+        backdate(&folders, &old, day * 200);
+        backdate(&folders, &live, day * 1000);
+        let head = folders.head("f").unwrap();
+        let cutoff = now_ns() - (day * 180).as_nanos() as i64;
+
+        assert_eq!(
+            folders.expire_tombstones("f", cutoff, true).unwrap(),
+            (2, old.seq)
+        );
+        assert_eq!(
+            folders.expired_seq("f").unwrap(),
+            0,
+            "a dry run changes nothing"
+        );
+        assert_eq!(folders.current_entries("f").unwrap().len(), 4);
+
+        assert_eq!(
+            folders.expire_tombstones("f", cutoff, false).unwrap(),
+            (2, old.seq)
+        );
+        assert_eq!(folders.expired_seq("f").unwrap(), old.seq);
+        let mut paths: Vec<_> = folders
+            .current_entries("f")
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.path.to_string(), e.deleted))
+            .collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [("new-gone".into(), true), ("old-live".into(), false)]
+        );
+        for p in ["old-gone", "older-gone"] {
+            let sp = SyncPath::new(p).unwrap();
+            assert_eq!(
+                folders.history("f", &sp, 10).unwrap(),
+                (vec![], false),
+                "{p}"
+            );
+        }
+        let t = folders.trees("f").unwrap();
+        assert_eq!(t.journal.len(), 2, "the expired paths' records went");
+        let (all, h) = folders.changes_since("f", 0).unwrap();
+        assert_eq!(h, head, "the head stays");
+        assert_eq!(all.len(), 2);
+        assert!(all.iter().all(|e| e.path.as_str() != "old-gone"));
+
+        // Nothing more to expire: the horizon stays where it was.
+        assert_eq!(
+            folders.expire_tombstones("f", now_ns(), false).unwrap().0,
+            1
+        );
+        assert_eq!(folders.expired_seq("f").unwrap(), new.seq);
+        assert_eq!(
+            folders.expire_tombstones("f", now_ns(), false).unwrap(),
+            (0, new.seq)
+        );
+        // A forgotten path is new again.
+        let again = c(folders.commit("f", d("old-gone"), 0).unwrap());
+        assert_eq!(again.version, 1);
+        assert_eq!(folders.expired_seq("f").unwrap(), new.seq);
     }
 }

@@ -50,6 +50,7 @@ struct Case {
     synced: BTreeMap<String, Synced>,
     in_doubt: BTreeSet<String>,
     forgotten: bool,
+    rescan: bool,
     hashed: HashMap<SyncPath, Hashed>,
     sealed_versions: bool,
 }
@@ -61,6 +62,7 @@ impl Case {
             synced: BTreeMap::new(),
             in_doubt: BTreeSet::new(),
             forgotten: false,
+            rescan: false,
             hashed: HashMap::new(),
             sealed_versions: false,
         }
@@ -82,6 +84,7 @@ impl Case {
             synced: &self.synced,
             in_doubt: &self.in_doubt,
             forgotten: self.forgotten,
+            rescan: self.rescan,
             hashed: &self.hashed,
             seeding: true,
             sealed_versions: self.sealed_versions,
@@ -350,4 +353,67 @@ proptest! {
             }
         }
     }
+}
+
+/// A re-scan after the server forgot old deletions: a synced path the whole listing lacks is
+/// offered again (from version 0), or dropped if it was deleted here too; never deleted here.
+/// What the listing shows is believed as ever: a remembered deletion still deletes, an edit is
+/// applied, an unchanged path is no work. Without the re-scan, the same listing deletes nothing
+/// here either (a missing path is no news), but nothing is offered again.
+#[test]
+fn a_rescan_offers_again_what_the_server_no_longer_lists_and_deletes_nothing_for_it() {
+    let mut c = Case::new()
+        .synced("kept.txt", synced(2, 200))
+        .here("kept.txt", fp(Kind::File, 1))
+        .synced("edited-here.txt", synced(2, 200))
+        .here("edited-here.txt", fp(Kind::File, 9))
+        .synced("gone-here-too.txt", synced(3, 300))
+        .synced("deleted-there.txt", synced(1, 100))
+        .here("deleted-there.txt", fp(Kind::File, 1))
+        .synced("edited-there.txt", synced(1, 100))
+        .here("edited-there.txt", fp(Kind::File, 1))
+        .synced("same.txt", synced(4, 400))
+        .here("same.txt", fp(Kind::File, 1));
+    let mut same = entry("same.txt", 4, false, 400);
+    same.manifest = Some(Manifest::empty().id());
+    let listing = || {
+        vec![
+            entry("deleted-there.txt", 2, true, 900),
+            entry("edited-there.txt", 2, false, 900),
+            same.clone(),
+        ]
+    };
+    let quiet = c.plan(listing());
+    for path in ["kept.txt", "gone-here-too.txt", "same.txt"] {
+        assert!(
+            !matches!(
+                quiet.get(&p(path)),
+                Some(Action::Upload { .. } | Action::DeleteHere(_) | Action::Drop)
+            ),
+            "{path}: {quiet:?}"
+        );
+    }
+    c.rescan = true;
+    let plan = c.plan(listing());
+    assert_eq!(plan.get(&p("kept.txt")), Some(&Action::Upload { base: 0 }));
+    assert_eq!(
+        plan.get(&p("edited-here.txt")),
+        Some(&Action::Upload { base: 0 })
+    );
+    assert_eq!(plan.get(&p("gone-here-too.txt")), Some(&Action::Drop));
+    assert!(matches!(
+        plan.get(&p("deleted-there.txt")),
+        Some(Action::DeleteHere(e)) if e.version == 2
+    ));
+    assert!(matches!(
+        plan.get(&p("edited-there.txt")),
+        Some(Action::Apply(e)) if e.version == 2
+    ));
+    assert_eq!(plan.get(&p("same.txt")), None);
+    assert!(
+        !plan
+            .values()
+            .any(|a| matches!(a, Action::DeleteThere { .. })),
+        "{plan:?}"
+    );
 }

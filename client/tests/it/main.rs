@@ -6,6 +6,7 @@ mod cli;
 mod conventions;
 mod encrypted;
 mod encryption;
+mod expiry;
 mod faults;
 mod hostile;
 mod hostile_proxy;

@@ -36,7 +36,9 @@
 //! - `LBSYNC_MODEL_BASE=B`: the base seed (default 0).
 //! - `LBSYNC_MODEL_STEPS=N`: ops per sequence (default 40).
 //! - `LBSYNC_MODEL_OPS=kind,kind` runs only those op kinds (syncs always run), `-kind,-kind` all
-//!   but those; the kinds are the words of [`Op::kind`].
+//!   but those; the kinds are the words of [`Op::kind`]. `expire` (every tombstone forgotten by
+//!   `gc`, so devices behind re-scan) is opt-in: it runs only when named, never in the default
+//!   mix nor with `-kind` (it brings back files deleted elsewhere, by design).
 //! - `LBSYNC_MODEL_SURVEY=1`: run every sequence, shrink nothing, and print which invariants
 //!   broke with which op kinds in the sequence (for finding out what an engine gets wrong).
 //! - `LBSYNC_MODEL_SHRINK_SECS=N`: the time the shrinker may take (default 120).
@@ -173,6 +175,9 @@ enum Op {
     SaveStore,
     /// The server stops, its store is replaced by the copy, it comes back.
     RestoreStore,
+    /// The server stops, `gc` forgets every tombstone (keeping every version otherwise), it
+    /// comes back: a device that had not seen a deletion re-scans. Opt-in (see the docs).
+    Expire,
 }
 
 impl Op {
@@ -210,6 +215,7 @@ impl Op {
             Op::NetCut { .. } => "netcut",
             Op::Restart => "restart",
             Op::SaveStore | Op::RestoreStore => "restore-store",
+            Op::Expire => "expire",
         }
     }
 }
@@ -264,11 +270,15 @@ impl fmt::Display for Op {
                 f,
                 "server stopped, store replaced by the old copy, restarted"
             ),
+            Op::Expire => write!(
+                f,
+                "server stopped, every tombstone expired (gc --keep-tombstones 0), restarted"
+            ),
         }
     }
 }
 
-const ALL_KINDS: [&str; 20] = [
+const ALL_KINDS: [&str; 21] = [
     "write",
     "edit",
     "edit-keep-mtime",
@@ -289,16 +299,28 @@ const ALL_KINDS: [&str; 20] = [
     "netcut",
     "restart",
     "restore-store",
+    "expire",
 ];
+
+/// Kinds that run only when `LBSYNC_MODEL_OPS` names them.
+const OPT_IN: [&str; 1] = ["expire"];
+
+/// Every kind but the opt-in ones.
+fn default_kinds() -> HashSet<&'static str> {
+    ALL_KINDS
+        .into_iter()
+        .filter(|k| !OPT_IN.contains(k))
+        .collect()
+}
 
 /// The op kinds `LBSYNC_MODEL_OPS` enables.
 fn enabled_kinds() -> HashSet<&'static str> {
-    // By default every op. `LBSYNC_MODEL_OPS=-none` says the same.
+    // By default every op but the opt-in ones. `LBSYNC_MODEL_OPS=-none` says the same.
     let Ok(spec) = std::env::var("LBSYNC_MODEL_OPS") else {
-        return ALL_KINDS.into_iter().collect();
+        return default_kinds();
     };
     if spec == "-none" {
-        return ALL_KINDS.into_iter().collect();
+        return default_kinds();
     }
     let words: Vec<&str> = spec
         .split(',')
@@ -313,7 +335,7 @@ fn enabled_kinds() -> HashSet<&'static str> {
         );
     }
     let mut set: HashSet<&'static str> = if words.iter().all(|w| w.starts_with('-')) {
-        ALL_KINDS.into_iter().collect()
+        default_kinds()
     } else {
         ["sync"].into_iter().collect()
     };
@@ -813,6 +835,10 @@ impl<'a> Model<'a> {
     }
 
     fn try_generate(&self, rng: &mut ChaCha8Rng) -> Option<Op> {
+        // Drawn only when enabled: the default sequences stay what they were.
+        if self.kinds.contains("expire") && rng.random_range(0..40) == 0 {
+            return Some(Op::Expire);
+        }
         let dev = rng.random_range(0..DEVICES);
         let tree = snapshot(&self.roots[dev]);
         let pick = |rng: &mut ChaCha8Rng, v: &[String]| -> Option<String> {
@@ -1261,6 +1287,25 @@ impl<'a> Model<'a> {
                 self.server.stop();
                 fs::remove_dir_all(&self.server.store).unwrap();
                 copy_dir(&self.dir.join("store.saved"), &self.server.store);
+                self.server.serve();
+                true
+            }
+            Op::Expire => {
+                self.server.stop();
+                let store = PackStore::open(&self.server.store).unwrap();
+                // Only tombstones go: every other version stays (invariant 1 may need it), and
+                // chunks stored within the hour (uploads not yet committed) stay too.
+                let retention = lbsync_server::admin::Retention {
+                    keep_versions: usize::MAX,
+                    keep_for: Duration::from_secs(100 * 365 * 24 * 3600),
+                    keep_tombstones: Duration::ZERO,
+                };
+                let gc =
+                    lbsync_server::admin::gc(&store, retention, Duration::from_secs(3600), false)
+                        .unwrap();
+                drop(store);
+                self.notes
+                    .push(format!("gc expired {} tombstones", gc.tombstones_expired));
                 self.server.serve();
                 true
             }

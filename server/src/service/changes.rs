@@ -154,10 +154,14 @@ async fn send_backlog(
                 };
                 if !entries.is_empty() {
                     sent = true;
+                    let Some(expired_seq) = expired_seq(tx, folders, folder).await else {
+                        return false;
+                    };
                     let msg = pb::ChangesResponse {
                         entries: entries.into_iter().map(Into::into).collect(),
                         cursor,
                         caught_up: false,
+                        expired_seq,
                     };
                     if tx.send(Ok(msg)).await.is_err() {
                         return false;
@@ -170,15 +174,37 @@ async fn send_backlog(
     if quiet && !sent && entries.is_empty() {
         return true;
     }
-    send_changes(tx, entries, head).await
+    // Read after the entries: a tombstone forgotten while they were read is covered.
+    let Some(expired) = expired_seq(tx, folders, folder).await else {
+        return false;
+    };
+    send_changes(tx, entries, head, expired).await
 }
 
-/// Sends entries in messages of at most [`CHANGES_PER_MESSAGE`], the last carrying `head`. False
-/// when the client has gone.
+/// The folder's expiry horizon, for a message about to go; `None` when it could not be read
+/// (the error is sent).
+async fn expired_seq(
+    tx: &mpsc::Sender<Result<pb::ChangesResponse, Status>>,
+    folders: &Folders,
+    folder: &Arc<str>,
+) -> Option<u64> {
+    let (fs, f) = (folders.clone(), folder.clone());
+    match blocking(move || fs.expired_seq(&f)).await {
+        Ok(seq) => Some(seq),
+        Err(e) => {
+            let _ = tx.send(Err(status(&e))).await;
+            None
+        }
+    }
+}
+
+/// Sends entries in messages of at most [`CHANGES_PER_MESSAGE`], the last carrying `head`, each
+/// the folder's expiry horizon `expired_seq`. False when the client has gone.
 async fn send_changes(
     tx: &mpsc::Sender<Result<pb::ChangesResponse, Status>>,
     entries: Vec<Entry>,
     head: u64,
+    expired_seq: u64,
 ) -> bool {
     let mut batches: Vec<Vec<Entry>> = Vec::new();
     let mut entries = entries.into_iter().peekable();
@@ -199,6 +225,7 @@ async fn send_changes(
             entries: batch.into_iter().map(Into::into).collect(),
             cursor,
             caught_up: i == last,
+            expired_seq,
         };
         if tx.send(Ok(msg)).await.is_err() {
             return false;

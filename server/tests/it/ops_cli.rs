@@ -440,3 +440,136 @@ fn json_reports_of_fsck_gc_and_stats_parse() {
     assert_eq!(p["bytes"], 9);
     assert!(p["pack"].is_u64() && p["offset"].is_u64() && p["message"].is_string());
 }
+
+/// Reads a Changes replay from `cursor` until it catches up: (paths listed, the last message's
+/// expired_seq, every message's expired_seq).
+async fn replay(c: &mut Client, folder: &str, cursor: u64) -> (Vec<String>, u64, Vec<u64>) {
+    let mut stream = c
+        .changes(pb::ChangesRequest {
+            folder: folder.into(),
+            cursor,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut paths, mut horizons) = (Vec::new(), Vec::new());
+    loop {
+        let msg = stream.message().await.unwrap().unwrap();
+        horizons.push(msg.expired_seq);
+        paths.extend(
+            msg.entries
+                .iter()
+                .map(|e| String::from_utf8_lossy(&e.path).into_owned()),
+        );
+        if msg.caught_up {
+            paths.sort();
+            return (paths, msg.expired_seq, horizons);
+        }
+    }
+}
+
+/// `gc --keep-tombstones AGE` forgets deletions older than AGE, with their path's versions and
+/// the chunks only those held, and nothing else; a Changes replay then tells every client the
+/// horizon, so one whose cursor is below it knows to re-scan. The default (180 days) forgets
+/// nothing recent, and a duration that does not read is refused with the forms that do.
+#[test]
+fn gc_expires_tombstones_past_their_retention_and_changes_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (mut child, _, addr, _) = serve_with(&store, &[], &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let gone_seq = rt.block_on(async {
+        let mut c = connect(addr, None).await;
+        handshake(&mut c, "f").await;
+        for (i, p) in ["gone.bin", "kept.bin"].iter().enumerate() {
+            let (m, _) = upload(&mut c, &seeded(150_000, 20 + i as u64)).await;
+            committed(commit(&mut c, file_commit("f", p, &m, 0, Content::Full(m.clone()))).await);
+        }
+        let tombstone = lbsync_proto::CommitRequest {
+            folder: "f".into(),
+            entry: lbsync_proto::Entry::tombstone(
+                lbsync_proto::SyncPath::new("gone.bin").unwrap(),
+                lbsync_proto::EntryKind::File,
+                "test",
+            ),
+            base_version: 1,
+            content: None,
+        };
+        let gone = committed(commit(&mut c, tombstone.into()).await);
+        assert_eq!(replay(&mut c, "f", 0).await.1, 0, "nothing expired yet");
+        gone.seq
+    });
+    kill(child.0.id(), "TERM");
+    assert!(child.0.wait().unwrap().success());
+
+    let gc = |args: &[&str]| -> serde_json::Value {
+        let (ok, out, err) = run(&store, args);
+        assert!(ok, "{args:?}: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}{err}"))
+    };
+    // Within the default retention, and in a dry run, nothing goes.
+    let v = gc(&["gc", "--json", "--grace-secs", "0"]);
+    assert_eq!(v["tombstones_expired"], 0, "{v}");
+    let v = gc(&["gc", "--json", "--dry-run", "--keep-tombstones", "0s"]);
+    assert_eq!(v["tombstones_expired"], 1, "{v}");
+    assert_eq!(v["swept_chunks"], 0, "{v}");
+    let (ok, _, err) = run(&store, &["gc", "--keep-tombstones", "3 days"]);
+    assert!(!ok);
+    assert!(
+        err.contains("cannot read \"3 days\" as a duration") && err.contains("180d"),
+        "{err}"
+    );
+    let (ok, help, _) = run(&store, &["gc", "--help"]);
+    assert!(
+        ok && help.contains("--keep-tombstones <AGE>") && help.contains("180d"),
+        "{help}"
+    );
+
+    let v = gc(&[
+        "gc",
+        "--json",
+        "--keep-tombstones",
+        "0s",
+        "--grace-secs",
+        "0",
+    ]);
+    assert_eq!(v["tombstones_expired"], 1, "{v}");
+    assert!(
+        v["swept_chunks"].as_u64().unwrap() > 0,
+        "the deleted file's chunks go: {v}"
+    );
+    let (ok, text, err) = run(&store, &["gc", "--keep-tombstones", "0s"]);
+    assert!(
+        ok && text.contains("forget 0 tombstones past their retention"),
+        "{text}{err}"
+    );
+
+    let (mut child, _, addr, _) = serve_with(&store, &[], &[]);
+    rt.block_on(async {
+        let mut c = connect(addr, None).await;
+        handshake(&mut c, "f").await;
+        for cursor in 0..=gone_seq {
+            let (paths, horizon, all) = replay(&mut c, "f", cursor).await;
+            assert_eq!(horizon, gone_seq, "from {cursor}");
+            assert!(all.iter().all(|h| *h == gone_seq));
+            assert!(
+                !paths.contains(&"gone.bin".to_owned()),
+                "from {cursor}: {paths:?}"
+            );
+        }
+        assert_eq!(replay(&mut c, "f", 0).await.0, ["kept.bin"]);
+        // The live file is still whole.
+        let m = lbsync_chunkstore::Manifest::new(
+            lbsync_chunkstore::Chunker::new(
+                &seeded(150_000, 21)[..],
+                lbsync_chunkstore::ChunkParams::DEFAULT,
+            )
+            .map(|r| r.unwrap().1.chunk_ref())
+            .collect(),
+        );
+        assert_eq!(download(&mut c, &m).await, seeded(150_000, 21));
+    });
+    drop(rt);
+    kill(child.0.id(), "TERM");
+    assert!(child.0.wait().unwrap().success());
+}
