@@ -145,7 +145,7 @@ struct Puts {
 
 /// A message of chunks compressed together holds about this many of their bytes: the frame's
 /// window spans them all.
-const TOGETHER_MESSAGE_BYTES: usize = 4 << 20;
+const TOGETHER_MESSAGE_BYTES: usize = 16 << 20;
 
 impl Puts {
     fn new() -> Self {
