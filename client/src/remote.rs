@@ -43,6 +43,19 @@ fn stub(channel: Channel, auth: Auth) -> SyncClient<InterceptedService<Channel, 
         .max_encoding_message_size(64 << 20)
 }
 
+/// A stub for the calls whose messages are many similar entries (CommitBatch, Changes): it
+/// accepts zstd answers (a server that does not compress ignores that), and with `send` (the
+/// server said it accepts zstd) compresses its requests. Chunks are compressed one by one
+/// already and go uncompressed through the plain stub.
+fn packed(
+    client: &SyncClient<InterceptedService<Channel, Auth>>,
+    send: bool,
+) -> SyncClient<InterceptedService<Channel, Auth>> {
+    use tonic::codec::CompressionEncoding::Zstd;
+    let c = client.clone().accept_compressed(Zstd);
+    if send { c.send_compressed(Zstd) } else { c }
+}
+
 /// A connected server folder.
 pub struct Remote {
     client: SyncClient<InterceptedService<Channel, Auth>>,
@@ -62,6 +75,12 @@ pub struct Remote {
     pub read_only: bool,
     /// The server says the folder is end-to-end encrypted.
     pub encrypted: bool,
+    /// The server takes metadata-only commits (`Content::Same`) and sends entries whose content
+    /// is their previous version's without their manifest id
+    /// (`HandshakeResponse.same_content_commits`).
+    pub same_content: bool,
+    /// The server accepts zstd-compressed CommitBatch requests (`HandshakeResponse.compression`).
+    pub compress: bool,
     /// How the folder's chunks, manifests and entries look on the server (see
     /// [`Remote::set_codec`]).
     codec: FolderCodec,
@@ -290,6 +309,8 @@ impl Remote {
             store_id: hs.store_id,
             read_only: hs.read_only,
             encrypted: hs.encrypted,
+            same_content: hs.same_content_commits,
+            compress: hs.compression.iter().any(|c| c == "zstd"),
             codec: FolderCodec::Plain,
             refused: Vec::new(),
             max_ids: (hs.max_ids_per_request as usize).clamp(1, 65_536),
@@ -542,8 +563,7 @@ impl Remote {
             let n = batch.len();
             let req = batch_to_pb(&self.folder, device, batch);
             self.sent += req.encoded_len() as u64;
-            let resp = self
-                .client
+            let resp = packed(&self.client, self.compress)
                 .commit_batch(req)
                 .await
                 .map_err(Error::rpc("CommitBatch"))?
@@ -574,9 +594,9 @@ impl Remote {
         let req = pb::ChangesRequest {
             folder: self.folder.clone(),
             cursor,
+            same_content_entries: self.same_content,
         };
-        Ok(self
-            .client
+        Ok(packed(&self.client, false)
             .changes(req)
             .await
             .map_err(Error::rpc("Changes"))?
@@ -592,8 +612,9 @@ impl Remote {
         let req = pb::ChangesRequest {
             folder: self.folder.clone(),
             cursor,
+            same_content_entries: self.same_content,
         };
-        Ok(stub(channel, self.auth.clone())
+        Ok(packed(&stub(channel, self.auth.clone()), false)
             .changes(req)
             .await
             .map_err(Error::rpc("Changes"))?

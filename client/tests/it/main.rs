@@ -9,6 +9,7 @@ mod encryption;
 mod faults;
 mod hostile;
 mod hostile_proxy;
+mod metadata;
 mod model;
 mod procs;
 mod python;
