@@ -596,7 +596,8 @@ impl Syncer {
 
     /// Fills in the manifest of the files the server sent as `same_content` (their content is
     /// their previous version's, and the manifest id was left out): the synced one when this
-    /// folder holds that previous version, else the path's history says. One whose history
+    /// folder holds that previous version (or that version itself), else the path's history
+    /// says. One whose history
     /// cannot be read stays without a manifest: its download then fails as a problem of the
     /// path, which is retried from the history.
     async fn resolve_same_content(&mut self, remote: &mut HashMap<SyncPath, Entry>) -> Result<()> {
@@ -605,8 +606,10 @@ impl Syncer {
                 continue;
             }
             let synced = self.state.state.files.get(e.path.as_str());
+            // The version synced here or the one after it (a replay shows our own commits
+            // again): the synced manifest is theirs.
             if let Some(id) = synced
-                .filter(|s| s.version + 1 == e.version)
+                .filter(|s| s.version + 1 == e.version || s.version == e.version)
                 .and_then(Synced::manifest_id)
             {
                 e.manifest = Some(id);
