@@ -594,22 +594,27 @@ impl Syncer {
         Ok(self.report.clone())
     }
 
-    /// Fills in the manifest of the files the server sent as `same_content` (their content is
-    /// their previous version's, and the manifest id was left out): the synced one when this
-    /// folder holds that previous version (or that version itself), else the path's history
-    /// says. One whose history
-    /// cannot be read stays without a manifest: its download then fails as a problem of the
-    /// path, which is retried from the history.
+    /// Fills in the manifest of the files the server sent as the same content as their previous
+    /// version (`same_content_base_ns`; the manifest id was left out): the synced one when this
+    /// folder holds that previous version with the commit time the server names (or that
+    /// version itself, with its own), else the path's history says. The commit time tells the
+    /// version this folder synced from another that a store restored from a backup numbered the
+    /// same. One whose history cannot be read stays without a manifest: its download then fails
+    /// as a problem of the path, which is retried from the history.
     async fn resolve_same_content(&mut self, remote: &mut HashMap<SyncPath, Entry>) -> Result<()> {
+        let same_as = self.remote.take_same_as();
         for e in remote.values_mut() {
             if e.kind != EntryKind::File || e.deleted || e.manifest.is_some() {
                 continue;
             }
+            let base_ns = same_as.get(&e.path).copied().unwrap_or(0);
             let synced = self.state.state.files.get(e.path.as_str());
-            // The version synced here or the one after it (a replay shows our own commits
-            // again): the synced manifest is theirs.
             if let Some(id) = synced
-                .filter(|s| s.version + 1 == e.version || s.version == e.version)
+                .filter(|s| {
+                    s.committed_ns != 0
+                        && ((s.version + 1 == e.version && s.committed_ns == base_ns)
+                            || (s.version == e.version && s.committed_ns == e.committed_ns))
+                })
                 .and_then(Synced::manifest_id)
             {
                 e.manifest = Some(id);

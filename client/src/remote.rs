@@ -84,6 +84,9 @@ pub struct Remote {
     /// How the folder's chunks, manifests and entries look on the server (see
     /// [`Remote::set_codec`]).
     codec: FolderCodec,
+    /// Files the last [`Remote::changes_until_caught_up`] heard as the same content as their
+    /// previous version, without a manifest id: that version's commit time, by path.
+    same_as: HashMap<SyncPath, i64>,
     /// Entries the server sent that could not be taken (not sealed by this folder's key, or a
     /// path refused here), said in words, until [`Remote::take_refused`].
     refused: Vec<String>,
@@ -312,6 +315,7 @@ impl Remote {
             same_content: hs.same_content_commits,
             compress: hs.compression.iter().any(|c| c == "zstd"),
             codec: FolderCodec::Plain,
+            same_as: HashMap::new(),
             refused: Vec::new(),
             max_ids: (hs.max_ids_per_request as usize).clamp(1, 65_536),
             sent: 0,
@@ -417,6 +421,12 @@ impl Remote {
     /// How the folder's chunks, manifests and entries look on the server.
     pub fn codec(&self) -> &FolderCodec {
         &self.codec
+    }
+
+    /// The files the last replay sent as the same content as their previous version (see
+    /// `Entry.same_content_base_ns`), with that version's commit time, by path.
+    pub fn take_same_as(&mut self) -> HashMap<SyncPath, i64> {
+        std::mem::take(&mut self.same_as)
     }
 
     /// What the server sent that could not be taken since the last call, in words.
@@ -627,6 +637,7 @@ impl Remote {
         cursor: u64,
     ) -> Result<(HashMap<SyncPath, Entry>, u64)> {
         let mut stream = self.changes(cursor).await?;
+        self.same_as.clear();
         let mut out = HashMap::new();
         let mut hold: Option<u64> = None;
         loop {
@@ -645,6 +656,7 @@ impl Remote {
                 // next sync reads it again: from an honest server it opens, and nothing is
                 // missed.
                 let seq = e.seq;
+                let same_as = e.same_content_base_ns;
                 match Entry::try_from(e) {
                     Err(err) => {
                         let why = format!("the server sent an entry that is refused here: {err}");
@@ -653,6 +665,11 @@ impl Remote {
                     }
                     Ok(e) => match self.codec.open_entry(e) {
                         Ok(e) => {
+                            if same_as != 0 && e.manifest.is_none() {
+                                self.same_as.insert(e.path.clone(), same_as);
+                            } else {
+                                self.same_as.remove(&e.path);
+                            }
                             out.insert(e.path.clone(), e);
                         }
                         Err(err) => {

@@ -398,8 +398,7 @@ impl Syncer {
     /// the content `m` is the synced version's, that version is the base, the server takes such
     /// commits, and the folder is not encrypted (whose metadata travels sealed, so the server
     /// could not apply a change to it: there the manifest id is committed with a new sealed
-    /// entry, which costs no chunk and no manifest either). Only the mode and mtime that moved
-    /// since the sync are sent.
+    /// entry, which costs no chunk and no manifest either). The file's mode and mtime are sent.
     fn same_content(
         &self,
         path: &SyncPath,
@@ -414,9 +413,11 @@ impl Syncer {
         if s.version != base_version || s.manifest_id() != Some(m.id()) {
             return None;
         }
+        // Both, always: the server's may differ from what was synced here (a mode adopted from
+        // the server as it was, which the file here does not have).
         Some(SameContent {
-            mode: (before.mode != s.local.mode).then_some(before.mode),
-            mtime_ns: (before.mtime_ns != s.local.mtime_ns).then_some(before.mtime_ns),
+            mode: Some(before.mode),
+            mtime_ns: Some(before.mtime_ns),
         })
     }
 

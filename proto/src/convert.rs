@@ -218,7 +218,7 @@ impl From<Entry> for pb::Entry {
             seq: e.seq,
             committed_ns: e.committed_ns,
             sealed: Bytes::from(e.sealed),
-            same_content: false,
+            same_content_base_ns: 0,
         }
     }
 }

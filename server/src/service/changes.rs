@@ -212,8 +212,8 @@ async fn send_changes(
 
 /// Entries as they go on the wire. With `mark` (the client asked for `same_content_entries`), a
 /// file whose manifest and size are its previous version's (a metadata-only commit, or the same
-/// bytes committed again) goes with `same_content` set and no manifest id: the receiver applies
-/// it in place. Not in an encrypted folder, whose entries' sealed metadata names the manifest
+/// bytes committed again) goes with `same_content_base_ns` (that version's commit time) and no
+/// manifest id: the receiver applies it in place. Not in an encrypted folder, whose entries' sealed metadata names the manifest
 /// id. A lookup that fails leaves the entry whole.
 async fn to_wire(
     folders: &Folders,
@@ -232,7 +232,8 @@ async fn to_wire(
     } else {
         Vec::new()
     };
-    let marks = if wanted.is_empty() {
+    // Per candidate, the previous version's commit time when its content is the same.
+    let marks: Vec<i64> = if wanted.is_empty() {
         Vec::new()
     } else {
         let (fs, f) = (folders.clone(), folder.clone());
@@ -246,12 +247,13 @@ async fn to_wire(
                     fs.version(&f, &e.path, e.version - 1)
                         .ok()
                         .flatten()
-                        .is_some_and(|p| {
+                        .filter(|p| {
                             !p.deleted
                                 && p.kind == e.kind
                                 && p.manifest == e.manifest
                                 && p.size == e.size
                         })
+                        .map_or(0, |p| p.committed_ns)
                 })
                 .collect())
         })
@@ -262,10 +264,14 @@ async fn to_wire(
     entries
         .into_iter()
         .map(|e| {
-            let same = mark && candidate(&e) && marks.next().unwrap_or(false);
+            let base_ns = if mark && candidate(&e) {
+                marks.next().unwrap_or(0)
+            } else {
+                0
+            };
             let mut wire = pb::Entry::from(e);
-            if same {
-                wire.same_content = true;
+            if base_ns != 0 {
+                wire.same_content_base_ns = base_ns;
                 wire.manifest_id = Default::default();
             }
             wire
