@@ -264,6 +264,7 @@ async fn attack(
                 .changes(pb::ChangesRequest {
                     folder: "default".into(),
                     cursor: 0,
+                    ..Default::default()
                 })
                 .await
             {

@@ -67,6 +67,9 @@ pub struct Report {
     pub uploaded: u64,
     /// Files and entries received.
     pub downloaded: u64,
+    /// Of those, files whose content was already here: their new mode and mtime were set in
+    /// place, the bytes not rewritten.
+    pub in_place: u64,
     /// Local paths deleted because the server's were.
     pub deleted_here: u64,
     /// Server paths deleted because local ones were.
@@ -477,6 +480,7 @@ impl Syncer {
                 cursor = head;
             }
         }
+        self.resolve_same_content(&mut remote).await?;
         self.cursor = cursor;
         self.at_cursor = remote
             .values()
@@ -492,7 +496,8 @@ impl Syncer {
             self.state.state.forgotten = true;
             self.state.state.cursor = 0;
             self.state.save()?;
-            let (all, cursor) = self.remote.changes_until_caught_up(0).await?;
+            let (mut all, cursor) = self.remote.changes_until_caught_up(0).await?;
+            self.resolve_same_content(&mut all).await?;
             remote = all;
             self.cursor = cursor;
             self.at_cursor = remote
@@ -543,7 +548,7 @@ impl Syncer {
         // evidence the executor checks before it replaces or deletes the file.
         for (path, h) in &hashed {
             let upload = matches!(plan.get(path), Some(Action::Upload { .. }));
-            let evidence = *h == Hashed::Same || (*h == Hashed::ModeOnly && !upload);
+            let evidence = *h == Hashed::Same || (*h == Hashed::Metadata && !upload);
             if let (true, Some(s), Some(l)) = (
                 evidence,
                 self.state.state.files.get_mut(path.as_str()),
@@ -616,6 +621,46 @@ impl Syncer {
         self.state.prune_manifests();
         self.report.seconds = start.elapsed().as_secs_f64();
         Ok(self.report.clone())
+    }
+
+    /// Fills in the manifest of the files the server sent as the same content as their previous
+    /// version (`same_content_base_ns`; the manifest id was left out): the synced one when this
+    /// folder holds that previous version with the commit time the server names (or that
+    /// version itself, with its own), else the path's history says. The commit time tells the
+    /// version this folder synced from another that a store restored from a backup numbered the
+    /// same. One whose history cannot be read stays without a manifest: its download then fails
+    /// as a problem of the path, which is retried from the history.
+    async fn resolve_same_content(&mut self, remote: &mut HashMap<SyncPath, Entry>) -> Result<()> {
+        let same_as = self.remote.take_same_as();
+        for e in remote.values_mut() {
+            if e.kind != EntryKind::File || e.deleted || e.manifest.is_some() {
+                continue;
+            }
+            let base_ns = same_as.get(&e.path).copied().unwrap_or(0);
+            let synced = self.state.state.files.get(e.path.as_str());
+            if let Some(id) = synced
+                .filter(|s| {
+                    s.committed_ns != 0
+                        && ((s.version + 1 == e.version && s.committed_ns == base_ns)
+                            || (s.version == e.version && s.committed_ns == e.committed_ns))
+                })
+                .and_then(Synced::manifest_id)
+            {
+                e.manifest = Some(id);
+                continue;
+            }
+            match self.remote.history(&e.path).await {
+                Ok(versions) => {
+                    e.manifest = versions
+                        .into_iter()
+                        .find(|v| v.version == e.version)
+                        .and_then(|v| v.manifest);
+                }
+                Err(err) if err.is_offline() => return Err(err),
+                Err(err) => warn!("{}: cannot read its history: {err}", e.path),
+            }
+        }
+        Ok(())
     }
 
     /// Whether a name is in use, here or on the server as far as this sync has seen.
@@ -749,9 +794,11 @@ impl Syncer {
                 )
                 .is_ok_and(|m| m.id() == id)
             });
-            let h = match (same, fp.mode == s.local.mode) {
+            // A new mtime on the same bytes is sent too (as a metadata-only commit).
+            let meta_same = fp.mode == s.local.mode && fp.mtime_ns == s.local.mtime_ns;
+            let h = match (same, meta_same) {
                 (true, true) => Hashed::Same,
-                (true, false) => Hashed::ModeOnly,
+                (true, false) => Hashed::Metadata,
                 (false, _) => Hashed::Changed,
             };
             out.insert(path.clone(), h);
@@ -1444,6 +1491,10 @@ impl Syncer {
                 let as_synced = self.state.state.files.get(path.as_str()).is_some_and(|s| {
                     cur.version > s.version && here.as_ref().is_some_and(|l| unchanged(l, &s.local))
                 });
+                // Only its mode or mtime changed here (a metadata-only commit that met an edit):
+                // the bytes are as synced, so the newer version takes the path as above, and the
+                // new fingerprint is the evidence the download checks.
+                let as_synced = as_synced || self.metadata_only_here(path, &cur, here.as_ref());
                 if as_synced {
                     match cur.kind {
                         EntryKind::File => self.download_file(&cur).await?,
@@ -1468,6 +1519,40 @@ impl Syncer {
                 }
             }
         }
+    }
+
+    /// Whether the file at `path`, `here`, differs from what was synced only in its metadata
+    /// (its bytes hash as synced) while the server holds a newer version `cur`; then its
+    /// fingerprint is recorded as the synced one's, as the plan does for such a file.
+    fn metadata_only_here(
+        &mut self,
+        path: &SyncPath,
+        cur: &Entry,
+        here: Option<&Fingerprint>,
+    ) -> bool {
+        let Some(l) = here.filter(|l| l.kind == Kind::File) else {
+            return false;
+        };
+        let Some(s) = self.state.state.files.get(path.as_str()) else {
+            return false;
+        };
+        if cur.version <= s.version || s.local.kind != Kind::File {
+            return false;
+        }
+        let Some(id) = s.manifest_id() else {
+            return false;
+        };
+        let same = manifest_of(
+            &path.to_local(&self.root),
+            self.remote.params,
+            self.remote.codec(),
+        )
+        .is_ok_and(|m| m.id() == id);
+        if same && let Some(s) = self.state.state.files.get_mut(path.as_str()) {
+            s.local = l.clone();
+            s.seen_ns = crate::state::now_ns();
+        }
+        same
     }
 
     /// Sends one commit. Its path is in doubt until the answer comes (see `State::in_doubt`).

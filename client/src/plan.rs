@@ -8,8 +8,9 @@
 //! - Ignored is not deleted. A synced path that `.lbsyncignore` now excludes stops syncing: its
 //!   record is forgotten and it stays as it is, here and everywhere else; server changes to it
 //!   are not applied here.
-//! - Changed here means the fingerprint moved *and* (for files) the content or mode did: a file
-//!   whose fingerprint changed but whose bytes hash as synced is only refreshed.
+//! - Changed here means the fingerprint moved *and* (for files) the content, mode or mtime did:
+//!   a file whose fingerprint changed but whose bytes, mode and mtime are as synced (a new inode
+//!   or ctime only) is only refreshed.
 //! - Only-local changes are uploaded, only-remote ones applied; both: equal contents are adopted,
 //!   a modification beats a deletion on either side, and otherwise both are kept (conflicted
 //!   copy). A local file the state does not know, at a path the server deleted, is checked
@@ -99,8 +100,9 @@ pub enum Side {
 pub enum Hashed {
     /// Same bytes and mode as synced.
     Same,
-    /// Same bytes, another mode: a metadata change.
-    ModeOnly,
+    /// Same bytes, another mode or modification time (`touch`, `chmod`, a release unpacked
+    /// over the same files): a metadata change, sent as a metadata-only commit.
+    Metadata,
     /// Other bytes (or unreadable: then it is treated as changed, which is safe).
     Changed,
 }
@@ -190,7 +192,7 @@ fn plan_path(
         (None, None) => false,
         (Some(l), Some(s)) => match hashed {
             Some(Hashed::Same) => false,
-            Some(Hashed::ModeOnly) => there.is_none(),
+            Some(Hashed::Metadata) => there.is_none(),
             Some(Hashed::Changed) => true,
             None => !unchanged(l, &s.local),
         },

@@ -43,6 +43,19 @@ fn stub(channel: Channel, auth: Auth) -> SyncClient<InterceptedService<Channel, 
         .max_encoding_message_size(64 << 20)
 }
 
+/// A stub for the calls whose messages are many similar entries (CommitBatch, Changes): it
+/// accepts zstd answers (a server that does not compress ignores that), and with `send` (the
+/// server said it accepts zstd) compresses its requests. Chunks are compressed one by one
+/// already and go uncompressed through the plain stub.
+fn packed(
+    client: &SyncClient<InterceptedService<Channel, Auth>>,
+    send: bool,
+) -> SyncClient<InterceptedService<Channel, Auth>> {
+    use tonic::codec::CompressionEncoding::Zstd;
+    let c = client.clone().accept_compressed(Zstd);
+    if send { c.send_compressed(Zstd) } else { c }
+}
+
 /// A connected server folder.
 pub struct Remote {
     client: SyncClient<InterceptedService<Channel, Auth>>,
@@ -64,9 +77,18 @@ pub struct Remote {
     pub encrypted: bool,
     /// The server takes chunks compressed together (`PutChunksRequest.together`).
     pub chunks_together: bool,
+    /// The server takes metadata-only commits (`Content::Same`) and sends entries whose content
+    /// is their previous version's without their manifest id
+    /// (`HandshakeResponse.same_content_commits`).
+    pub same_content: bool,
+    /// The server accepts zstd-compressed CommitBatch requests (`HandshakeResponse.compression`).
+    pub compress: bool,
     /// How the folder's chunks, manifests and entries look on the server (see
     /// [`Remote::set_codec`]).
     codec: FolderCodec,
+    /// Files the last [`Remote::changes_until_caught_up`] heard as the same content as their
+    /// previous version, without a manifest id: that version's commit time, by path.
+    same_as: HashMap<SyncPath, i64>,
     /// Entries the server sent that could not be taken (not sealed by this folder's key, or a
     /// path refused here), said in words, until [`Remote::take_refused`].
     refused: Vec<String>,
@@ -296,7 +318,10 @@ impl Remote {
             read_only: hs.read_only,
             encrypted: hs.encrypted,
             chunks_together: hs.chunks_together,
+            same_content: hs.same_content_commits,
+            compress: hs.compression.iter().any(|c| c == "zstd"),
             codec: FolderCodec::Plain,
+            same_as: HashMap::new(),
             refused: Vec::new(),
             max_ids: (hs.max_ids_per_request as usize).clamp(1, 65_536),
             sent: 0,
@@ -403,6 +428,12 @@ impl Remote {
     /// How the folder's chunks, manifests and entries look on the server.
     pub fn codec(&self) -> &FolderCodec {
         &self.codec
+    }
+
+    /// The files the last replay sent as the same content as their previous version (see
+    /// `Entry.same_content_base_ns`), with that version's commit time, by path.
+    pub fn take_same_as(&mut self) -> HashMap<SyncPath, i64> {
+        std::mem::take(&mut self.same_as)
     }
 
     /// What the server sent that could not be taken since the last call, in words.
@@ -549,8 +580,7 @@ impl Remote {
             let n = batch.len();
             let req = batch_to_pb(&self.folder, device, batch);
             self.sent += req.encoded_len() as u64;
-            let resp = self
-                .client
+            let resp = packed(&self.client, self.compress)
                 .commit_batch(req)
                 .await
                 .map_err(Error::rpc("CommitBatch"))?
@@ -581,9 +611,9 @@ impl Remote {
         let req = pb::ChangesRequest {
             folder: self.folder.clone(),
             cursor,
+            same_content_entries: self.same_content,
         };
-        Ok(self
-            .client
+        Ok(packed(&self.client, false)
             .changes(req)
             .await
             .map_err(Error::rpc("Changes"))?
@@ -599,8 +629,9 @@ impl Remote {
         let req = pb::ChangesRequest {
             folder: self.folder.clone(),
             cursor,
+            same_content_entries: self.same_content,
         };
-        Ok(stub(channel, self.auth.clone())
+        Ok(packed(&stub(channel, self.auth.clone()), false)
             .changes(req)
             .await
             .map_err(Error::rpc("Changes"))?
@@ -613,6 +644,7 @@ impl Remote {
         cursor: u64,
     ) -> Result<(HashMap<SyncPath, Entry>, u64)> {
         let mut stream = self.changes(cursor).await?;
+        self.same_as.clear();
         let mut out = HashMap::new();
         let mut hold: Option<u64> = None;
         loop {
@@ -632,6 +664,7 @@ impl Remote {
                 // next sync reads it again: from an honest server it opens, and nothing is
                 // missed.
                 let seq = e.seq;
+                let same_as = e.same_content_base_ns;
                 match Entry::try_from(e) {
                     Err(err) => {
                         let why = format!("the server sent an entry that is refused here: {err}");
@@ -640,6 +673,11 @@ impl Remote {
                     }
                     Ok(e) => match self.codec.open_entry(e) {
                         Ok(e) => {
+                            if same_as != 0 && e.manifest.is_none() {
+                                self.same_as.insert(e.path.clone(), same_as);
+                            } else {
+                                self.same_as.remove(&e.path);
+                            }
                             out.insert(e.path.clone(), e);
                         }
                         Err(err) => {

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -11,7 +12,8 @@ use lbsync_chunkstore::{ChunkId, ChunkRef, CompressProbe, Manifest, ManifestDelt
 use lbsync_cli::units::count;
 use lbsync_proto::wire::{MAX_DELTA_BASES, encode_chunk_against};
 use lbsync_proto::{
-    BatchOutcome, CommitOutcome, CommitRequest, Content, Entry, EntryKind, SyncPath, pb,
+    BatchOutcome, CommitOutcome, CommitRequest, Content, Entry, EntryKind, SameContent, SyncPath,
+    pb,
 };
 use tracing::{info, warn};
 
@@ -388,6 +390,17 @@ impl Syncer {
         base: Option<&Manifest>,
         full: bool,
     ) -> CommitRequest {
+        if let Some(same) = (!full)
+            .then(|| self.same_content(path, base_version, before, m))
+            .flatten()
+        {
+            return CommitRequest {
+                folder: self.remote.folder.clone(),
+                entry: Entry::new(path.clone(), EntryKind::File, &self.device),
+                base_version,
+                content: Some(Content::Same(same)),
+            };
+        }
         let content = if !full
             && (self.index.has_manifest(&m.id()) || base.is_some_and(|b| b.id() == m.id()))
         {
@@ -416,6 +429,96 @@ impl Syncer {
             base_version,
             content: Some(content),
         }
+    }
+
+    /// What a metadata-only commit of `path` on `base_version` would change, when it can be one:
+    /// the content `m` is the synced version's, that version is the base, the server takes such
+    /// commits, and the folder is not encrypted (whose metadata travels sealed, so the server
+    /// could not apply a change to it: there the manifest id is committed with a new sealed
+    /// entry, which costs no chunk and no manifest either). The file's mode and mtime are sent.
+    fn same_content(
+        &self,
+        path: &SyncPath,
+        base_version: u64,
+        before: &Fingerprint,
+        m: &Manifest,
+    ) -> Option<SameContent> {
+        if !self.remote.same_content || self.remote.codec().is_sealed() || base_version == 0 {
+            return None;
+        }
+        let s = self.state.state.files.get(path.as_str())?;
+        if s.version != base_version || s.manifest_id() != Some(m.id()) {
+            return None;
+        }
+        // Both, always: the server's may differ from what was synced here (a mode adopted from
+        // the server as it was, which the file here does not have).
+        Some(SameContent {
+            mode: Some(before.mode),
+            mtime_ns: Some(before.mtime_ns),
+        })
+    }
+
+    /// Applies a server version whose content is the synced one's (a metadata-only change:
+    /// mode, mtime) in place: the same file, its bytes not rewritten, when the file here is
+    /// still exactly what was synced (checked on the open file, so a file swapped in meanwhile
+    /// is not the one changed). Returns false when it is not such a change or the file here
+    /// moved on: then it is downloaded as any version, which keeps a changed file as a
+    /// conflicted copy.
+    pub(crate) fn apply_metadata(&mut self, r: &Entry) -> Result<bool> {
+        let Some(s) = self.state.state.files.get(r.path.as_str()) else {
+            return Ok(false);
+        };
+        if s.local.kind != Kind::File || r.manifest.is_none() || s.manifest_id() != r.manifest {
+            return Ok(false);
+        }
+        let synced = s.local.clone();
+        let dest = confine::check(&self.root, &r.path)?;
+        let Ok(file) = fs::File::open(&dest) else {
+            return Ok(false);
+        };
+        // The open file is the synced one: the path still names it, and it is unchanged.
+        let same_inode = file
+            .metadata()
+            .is_ok_and(|md| md.is_file() && md.ino() == synced.inode && md.dev() == synced.dev);
+        if !same_inode || fingerprint(&dest).is_none_or(|now| !unchanged(&now, &synced)) {
+            return Ok(false);
+        }
+        // A peer's setuid, setgid and sticky bits are never applied.
+        let mode = if r.mode == 0 { 0o644 } else { r.mode & 0o777 };
+        let set = || -> std::io::Result<()> {
+            if synced.mode & 0o7777 != mode {
+                file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+            }
+            if r.mtime_ns > 0 && r.mtime_ns != synced.mtime_ns {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(r.mtime_ns as u64);
+                file.set_modified(t)?;
+            }
+            Ok(())
+        };
+        set().map_err(Error::io(format!(
+            "setting mode and time of {}",
+            dest.display()
+        )))?;
+        drop(file);
+        // Taken after the change: its ctime is now, so the next scan hashes it again (racy),
+        // and a write that landed in between is still seen.
+        let local = fingerprint(&dest)
+            .ok_or_else(|| Error::Usage(format!("{} vanished", dest.display())))?;
+        info!(
+            "applied {}'s new mode and time from {} in place",
+            r.path,
+            display_device(&r.device)
+        );
+        self.report.in_place += 1;
+        self.state.state.files.insert(
+            r.path.as_str().to_owned(),
+            Synced {
+                seq: r.seq,
+                committed_ns: r.committed_ns,
+                ..Synced::new(r.version, r.manifest, local)
+            },
+        );
+        Ok(true)
     }
 
     /// The manifest last synced at `path`, if cached.
@@ -695,6 +798,9 @@ impl Syncer {
     /// checked, then renamed into place, so a half file is never visible. Chunks that local files
     /// hold are copied from disk; only the others are downloaded.
     pub(crate) async fn download_file(&mut self, r: &Entry) -> Result<()> {
+        if self.apply_metadata(r)? {
+            return Ok(());
+        }
         let id = r.manifest.ok_or_else(|| Error::Protocol {
             what: "Changes",
             reason: format!("file {} has no manifest", r.path),

@@ -6,7 +6,9 @@ use lbsync_chunkstore::{
     ChunkId, ChunkParams, ChunkRef, DeltaOp, Manifest, ManifestDelta, ManifestId,
 };
 
-use crate::model::{BatchOutcome, CommitOutcome, CommitRequest, Content, Entry, EntryKind};
+use crate::model::{
+    BatchOutcome, CommitOutcome, CommitRequest, Content, Entry, EntryKind, SameContent,
+};
 use crate::path::{PathError, SyncPath};
 use crate::pb;
 
@@ -216,6 +218,7 @@ impl From<Entry> for pb::Entry {
             seq: e.seq,
             committed_ns: e.committed_ns,
             sealed: Bytes::from(e.sealed),
+            same_content_base_ns: 0,
         }
     }
 }
@@ -313,6 +316,10 @@ impl From<CommitRequest> for pb::CommitRequest {
                 Content::Delta { base, delta } => {
                     pb::commit_request::Content::Delta(delta_to_pb(&base, &delta))
                 }
+                Content::Same(s) => pb::commit_request::Content::SameContent(pb::SameContent {
+                    mode: s.mode,
+                    mtime_ns: s.mtime_ns,
+                }),
             }),
         }
     }
@@ -340,6 +347,10 @@ impl TryFrom<pb::CommitRequest> for CommitRequest {
                         let (base, delta) = delta_from_pb(&d)?;
                         Content::Delta { base, delta }
                     }
+                    pb::commit_request::Content::SameContent(s) => Content::Same(SameContent {
+                        mode: s.mode,
+                        mtime_ns: s.mtime_ns,
+                    }),
                 })
             })
             .transpose()?;

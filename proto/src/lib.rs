@@ -39,6 +39,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lbsy
 pub use convert::{ConvertError, check_device, ids_from_bytes, ids_to_bytes};
 pub use model::{
     BatchOutcome, CommitOutcome, CommitRequest, Content, Entry, EntryKind, PROTOCOL_VERSION,
+    SameContent,
 };
 pub use path::{PathError, SyncPath};
 

@@ -109,6 +109,19 @@ pub enum Content {
         /// The operations.
         delta: ManifestDelta,
     },
+    /// The base version's content, unchanged: a metadata-only commit. The server makes the new
+    /// version from the base version's entry with these fields replaced (and the entry's device);
+    /// no manifest and no chunk travel.
+    Same(SameContent),
+}
+
+/// What a metadata-only commit ([`Content::Same`]) changes; `None` keeps the base version's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SameContent {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New modification time, Unix nanoseconds.
+    pub mtime_ns: Option<i64>,
 }
 
 /// A request to make `entry` the path's current version.

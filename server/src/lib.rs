@@ -78,9 +78,13 @@ pub async fn run(
     let tokens_required = service.tokens_required();
     let limit = config.limits.max_message_bytes;
     // Every handler authorizes its request against the folder it names (`authz`).
+    // zstd both ways (`service::COMPRESSION`); answers are compressed only for a client whose
+    // request accepts it, so older clients see no change.
     let server = SyncServer::new(service)
         .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+        .max_encoding_message_size(limit)
+        .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
+        .send_compressed(tonic::codec::CompressionEncoding::Zstd);
     // Keepalive pings end connections whose peer is gone or speaks garbage.
     let mut builder = Server::builder()
         .initial_stream_window_size(Some(STREAM_WINDOW))

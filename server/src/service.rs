@@ -145,6 +145,11 @@ impl SyncService {
     }
 }
 
+/// The gRPC message compression the server accepts, and sends to clients that accept it
+/// (`HandshakeResponse.compression`): clients ask for it on CommitBatch and Changes, whose
+/// paths and entries compress well, never on GetChunks (chunks are compressed one by one).
+pub const COMPRESSION: &str = "zstd";
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -190,6 +195,8 @@ impl pb::sync_server::Sync for SyncService {
             max_requests_per_user: self.limits.max_requests_per_user,
             encrypted,
             chunks_together: true,
+            compression: vec![COMPRESSION.into()],
+            same_content_commits: true,
         }))
     }
 

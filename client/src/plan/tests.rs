@@ -157,7 +157,7 @@ fn a_file_whose_bytes_hash_as_synced_is_only_refreshed() {
     c.hashed.insert(p("a.txt"), Hashed::Same);
     assert_eq!(c.plan(vec![]).get(&p("a.txt")), Some(&Action::Refresh));
     // A chmod alone meets a remote edit: the edit is applied, no conflict.
-    c.hashed.insert(p("a.txt"), Hashed::ModeOnly);
+    c.hashed.insert(p("a.txt"), Hashed::Metadata);
     assert!(matches!(
         c.plan(vec![entry("a.txt", 2, false, 0)]).get(&p("a.txt")),
         Some(Action::Apply(_))

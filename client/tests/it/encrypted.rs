@@ -86,6 +86,7 @@ async fn server_paths(server: &Server, folder: &str) -> Vec<String> {
         .changes(pb::ChangesRequest {
             folder: folder.into(),
             cursor: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

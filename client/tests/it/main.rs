@@ -10,6 +10,7 @@ mod expiry;
 mod faults;
 mod hostile;
 mod hostile_proxy;
+mod metadata;
 mod model;
 mod procs;
 mod python;

@@ -39,6 +39,7 @@ impl SyncService {
         let folders = self.folders.clone();
         let f = folder.clone();
         let cursor = r.cursor;
+        let mark = r.same_content_entries;
         let turn = self.gates.enter(&caller.name()).await;
         let (backlog, head) = to_status(blocking(move || folders.backlog(&f, cursor)).await)?;
         drop(turn);
@@ -55,7 +56,7 @@ impl SyncService {
                 &folder,
                 backlog,
                 (cursor, head),
-                false,
+                (false, mark),
             )
             .await
             {
@@ -97,7 +98,7 @@ impl SyncService {
                             &folder,
                             backlog,
                             (cursor, head),
-                            true,
+                            (true, mark),
                         )
                         .await
                         {
@@ -119,8 +120,9 @@ impl SyncService {
 /// Sends the changes after `cursor` up to `head` (`(cursor, head)`). A compacted journal goes as it is; a scan goes
 /// page by page ([`SCAN_PAGE`] entries read at a time, so memory stays bounded however large
 /// the folder), every message but the last carrying the starting `cursor`: a client that stops
-/// part way has seen nothing it could resume after. With `quiet`, no changes send nothing. False
-/// when the client has gone or the read failed (the error is sent).
+/// part way has seen nothing it could resume after. With `quiet`, no changes send nothing; with
+/// `mark`, entries whose content is their previous version's go as such (see [`to_wire`]).
+/// False when the client has gone or the read failed (the error is sent).
 async fn send_backlog(
     tx: &mpsc::Sender<Result<pb::ChangesResponse, Status>>,
     turns: (&Gates, &str),
@@ -128,7 +130,7 @@ async fn send_backlog(
     folder: &Arc<str>,
     backlog: Backlog,
     (cursor, head): (u64, u64),
-    quiet: bool,
+    (quiet, mark): (bool, bool),
 ) -> bool {
     let (entries, sent) = match backlog {
         Backlog::Compacted(entries) => (entries, false),
@@ -158,7 +160,7 @@ async fn send_backlog(
                         return false;
                     };
                     let msg = pb::ChangesResponse {
-                        entries: entries.into_iter().map(Into::into).collect(),
+                        entries: to_wire(folders, folder, entries, mark).await,
                         cursor,
                         caught_up: false,
                         expired_seq,
@@ -178,7 +180,7 @@ async fn send_backlog(
     let Some(expired) = expired_seq(tx, folders, folder).await else {
         return false;
     };
-    send_changes(tx, entries, head, expired).await
+    send_changes(tx, (folders, folder, mark), entries, head, expired).await
 }
 
 /// The folder's expiry horizon, for a message about to go; `None` when it could not be read
@@ -202,6 +204,7 @@ async fn expired_seq(
 /// the folder's expiry horizon `expired_seq`. False when the client has gone.
 async fn send_changes(
     tx: &mpsc::Sender<Result<pb::ChangesResponse, Status>>,
+    (folders, folder, mark): (&Folders, &Arc<str>, bool),
     entries: Vec<Entry>,
     head: u64,
     expired_seq: u64,
@@ -222,7 +225,7 @@ async fn send_changes(
             batch.last().map_or(head, |e| e.seq)
         };
         let msg = pb::ChangesResponse {
-            entries: batch.into_iter().map(Into::into).collect(),
+            entries: to_wire(folders, folder, batch, mark).await,
             cursor,
             caught_up: i == last,
             expired_seq,
@@ -232,4 +235,73 @@ async fn send_changes(
         }
     }
     true
+}
+
+/// Entries as they go on the wire. With `mark` (the client asked for `same_content_entries`), a
+/// file whose manifest and size are its previous version's (a metadata-only commit, or the same
+/// bytes committed again) goes with `same_content_base_ns` (that version's commit time) and no
+/// manifest id: the receiver applies it in place. Not in an encrypted folder, whose entries' sealed metadata names the manifest
+/// id. A lookup that fails leaves the entry whole.
+async fn to_wire(
+    folders: &Folders,
+    folder: &Arc<str>,
+    entries: Vec<Entry>,
+    mark: bool,
+) -> Vec<pb::Entry> {
+    let candidate = |e: &Entry| {
+        e.kind == lbsync_proto::EntryKind::File
+            && !e.deleted
+            && e.manifest.is_some()
+            && e.version > 1
+    };
+    let wanted: Vec<Entry> = if mark {
+        entries.iter().filter(|e| candidate(e)).cloned().collect()
+    } else {
+        Vec::new()
+    };
+    // Per candidate, the previous version's commit time when its content is the same.
+    let marks: Vec<i64> = if wanted.is_empty() {
+        Vec::new()
+    } else {
+        let (fs, f) = (folders.clone(), folder.clone());
+        blocking(move || {
+            if fs.encrypted(&f).unwrap_or(true) {
+                return Ok(Vec::new());
+            }
+            Ok(wanted
+                .iter()
+                .map(|e| {
+                    fs.version(&f, &e.path, e.version - 1)
+                        .ok()
+                        .flatten()
+                        .filter(|p| {
+                            !p.deleted
+                                && p.kind == e.kind
+                                && p.manifest == e.manifest
+                                && p.size == e.size
+                        })
+                        .map_or(0, |p| p.committed_ns)
+                })
+                .collect())
+        })
+        .await
+        .unwrap_or_default()
+    };
+    let mut marks = marks.into_iter();
+    entries
+        .into_iter()
+        .map(|e| {
+            let base_ns = if mark && candidate(&e) {
+                marks.next().unwrap_or(0)
+            } else {
+                0
+            };
+            let mut wire = pb::Entry::from(e);
+            if base_ns != 0 {
+                wire.same_content_base_ns = base_ns;
+                wire.manifest_id = Default::default();
+            }
+            wire
+        })
+        .collect()
 }

@@ -4,7 +4,9 @@ use lbsync_chunkstore::{
     ChunkParams, ChunkStore, Manifest, PackStore, check_delta, check_manifest, delta_chunk_count,
 };
 use lbsync_proto::convert::batch_from_pb;
-use lbsync_proto::{BatchOutcome, CommitOutcome, CommitRequest, Content, EntryKind, SyncPath, pb};
+use lbsync_proto::{
+    BatchOutcome, CommitOutcome, CommitRequest, Content, EntryKind, SameContent, SyncPath, pb,
+};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
@@ -61,6 +63,13 @@ impl SyncService {
         // The chunks that may not be in the folder's scope yet: none for a known manifest in
         // scope, the new refs of a delta on a base in scope, else all (`None`).
         let (manifest, new_refs, fresh, cost) = match content {
+            // Taken apart by `prepare` before any content is resolved.
+            Content::Same(_) => {
+                return Err(Error::BadRequest(format!(
+                    "{}: same_content has no manifest to store",
+                    work.path
+                )));
+            }
             Content::Known(id) => {
                 let m = known(&id)?.ok_or_else(|| {
                     Error::UnknownManifest(format!(
@@ -180,6 +189,9 @@ impl SyncService {
             content,
         } = req;
         let encrypted = staged.encrypted;
+        if let Some(Content::Same(same)) = content {
+            return self.same_content(&folder, encrypted, entry, base_version, same);
+        }
         crate::sealed::check_entry(&folder, encrypted, &entry)?;
         entry.mode &= 0o7777;
         let file = entry.kind == EntryKind::File && !entry.deleted;
@@ -262,6 +274,53 @@ impl SyncService {
             }
         };
         Ok((entry, base_version, total, new_refs))
+    }
+
+    /// A metadata-only commit ([`Content::Same`]): the base version's entry with the fields
+    /// `same` sets, and the device of `entry`. When the path is not at `base_version` the
+    /// commit goes on with a base no path can be at, so the group commit answers it as the
+    /// conflict it is (and it can never commit on another version's content).
+    fn same_content(
+        &self,
+        folder: &str,
+        encrypted: bool,
+        entry: Entry,
+        base_version: u64,
+        same: SameContent,
+    ) -> Result<(Entry, u64, usize, usize)> {
+        if encrypted {
+            return Err(Error::BadRequest(format!(
+                "{}: folder {folder} is encrypted, and its metadata is sealed: commit the \
+                 manifest id with a new sealed entry instead of same_content",
+                entry.path
+            )));
+        }
+        if entry.kind != EntryKind::File || entry.deleted {
+            return Err(Error::BadRequest(format!(
+                "{}: same_content is for a file that stays one",
+                entry.path
+            )));
+        }
+        let current = self.folders.current(folder, &entry.path)?;
+        let Some(base) = current.filter(|c| c.version == base_version && base_version > 0) else {
+            return Ok((entry, u64::MAX, 0, 0));
+        };
+        if base.deleted || base.kind != EntryKind::File || base.manifest.is_none() {
+            return Err(Error::BadRequest(format!(
+                "{} v{base_version} is not a file: same_content needs a file's content to keep",
+                entry.path
+            )));
+        }
+        let new = Entry {
+            mode: same.mode.map_or(base.mode, |m| m & 0o7777),
+            mtime_ns: same.mtime_ns.unwrap_or(base.mtime_ns),
+            device: entry.device,
+            version: 0,
+            seq: 0,
+            committed_ns: 0,
+            ..base
+        };
+        Ok((new, base_version, 0, 0))
     }
 
     /// Group commit, on a blocking thread: checks each commit of one folder in order and builds
@@ -418,7 +477,7 @@ impl SyncService {
             .map(|r| match &r.content {
                 Some(Content::Full(m)) => m.chunks().len() as u64,
                 Some(Content::Delta { delta, .. }) => delta_chunk_count(delta).unwrap_or(u64::MAX),
-                Some(Content::Known(_)) | None => 0,
+                Some(Content::Known(_) | Content::Same(_)) | None => 0,
             })
             .fold(0u64, u64::saturating_add);
         let budget = self.limits.max_batch_refs;

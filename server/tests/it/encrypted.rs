@@ -160,6 +160,7 @@ async fn changes_from(c: &mut Client, folder: &str, cursor: u64) -> Vec<Entry> {
         .changes(pb::ChangesRequest {
             folder: folder.into(),
             cursor,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -288,6 +288,7 @@ async fn a_hostile_client_gets_clear_errors_and_harms_no_one() {
         .changes(pb::ChangesRequest {
             folder: "default".into(),
             cursor: 1_000_000,
+            ..Default::default()
         })
         .await;
     refused("future cursor", res.map(|_| ()), Code::OutOfRange, "cursor");
@@ -295,6 +296,7 @@ async fn a_hostile_client_gets_clear_errors_and_harms_no_one() {
         .changes(pb::ChangesRequest {
             folder: "nope".into(),
             cursor: 0,
+            ..Default::default()
         })
         .await;
     refused("unknown folder", res.map(|_| ()), Code::NotFound, "nope");
@@ -434,6 +436,7 @@ async fn commits_inside_the_state_directory_are_refused_and_change_nothing() {
         .changes(pb::ChangesRequest {
             folder: "default".into(),
             cursor: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -452,6 +455,7 @@ async fn folder_state(c: &mut Client, folder: &str) -> (u64, Vec<(String, u64)>)
         .changes(pb::ChangesRequest {
             folder: folder.into(),
             cursor: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -795,6 +799,7 @@ async fn changes_from_far_behind_page_through_the_folder() {
         .changes(pb::ChangesRequest {
             folder: "default".into(),
             cursor: 2,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -448,6 +448,7 @@ async fn replay(c: &mut Client, folder: &str, cursor: u64) -> (Vec<String>, u64,
         .changes(pb::ChangesRequest {
             folder: folder.into(),
             cursor,
+            ..Default::default()
         })
         .await
         .unwrap()

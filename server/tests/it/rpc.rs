@@ -225,6 +225,7 @@ async fn changes_replay_then_push_commits_from_other_connections() {
         .changes(pb::ChangesRequest {
             folder: "default".into(),
             cursor: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -276,6 +277,7 @@ async fn changes_replay_then_push_commits_from_other_connections() {
         .changes(pb::ChangesRequest {
             folder: "default".into(),
             cursor: 99,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -387,6 +389,7 @@ async fn graceful_shutdown_ends_streams_and_restart_keeps_everything() {
         .changes(pb::ChangesRequest {
             folder: "default".into(),
             cursor: 1,
+            ..Default::default()
         })
         .await
         .unwrap()

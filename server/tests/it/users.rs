@@ -288,6 +288,7 @@ async fn attempt(
                 .changes(pb::ChangesRequest {
                     folder: folder.into(),
                     cursor: 0,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();
@@ -638,6 +639,7 @@ async fn revoking_a_token_or_unsharing_ends_a_changes_stream_within_seconds() {
                 .changes(pb::ChangesRequest {
                     folder: "shared-rw".into(),
                     cursor: 0,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
