@@ -48,8 +48,8 @@ fn goes_together(c: &pb::ChunkData) -> bool {
 }
 
 /// Moves the bytes of `msg`'s whole, uncompressed chunks into one zstd frame,
-/// `msg.together` (`PutChunksRequest.together`), when that saves at least 1/32 of them; else
-/// leaves `msg` as it is. Only for a server whose handshake says `chunks_together`.
+/// `msg.together` (`PutChunksRequest.together`), and drops their ids (the receiver hashes the
+/// bytes), when that saves at least 1/32 of them; else leaves `msg` as it is. Only for a server whose handshake says `chunks_together`.
 pub fn pack_together(msg: &mut pb::PutChunksRequest) -> std::io::Result<()> {
     let pieces: Vec<&[u8]> = msg
         .chunks
@@ -68,6 +68,8 @@ pub fn pack_together(msg: &mut pb::PutChunksRequest) -> std::io::Result<()> {
     for c in msg.chunks.iter_mut() {
         if goes_together(c) && c.data.len() == c.raw_len as usize {
             c.data = Bytes::new();
+            // The server hashes the bytes anyway: the id would only be checked against them.
+            c.id = Bytes::new();
         }
     }
     msg.together = Bytes::from(frame);
@@ -75,7 +77,7 @@ pub fn pack_together(msg: &mut pb::PutChunksRequest) -> std::io::Result<()> {
 }
 
 /// Inverts [`pack_together`] on arrival: gives the chunks whose bytes `msg.together` holds their
-/// `data`, and says which they are. The frame must decode to exactly their declared lengths,
+/// `data` (and, those sent without one, the id of those bytes), and says which they are. The frame must decode to exactly their declared lengths,
 /// which add up to at most `limit`.
 pub fn unpack_together(
     msg: &mut pb::PutChunksRequest,
@@ -117,6 +119,9 @@ pub fn unpack_together(
         let len = c.raw_len as usize;
         c.data = raw.slice(at..at + len);
         at += len;
+        if c.id.is_empty() {
+            c.id = Bytes::copy_from_slice(ChunkId::of(&c.data).as_bytes());
+        }
     }
     msg.together = Bytes::new();
     Ok(inside)
@@ -269,7 +274,11 @@ mod tests {
             "{}",
             msg.together.len()
         );
-        assert!(msg.chunks[..50].iter().all(|c| c.data.is_empty()));
+        assert!(
+            msg.chunks[..50]
+                .iter()
+                .all(|c| c.data.is_empty() && c.id.is_empty())
+        );
         assert_eq!(
             msg.chunks[50], zstd_one,
             "a compressed chunk is not repacked"
@@ -310,8 +319,12 @@ mod tests {
         let mut garbage = packed();
         garbage.together = Bytes::from_static(b"not zstd at all");
         assert!(unpack_together(&mut garbage, 1 << 20).is_err());
-        // A chunk whose bytes came wrong out of the frame fails its id check.
+        // A chunk that names its id, and whose bytes came wrong out of the frame, fails its id
+        // check.
         let mut swapped = packed();
+        for (c, chunk) in swapped.chunks.iter_mut().zip(&chunks) {
+            c.id = Bytes::copy_from_slice(chunk.id().as_bytes());
+        }
         swapped.chunks.swap(0, 1);
         swapped.chunks[0].raw_len = chunks[1].len() as u32;
         unpack_together(&mut swapped, 1 << 20).unwrap();
