@@ -473,7 +473,9 @@ impl Syncer {
         }
         let synced = s.local.clone();
         let dest = confine::check(&self.root, &r.path)?;
-        let Ok(file) = fs::File::open(&dest) else {
+        // Not through a symlink at the path's end (one put there since the scan): the fd must
+        // be the synced file here, never one elsewhere.
+        let Ok(file) = crate::state::open_nofollow(&dest) else {
             return Ok(false);
         };
         // The open file is the synced one: the path still names it, and it is unchanged.
