@@ -154,23 +154,33 @@ fn apply_as_git(dir: &Path, from: &Path, to: &Path) -> usize {
     touched
 }
 
-/// Inode and ctime of every file: a file whose pair changed was written (or replaced).
-fn identities(dir: &Path) -> HashMap<PathBuf, (u64, i64, i64)> {
-    files(dir)
-        .into_iter()
-        .map(|(p, m)| (p, (m.ino(), m.mtime(), m.mtime_nsec())))
-        .collect()
+/// The inode of every file: a file written through a temp file and a rename gets a new one.
+fn identities(dir: &Path) -> HashMap<PathBuf, u64> {
+    files(dir).into_iter().map(|(p, m)| (p, m.ino())).collect()
 }
 
 /// How many files of `after` were not there, or are another inode, than in `before`.
-fn rewritten(
-    before: &HashMap<PathBuf, (u64, i64, i64)>,
-    after: &HashMap<PathBuf, (u64, i64, i64)>,
-) -> usize {
+fn rewritten(before: &HashMap<PathBuf, u64>, after: &HashMap<PathBuf, u64>) -> usize {
     after
         .iter()
-        .filter(|(p, id)| before.get(*p).is_none_or(|b| b.0 != id.0))
+        .filter(|(p, ino)| before.get(*p) != Some(ino))
         .count()
+}
+
+/// Syncs the uploading folder `a`, then the receiving `b`: each client's bytes at the socket
+/// (sent, received), and how many of `b`'s files were written.
+async fn sync_both(
+    a: &Path,
+    b: &Path,
+    url: &str,
+    proxy: &CountingProxy,
+) -> ((u64, u64), (u64, u64), usize) {
+    let before = identities(b);
+    sync(a, url, "a", "tree").await;
+    let up = proxy.take();
+    sync(b, url, "b", "tree").await;
+    let down = proxy.take();
+    (up, down, rewritten(&before, &identities(b)))
 }
 
 fn kb(b: u64) -> String {
@@ -232,16 +242,13 @@ async fn run() {
     // First upload and first download.
     unpack_over(&old_tree, &a);
     proxy.take();
-    sync(&a, &url, "a", "tree").await;
-    let up = proxy.take();
-    sync(&b, &url, "b", "tree").await;
-    let down = proxy.take();
+    let (up, down, wrote) = sync_both(&a, &b, &url, &proxy).await;
     let rs = rsync_both(&a);
     rows.push(Row {
         workload: "first upload, first download",
         up,
         down,
-        rewrote: format!("{n} (all new)"),
+        rewrote: format!("{wrote} (all new)"),
         target: match rs {
             Some((_, z)) => format!("upload ≤ rsync -z ({})", kb(z.0 + z.1)),
             None => "upload ≤ rsync -z".into(),
@@ -251,19 +258,12 @@ async fn run() {
 
     // The patch release as git would apply it.
     let touched = apply_as_git(&a, &old_tree, &new_tree);
-    let before = identities(&b);
-    sync(&a, &url, "a", "tree").await;
-    let up = proxy.take();
-    sync(&b, &url, "b", "tree").await;
-    let down = proxy.take();
+    let (up, down, wrote) = sync_both(&a, &b, &url, &proxy).await;
     rows.push(Row {
         workload: "patch release as git applies it",
         up,
         down,
-        rewrote: format!(
-            "{} ({touched} changed)",
-            rewritten(&before, &identities(&b))
-        ),
+        rewrote: format!("{wrote} ({touched} changed)"),
         rsync: rsync_both(&a),
         target: "≤ 40 KB both ways".into(),
     });
@@ -276,19 +276,12 @@ async fn run() {
     let _ = rsync_both(&a);
     proxy.take();
     unpack_over(&new_tree, &a);
-    let before = identities(&b);
-    sync(&a, &url, "a", "tree").await;
-    let up = proxy.take();
-    sync(&b, &url, "b", "tree").await;
-    let down = proxy.take();
+    let (up, down, wrote) = sync_both(&a, &b, &url, &proxy).await;
     rows.push(Row {
         workload: "patch release unpacked over it (tar)",
         up,
         down,
-        rewrote: format!(
-            "{} ({touched} changed)",
-            rewritten(&before, &identities(&b))
-        ),
+        rewrote: format!("{wrote} ({touched} changed)"),
         rsync: rsync_both(&a),
         target: "≤ 300 KB both ways, rewrite only the changed".into(),
     });

@@ -158,7 +158,8 @@ pub struct SealedChunk {
     pub bytes: Bytes,
 }
 
-fn push_uleb128(out: &mut Vec<u8>, mut v: u64) {
+/// Appends `v` as a ULEB128.
+pub(crate) fn push_uleb128(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
         v >>= 7;
@@ -166,12 +167,11 @@ fn push_uleb128(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// A ULEB128 of at most three bytes (a block record's length) at the start of `b`: the value and
-/// its length.
-fn read_uleb128(b: &[u8]) -> Option<(u64, usize)> {
+/// A ULEB128 of at most `most` bytes (at most 10) at the start of `b`: the value and its length.
+pub(crate) fn read_uleb128(b: &[u8], most: usize) -> Option<(u64, usize)> {
     let mut v = 0u64;
-    for (i, &x) in b.iter().take(3).enumerate() {
-        v |= u64::from(x & 0x7f) << (7 * i);
+    for (i, &x) in b.iter().take(most.min(10)).enumerate() {
+        v |= u64::from(x & 0x7f).checked_shl(7 * i as u32)?;
         if x & 0x80 == 0 {
             return Some((v, i + 1));
         }
@@ -244,7 +244,7 @@ fn open_blocks(cipher: &Aes256GcmSiv, mut rest: &[u8], max_len: usize) -> Result
     use aes_gcm_siv::aead::AeadInPlace as _;
     let mut pt = Vec::new();
     while !rest.is_empty() {
-        let (v, n) = read_uleb128(rest).ok_or("a block's length is cut off or too long")?;
+        let (v, n) = read_uleb128(rest, 3).ok_or("a block's length is cut off or too long")?;
         let (len, flag) = ((v >> 1) as usize, (v & 1) as u8);
         if len > BLOCK_MAX {
             return Err(format!(

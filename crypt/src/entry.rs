@@ -33,7 +33,7 @@ use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use lbsync_proto::path::MAX_PATH_BYTES;
 use lbsync_proto::{Entry, EntryKind, SyncPath};
 
-use crate::chunk::{NONCE_LEN, TAG_LEN};
+use crate::chunk::{NONCE_LEN, TAG_LEN, push_uleb128, read_uleb128};
 use crate::error::{Error, Result, tampered};
 
 /// The format byte of an entry's sealed metadata, as sealed now.
@@ -81,24 +81,9 @@ pub(crate) struct EntryCiphers {
     pub v1: XChaCha20Poly1305,
 }
 
-fn push_uleb128(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// A ULEB128 of at most ten bytes at the start of `b`: the value and the rest of `b`.
+/// A ULEB128 at the start of `b`: the value and the rest of `b`.
 fn take_uleb128(b: &[u8]) -> Option<(u64, &[u8])> {
-    let mut v = 0u64;
-    for (i, &x) in b.iter().take(10).enumerate() {
-        v |= u64::from(x & 0x7f).checked_shl(7 * i as u32)?;
-        if x & 0x80 == 0 {
-            return Some((v, &b[i + 1..]));
-        }
-    }
-    None
+    read_uleb128(b, 10).map(|(v, n)| (v, &b[n..]))
 }
 
 fn target_of(e: &Entry) -> Result<&str> {
