@@ -436,13 +436,9 @@ impl Folders {
                 |(entries, history, journal, heads, keys)| {
                     if keys.get(&folder_key)?.is_some() != encrypted {
                         // A folder only ever becomes encrypted.
-                        return Err(ConflictableTransactionError::Abort(Error::Precondition(
-                            format!(
-                                "folder {folder} was made encrypted while this commit was on \
-                                 its way: nothing was committed; sync again (the client must \
-                                 now seal its entries)"
-                            ),
-                        )));
+                        return Err(ConflictableTransactionError::Abort(
+                            crate::meta::made_encrypted(folder),
+                        ));
                     }
                     let mut head = heads.get(&folder_key)?.map_or(0, |v| be_u64(&v));
                     let mut out = Vec::with_capacity(group.len());
@@ -456,20 +452,21 @@ impl Folders {
                             }
                             None => None,
                         };
-                        let current_version = current.as_ref().map_or(0, |c| c.version);
-                        let recreating = *base_version == 0
-                            && current.as_ref().is_none_or(|c| c.deleted && !encrypted);
-                        if *base_version != current_version && !recreating {
-                            let current = current.unwrap_or_else(|| Entry {
-                                version: 0,
-                                ..Entry::tombstone(entry.path.clone(), entry.kind, "")
-                            });
-                            out.push(CommitOutcome::Conflict(current));
-                            continue;
-                        }
+                        let version = match crate::meta::decide(
+                            current.as_ref(),
+                            entry,
+                            *base_version,
+                            encrypted,
+                        ) {
+                            Ok(version) => version,
+                            Err(current) => {
+                                out.push(CommitOutcome::Conflict(current));
+                                continue;
+                            }
+                        };
                         let mut new = entry.clone();
                         new.committed_ns = now;
-                        new.version = current_version + 1;
+                        new.version = version;
                         head += 1;
                         new.seq = head;
                         let bytes = encode(&new);

@@ -15,6 +15,7 @@ pub mod control;
 pub mod error;
 pub mod folders;
 mod gate;
+pub mod meta;
 mod health;
 pub mod metrics;
 pub mod scope;
