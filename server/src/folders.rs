@@ -182,17 +182,17 @@ fn history_prefix(path: &SyncPath) -> Vec<u8> {
     k
 }
 
-fn encode(e: &Entry) -> Vec<u8> {
+pub(crate) fn encode(e: &Entry) -> Vec<u8> {
     pb::Entry::from(e.clone()).encode_to_vec()
 }
 
-fn decode(b: &[u8]) -> Result<Entry> {
+pub(crate) fn decode(b: &[u8]) -> Result<Entry> {
     decode_listed(b)?.ok_or_else(|| Error::Metadata("entry is inside .lbsync/".into()))
 }
 
 /// An entry met while walking a folder's trees; `None` for one inside `.lbsync/`, which a server
 /// from before such paths were refused may have stored: it is passed over, never served.
-fn decode_listed(b: &[u8]) -> Result<Option<Entry>> {
+pub(crate) fn decode_listed(b: &[u8]) -> Result<Option<Entry>> {
     let e = pb::Entry::decode(b)
         .map_err(|err| Error::Metadata(format!("entry does not decode: {err}")))?;
     match Entry::try_from(e) {

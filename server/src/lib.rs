@@ -19,6 +19,7 @@ mod gate;
 mod health;
 pub mod meta;
 pub mod metrics;
+pub mod pg;
 pub mod scope;
 pub mod sealed;
 pub mod service;

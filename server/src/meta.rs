@@ -39,6 +39,7 @@ pub type Scopes = Arc<dyn ScopeMeta>;
 /// A commit lands when its base is the path's current version, or when it is a creation (base
 /// 0) over nothing or over a tombstone. In an encrypted folder, a creation over a tombstone is
 /// a conflict: the entry was sealed for version 1, not for the tombstone's version + 1.
+#[allow(clippy::result_large_err)] // the conflict's entry is the answer, once a commit
 pub fn decide(
     current: Option<&Entry>,
     entry: &Entry,

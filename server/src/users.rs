@@ -80,7 +80,7 @@ pub struct SledUsers {
     members: sled::Tree,
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -112,7 +112,7 @@ fn member_key(folder: &str, user: &str) -> Vec<u8> {
     k
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -130,7 +130,7 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
 }
 
 /// Splits a token into its id and secret; `None` when it is not of the form `lbs_<id>_<secret>`.
-fn split_token(token: &str) -> Option<(&str, [u8; 32])> {
+pub(crate) fn split_token(token: &str) -> Option<(&str, [u8; 32])> {
     let (id, secret) = token.strip_prefix("lbs_")?.split_once('_')?;
     Some((id, unhex32(secret)?))
 }
