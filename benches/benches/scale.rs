@@ -51,8 +51,13 @@ fn child(job: &str) {
         }
         "gc" => {
             let store = PackStore::open(dir).expect("open");
-            let gc =
-                admin::gc(&store, admin::Retention::default(), Duration::ZERO, false).expect("gc");
+            let gc = admin::gc(
+                &store.clone().try_into().expect("backend"),
+                admin::Retention::default(),
+                Duration::ZERO,
+                false,
+            )
+            .expect("gc");
             format!(
                 "swept {} chunks, {} live",
                 gc.store.swept_chunks, gc.store.live_chunks

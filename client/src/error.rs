@@ -33,7 +33,7 @@ pub enum Error {
     },
     /// The server URL does not parse.
     #[error(
-        "bad server URL {0:?}: expected something like http://127.0.0.1:7700 or https://sync.example.org:7700"
+        "bad server URL {0:?}: expected something like http://127.0.0.1:7700 or https://sync.example.org:7700, several separated by commas"
     )]
     BadUrl(String),
     /// An RPC failed.

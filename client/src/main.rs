@@ -35,7 +35,9 @@ macro_rules! out {
 struct Cli {
     #[command(flatten)]
     common: lbsync_cli::Common,
-    /// Server URL [default: $LBSYNC_SERVER, else the one DIR last synced with, else http://127.0.0.1:7700]
+    /// Server URL, or several servers of one store separated by commas (tried in order, the next
+    /// when one cannot be reached) [default: $LBSYNC_SERVER, else the one DIR last synced with,
+    /// else http://127.0.0.1:7700]
     #[arg(long, global = true)]
     server: Option<String>,
     /// File holding the token the server expects (its first line); remembered by DIR.

@@ -251,6 +251,15 @@ impl Link {
     }
 }
 
+/// The servers a `--server` value names: one URL, or several separated by commas.
+fn server_urls(urls: &str) -> Result<Vec<&str>> {
+    let list: Vec<&str> = urls.split(',').map(str::trim).collect();
+    if list.iter().any(|u| u.is_empty()) {
+        return Err(Error::BadUrl(urls.to_owned()));
+    }
+    Ok(list)
+}
+
 impl Remote {
     /// Connects and shakes hands (which creates the folder if needed).
     pub async fn connect(
@@ -267,12 +276,36 @@ impl Remote {
     }
 
     /// [`Remote::connect`] with the certificates to trust.
+    ///
+    /// `urls` may list several servers of one store, separated by commas: they are tried in
+    /// order, and the first that answers the handshake is used. A server that cannot be reached
+    /// or answers "unavailable" (it lost its database or object store) is passed over; any other
+    /// refusal (a bad token, an untrusted certificate) is final, since the next server of the
+    /// same store would give it too. A sync that loses its server fails as offline and the next
+    /// one connects again through this list, so a client fails over to the next server and
+    /// resumes from its cursor; the chunks it already uploaded are in the shared store and are
+    /// not sent again.
     pub async fn connect_with(
-        url: &str,
+        urls: &str,
         access: &Access,
         folder: &str,
         device: &str,
     ) -> Result<Self> {
+        let urls = server_urls(urls)?;
+        let (last, first) = urls
+            .split_last()
+            .ok_or_else(|| Error::BadUrl(String::new()))?;
+        for (i, url) in first.iter().enumerate() {
+            match Self::connect_one(url, access, folder, device).await {
+                Err(e) if e.is_offline() => tracing::warn!("{e}; trying {}", urls[i + 1]),
+                done => return done,
+            }
+        }
+        Self::connect_one(last, access, folder, device).await
+    }
+
+    /// Connects to one server and shakes hands.
+    async fn connect_one(url: &str, access: &Access, folder: &str, device: &str) -> Result<Self> {
         let link = Link::new(url, &access.trust)?;
         let channel = link.connect().await?;
         let auth = match &access.token {
@@ -912,5 +945,42 @@ impl Remote {
                 "the server no longer holds that version's content".into(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_list_is_split_on_commas_and_an_empty_name_is_refused() {
+        assert_eq!(
+            server_urls("http://a:1, http://b:2").unwrap(),
+            ["http://a:1", "http://b:2"]
+        );
+        assert_eq!(server_urls("http://a:1").unwrap(), ["http://a:1"]);
+        assert!(matches!(server_urls("http://a:1,"), Err(Error::BadUrl(_))));
+        assert!(matches!(server_urls(""), Err(Error::BadUrl(_))));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_passed_over_for_the_next() {
+        // Two ports that nothing listens on: the first fails over, the last error is returned.
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (a, b) = (free(), free());
+        let urls = format!(
+            "http://{},http://{}",
+            a.local_addr().unwrap(),
+            b.local_addr().unwrap()
+        );
+        drop((a, b));
+        let err = Remote::connect(&urls, None, "f", "dev")
+            .await
+            .err()
+            .unwrap();
+        let Error::Connect { url, .. } = err else {
+            panic!("expected a connect error, got {err}");
+        };
+        assert!(urls.ends_with(&url), "{url} is the last of {urls}");
     }
 }

@@ -11,9 +11,10 @@ use lbsync_chunkstore::{
 use lbsync_cli::units::{bytes, count};
 use serde_json::{Value, json};
 
+use crate::backend::Backend;
 use crate::error::Result;
 use crate::folders::SledFolders;
-use crate::meta::{FolderMeta, ScopeMeta};
+use crate::meta::FolderMeta;
 
 /// What `lbsync-server fsck` found.
 #[derive(Debug)]
@@ -276,8 +277,8 @@ impl Gc {
 /// Forgets tombstones older than `retention.keep_tombstones` and compacts journals written
 /// before one record a path, drops history beyond `retention`, then collects the chunks no kept
 /// version references.
-pub fn gc(store: &PackStore, retention: Retention, grace: Duration, dry_run: bool) -> Result<Gc> {
-    let folders = SledFolders::open(store.db())?;
+pub fn gc(backend: &Backend, retention: Retention, grace: Duration, dry_run: bool) -> Result<Gc> {
+    let (folders, store) = (&backend.folders, &backend.chunks);
     let keep_ns = i64::try_from(retention.keep_for.as_nanos()).unwrap_or(i64::MAX);
     let keep_tombstones_ns =
         i64::try_from(retention.keep_tombstones.as_nanos()).unwrap_or(i64::MAX);
@@ -309,8 +310,7 @@ pub fn gc(store: &PackStore, retention: Retention, grace: Duration, dry_run: boo
     let report = store.gc(&mut live.into_iter(), &opts)?;
     if !dry_run {
         // Scopes of collected chunks would only take space (every "present" asks the store too).
-        let scopes = crate::scope::SledScopes::open(store, &folders)?;
-        let dropped = scopes.prune(store)?;
+        let dropped = backend.scopes.prune(store.as_ref())?;
         if dropped > 0 {
             tracing::info!("dropped {dropped} folder scope entries of collected chunks");
         }
@@ -412,8 +412,8 @@ impl Stats {
 }
 
 /// Counts what the store holds.
-pub fn stats(store: &PackStore) -> Result<Stats> {
-    let folders = SledFolders::open(store.db())?;
+pub fn stats(backend: &Backend) -> Result<Stats> {
+    let (folders, store) = (&backend.folders, &backend.chunks);
     let names = folders.names()?;
     let (mut files, mut logical) = (0, 0);
     for folder in &names {
@@ -425,7 +425,7 @@ pub fn stats(store: &PackStore) -> Result<Stats> {
         }
     }
     Ok(Stats {
-        store_id: store.store_id().to_owned(),
+        store_id: backend.store_id.clone(),
         store: store.stats()?,
         folders: names.len() as u64,
         encrypted_folders: folders.encrypted_count() as u64,

@@ -75,14 +75,3 @@ impl TryFrom<PackStore> for Backend {
         Self::local(store)
     }
 }
-
-/// Hears the commits made through other servers sharing the metadata at `url` and sends each
-/// one's (folder, seq) into `commits`, until `shutdown` turns true.
-pub(crate) async fn listen(
-    url: String,
-    commits: tokio::sync::broadcast::Sender<(Arc<str>, u64)>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    // MERGE-PG: replaced by crate::pg::listen when the PostgreSQL backend lands.
-    let _ = (url, commits, shutdown);
-}

@@ -467,9 +467,10 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
                 keep_tombstones,
             };
             let grace = Duration::from_secs(grace_secs);
-            let gc =
-                tokio::task::spawn_blocking(move || admin::gc(&store, retention, grace, dry_run))
-                    .await??;
+            let gc = tokio::task::spawn_blocking(move || {
+                admin::gc(&Backend::local(store)?, retention, grace, dry_run)
+            })
+            .await??;
             if json {
                 report_json(&gc.to_json());
             } else {
@@ -478,7 +479,8 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
             return Ok(std::process::ExitCode::SUCCESS);
         }
         Some(Command::Stats { json }) => {
-            let stats = tokio::task::spawn_blocking(move || admin::stats(&store)).await??;
+            let stats = tokio::task::spawn_blocking(move || admin::stats(&Backend::local(store)?))
+                .await??;
             if json {
                 report_json(&stats.to_json());
             } else {

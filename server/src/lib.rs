@@ -91,7 +91,7 @@ pub async fn run(
     let listen = backend
         .listen
         .clone()
-        .map(|url| tokio::spawn(crate::backend::listen(url, service.commits(), stop_rx)));
+        .map(|url| tokio::spawn(crate::pg::listen(&url, service.commits(), stop_rx)));
     let tokens_required = service.tokens_required();
     let limit = config.limits.max_message_bytes;
     // Every handler authorizes its request against the folder it names (`authz`).

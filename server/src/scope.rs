@@ -40,7 +40,8 @@ impl SledScopes {
         let db = store.db().clone();
         let marks = db.open_tree("scopes")?;
         let s = Self { db };
-        if !marks.contains_key(BUILT_KEY)? {
+        // A store opened only to look at it (`stats`) is left as it is.
+        if !store.is_read_only() && !marks.contains_key(BUILT_KEY)? {
             let mut built = 0u64;
             for folder in folders.names()? {
                 let mut manifests = Vec::new();

@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lbsync_chunkstore::PackStore;
-use lbsync_server::users::Users;
+use lbsync_server::meta::UserMeta;
+use lbsync_server::users::SledUsers;
 
 use crate::procs::{CLIENT_BIN, ServerProc, server_command};
 use crate::util::{args, run, text, write};
@@ -28,7 +29,7 @@ async fn a_revoked_token_stops_a_running_watch_with_a_clear_message() {
     let store = tmp.path().join("store");
     let (id, token) = {
         let s = PackStore::open(&store).unwrap();
-        let users = Users::open(s.db()).unwrap();
+        let users = SledUsers::open(s.db()).unwrap();
         users.add_user("alice").unwrap();
         let (info, token) = users.create_token("alice", false, None).unwrap();
         s.flush().unwrap();
@@ -135,7 +136,7 @@ async fn a_read_only_member_keeps_its_edits_to_itself() {
     let store = tmp.path().join("store");
     let tokens = {
         let s = PackStore::open(&store).unwrap();
-        let users = Users::open(s.db()).unwrap();
+        let users = SledUsers::open(s.db()).unwrap();
         users.add_user("alice").unwrap();
         users.add_user("bob").unwrap();
         let (_, alice) = users.create_token("alice", false, None).unwrap();

@@ -36,7 +36,13 @@ async fn expire_every_tombstone(server: Server) -> (Server, u64) {
             keep_tombstones: Duration::ZERO,
             ..Retention::default()
         };
-        admin::gc(&store, retention, Duration::ZERO, false).unwrap()
+        admin::gc(
+            &lbsync_server::Backend::local(store.clone()).unwrap(),
+            retention,
+            Duration::ZERO,
+            false,
+        )
+        .unwrap()
     })
     .await
     .unwrap();

@@ -1300,9 +1300,13 @@ impl<'a> Model<'a> {
                     keep_for: Duration::from_secs(100 * 365 * 24 * 3600),
                     keep_tombstones: Duration::ZERO,
                 };
-                let gc =
-                    lbsync_server::admin::gc(&store, retention, Duration::from_secs(3600), false)
-                        .unwrap();
+                let gc = lbsync_server::admin::gc(
+                    &lbsync_server::Backend::local(store.clone()).unwrap(),
+                    retention,
+                    Duration::from_secs(3600),
+                    false,
+                )
+                .unwrap();
                 drop(store);
                 self.notes
                     .push(format!("gc expired {} tombstones", gc.tombstones_expired));

@@ -49,6 +49,8 @@ pub(crate) struct ServerProc {
     log: PathBuf,
     /// `RUST_LOG` for the server.
     log_level: String,
+    /// Arguments after `--store STORE --listen ADDR`.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -60,6 +62,16 @@ impl ServerProc {
 
     /// [`ServerProc::start`] with the server's log at `level` (`RUST_LOG`).
     pub(crate) fn start_logging(store: &Path, level: &str) -> Self {
+        Self::start_with(store, &[], store.with_extension("server.log"), level)
+    }
+
+    /// A server of a shared store: packs at the object store URL `store`, metadata at the
+    /// PostgreSQL URL `metadata`; its log goes to `log`.
+    pub(crate) fn start_shared(store: &str, metadata: &str, log: PathBuf) -> Self {
+        Self::start_with(Path::new(store), &["--metadata", metadata], log, "info")
+    }
+
+    fn start_with(store: &Path, extra: &[&str], log: PathBuf, level: &str) -> Self {
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -68,8 +80,9 @@ impl ServerProc {
             url: format!("http://{addr}"),
             store: store.to_path_buf(),
             addr,
-            log: store.with_extension("server.log"),
+            log,
             log_level: level.to_owned(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         s.restart();
@@ -84,13 +97,14 @@ impl ServerProc {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let args = [
-            "--store",
-            self.store.to_str().unwrap(),
-            "--listen",
-            &self.addr.to_string(),
-        ]
-        .join("\x1f");
+        let mut args = vec![
+            "--store".to_owned(),
+            self.store.to_str().unwrap().to_owned(),
+            "--listen".to_owned(),
+            self.addr.to_string(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        let args = args.join("\x1f");
         let child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "procs::server_child", "--nocapture"])
             .env(CHILD_ENV, args)

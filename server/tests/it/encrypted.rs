@@ -302,7 +302,8 @@ async fn keys_are_set_read_compared_and_kept_across_a_restart() {
     drop(c);
     server.stop().await;
     let store = PackStore::open(dir.path()).unwrap();
-    let stats = lbsync_server::admin::stats(&store).unwrap();
+    let stats = lbsync_server::admin::stats(&lbsync_server::Backend::local(store.clone()).unwrap())
+        .unwrap();
     assert_eq!((stats.folders, stats.encrypted_folders), (2, 1));
     assert_eq!(stats.to_json()["encrypted_folders"], 1);
 }

@@ -65,181 +65,21 @@ fn pg_backend(test: &str) -> Option<Backend> {
     })
 }
 
-/// The sled structs implement the traits once the lead's rename to `SledFolders`/`SledUsers`/
-/// `SledScopes` lands; until then these wrappers delegate to their inherent methods, and then
-/// `open` becomes three `Arc::new(Sled…::open(..))` lines.
+/// The sled backend's three, as `Backend::local` opens them.
 mod sled_meta {
     use super::*;
-    use lbsync_server::Result;
-    use lbsync_server::folders::Folders as SledFolders;
-    use lbsync_server::meta::{ScopeMeta, UserMeta};
-    use lbsync_server::scope::Scopes as SledScopes;
-    use lbsync_server::users::{TokenInfo, Users as SledUsers};
+    use lbsync_server::folders::SledFolders;
+    use lbsync_server::scope::SledScopes;
+    use lbsync_server::users::SledUsers;
 
     pub(super) fn open(store: &PackStore) -> (Folders, Users, Scopes) {
         let f = SledFolders::open(store.db()).unwrap();
         let s = SledScopes::open(store, &f).unwrap();
         (
-            Arc::new(F(f)),
-            Arc::new(U(SledUsers::open(store.db()).unwrap())),
-            Arc::new(S(s, store.clone())),
+            Arc::new(f),
+            Arc::new(SledUsers::open(store.db()).unwrap()),
+            Arc::new(s),
         )
-    }
-
-    struct F(SledFolders);
-    struct U(SledUsers);
-    /// The sled scopes take the store they were opened with, which the tests pass too.
-    struct S(SledScopes, PackStore);
-
-    impl FolderMeta for F {
-        fn ensure(&self, f: &str) -> Result<u64> {
-            self.0.ensure(f)
-        }
-        fn head(&self, f: &str) -> Result<u64> {
-            self.0.head(f)
-        }
-        fn names(&self) -> Result<Vec<String>> {
-            self.0.names()
-        }
-        fn keys(&self, f: &str) -> Result<pb::FolderKeys> {
-            self.0.keys(f)
-        }
-        fn encrypted(&self, f: &str) -> Result<bool> {
-            self.0.encrypted(f)
-        }
-        fn encrypted_count(&self) -> usize {
-            self.0.encrypted_count()
-        }
-        fn set_keys(&self, f: &str, e: u64, w: Vec<pb::WrappedKey>) -> Result<pb::FolderKeys> {
-            self.0.set_keys(f, e, w)
-        }
-        fn current(&self, f: &str, p: &SyncPath) -> Result<Option<Entry>> {
-            self.0.current(f, p)
-        }
-        fn commit_batch_checked(
-            &self,
-            f: &str,
-            c: Vec<(Entry, u64)>,
-            e: bool,
-        ) -> Result<(Vec<CommitOutcome>, Option<Error>)> {
-            self.0.commit_batch_checked(f, c, e)
-        }
-        fn backlog(&self, f: &str, c: u64) -> Result<(Backlog, u64)> {
-            self.0.backlog(f, c)
-        }
-        fn scan_page(
-            &self,
-            f: &str,
-            c: u64,
-            h: u64,
-            a: Option<&[u8]>,
-            l: usize,
-        ) -> Result<(Vec<Entry>, Option<Vec<u8>>)> {
-            self.0.scan_page(f, c, h, a, l)
-        }
-        fn history(&self, f: &str, p: &SyncPath, m: usize) -> Result<(Vec<Entry>, bool)> {
-            self.0.history(f, p, m)
-        }
-        fn version(&self, f: &str, p: &SyncPath, v: u64) -> Result<Option<Entry>> {
-            self.0.version(f, p, v)
-        }
-        fn current_entries(&self, f: &str) -> Result<Vec<Entry>> {
-            self.0.current_entries(f)
-        }
-        fn prune_history(
-            &self,
-            f: &str,
-            kv: usize,
-            kn: i64,
-            d: bool,
-            keep: &mut dyn FnMut(&Entry),
-        ) -> Result<(u64, u64)> {
-            self.0.prune_history(f, kv, kn, d, keep)
-        }
-        fn expired_seq(&self, f: &str) -> Result<u64> {
-            self.0.expired_seq(f)
-        }
-        fn compact_journal(&self, f: &str, d: bool) -> Result<u64> {
-            self.0.compact_journal(f, d)
-        }
-        fn expire_tombstones(&self, f: &str, c: i64, d: bool) -> Result<(u64, u64)> {
-            self.0.expire_tombstones(f, c, d)
-        }
-    }
-
-    impl UserMeta for U {
-        fn any_tokens(&self) -> bool {
-            self.0.any_tokens()
-        }
-        fn add_user(&self, n: &str) -> Result<()> {
-            self.0.add_user(n)
-        }
-        fn user_exists(&self, n: &str) -> Result<bool> {
-            self.0.user_exists(n)
-        }
-        fn user_names(&self) -> Result<Vec<String>> {
-            self.0.user_names()
-        }
-        fn tokens(&self) -> Result<Vec<TokenInfo>> {
-            self.0.tokens()
-        }
-        fn create_token(&self, u: &str, r: bool, f: Option<&str>) -> Result<(TokenInfo, String)> {
-            self.0.create_token(u, r, f)
-        }
-        fn revoke_token(&self, id: &str) -> Result<bool> {
-            self.0.revoke_token(id)
-        }
-        fn authenticate(&self, t: &str) -> Result<Option<TokenInfo>> {
-            self.0.authenticate(t)
-        }
-        fn token_live(&self, id: &str) -> Result<bool> {
-            self.0.token_live(id)
-        }
-        fn owner(&self, f: &str) -> Result<Option<String>> {
-            self.0.owner(f)
-        }
-        fn claim(&self, f: &str, u: &str) -> Result<String> {
-            self.0.claim(f, u)
-        }
-        fn share(&self, f: &str, u: &str, r: bool) -> Result<()> {
-            self.0.share(f, u, r)
-        }
-        fn unshare(&self, f: &str, u: &str) -> Result<bool> {
-            self.0.unshare(f, u)
-        }
-        fn members(&self, f: &str) -> Result<Vec<(String, bool)>> {
-            self.0.members(f)
-        }
-        fn level(&self, f: &str, u: &str) -> Result<Level> {
-            self.0.level(f, u)
-        }
-        fn folders_of(&self, u: &str) -> Result<Vec<(String, &'static str)>> {
-            self.0.folders_of(u)
-        }
-    }
-
-    impl ScopeMeta for S {
-        fn add_chunks(&self, f: &str, ids: &[ChunkId]) -> Result<()> {
-            self.0.add_chunks(f, ids)
-        }
-        fn add_manifest(&self, f: &str, m: &Manifest, c: bool) -> Result<()> {
-            self.0.add_manifest(f, m, c)
-        }
-        fn has_chunk(&self, f: &str, id: &ChunkId) -> Result<bool> {
-            self.0.has_chunk(f, id)
-        }
-        fn has_manifest(&self, f: &str, id: &lbsync_chunkstore::ManifestId) -> Result<bool> {
-            self.0.has_manifest(f, id)
-        }
-        fn outside(&self, f: &str, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
-            self.0.outside(f, ids)
-        }
-        fn missing(&self, _: &dyn ChunkStore, f: &str, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
-            self.0.missing(&self.1, f, ids)
-        }
-        fn prune(&self, _: &dyn ChunkStore) -> Result<u64> {
-            self.0.prune(&self.1)
-        }
     }
 }
 
