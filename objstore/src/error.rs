@@ -33,9 +33,9 @@ pub enum Error {
         url: String,
         /// What to do about it, with a leading "; " (empty when there is nothing to say).
         hint: &'static str,
-        /// object_store's error.
+        /// object_store's error (boxed: it is large, and errors travel in every `Result`).
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// There is no store at the prefix, and the open was not allowed to create one.
     #[error(
@@ -121,8 +121,13 @@ impl Error {
             op: op.into(),
             url: url.into(),
             hint,
-            source,
+            source: Box::new(source),
         }
+    }
+
+    /// Whether the object store answered that the object does not exist.
+    pub(crate) fn is_not_found(&self) -> bool {
+        matches!(self, Error::Object { source, .. } if matches!(**source, object_store::Error::NotFound { .. }))
     }
 
     /// Wraps an error of a [`crate::ChunkIndex`] implementation.

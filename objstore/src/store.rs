@@ -402,10 +402,7 @@ impl ObjectChunkStore {
         for ((pack, span), got) in spans.iter().zip(fetched) {
             let body = match got {
                 Ok(b) => b,
-                Err(Error::Object {
-                    source: object_store::Error::NotFound { .. },
-                    ..
-                }) if retry => {
+                Err(e) if retry && e.is_not_found() => {
                     again.extend(span.members.iter().map(|(i, _)| *i));
                     continue;
                 }
