@@ -14,7 +14,7 @@
 //! can be rebuilt from the packs alone; the header checksum tells a record from torn or stray bytes,
 //! and the payload is checked by hashing it back to the chunk id.
 //!
-//! The format is shared by every store that keeps packs: [`crate::PackStore`]'s files and the
+//! The format is shared by every store that keeps packs: `PackStore`'s files and the
 //! object store's immutable pack objects (`lbsync-objstore`) hold the same header and records, so
 //! one decoder reads both. Public for those stores: [`pack_header`], [`check_pack_header`],
 //! [`Record::encode`] (with the compression decision), [`RecordHeader::decode`] and

@@ -2,7 +2,8 @@
 //!
 //! Policy: expected outcomes (a chunk that is absent, a chunk already present) are return values.
 //! Every error names what was asked of what (the operation, the object's URL, the chunk) and says
-//! what to do. object_store's error type does not leak: it is a `#[source]`. Through the
+//! what to do. object_store's error type does not leak: [`Error::Object`] holds it boxed as a
+//! `dyn Error`, its message part of ours. Through the
 //! [`lbsync_chunkstore::ChunkStore`] trait the errors become the chunk store's:
 //! [`Error::Corrupt`] becomes `lbsync_chunkstore::Error::Corrupt`, the rest
 //! `lbsync_chunkstore::Error::Backend` around this error.
@@ -24,8 +25,9 @@ pub enum Error {
         /// What is wrong with it.
         what: String,
     },
-    /// A request to the object store failed.
-    #[error("the object store at {url} failed to {op}: {source}{hint}")]
+    /// A request to the object store failed. The message holds object_store's (so that one line
+    /// says it all); it is not also a `source`, which would say it twice in a cause chain.
+    #[error("the object store at {url} failed to {op}: {cause}{hint}")]
     Object {
         /// What was asked, e.g. "read the store's config".
         op: String,
@@ -33,9 +35,10 @@ pub enum Error {
         url: String,
         /// What to do about it, with a leading "; " (empty when there is nothing to say).
         hint: &'static str,
-        /// object_store's error (boxed: it is large, and errors travel in every `Result`).
-        #[source]
-        source: Box<object_store::Error>,
+        /// object_store's error.
+        cause: Box<dyn std::error::Error + Send + Sync>,
+        /// Whether the store answered that the object does not exist.
+        not_found: bool,
     },
     /// There is no store at the prefix, and the open was not allowed to create one.
     #[error(
@@ -78,9 +81,9 @@ pub enum Error {
         what: String,
     },
     /// The chunk index failed (a [`crate::ChunkIndex`] implementation's error, boxed: its
-    /// message says what and what to do).
+    /// message says what and what to do; shown in this one's, so not also a `source`).
     #[error("the chunk index failed: {0}")]
-    Index(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Index(Box<dyn std::error::Error + Send + Sync>),
     /// A pack object name that is not 32 hex digits.
     #[error("invalid pack name {0:?}: expected 32 hexadecimal digits")]
     BadPackName(String),
@@ -103,17 +106,21 @@ impl Error {
         source: object_store::Error,
     ) -> Self {
         let hint = match &source {
-            object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => {
-                "; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), and \
-                 that the key may read and write the bucket"
+            object_store::Error::PermissionDenied { .. } => {
+                "; access was denied (403): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                 (and AWS_SESSION_TOKEN), and that the key may read and write the bucket"
+            }
+            object_store::Error::Unauthenticated { .. } => {
+                "; the credentials were refused (401): check AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN)"
             }
             object_store::Error::NotFound { .. } => {
                 "; the object is gone: if the bucket was emptied or another store's gc ran on \
-                 this prefix, the store has lost data (run fsck)"
+                 this prefix, the store has lost data"
             }
             object_store::Error::Generic { .. } => {
-                "; check that the endpoint and region are right and the object store is up"
+                "; check the endpoint, the region (AWS_REGION or ?region=) and that the object \
+                 store is up"
             }
             _ => "",
         };
@@ -121,13 +128,20 @@ impl Error {
             op: op.into(),
             url: url.into(),
             hint,
-            source: Box::new(source),
+            not_found: matches!(source, object_store::Error::NotFound { .. }),
+            cause: Box::new(source),
         }
     }
 
     /// Whether the object store answered that the object does not exist.
     pub(crate) fn is_not_found(&self) -> bool {
-        matches!(self, Error::Object { source, .. } if matches!(**source, object_store::Error::NotFound { .. }))
+        matches!(
+            self,
+            Error::Object {
+                not_found: true,
+                ..
+            }
+        )
     }
 
     /// Wraps an error of a [`crate::ChunkIndex`] implementation.

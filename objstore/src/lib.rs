@@ -79,6 +79,7 @@ mod error;
 mod gc;
 mod index;
 mod pack;
+mod read;
 mod store;
 mod url;
 
