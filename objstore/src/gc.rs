@@ -26,7 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use lbsync_chunkstore::pack::RecordHeader;
+use lbsync_chunkstore::pack::{PACK_HEADER_LEN, RecordHeader};
 use lbsync_chunkstore::{ChunkId, GcOptions, GcReport, Manifest, ManifestId};
 
 use crate::error::Result;
@@ -102,7 +102,11 @@ pub(crate) fn run(
                 empty.push(pack);
                 report.bytes_reclaimed += meta.size;
             }
-            Some(k) if (k.record_bytes as f64) < opts.repack_below * meta.size as f64 => {
+            // Live fraction: of the records' bytes (the pack header is not waste).
+            Some(k)
+                if (k.record_bytes as f64)
+                    < opts.repack_below * meta.size.saturating_sub(PACK_HEADER_LEN) as f64 =>
+            {
                 sparse.push((pack, meta.size));
             }
             Some(_) => {}

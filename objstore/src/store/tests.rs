@@ -376,3 +376,59 @@ fn the_store_is_usable_from_spawn_blocking_threads_of_another_runtime() {
 fn store_in_async() -> ObjectChunkStore {
     new_store(StoreOptions::default()).0
 }
+
+#[test]
+fn two_servers_storing_the_same_chunks_at_once_agree_and_gc_removes_the_losing_copies() {
+    let objects: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let index = Arc::new(MemIndex::new());
+    let prefix = Path::from("shared");
+    let one = ObjectChunkStore::create(
+        objects.clone(),
+        prefix.clone(),
+        index.clone(),
+        ChunkParams::DEFAULT,
+        StoreOptions::default(),
+    )
+    .unwrap();
+    let two =
+        ObjectChunkStore::open(objects, prefix, index.clone(), StoreOptions::default()).unwrap();
+    let chunks: Vec<Chunk> = (0..50).map(|n| noise_chunk("race", n, 2000)).collect();
+    let barrier = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        for store in [&one, &two] {
+            let (chunks, barrier) = (&chunks, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                for batch in chunks.chunks(2) {
+                    store.insert_batch(batch).unwrap();
+                }
+            });
+        }
+    });
+    // Whichever copy the index kept, both servers read the same right bytes.
+    for c in &chunks {
+        assert_eq!(one.get(&c.id()).unwrap().as_ref(), Some(c.data()));
+        assert_eq!(two.get(&c.id()).unwrap().as_ref(), Some(c.data()));
+    }
+    assert_eq!(index.stats().unwrap().chunks, 50);
+    let refs = chunks.iter().map(|c| c.chunk_ref()).collect();
+    let mid = one.put_manifest(&Manifest::new(refs)).unwrap();
+    let packs_before = one.stats().unwrap().packs;
+    // Any pack holding a dead byte is rewritten.
+    let opts = GcOptions {
+        repack_below: 1.0,
+        ..no_grace()
+    };
+    let report = two.gc(&mut [mid].into_iter(), &opts).unwrap();
+    assert_eq!(report.swept_chunks, 0, "every chunk is live");
+    let after = one.stats().unwrap();
+    assert!(after.packs <= packs_before, "{after:?}");
+    // Every pack left holds live records only: the losers' copies are gone or repacked.
+    assert!(
+        after.disk_bytes < after.stored_bytes + after.chunks * 56 + after.packs * 16 + 1,
+        "{after:?}"
+    );
+    for c in &chunks {
+        assert_eq!(one.get(&c.id()).unwrap().as_ref(), Some(c.data()));
+    }
+}
