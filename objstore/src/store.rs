@@ -151,9 +151,18 @@ impl ObjectChunkStore {
                         mode: PutMode::Create,
                         ..PutOptions::default()
                     };
-                    match objects.put_opts(&path, bytes.into(), put).await {
-                        Ok(_) => {}
-                        Err(object_store::Error::AlreadyExists { .. }) => return Ok(None),
+                    let payload = object_store::PutPayload::from(bytes);
+                    let put = match objects.put_opts(&path, payload.clone(), put).await {
+                        // Conditional PUT turned off (AWS_CONDITIONAL_PUT=disabled): the
+                        // read-back below still tells a lost race.
+                        Err(object_store::Error::NotImplemented { .. }) => {
+                            objects.put(&path, payload).await
+                        }
+                        other => other,
+                    };
+                    match put {
+                        // Another creator was first: its config is read back below.
+                        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
                         Err(e) => return Err(Error::object("write the store's config", url, e)),
                     }
                     // Some S3 servers (Garage) ignore If-None-Match and overwrite: whoever reads

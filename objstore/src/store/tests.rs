@@ -432,3 +432,21 @@ fn two_servers_storing_the_same_chunks_at_once_agree_and_gc_removes_the_losing_c
         assert_eq!(one.get(&c.id()).unwrap().as_ref(), Some(c.data()));
     }
 }
+
+#[test]
+fn the_contract_holds_on_a_directory_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/store", dir.path().display());
+    let store = ObjectChunkStore::open_url(
+        &url,
+        Arc::new(MemIndex::new()),
+        Some(ChunkParams::DEFAULT),
+        StoreOptions {
+            pack_target: 64 << 10,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(store.stats().unwrap().packs, 0, "no packs directory yet");
+    contract::run(&store, "file").unwrap();
+}
