@@ -32,7 +32,9 @@ pub struct StoreOptions {
     pub cache_bytes: u64,
     /// Records of one pack at most this far apart are fetched with one ranged GET.
     pub coalesce_gap: u64,
-    /// The longest span one coalesced GET fetches.
+    /// The longest span one coalesced GET fetches. Longer runs are cut into several GETs that
+    /// go concurrently: against s3s-fs on loopback, 64 KiB chunks read in batches of 64 at
+    /// 31 MiB/s with 16 MiB spans (one GET a batch), 60 MiB/s with 1 MiB, 24 MiB/s with 256 KiB.
     pub max_span: u64,
     /// Requests to the object store in flight at once, per call.
     pub concurrency: usize,
@@ -44,7 +46,7 @@ impl Default for StoreOptions {
             pack_target: 64 << 20,
             cache_bytes: 256 << 20,
             coalesce_gap: 256 << 10,
-            max_span: 16 << 20,
+            max_span: 1 << 20,
             concurrency: 8,
         }
     }

@@ -1,7 +1,7 @@
 //! Throughput of inserts and batched reads (ignored; run it by hand):
 //! `cargo test -p lbsync-objstore --test it -- --ignored throughput --nocapture`
-//! (`LBSYNC_OBJSTORE_MIB` sets the size, default 256; with `LBSYNC_TEST_STORE` set it also runs
-//! against that S3 store).
+//! (`LBSYNC_OBJSTORE_MIB` sets the size, default 256, `LBSYNC_OBJSTORE_SPAN` the longest
+//! coalesced GET; with `LBSYNC_TEST_STORE` set it also runs against that S3 store).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +17,10 @@ fn measure(label: &str, url: &str, mib: usize) {
         StoreOptions {
             // Reads must reach the object store, not the cache.
             cache_bytes: 0,
+            max_span: std::env::var("LBSYNC_OBJSTORE_SPAN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(StoreOptions::default().max_span),
             ..StoreOptions::default()
         },
     )
