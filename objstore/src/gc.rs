@@ -18,6 +18,11 @@
 //!    it any more. A reader that looked up the old location before the relocation finds the
 //!    pack gone and looks the chunk up again.
 //!
+//! Clocks: an entry's insert time is the inserting server's clock, a pack's time of writing the
+//! object store's; the grace period must also cover the skew between them (an hour covers any
+//! sane one). A dry run changes nothing and reports the packs it would delete and rewrite, with
+//! `bytes_reclaimed` 0.
+//!
 //! One collection at a time per store: the caller (the server) holds a lock or lease for it.
 //! What the grace period cannot protect: a chunk inserted long ago, found present by a client's
 //! `missing` just before the sweep removed it and then referenced by that client's commit. The
@@ -120,8 +125,18 @@ pub(crate) fn run(
         return Ok(report);
     }
     store.delete_packs(&empty)?;
+    // One more walk of the index finds the entries of every sparse pack.
+    let mut in_sparse: HashMap<PackName, Vec<(ChunkId, Location)>> =
+        sparse.iter().map(|(p, _)| (*p, Vec::new())).collect();
+    index.scan(&mut |id, loc, _| {
+        if let Some(entries) = in_sparse.get_mut(&loc.pack) {
+            entries.push((id, loc));
+        }
+        Ok(())
+    })?;
     for (pack, size) in sparse {
-        if let Some(written) = repack(store, &pack)? {
+        let entries = in_sparse.remove(&pack).unwrap_or_default();
+        if let Some(written) = repack(store, &pack, &entries)? {
             report.packs_rewritten += 1;
             report.packs_deleted += 1;
             report.bytes_reclaimed += size.saturating_sub(written);
@@ -158,19 +173,16 @@ fn mark(
     Ok(marked)
 }
 
-/// Copies the records that entries still point at in `pack` into new packs, relocates the
+/// Copies the records that `entries` (those pointing into `pack`) point at into new packs, relocates the
 /// entries, and deletes `pack` if nothing points into it any more. Returns the bytes written,
 /// or `None` if the old pack had to stay (a record in it did not check out, or an entry did not
 /// move).
-fn repack(store: &ObjectChunkStore, pack: &PackName) -> Result<Option<u64>> {
+fn repack(
+    store: &ObjectChunkStore,
+    pack: &PackName,
+    entries: &[(ChunkId, Location)],
+) -> Result<Option<u64>> {
     let index: &dyn ChunkIndex = &*store.inner.index;
-    let mut entries: Vec<(ChunkId, Location)> = Vec::new();
-    index.scan(&mut |id, loc, _| {
-        if loc.pack == *pack {
-            entries.push((id, loc));
-        }
-        Ok(())
-    })?;
     if entries.is_empty() {
         store.delete_packs(std::slice::from_ref(pack))?;
         return Ok(Some(0));
@@ -178,7 +190,7 @@ fn repack(store: &ObjectChunkStore, pack: &PackName) -> Result<Option<u64>> {
     let object = store.fetch_pack(pack)?;
     let mut builders = vec![PackBuilder::new()?];
     let mut damaged = false;
-    for (id, loc) in &entries {
+    for (id, loc) in entries {
         let range = loc.range();
         let Some(record) = object.get(range.start as usize..range.end as usize) else {
             damaged = true;
