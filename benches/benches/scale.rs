@@ -16,7 +16,8 @@ use lbsync_benches::{ChildServer, machine, peak_rss, quick, random_bytes, runtim
 use lbsync_chunkstore::{Chunk, ChunkStore, Manifest, PackStore};
 use lbsync_proto::{Entry, SyncPath};
 use lbsync_server::admin;
-use lbsync_server::folders::Folders;
+use lbsync_server::folders::SledFolders;
+use lbsync_server::meta::{FolderMeta, ScopeMeta, UserMeta};
 use rand::{RngCore, SeedableRng};
 
 /// Set in a child: `build|gc|fsck` and the store's directory (and for `build` the chunk count),
@@ -72,9 +73,9 @@ fn child(job: &str) {
 /// many unreferenced chunks.
 fn build(dir: &Path, chunks: usize) {
     let store = PackStore::open(dir).expect("open");
-    let folders = Folders::open(store.db()).expect("folders");
+    let folders = SledFolders::open(store.db()).expect("folders");
     // An empty store's scopes are built at once; the bench's files stay out of them.
-    lbsync_server::scope::Scopes::open(&store, &folders).expect("scopes");
+    lbsync_server::scope::SledScopes::open(&store, &folders).expect("scopes");
     folders.ensure("default").expect("folder");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
     let files = chunks / PER_FILE;

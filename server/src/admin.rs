@@ -12,7 +12,8 @@ use lbsync_cli::units::{bytes, count};
 use serde_json::{Value, json};
 
 use crate::error::Result;
-use crate::folders::Folders;
+use crate::folders::SledFolders;
+use crate::meta::{FolderMeta, ScopeMeta};
 
 /// What `lbsync-server fsck` found.
 #[derive(Debug)]
@@ -153,11 +154,11 @@ impl Fsck {
 /// Checks the chunk store and that every retained file version's manifest and chunks are present.
 pub fn fsck(store: &PackStore, repair: bool) -> Result<Fsck> {
     let report = store.fsck(repair)?;
-    let folders = Folders::open(store.db())?;
+    let folders = SledFolders::open(store.db())?;
     let mut damaged = Vec::new();
     let mut checked = 0;
     for folder in folders.names()? {
-        folders.prune_history(&folder, usize::MAX, i64::MAX, true, |e| {
+        folders.prune_history(&folder, usize::MAX, i64::MAX, true, &mut |e| {
             let Some(mid) = e.manifest.filter(|_| !e.deleted) else {
                 return;
             };
@@ -276,7 +277,7 @@ impl Gc {
 /// before one record a path, drops history beyond `retention`, then collects the chunks no kept
 /// version references.
 pub fn gc(store: &PackStore, retention: Retention, grace: Duration, dry_run: bool) -> Result<Gc> {
-    let folders = Folders::open(store.db())?;
+    let folders = SledFolders::open(store.db())?;
     let keep_ns = i64::try_from(retention.keep_for.as_nanos()).unwrap_or(i64::MAX);
     let keep_tombstones_ns =
         i64::try_from(retention.keep_tombstones.as_nanos()).unwrap_or(i64::MAX);
@@ -293,7 +294,7 @@ pub fn gc(store: &PackStore, retention: Retention, grace: Duration, dry_run: boo
             retention.keep_versions.max(1),
             keep_ns,
             dry_run,
-            |e| {
+            &mut |e| {
                 live.extend(e.manifest.filter(|_| !e.deleted));
             },
         )?;
@@ -308,7 +309,7 @@ pub fn gc(store: &PackStore, retention: Retention, grace: Duration, dry_run: boo
     let report = store.gc(&mut live.into_iter(), &opts)?;
     if !dry_run {
         // Scopes of collected chunks would only take space (every "present" asks the store too).
-        let scopes = crate::scope::Scopes::open(store, &folders)?;
+        let scopes = crate::scope::SledScopes::open(store, &folders)?;
         let dropped = scopes.prune(store)?;
         if dropped > 0 {
             tracing::info!("dropped {dropped} folder scope entries of collected chunks");
@@ -412,7 +413,7 @@ impl Stats {
 
 /// Counts what the store holds.
 pub fn stats(store: &PackStore) -> Result<Stats> {
-    let folders = Folders::open(store.db())?;
+    let folders = SledFolders::open(store.db())?;
     let names = folders.names()?;
     let (mut files, mut logical) = (0, 0);
     for folder in &names {

@@ -19,8 +19,9 @@ use tonic::{Request, Status};
 
 use crate::auth::Tokens;
 use crate::error::{Error, Result, status};
-use crate::folders::{Folders, check_folder_name};
-use crate::users::{Level, TokenInfo, Users};
+use crate::folders::check_folder_name;
+use crate::meta::{Folders, Users};
+use crate::users::{Level, TokenInfo};
 
 /// A peer's refusals are logged at most once this often.
 pub const LOG_EVERY: Duration = Duration::from_secs(5);

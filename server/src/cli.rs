@@ -20,6 +20,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use lbsync_chunkstore::PackStore;
 
+use crate::backend::Backend;
+use crate::meta::UserMeta;
+
 /// lbsync's server: keeps folders in sync across clients, storing each distinct chunk once.
 #[derive(Parser, Debug)]
 #[command(version, about, after_help = lbsync_cli::EXIT_HELP)]
@@ -422,7 +425,7 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
             None => {
                 // A locked store whose server does not answer: `open_store` names its pid.
                 let store = open_store(&cli.store, Open::Existing)?;
-                tokio::task::spawn_blocking(move || admin(&store, cmd)).await??
+                tokio::task::spawn_blocking(move || admin(&Backend::local(store)?, cmd)).await??
             }
         };
         report(&text);
@@ -493,7 +496,7 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
         .map(Tokens::load)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let user_tokens = crate::users::Users::open(store.db())?.any_tokens();
+    let user_tokens = crate::users::SledUsers::open(store.db())?.any_tokens();
     if !cli.listen.ip().is_loopback() && tokens.is_none() && !user_tokens && !cli.insecure_no_auth {
         bail!(
             "refusing to listen on {} without a token file: pass --token-file FILE (or \
@@ -567,7 +570,7 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
 
 /// Runs an admin command that came through the admin socket (see `control`): its output, or
 /// why it was refused.
-pub(crate) fn admin_args(store: &PackStore, args: Vec<String>) -> Result<String, String> {
+pub(crate) fn admin_args(backend: &Backend, args: Vec<String>) -> Result<String, String> {
     let cli = Cli::try_parse_from(std::iter::once("lbsync-server".to_owned()).chain(args))
         .map_err(|e| e.to_string())?;
     match cli.command {
@@ -576,14 +579,14 @@ pub(crate) fn admin_args(store: &PackStore, args: Vec<String>) -> Result<String,
             | Command::Token { .. }
             | Command::Share { .. }
             | Command::Unshare { .. }),
-        ) => admin(store, cmd).map_err(|e| format!("{e:#}")),
+        ) => admin(backend, cmd).map_err(|e| format!("{e:#}")),
         _ => Err("only user, token, share and unshare commands reach a running server".into()),
     }
 }
 
 /// Runs a user, token, share or unshare command on the store and returns what to print.
-fn admin(store: &PackStore, command: Command) -> anyhow::Result<String> {
-    let users = crate::users::Users::open(store.db())?;
+fn admin(backend: &Backend, command: Command) -> anyhow::Result<String> {
+    let users = &backend.users;
     Ok(match command {
         Command::User {
             command: UserCommand::Add { name },
@@ -660,8 +663,8 @@ fn admin(store: &PackStore, command: Command) -> anyhow::Result<String> {
             user,
             read_only,
         } => {
-            let folders = crate::folders::Folders::open(store.db())?;
-            folders
+            backend
+                .folders
                 .head(&folder)
                 .with_context(|| format!("sharing folder {folder}"))?;
             users.share(&folder, &user, read_only)?;

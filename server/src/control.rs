@@ -10,7 +10,6 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use lbsync_chunkstore::PackStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -22,10 +21,11 @@ pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join("admin.sock")
 }
 
-/// Serves the admin socket of `store` until the task is dropped. A failure to set it up is
-/// logged: the server serves on without it (admin commands then need it stopped).
-pub async fn serve(store: PackStore) {
-    let path = socket_path(store.dir());
+/// Serves the admin socket in the store directory `dir` for `backend` until the task is dropped.
+/// A failure to set it up is logged: the server serves on without it (admin commands then need
+/// it stopped).
+pub async fn serve(dir: PathBuf, backend: crate::backend::Backend) {
+    let path = socket_path(&dir);
     // A socket left by a server that stopped uncleanly: this process holds the store now.
     let _ = std::fs::remove_file(&path);
     let listener = match UnixListener::bind(&path) {
@@ -53,16 +53,20 @@ pub async fn serve(store: PackStore) {
         let Ok((conn, _)) = listener.accept().await else {
             continue;
         };
-        let store = store.clone();
+        let backend = backend.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(conn, store, owner).await {
+            if let Err(e) = answer(conn, backend, owner).await {
                 tracing::warn!("admin socket: {e}");
             }
         });
     }
 }
 
-async fn answer(mut conn: UnixStream, store: PackStore, owner: u32) -> std::io::Result<()> {
+async fn answer(
+    mut conn: UnixStream,
+    backend: crate::backend::Backend,
+    owner: u32,
+) -> std::io::Result<()> {
     let uid = conn.peer_cred()?.uid();
     if uid != owner && uid != 0 {
         tracing::warn!("admin socket: refused a connection from uid {uid}");
@@ -80,7 +84,7 @@ async fn answer(mut conn: UnixStream, store: PackStore, owner: u32) -> std::io::
         .map(|a| String::from_utf8(a.to_vec()).ok())
         .collect();
     let result = match args {
-        Some(args) => tokio::task::spawn_blocking(move || crate::cli::admin_args(&store, args))
+        Some(args) => tokio::task::spawn_blocking(move || crate::cli::admin_args(&backend, args))
             .await
             .unwrap_or_else(|e| Err(format!("the command failed: {e}"))),
         None => Err("the command's arguments are not UTF-8".into()),

@@ -57,6 +57,10 @@ pub enum Error {
     /// The metadata database failed.
     #[error("metadata database error: {0}")]
     Sled(#[from] sled::Error),
+    /// The metadata database (PostgreSQL) cannot be reached or failed a query: the message says
+    /// which server (never its password) and what to check.
+    #[error("{0}")]
+    Database(String),
     /// Stored metadata does not decode.
     #[error("stored metadata is damaged: {0}; run `lbsync-server fsck`")]
     Metadata(String),
@@ -120,6 +124,11 @@ pub fn status(e: &Error) -> Status {
                 "the server's disk is full: nothing was committed; free space on the server (and restart \
                  lbsync-server if this persists once there is space), then sync again",
             ));
+        }
+        Error::Database(_) => {
+            // The client retries, a load balancer routes around this server (health).
+            tracing::error!("{}", chain(e));
+            return store_failure(Status::unavailable(e.to_string()));
         }
         Error::Store(lbsync_chunkstore::Error::Io { .. })
         | Error::Store(lbsync_chunkstore::Error::Index(_))

@@ -6,10 +6,10 @@
 //! - `folder/F/journal`: u64 BE seq → path, NUL, u64 BE version; at most one record a path,
 //!   its latest commit's (a commit drops the path's previous record in its transaction, so the
 //!   journal is as long as the folder has paths, however many commits it took; a journal written
-//!   before that is rewritten so by [`Folders::compact_journal`]);
+//!   before that is rewritten so by [`FolderMeta::compact_journal`]);
 //! - and in the shared tree `folders`: F → u64 BE journal head (the last seq);
 //! - in the shared tree `folder_expired`: F → u64 BE expiry horizon, the highest seq of a
-//!   tombstone [`Folders::expire_tombstones`] forgot (absent: 0, none). A client whose cursor is
+//!   tombstone [`FolderMeta::expire_tombstones`] forgot (absent: 0, none). A client whose cursor is
 //!   below it may have missed a deletion the folder no longer shows, and re-scans;
 //! - in the shared tree `folder_keys`, for an end-to-end encrypted folder only: F → its wrapped
 //!   keys, an encoded `lbsync.v1.FolderKeys` (generation >= 1). A folder without a record is
@@ -22,11 +22,11 @@
 //! new version, its history record, its journal record and the new head are all visible, or
 //! none is. A batch of commits goes in
 //! transactions of up to [`GROUP_TXN_COMMITS`] commits and one flush (group commit,
-//! [`Folders::commit_batch`]); concurrent batches share their flushes (`GroupFlush`).
+//! [`FolderMeta::commit_batch`]); concurrent batches share their flushes (`GroupFlush`).
 //!
 //! A transaction is visible to readers the moment it ends, before the flush that makes it durable.
 //! Nothing read leaves the server before that flush: a reader that may have seen a commit still
-//! being flushed flushes too (see `Folders::settle`). Otherwise a client could download a
+//! being flushed flushes too (see `SledFolders::settle`). Otherwise a client could download a
 //! version that a crash then takes back, and never hear that it is gone.
 
 use std::collections::HashMap;
@@ -39,6 +39,7 @@ use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::error::{Error, Result};
+use crate::meta::FolderMeta;
 
 /// Most commits in one sled transaction of a group commit. A sled transaction holds sled's
 /// global write lock while it applies its writes (every other writer of the store waits), and
@@ -48,7 +49,7 @@ pub const GROUP_TXN_COMMITS: usize = 1024;
 /// How far behind a cursor may be before a replay reads the current entries instead of the journal.
 pub const JOURNAL_SCAN_LIMIT: u64 = 4096;
 
-/// What a replay from a cursor reads: see [`Folders::backlog`].
+/// What a replay from a cursor reads: see [`FolderMeta::backlog`].
 #[derive(Debug)]
 pub enum Backlog {
     /// The changes, compacted from the journal, in seq order.
@@ -57,9 +58,9 @@ pub enum Backlog {
     Scan,
 }
 
-/// The folders of one store.
+/// The folders of one store, in its sled database.
 #[derive(Clone)]
-pub struct Folders {
+pub struct SledFolders {
     db: sled::Db,
     heads: sled::Tree,
     /// Encrypted folders' keys: see the module's docs.
@@ -72,7 +73,7 @@ pub struct Folders {
     group: Arc<GroupFlush>,
 }
 
-/// Counts one commit in [`Folders::flushing`] while it lives.
+/// Counts one commit in [`SledFolders::flushing`] while it lives.
 struct Flushing<'a>(&'a AtomicUsize);
 
 impl<'a> Flushing<'a> {
@@ -181,17 +182,17 @@ fn history_prefix(path: &SyncPath) -> Vec<u8> {
     k
 }
 
-fn encode(e: &Entry) -> Vec<u8> {
+pub(crate) fn encode(e: &Entry) -> Vec<u8> {
     pb::Entry::from(e.clone()).encode_to_vec()
 }
 
-fn decode(b: &[u8]) -> Result<Entry> {
+pub(crate) fn decode(b: &[u8]) -> Result<Entry> {
     decode_listed(b)?.ok_or_else(|| Error::Metadata("entry is inside .lbsync/".into()))
 }
 
 /// An entry met while walking a folder's trees; `None` for one inside `.lbsync/`, which a server
 /// from before such paths were refused may have stored: it is passed over, never served.
-fn decode_listed(b: &[u8]) -> Result<Option<Entry>> {
+pub(crate) fn decode_listed(b: &[u8]) -> Result<Option<Entry>> {
     let e = pb::Entry::decode(b)
         .map_err(|err| Error::Metadata(format!("entry does not decode: {err}")))?;
     match Entry::try_from(e) {
@@ -226,7 +227,7 @@ pub(crate) fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-impl Folders {
+impl SledFolders {
     /// The folders kept in `db`.
     pub fn open(db: &sled::Db) -> Result<Self> {
         Ok(Self {
@@ -257,8 +258,21 @@ impl Folders {
         })
     }
 
+    /// The folder's keys as stored: generation 0 and none for a plain folder (or one that does
+    /// not exist: see [`FolderMeta::keys`] for the checked form).
+    fn stored_keys(tree: &sled::Tree, folder: &str) -> Result<pb::FolderKeys> {
+        match tree.get(folder)? {
+            Some(v) => pb::FolderKeys::decode(&*v).map_err(|err| {
+                Error::Metadata(format!("the keys of folder {folder} do not decode: {err}"))
+            }),
+            None => Ok(pb::FolderKeys::default()),
+        }
+    }
+}
+
+impl FolderMeta for SledFolders {
     /// Creates the folder if it does not exist; returns its journal head.
-    pub fn ensure(&self, folder: &str) -> Result<u64> {
+    fn ensure(&self, folder: &str) -> Result<u64> {
         check_folder_name(folder)?;
         let head = self.heads.fetch_and_update(folder, |old| {
             Some(old.map_or_else(|| 0u64.to_be_bytes().to_vec(), |v| v.to_vec()))
@@ -268,7 +282,7 @@ impl Folders {
     }
 
     /// The folder's journal head, or `NotFound` if there is no such folder.
-    pub fn head(&self, folder: &str) -> Result<u64> {
+    fn head(&self, folder: &str) -> Result<u64> {
         self.heads
             .get(folder)?
             .map(|v| be_u64(&v))
@@ -276,7 +290,7 @@ impl Folders {
     }
 
     /// All folder names.
-    pub fn names(&self) -> Result<Vec<String>> {
+    fn names(&self) -> Result<Vec<String>> {
         self.heads
             .iter()
             .keys()
@@ -284,31 +298,20 @@ impl Folders {
             .collect()
     }
 
-    /// The folder's keys as stored: generation 0 and none for a plain folder (or one that does
-    /// not exist: see [`Folders::keys`] for the checked form).
-    fn stored_keys(tree: &sled::Tree, folder: &str) -> Result<pb::FolderKeys> {
-        match tree.get(folder)? {
-            Some(v) => pb::FolderKeys::decode(&*v).map_err(|err| {
-                Error::Metadata(format!("the keys of folder {folder} do not decode: {err}"))
-            }),
-            None => Ok(pb::FolderKeys::default()),
-        }
-    }
-
     /// The folder's wrapped keys (generation 0 and none when it is plain), or `NotFound` if
     /// there is no such folder.
-    pub fn keys(&self, folder: &str) -> Result<pb::FolderKeys> {
+    fn keys(&self, folder: &str) -> Result<pb::FolderKeys> {
         self.head(folder)?;
         Self::stored_keys(&self.keys, folder)
     }
 
     /// Whether the folder is end-to-end encrypted (false for a folder that does not exist).
-    pub fn encrypted(&self, folder: &str) -> Result<bool> {
+    fn encrypted(&self, folder: &str) -> Result<bool> {
         Ok(self.keys.contains_key(folder)?)
     }
 
     /// How many folders are encrypted.
-    pub fn encrypted_count(&self) -> usize {
+    fn encrypted_count(&self) -> usize {
         self.keys.len()
     }
 
@@ -319,7 +322,7 @@ impl Folders {
     /// folder encrypted at once, or of a commit in the clear and the change to encrypted, one
     /// wins. Durable when it returns. `wrapped` must have been checked
     /// ([`crate::sealed::check_wrapped_keys`]).
-    pub fn set_keys(
+    fn set_keys(
         &self,
         folder: &str,
         expected: u64,
@@ -377,48 +380,17 @@ impl Folders {
     }
 
     /// The path's current entry.
-    pub fn current(&self, folder: &str, path: &SyncPath) -> Result<Option<Entry>> {
+    fn current(&self, folder: &str, path: &SyncPath) -> Result<Option<Entry>> {
         self.head(folder)?;
         let entry = self.trees(folder)?.entries.get(path.as_str())?;
         self.settle()?;
         entry.map(|v| decode(&v)).transpose()
     }
 
-    /// Makes `entry` the path's current version if the path is at `base_version` (or is new or
-    /// deleted and `base_version` is 0). Assigns the version, seq and commit time.
-    pub fn commit(&self, folder: &str, entry: Entry, base_version: u64) -> Result<CommitOutcome> {
-        let (mut outcomes, failed) = self.commit_batch(folder, vec![(entry, base_version)])?;
-        match (outcomes.pop(), failed) {
-            (Some(outcome), None) => Ok(outcome),
-            (_, Some(e)) => Err(e),
-            (None, None) => Err(Error::Metadata("a commit of one gave no outcome".into())),
-        }
-    }
-
-    /// Group commit: each `(entry, base_version)` as [`Folders::commit`] would, in order, each
-    /// with its own outcome (a later commit of the same path sees the earlier one), their seqs
-    /// dense and in order; in transactions of at most [`GROUP_TXN_COMMITS`] commits and one flush
-    /// for them all (shared with concurrent callers, see `GroupFlush`), before it returns.
-    ///
-    /// If a transaction fails, the outcomes of the groups before it (which took effect, and are
-    /// flushed like the rest) come back with the error; the commits after them were not tried.
-    ///
-    /// In an encrypted folder, base version 0 over a tombstone is a conflict (the entry was
-    /// sealed for version 1, not for the tombstone's version + 1). The entries are taken as
-    /// checked for the folder as it is now: see [`Folders::commit_batch_checked`].
-    pub fn commit_batch(
-        &self,
-        folder: &str,
-        commits: Vec<(Entry, u64)>,
-    ) -> Result<(Vec<CommitOutcome>, Option<Error>)> {
-        let encrypted = self.encrypted(folder)?;
-        self.commit_batch_checked(folder, commits, encrypted)
-    }
-
-    /// [`Folders::commit_batch`] of entries checked for a folder that is `encrypted` (or plain):
+    /// [`FolderMeta::commit_batch`] of entries checked for a folder that is `encrypted` (or plain):
     /// a transaction that finds the folder otherwise (made encrypted since the checks) fails
     /// with [`Error::Precondition`], and nothing of it is stored.
-    pub fn commit_batch_checked(
+    fn commit_batch_checked(
         &self,
         folder: &str,
         commits: Vec<(Entry, u64)>,
@@ -436,13 +408,9 @@ impl Folders {
                 |(entries, history, journal, heads, keys)| {
                     if keys.get(&folder_key)?.is_some() != encrypted {
                         // A folder only ever becomes encrypted.
-                        return Err(ConflictableTransactionError::Abort(Error::Precondition(
-                            format!(
-                                "folder {folder} was made encrypted while this commit was on \
-                                 its way: nothing was committed; sync again (the client must \
-                                 now seal its entries)"
-                            ),
-                        )));
+                        return Err(ConflictableTransactionError::Abort(
+                            crate::meta::made_encrypted(folder),
+                        ));
                     }
                     let mut head = heads.get(&folder_key)?.map_or(0, |v| be_u64(&v));
                     let mut out = Vec::with_capacity(group.len());
@@ -456,20 +424,21 @@ impl Folders {
                             }
                             None => None,
                         };
-                        let current_version = current.as_ref().map_or(0, |c| c.version);
-                        let recreating = *base_version == 0
-                            && current.as_ref().is_none_or(|c| c.deleted && !encrypted);
-                        if *base_version != current_version && !recreating {
-                            let current = current.unwrap_or_else(|| Entry {
-                                version: 0,
-                                ..Entry::tombstone(entry.path.clone(), entry.kind, "")
-                            });
-                            out.push(CommitOutcome::Conflict(current));
-                            continue;
-                        }
+                        let version = match crate::meta::decide(
+                            current.as_ref(),
+                            entry,
+                            *base_version,
+                            encrypted,
+                        ) {
+                            Ok(version) => version,
+                            Err(current) => {
+                                out.push(CommitOutcome::Conflict(current));
+                                continue;
+                            }
+                        };
                         let mut new = entry.clone();
                         new.committed_ns = now;
-                        new.version = current_version + 1;
+                        new.version = version;
                         head += 1;
                         new.seq = head;
                         let bytes = encode(&new);
@@ -516,9 +485,9 @@ impl Folders {
     /// The changes after `cursor` and the head they bring the caller to. Within
     /// [`JOURNAL_SCAN_LIMIT`] of the head they are read from the journal, compacted to the latest
     /// entry per path, in seq order ([`Backlog::Compacted`], at most that many entries). From
-    /// further behind the caller pages through the current entries with [`Folders::scan_page`]
+    /// further behind the caller pages through the current entries with [`FolderMeta::scan_page`]
     /// ([`Backlog::Scan`]), so no replay holds a whole folder in memory.
-    pub fn backlog(&self, folder: &str, cursor: u64) -> Result<(Backlog, u64)> {
+    fn backlog(&self, folder: &str, cursor: u64) -> Result<(Backlog, u64)> {
         let mut head = self.head(folder)?;
         if cursor > head {
             return Err(Error::CursorAhead { cursor, head });
@@ -574,7 +543,7 @@ impl Folders {
     /// `after` (from the first with `None`), those changed after `cursor` and up to `head`, in
     /// path order; and the key to continue after, `None` at the end. Commits past `head` are
     /// left to their own notification.
-    pub fn scan_page(
+    fn scan_page(
         &self,
         folder: &str,
         cursor: u64,
@@ -603,32 +572,9 @@ impl Folders {
         Ok((entries, if read == limit { last } else { None }))
     }
 
-    /// Every change after `cursor`, in seq order, and the head: [`Folders::backlog`] and all its
-    /// pages at once. For tests and small folders.
-    #[cfg(test)]
-    pub fn changes_since(&self, folder: &str, cursor: u64) -> Result<(Vec<Entry>, u64)> {
-        match self.backlog(folder, cursor)? {
-            (Backlog::Compacted(entries), head) => Ok((entries, head)),
-            (Backlog::Scan, head) => {
-                let (mut all, mut after) = (Vec::new(), None);
-                loop {
-                    let (page, next) =
-                        self.scan_page(folder, cursor, head, after.as_deref(), 64)?;
-                    all.extend(page);
-                    match next {
-                        Some(k) => after = Some(k),
-                        None => break,
-                    }
-                }
-                all.sort_by_key(|e| e.seq);
-                Ok((all, head))
-            }
-        }
-    }
-
     /// The retained versions of a path, newest first, at most `max` of them; and whether there
     /// are older ones.
-    pub fn history(&self, folder: &str, path: &SyncPath, max: usize) -> Result<(Vec<Entry>, bool)> {
+    fn history(&self, folder: &str, path: &SyncPath, max: usize) -> Result<(Vec<Entry>, bool)> {
         self.head(folder)?;
         let mut versions = self
             .trees(folder)?
@@ -646,7 +592,7 @@ impl Folders {
     }
 
     /// One retained version of a path.
-    pub fn version(&self, folder: &str, path: &SyncPath, version: u64) -> Result<Option<Entry>> {
+    fn version(&self, folder: &str, path: &SyncPath, version: u64) -> Result<Option<Entry>> {
         self.head(folder)?;
         let entry = self
             .trees(folder)?
@@ -657,7 +603,7 @@ impl Folders {
     }
 
     /// Every current entry of a folder.
-    pub fn current_entries(&self, folder: &str) -> Result<Vec<Entry>> {
+    fn current_entries(&self, folder: &str) -> Result<Vec<Entry>> {
         self.trees(folder)?
             .entries
             .iter()
@@ -671,13 +617,13 @@ impl Folders {
     /// Drops history versions that are neither among the newest `keep_versions` of their path nor
     /// younger than `keep_ns`, nor current. Returns (kept, pruned) and calls `keep` with each kept
     /// entry. With `dry_run`, nothing is deleted.
-    pub fn prune_history(
+    fn prune_history(
         &self,
         folder: &str,
         keep_versions: usize,
         keep_ns: i64,
         dry_run: bool,
-        mut keep: impl FnMut(&Entry),
+        keep: &mut dyn FnMut(&Entry),
     ) -> Result<(u64, u64)> {
         let t = self.trees(folder)?;
         let now = now_ns();
@@ -719,7 +665,7 @@ impl Folders {
 
     /// The folder's expiry horizon: the highest seq of a tombstone expired (0: none). A client
     /// whose cursor is below it may have missed a deletion that the folder no longer shows.
-    pub fn expired_seq(&self, folder: &str) -> Result<u64> {
+    fn expired_seq(&self, folder: &str) -> Result<u64> {
         Ok(self.expired.get(folder)?.map_or(0, |v| be_u64(&v)))
     }
 
@@ -727,7 +673,7 @@ impl Folders {
     /// record a path: a record is kept only if its path's current entry is its commit. Returns
     /// how many records were (with `dry_run`: would be) dropped. Safe beside commits: a record
     /// that is not its path's latest never becomes it again.
-    pub fn compact_journal(&self, folder: &str, dry_run: bool) -> Result<u64> {
+    fn compact_journal(&self, folder: &str, dry_run: bool) -> Result<u64> {
         let t = self.trees(folder)?;
         let mut batch = sled::Batch::default();
         let mut dropped = 0u64;
@@ -754,16 +700,11 @@ impl Folders {
 
     /// Forgets the tombstones committed before `cutoff_ns` (Unix nanoseconds): each one's
     /// current entry, journal record and every kept version of its path go, and the folder's
-    /// expiry horizon ([`Folders::expired_seq`]) rises to the highest seq forgotten, in the same
+    /// expiry horizon ([`FolderMeta::expired_seq`]) rises to the highest seq forgotten, in the same
     /// transaction. Nothing but a path whose current entry is an old tombstone is touched.
     /// Returns (tombstones expired, the horizon); with `dry_run` what it would be, changing
     /// nothing.
-    pub fn expire_tombstones(
-        &self,
-        folder: &str,
-        cutoff_ns: i64,
-        dry_run: bool,
-    ) -> Result<(u64, u64)> {
+    fn expire_tombstones(&self, folder: &str, cutoff_ns: i64, dry_run: bool) -> Result<(u64, u64)> {
         /// Paths expired in one transaction.
         const PER_TXN: usize = 256;
         let t = self.trees(folder)?;
@@ -852,6 +793,31 @@ impl Folders {
 }
 
 #[cfg(test)]
+impl SledFolders {
+    /// Every change after `cursor`, in seq order, and the head: [`FolderMeta::backlog`] and all its
+    /// pages at once. For tests and small folders.
+    pub fn changes_since(&self, folder: &str, cursor: u64) -> Result<(Vec<Entry>, u64)> {
+        match self.backlog(folder, cursor)? {
+            (Backlog::Compacted(entries), head) => Ok((entries, head)),
+            (Backlog::Scan, head) => {
+                let (mut all, mut after) = (Vec::new(), None);
+                loop {
+                    let (page, next) =
+                        self.scan_page(folder, cursor, head, after.as_deref(), 64)?;
+                    all.extend(page);
+                    match next {
+                        Some(k) => after = Some(k),
+                        None => break,
+                    }
+                }
+                all.sort_by_key(|e| e.seq);
+                Ok((all, head))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -861,7 +827,7 @@ mod tests {
     fn entries_inside_the_state_directory_stored_earlier_are_passed_over() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let folders = Folders::open(&db).unwrap();
+        let folders = SledFolders::open(&db).unwrap();
         folders.ensure("f").unwrap();
         let dir_entry = |p: &str| Entry::dir(SyncPath::new(p).unwrap(), "d");
         let CommitOutcome::Committed(kept) = folders.commit("f", dir_entry("kept"), 0).unwrap()
@@ -899,7 +865,7 @@ mod tests {
         assert_eq!(paths(folders.current_entries("f").unwrap()), ["kept"]);
         assert_eq!(paths(folders.changes_since("f", 0).unwrap().0), ["kept"]);
         let (kept_versions, _) = folders
-            .prune_history("f", 10, i64::MAX, true, |_| {})
+            .prune_history("f", 10, i64::MAX, true, &mut |_| {})
             .unwrap();
         assert_eq!(kept_versions, 1);
     }
@@ -911,7 +877,7 @@ mod tests {
     fn a_group_commit_keeps_each_commits_outcome_and_dense_seqs() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let folders = Folders::open(&db).unwrap();
+        let folders = SledFolders::open(&db).unwrap();
         folders.ensure("f").unwrap();
         let e = |p: &str| Entry::dir(SyncPath::new(p).unwrap(), "d");
         folders.commit("f", e("a"), 0).unwrap();
@@ -1002,7 +968,7 @@ mod tests {
     fn a_replay_from_far_behind_pages_through_the_current_entries() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let folders = Folders::open(&db).unwrap();
+        let folders = SledFolders::open(&db).unwrap();
         folders.ensure("f").unwrap();
         let paths = 300u64;
         let commits = JOURNAL_SCAN_LIMIT + 200;
@@ -1046,17 +1012,17 @@ mod tests {
     }
 
     /// A folder for the tests below, with its store's directory.
-    fn folder() -> (tempfile::TempDir, Folders) {
+    fn folder() -> (tempfile::TempDir, SledFolders) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let folders = Folders::open(&db).unwrap();
+        let folders = SledFolders::open(&db).unwrap();
         folders.ensure("f").unwrap();
         (dir, folders)
     }
 
     /// A deterministic mix of commits over a few paths: new files, edits, deletions and
     /// re-creations. Returns every committed entry, in seq order.
-    fn churn(folders: &Folders, commits: u64) -> Vec<Entry> {
+    fn churn(folders: &SledFolders, commits: u64) -> Vec<Entry> {
         let mut out = Vec::new();
         let mut current: HashMap<String, Entry> = HashMap::new();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -1095,7 +1061,7 @@ mod tests {
 
     /// A replay from `cursor` applied to what a client held at `cursor`.
     fn replayed(
-        folders: &Folders,
+        folders: &SledFolders,
         commits: &[Entry],
         cursor: u64,
     ) -> BTreeMap<String, (u64, bool)> {
@@ -1165,7 +1131,7 @@ mod tests {
     }
 
     /// Rewrites the path's current entry and history record as committed `ago` earlier.
-    fn backdate(folders: &Folders, e: &Entry, ago: std::time::Duration) -> Entry {
+    fn backdate(folders: &SledFolders, e: &Entry, ago: std::time::Duration) -> Entry {
         let t = folders.trees("f").unwrap();
         let mut old = e.clone();
         old.committed_ns -= ago.as_nanos() as i64;

@@ -10,13 +10,16 @@
 pub mod admin;
 pub mod auth;
 pub mod authz;
+pub mod backend;
 pub mod cli;
 pub mod control;
 pub mod error;
 pub mod folders;
 mod gate;
 mod health;
+pub mod meta;
 pub mod metrics;
+pub mod pg;
 pub mod scope;
 pub mod sealed;
 pub mod service;
@@ -25,7 +28,6 @@ pub mod users;
 
 use std::future::Future;
 
-use lbsync_chunkstore::PackStore;
 use lbsync_proto::http2::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use lbsync_proto::pb::sync_server::SyncServer;
 use tokio::net::TcpListener;
@@ -34,6 +36,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 pub use auth::Tokens;
+pub use backend::Backend;
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use service::{Limits, SyncService};
@@ -64,17 +67,31 @@ pub struct ServerConfig {
 /// v1alpha), neither of which needs a token. Once it serves it tells systemd READY=1 (when
 /// `NOTIFY_SOCKET` is set) and writes its pid to `STORE/server.pid` (removed at the stop), which
 /// the admin commands name when they find the store locked.
+///
+/// `backend` is a [`Backend`] or an embedded store (a `PackStore`, opened as
+/// [`Backend::local`]).
 pub async fn run(
     listener: TcpListener,
-    store: PackStore,
+    backend: impl TryInto<Backend, Error = Error>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    let backend: Backend = backend.try_into()?;
     let serve_err = |e: &dyn std::fmt::Display| Error::Serve(e.to_string());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics = config.metrics.clone();
-    let service = SyncService::new(store.clone(), stop_rx, config.limits, config.tokens.clone())?
-        .with_metrics(metrics.clone());
+    let service = SyncService::new(
+        backend.clone(),
+        stop_rx.clone(),
+        config.limits,
+        config.tokens.clone(),
+    )?
+    .with_metrics(metrics.clone());
+    // Commits made through other servers sharing the metadata wake this one's streams too.
+    let listen = backend
+        .listen
+        .clone()
+        .map(|url| tokio::spawn(crate::backend::listen(url, service.commits(), stop_rx)));
     let tokens_required = service.tokens_required();
     let limit = config.limits.max_message_bytes;
     // Every handler authorizes its request against the folder it names (`authz`).
@@ -114,7 +131,7 @@ pub async fn run(
     let addr = listener.local_addr().map_err(|e| serve_err(&e))?;
     tracing::info!(
         "serving {} on {addr}{}{}",
-        store.dir().display(),
+        backend.describe,
         if config.tls.is_some() {
             " with TLS"
         } else {
@@ -127,7 +144,10 @@ pub async fn run(
         }
     );
     // `lbsync-server user|token|share|unshare` reach this server through its admin socket.
-    let control = tokio::spawn(control::serve(store.clone()));
+    let store_dir = backend.local.as_ref().map(|s| s.dir().to_path_buf());
+    let control = store_dir
+        .clone()
+        .map(|dir| tokio::spawn(control::serve(dir, backend.clone())));
     let (began_tx, began_rx) = tokio::sync::oneshot::channel();
     let io_metrics = metrics.clone();
     let stopping = health.clone();
@@ -159,8 +179,10 @@ pub async fn run(
                 let _ = began_tx.send(());
             },
         );
-    let pid_file = pid_path(store.dir());
-    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+    let pid_file = store_dir.as_deref().map(pid_path);
+    if let Some(pid_file) = &pid_file
+        && let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id()))
+    {
         tracing::warn!("cannot write {} ({e})", pid_file.display());
     }
     health.serving().await;
@@ -185,11 +207,15 @@ pub async fn run(
             SHUTDOWN_DRAIN.as_secs()
         ),
     }
-    control.abort();
+    for task in control.iter().chain(&listen) {
+        task.abort();
+    }
     health.close().await;
-    let _ = std::fs::remove_file(control::socket_path(store.dir()));
-    let _ = std::fs::remove_file(&pid_file);
-    tokio::task::spawn_blocking(move || store.flush())
+    if let (Some(dir), Some(pid_file)) = (&store_dir, &pid_file) {
+        let _ = std::fs::remove_file(control::socket_path(dir));
+        let _ = std::fs::remove_file(pid_file);
+    }
+    tokio::task::spawn_blocking(move || backend.flush())
         .await
         .map_err(|e| serve_err(&e))??;
     Ok(())

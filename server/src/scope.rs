@@ -12,19 +12,19 @@
 //!
 //! Scope entries are only ever added, and may outlive their chunks (`gc`); every "present" answer
 //! also asks the store. Stores from before scopes get theirs built at open from every retained
-//! version of every folder ([`Scopes::open`]).
+//! version of every folder ([`SledScopes::open`]).
 
 use lbsync_chunkstore::{ChunkId, ChunkStore, Manifest, ManifestId, PackStore};
 
 use crate::error::Result;
-use crate::folders::Folders;
+use crate::meta::{FolderMeta, ScopeMeta};
 
 /// The `meta`-like key in tree `scopes` that says every folder's scope has been built.
 const BUILT_KEY: &[u8] = b"built";
 
 /// The dedup scopes of one store's folders.
 #[derive(Clone)]
-pub struct Scopes {
+pub struct SledScopes {
     db: sled::Db,
 }
 
@@ -34,9 +34,9 @@ fn manifest_key(id: &ManifestId) -> [u8; 33] {
     k
 }
 
-impl Scopes {
+impl SledScopes {
     /// The scopes of `store`'s folders; builds them first for a store from before scopes.
-    pub fn open(store: &PackStore, folders: &Folders) -> Result<Self> {
+    pub fn open(store: &PackStore, folders: &dyn FolderMeta) -> Result<Self> {
         let db = store.db().clone();
         let marks = db.open_tree("scopes")?;
         let s = Self { db };
@@ -44,7 +44,7 @@ impl Scopes {
             let mut built = 0u64;
             for folder in folders.names()? {
                 let mut manifests = Vec::new();
-                folders.prune_history(&folder, usize::MAX, i64::MAX, true, |e| {
+                folders.prune_history(&folder, usize::MAX, i64::MAX, true, &mut |e| {
                     manifests.extend(e.manifest.filter(|_| !e.deleted));
                 })?;
                 for e in folders.current_entries(&folder)? {
@@ -70,13 +70,11 @@ impl Scopes {
     fn tree(&self, folder: &str) -> Result<sled::Tree> {
         Ok(self.db.open_tree(format!("scope/{folder}"))?)
     }
+}
 
+impl ScopeMeta for SledScopes {
     /// Adds chunks to the folder's scope.
-    pub fn add_chunks<'a>(
-        &self,
-        folder: &str,
-        ids: impl IntoIterator<Item = &'a ChunkId>,
-    ) -> Result<()> {
+    fn add_chunks(&self, folder: &str, ids: &[ChunkId]) -> Result<()> {
         let mut batch = sled::Batch::default();
         for id in ids {
             batch.insert(id.as_bytes().as_slice(), &[]);
@@ -87,7 +85,7 @@ impl Scopes {
 
     /// Adds a manifest to the folder's scope, and its chunks when `with_chunks` (a delta's base
     /// already in scope brought most of them: the caller adds the new ones).
-    pub fn add_manifest(&self, folder: &str, m: &Manifest, with_chunks: bool) -> Result<()> {
+    fn add_manifest(&self, folder: &str, m: &Manifest, with_chunks: bool) -> Result<()> {
         let mut batch = sled::Batch::default();
         batch.insert(manifest_key(&m.id()).as_slice(), &[]);
         if with_chunks {
@@ -100,17 +98,17 @@ impl Scopes {
     }
 
     /// Whether the chunk is in the folder's scope.
-    pub fn has_chunk(&self, folder: &str, id: &ChunkId) -> Result<bool> {
+    fn has_chunk(&self, folder: &str, id: &ChunkId) -> Result<bool> {
         Ok(self.tree(folder)?.contains_key(id.as_bytes())?)
     }
 
     /// Whether the manifest is in the folder's scope.
-    pub fn has_manifest(&self, folder: &str, id: &ManifestId) -> Result<bool> {
+    fn has_manifest(&self, folder: &str, id: &ManifestId) -> Result<bool> {
         Ok(self.tree(folder)?.contains_key(manifest_key(id))?)
     }
 
     /// Those of `ids` that are not in the folder's scope, in order.
-    pub fn outside(&self, folder: &str, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+    fn outside(&self, folder: &str, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
         let t = self.tree(folder)?;
         let mut out = Vec::new();
         for id in ids {
@@ -123,9 +121,9 @@ impl Scopes {
 
     /// What `MissingChunks` answers for the folder: the ids not both in its scope and stored, each
     /// once, in request order.
-    pub fn missing(
+    fn missing(
         &self,
-        store: &PackStore,
+        store: &dyn ChunkStore,
         folder: &str,
         ids: &[ChunkId],
     ) -> Result<Vec<ChunkId>> {
@@ -146,7 +144,7 @@ impl Scopes {
 
     /// Drops the scope entries whose chunk or manifest the store no longer holds (after `gc`);
     /// returns how many.
-    pub fn prune(&self, store: &PackStore) -> Result<u64> {
+    fn prune(&self, store: &dyn ChunkStore) -> Result<u64> {
         let mut dropped = 0;
         for name in self.db.tree_names() {
             if !name.starts_with(b"scope/") {
@@ -189,7 +187,7 @@ mod tests {
     fn a_store_from_before_scopes_gets_them_from_its_history() {
         let dir = tempfile::tempdir().unwrap();
         let store = PackStore::open(dir.path()).unwrap();
-        let folders = Folders::open(store.db()).unwrap();
+        let folders = crate::folders::SledFolders::open(store.db()).unwrap();
         folders.ensure("a").unwrap();
         folders.ensure("b").unwrap();
         let chunk = Chunk::new(b"hello scope".to_vec());
@@ -202,7 +200,7 @@ mod tests {
             CommitOutcome::Committed(_)
         ));
 
-        let scopes = Scopes::open(&store, &folders).unwrap();
+        let scopes = SledScopes::open(&store, &folders).unwrap();
         assert!(scopes.has_chunk("a", &chunk.id()).unwrap());
         assert!(scopes.has_manifest("a", &m.id()).unwrap());
         assert!(!scopes.has_chunk("b", &chunk.id()).unwrap());
@@ -220,7 +218,7 @@ mod tests {
         );
         // In scope but not stored (collected since) is missing too.
         let gone = ChunkId::of(b"never stored");
-        scopes.add_chunks("b", [&gone]).unwrap();
+        scopes.add_chunks("b", &[gone]).unwrap();
         assert_eq!(scopes.missing(&store, "b", &[gone]).unwrap(), [gone]);
         assert_eq!(
             scopes.outside("b", &[gone, chunk.id()]).unwrap(),

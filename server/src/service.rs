@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use lbsync_chunkstore::{ChunkStore, ManifestDelta, PackStore};
+use lbsync_chunkstore::{ChunkStore, ManifestDelta};
 use lbsync_proto::check_device;
 use lbsync_proto::convert::{delta_to_pb, manifest_id};
 use lbsync_proto::{
@@ -18,11 +18,11 @@ use tracing::{debug, info};
 
 use crate::auth::Tokens;
 use crate::authz::{Authz, Need, Who};
+use crate::backend::Backend;
 use crate::error::{Error, Result, status};
-use crate::folders::{Folders, check_folder_name};
+use crate::folders::check_folder_name;
 use crate::gate::Gates;
-use crate::scope::Scopes;
-use crate::users::Users;
+use crate::meta::{Folders, Scopes};
 
 mod changes;
 mod chunks;
@@ -73,7 +73,8 @@ impl Default for Limits {
 /// The service's state; clones share it.
 #[derive(Clone)]
 pub struct SyncService {
-    store: PackStore,
+    store: Arc<dyn ChunkStore>,
+    store_id: Arc<str>,
     folders: Folders,
     scopes: Scopes,
     authz: Authz,
@@ -109,21 +110,20 @@ fn check_ids(ids: &[u8], limits: &Limits) -> Result<Vec<lbsync_chunkstore::Chunk
 }
 
 impl SyncService {
-    /// A service over `store`; `shutdown` turning true ends the open Changes streams. `admin`
-    /// holds the token file's tokens; users and their tokens are in the store.
+    /// A service over `backend`; `shutdown` turning true ends the open Changes streams. `admin`
+    /// holds the token file's tokens; users and their tokens are in the backend.
     pub fn new(
-        store: PackStore,
+        backend: Backend,
         shutdown: watch::Receiver<bool>,
         limits: Limits,
         admin: Option<Tokens>,
     ) -> Result<Self> {
-        let folders = Folders::open(store.db())?;
-        let scopes = Scopes::open(&store, &folders)?;
-        let authz = Authz::new(Users::open(store.db())?, folders.clone(), admin);
+        let authz = Authz::new(backend.users, backend.folders.clone(), admin);
         Ok(Self {
-            store,
-            folders,
-            scopes,
+            store: backend.chunks,
+            store_id: backend.store_id.into(),
+            folders: backend.folders,
+            scopes: backend.scopes,
             authz,
             commits: broadcast::channel(1024).0,
             shutdown,
@@ -137,6 +137,12 @@ impl SyncService {
     pub fn with_metrics(mut self, metrics: crate::Metrics) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// The channel on which every commit's (folder, seq) wakes the Changes streams: commits
+    /// made through other servers sharing the metadata are sent into it too.
+    pub fn commits(&self) -> broadcast::Sender<(Arc<str>, u64)> {
+        self.commits.clone()
     }
 
     /// Whether requests need a token (a token file, or user tokens in the store).
@@ -187,7 +193,7 @@ impl pb::sync_server::Sync for SyncService {
             max_message_bytes: self.limits.max_message_bytes as u64,
             max_ids_per_request: self.limits.max_ids_per_request,
             head,
-            store_id: self.store.store_id().to_owned(),
+            store_id: self.store_id.to_string(),
             read_only,
             max_manifest_refs: self.limits.max_manifest_refs,
             max_batch_refs: self.limits.max_batch_refs,
@@ -215,7 +221,7 @@ impl pb::sync_server::Sync for SyncService {
         let missing = match caller.scope(&r.folder) {
             Some(f) => {
                 let (store, scopes, f) = (self.store.clone(), self.scopes.clone(), f.to_owned());
-                to_status(blocking(move || scopes.missing(&store, &f, &ids)).await)?
+                to_status(blocking(move || scopes.missing(&*store, &f, &ids)).await)?
             }
             None => to_status(self.store.missing(&ids).map_err(Error::from))?,
         };

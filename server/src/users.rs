@@ -20,6 +20,7 @@ use rand::RngCore;
 
 use crate::error::{Error, Result};
 use crate::folders::check_folder_name;
+use crate::meta::UserMeta;
 
 /// What the `users` tree holds per user.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -72,14 +73,14 @@ pub enum Level {
 
 /// The users and memberships of one store.
 #[derive(Clone)]
-pub struct Users {
+pub struct SledUsers {
     users: sled::Tree,
     tokens: sled::Tree,
     owners: sled::Tree,
     members: sled::Tree,
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -111,7 +112,7 @@ fn member_key(folder: &str, user: &str) -> Vec<u8> {
     k
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -129,7 +130,7 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
 }
 
 /// Splits a token into its id and secret; `None` when it is not of the form `lbs_<id>_<secret>`.
-fn split_token(token: &str) -> Option<(&str, [u8; 32])> {
+pub(crate) fn split_token(token: &str) -> Option<(&str, [u8; 32])> {
     let (id, secret) = token.strip_prefix("lbs_")?.split_once('_')?;
     Some((id, unhex32(secret)?))
 }
@@ -149,7 +150,7 @@ fn decode_token(id: &str, bytes: &[u8]) -> Result<(TokenInfo, Vec<u8>)> {
     ))
 }
 
-impl Users {
+impl SledUsers {
     /// The users kept in `db`.
     pub fn open(db: &sled::Db) -> Result<Self> {
         Ok(Self {
@@ -160,13 +161,25 @@ impl Users {
         })
     }
 
+    fn require_user(&self, name: &str) -> Result<()> {
+        if self.user_exists(name)? {
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!(
+                "no user {name:?}: add one with `lbsync-server user add {name}`"
+            )))
+        }
+    }
+}
+
+impl UserMeta for SledUsers {
     /// Whether any user token exists: then every request needs a token.
-    pub fn any_tokens(&self) -> bool {
+    fn any_tokens(&self) -> bool {
         !self.tokens.is_empty()
     }
 
     /// Adds a user; an error if one of that name exists.
-    pub fn add_user(&self, name: &str) -> Result<()> {
+    fn add_user(&self, name: &str) -> Result<()> {
         check_user_name(name)?;
         let rec = UserRecord {
             created_ns: now_ns(),
@@ -184,22 +197,12 @@ impl Users {
     }
 
     /// Whether the user exists.
-    pub fn user_exists(&self, name: &str) -> Result<bool> {
+    fn user_exists(&self, name: &str) -> Result<bool> {
         Ok(self.users.contains_key(name)?)
     }
 
-    fn require_user(&self, name: &str) -> Result<()> {
-        if self.user_exists(name)? {
-            Ok(())
-        } else {
-            Err(Error::NotFound(format!(
-                "no user {name:?}: add one with `lbsync-server user add {name}`"
-            )))
-        }
-    }
-
     /// Every user's name, sorted.
-    pub fn user_names(&self) -> Result<Vec<String>> {
+    fn user_names(&self) -> Result<Vec<String>> {
         self.users
             .iter()
             .keys()
@@ -208,7 +211,7 @@ impl Users {
     }
 
     /// Every token, sorted by id.
-    pub fn tokens(&self) -> Result<Vec<TokenInfo>> {
+    fn tokens(&self) -> Result<Vec<TokenInfo>> {
         self.tokens
             .iter()
             .map(|kv| {
@@ -220,7 +223,7 @@ impl Users {
 
     /// Makes a token for `user`; returns it as listed and the token itself, which is shown now
     /// and never again.
-    pub fn create_token(
+    fn create_token(
         &self,
         user: &str,
         read_only: bool,
@@ -257,14 +260,14 @@ impl Users {
     }
 
     /// Revokes a token; false if there is none of that id.
-    pub fn revoke_token(&self, id: &str) -> Result<bool> {
+    fn revoke_token(&self, id: &str) -> Result<bool> {
         let gone = self.tokens.remove(id)?.is_some();
         self.tokens.flush()?;
         Ok(gone)
     }
 
     /// The token's record, if `token` is a live token of an existing user.
-    pub fn authenticate(&self, token: &str) -> Result<Option<TokenInfo>> {
+    fn authenticate(&self, token: &str) -> Result<Option<TokenInfo>> {
         let Some((id, secret)) = split_token(token) else {
             return Ok(None);
         };
@@ -283,12 +286,12 @@ impl Users {
     }
 
     /// Whether the token of this id still exists (it was not revoked).
-    pub fn token_live(&self, id: &str) -> Result<bool> {
+    fn token_live(&self, id: &str) -> Result<bool> {
         Ok(self.tokens.contains_key(id)?)
     }
 
     /// The folder's owner, if it has one.
-    pub fn owner(&self, folder: &str) -> Result<Option<String>> {
+    fn owner(&self, folder: &str) -> Result<Option<String>> {
         Ok(self
             .owners
             .get(folder)?
@@ -296,7 +299,7 @@ impl Users {
     }
 
     /// Makes `user` the owner of `folder` unless it has one; returns the owner after.
-    pub fn claim(&self, folder: &str, user: &str) -> Result<String> {
+    fn claim(&self, folder: &str, user: &str) -> Result<String> {
         match self
             .owners
             .compare_and_swap(folder, None::<&[u8]>, Some(user.as_bytes()))?
@@ -313,7 +316,7 @@ impl Users {
     }
 
     /// Lets `user` use `folder` (read-only or read-write), replacing an earlier share.
-    pub fn share(&self, folder: &str, user: &str, read_only: bool) -> Result<()> {
+    fn share(&self, folder: &str, user: &str, read_only: bool) -> Result<()> {
         check_folder_name(folder)?;
         self.require_user(user)?;
         if self.owner(folder)?.as_deref() == Some(user) {
@@ -328,14 +331,14 @@ impl Users {
     }
 
     /// Stops sharing `folder` with `user`; false if it was not shared with them.
-    pub fn unshare(&self, folder: &str, user: &str) -> Result<bool> {
+    fn unshare(&self, folder: &str, user: &str) -> Result<bool> {
         let gone = self.members.remove(member_key(folder, user))?.is_some();
         self.members.flush()?;
         Ok(gone)
     }
 
     /// The folder's members and whether each is read-only.
-    pub fn members(&self, folder: &str) -> Result<Vec<(String, bool)>> {
+    fn members(&self, folder: &str) -> Result<Vec<(String, bool)>> {
         let mut prefix = folder.as_bytes().to_vec();
         prefix.push(0);
         self.members
@@ -349,7 +352,7 @@ impl Users {
     }
 
     /// How much `user` may do in `folder` as owner or member (a token's own limits aside).
-    pub fn level(&self, folder: &str, user: &str) -> Result<Level> {
+    fn level(&self, folder: &str, user: &str) -> Result<Level> {
         if self.owner(folder)?.as_deref() == Some(user) {
             return Ok(Level::Write);
         }
@@ -361,7 +364,7 @@ impl Users {
     }
 
     /// Every (folder, role) of a user: "owner", "read-write" or "read-only".
-    pub fn folders_of(&self, user: &str) -> Result<Vec<(String, &'static str)>> {
+    fn folders_of(&self, user: &str) -> Result<Vec<(String, &'static str)>> {
         let mut out = Vec::new();
         for kv in self.owners.iter() {
             let (k, v) = kv?;
@@ -392,10 +395,10 @@ impl Users {
 mod tests {
     use super::*;
 
-    fn users() -> (tempfile::TempDir, Users) {
+    fn users() -> (tempfile::TempDir, SledUsers) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        (dir, Users::open(&db).unwrap())
+        (dir, SledUsers::open(&db).unwrap())
     }
 
     #[test]

@@ -9,8 +9,9 @@ use tonic::{Request, Response, Status};
 
 use crate::authz::{Need, Who};
 use crate::error::{Result, status};
-use crate::folders::{Backlog, Folders};
+use crate::folders::Backlog;
 use crate::gate::Gates;
+use crate::meta::Folders;
 
 use super::*;
 

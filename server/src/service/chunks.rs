@@ -6,7 +6,7 @@
 //! replaced.
 
 use bytes::Bytes;
-use lbsync_chunkstore::{Chunk, ChunkStore, Inserted, PackStore};
+use lbsync_chunkstore::{Chunk, ChunkStore, Inserted};
 use lbsync_proto::convert::max_sealed_chunk;
 use lbsync_proto::wire::{
     MAX_DELTA_BASES, chunk_bases, decode_chunk_against, encode_chunk, encode_chunk_against,
@@ -20,7 +20,7 @@ use tracing::info;
 
 use crate::authz::{Need, Who};
 use crate::error::{Error, Result, status};
-use crate::scope::Scopes;
+use crate::meta::Scopes;
 
 use super::*;
 
@@ -114,7 +114,7 @@ impl SyncService {
                         .into_iter()
                         .zip(together)
                         .map(|(c, together)| {
-                            let c = receive_chunk(&store, scope, c, max_len, &mut base_budget)?;
+                            let c = receive_chunk(&*store, scope, c, max_len, &mut base_budget)?;
                             // Compressed with its neighbours: stored compressed on its own.
                             Ok(if together {
                                 c.compress_when_stored()
@@ -143,7 +143,7 @@ impl SyncService {
                 let (store, scopes) = (self.store.clone(), self.scopes.clone());
                 let (folder, scoped) = (folder.clone(), scoped.is_some());
                 in_flight = Some(tokio::task::spawn_blocking(move || {
-                    insert_in_scope(&store, &scopes, &folder, scoped, &batch)
+                    insert_in_scope(&*store, &scopes, &folder, scoped, &batch)
                 }));
             }
             if stop {
@@ -233,7 +233,7 @@ impl SyncService {
                     Ok(bytes) => {
                         let wire = match bases.get(i).filter(|b| !b.is_empty()) {
                             Some(b) => encode_against_stored(
-                                &store,
+                                &*store,
                                 scope,
                                 (id, &bytes, encrypted),
                                 b,
@@ -272,7 +272,7 @@ impl SyncService {
 /// The bases of one message may total at most `base_budget` bytes (it is decremented): a few
 /// bytes of deltas must not make the server read gigabytes.
 fn receive_chunk(
-    store: &PackStore,
+    store: &dyn ChunkStore,
     scope: Option<(&Scopes, &str)>,
     c: pb::ChunkData,
     max_len: u32,
@@ -311,7 +311,7 @@ fn receive_chunk(
 /// chunk is `(id, bytes, sealed)`: in an encrypted folder the delta is made of sealed bytes
 /// against sealed bytes, which share the blocks the edit left alone.
 fn encode_against_stored(
-    store: &PackStore,
+    store: &dyn ChunkStore,
     scope: Option<(&Scopes, &str)>,
     (id, bytes, sealed): (lbsync_chunkstore::ChunkId, &Bytes, bool),
     bases: &[lbsync_chunkstore::ChunkId],
@@ -365,7 +365,7 @@ fn in_scope(scope: Option<(&Scopes, &str)>, id: &lbsync_chunkstore::ChunkId) -> 
 /// `scoped`, a chunk the store held but the folder did not counts as new: the uploader must not
 /// learn that another folder holds it.
 fn insert_in_scope(
-    store: &PackStore,
+    store: &dyn ChunkStore,
     scopes: &Scopes,
     folder: &str,
     scoped: bool,

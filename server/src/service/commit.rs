@@ -1,7 +1,7 @@
 //! Commits: a file's content resolved to a stored, checked manifest, then the journal entry.
 
 use lbsync_chunkstore::{
-    ChunkParams, ChunkStore, Manifest, PackStore, check_delta, check_manifest, delta_chunk_count,
+    ChunkParams, ChunkStore, Manifest, check_delta, check_manifest, delta_chunk_count,
 };
 use lbsync_proto::convert::batch_from_pb;
 use lbsync_proto::{
@@ -13,7 +13,7 @@ use tracing::info;
 use crate::authz::{Caller, Need, Who};
 use crate::error::{Error, Result, status};
 use crate::folders::check_folder_name;
-use crate::scope::Scopes;
+use crate::meta::Scopes;
 
 use super::*;
 
@@ -32,7 +32,7 @@ impl SyncService {
     /// sync for the batch's manifests) before any commit naming it; later commits of the batch
     /// find it there.
     fn store_manifest(
-        store: &PackStore,
+        store: &dyn ChunkStore,
         scopes: &Scopes,
         folder: &str,
         scoped: bool,
@@ -240,7 +240,7 @@ impl SyncService {
                     encrypted,
                 };
                 let (manifest, new_refs, cost) = Self::store_manifest(
-                    &self.store,
+                    &*self.store,
                     &self.scopes,
                     &folder,
                     scoped,
@@ -378,7 +378,7 @@ impl SyncService {
         if !ready.is_empty() {
             let bases: Vec<u64> = commits.iter().map(|(_, b)| *b).collect();
             let done = staged
-                .store(&self.store, &self.scopes, &folder)
+                .store(&*self.store, &self.scopes, &folder)
                 .and_then(|()| {
                     self.folders
                         .commit_batch_checked(&folder, commits, encrypted)
@@ -593,7 +593,7 @@ impl Staged {
     }
 
     /// Stores the manifests (one sync) and adds them and their chunks to `folder`'s scope.
-    fn store(&mut self, store: &PackStore, scopes: &Scopes, folder: &str) -> Result<()> {
+    fn store(&mut self, store: &dyn ChunkStore, scopes: &Scopes, folder: &str) -> Result<()> {
         if self.order.is_empty() {
             return Ok(());
         }

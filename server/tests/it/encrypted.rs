@@ -15,8 +15,9 @@ use lbsync_proto::{
     BatchOutcome, CommitOutcome, CommitRequest, Content, Entry, EntryKind, SyncPath, ids_to_bytes,
     pb,
 };
-use lbsync_server::folders::Folders;
-use lbsync_server::users::Users;
+use lbsync_server::folders::SledFolders;
+use lbsync_server::meta::{FolderMeta, UserMeta};
+use lbsync_server::users::SledUsers;
 use lbsync_server::{ServerConfig, Tokens};
 use prost::Message;
 use tonic::{Code, Status};
@@ -346,7 +347,7 @@ async fn of_devices_making_a_folder_encrypted_at_once_exactly_one_wins() {
 async fn keys_need_read_access_to_read_and_write_access_to_change() {
     let dir = tempfile::tempdir().unwrap();
     let store = PackStore::open(dir.path()).unwrap();
-    let users = Users::open(store.db()).unwrap();
+    let users = SledUsers::open(store.db()).unwrap();
     for u in ["alice", "bob", "carol"] {
         users.add_user(u).unwrap();
     }
@@ -1060,7 +1061,7 @@ struct OldEntry {
 async fn records_written_before_sealed_existed_still_read() {
     let dir = tempfile::tempdir().unwrap();
     let store = PackStore::open(dir.path()).unwrap();
-    let folders = Folders::open(store.db()).unwrap();
+    let folders = SledFolders::open(store.db()).unwrap();
     folders.ensure("old").unwrap();
     let old = OldEntry {
         path: b"notes/todo.txt".to_vec(),
@@ -1148,7 +1149,7 @@ async fn records_written_before_sealed_existed_still_read() {
 fn a_commit_checked_as_plain_does_not_land_in_a_folder_made_encrypted() {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::Config::new().path(dir.path()).open().unwrap();
-    let folders = Folders::open(&db).unwrap();
+    let folders = SledFolders::open(&db).unwrap();
     folders.ensure("f").unwrap();
     folders
         .set_keys("f", 0, vec![key("passphrase", "", b"k")])

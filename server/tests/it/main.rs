@@ -5,6 +5,7 @@ mod conventions;
 mod disk_full;
 mod encrypted;
 mod hostile;
+mod meta;
 mod ops;
 mod ops_cli;
 mod rpc;

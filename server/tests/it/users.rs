@@ -13,8 +13,9 @@ use lbsync_proto::wire::{encode_chunk, encode_chunk_against};
 use lbsync_proto::{
     CommitRequest, Content, Entry, PROTOCOL_VERSION, SyncPath, ids_from_bytes, ids_to_bytes, pb,
 };
-use lbsync_server::folders::Folders;
-use lbsync_server::users::Users;
+use lbsync_server::folders::SledFolders;
+use lbsync_server::meta::{FolderMeta, UserMeta};
+use lbsync_server::users::SledUsers;
 use lbsync_server::{ServerConfig, Tokens};
 use tonic::{Code, Status};
 
@@ -78,7 +79,7 @@ struct World {
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let store = PackStore::open(dir.path()).unwrap();
-    let users = Users::open(store.db()).unwrap();
+    let users = SledUsers::open(store.db()).unwrap();
     users.add_user("alice").unwrap();
     users.add_user("bob").unwrap();
     let mut tokens = BTreeMap::new();
@@ -407,7 +408,7 @@ fn snapshot(store: &PackStore) -> String {
         .collect();
     names.sort();
     let mut out = format!("trees {names:?}\n");
-    let folders = Folders::open(db).unwrap();
+    let folders = SledFolders::open(db).unwrap();
     for f in folders.names().unwrap() {
         let mut entries = folders.current_entries(&f).unwrap();
         entries.sort_by(|a, b| a.path.as_str().cmp(b.path.as_str()));
@@ -505,7 +506,7 @@ async fn a_new_folder_belongs_to_its_creator_and_a_read_only_token_creates_none(
 
     let mut bob = w.server.client_with_token(Some(&w.tokens["bob"].1)).await;
     hs(&mut bob, "bobs-new").await.unwrap();
-    let users = Users::open(w.store.db()).unwrap();
+    let users = SledUsers::open(w.store.db()).unwrap();
     assert_eq!(users.owner("bobs-new").unwrap().as_deref(), Some("bob"));
     let mut alice = w.server.client_with_token(Some(&w.tokens["alice"].1)).await;
     let err = hs(&mut alice, "bobs-new").await.unwrap_err();
@@ -630,7 +631,7 @@ async fn missing_chunks_tells_nothing_of_another_folders_content() {
 #[tokio::test]
 async fn revoking_a_token_or_unsharing_ends_a_changes_stream_within_seconds() {
     let w = world().await;
-    let users = Users::open(w.store.db()).unwrap();
+    let users = SledUsers::open(w.store.db()).unwrap();
     let follow = |token: String| {
         let addr = w.server.addr;
         async move {
