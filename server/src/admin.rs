@@ -6,7 +6,8 @@ use std::fmt;
 use std::time::Duration;
 
 use lbsync_chunkstore::{
-    ChunkStore, FsckProblem, FsckReport, GcOptions, GcReport, ManifestId, PackStore, StoreStats,
+    ChunkId, ChunkStore, FsckProblem, FsckReport, GcOptions, GcReport, ManifestId, PackStore,
+    StoreStats,
 };
 use lbsync_cli::units::{bytes, count};
 use serde_json::{Value, json};
@@ -180,6 +181,86 @@ pub fn fsck(store: &PackStore, repair: bool) -> Result<Fsck> {
             }
         })?;
     }
+    Ok(Fsck {
+        store: report,
+        damaged_files: damaged,
+        files_checked: checked,
+    })
+}
+
+/// Checks a store on an object store, while its servers serve: every retained file version's
+/// manifest and chunks are read back (each chunk re-hashed against its id), so a chunk whose pack
+/// object is gone or damaged is found and named in `lost`, and the versions that need it in
+/// `damaged_files`. The counts of packs and index entries come from the shared index. There is
+/// nothing to repair in place: a lost chunk comes back when a client that still has the file
+/// uploads it again.
+pub fn fsck_shared(backend: &Backend) -> Result<Fsck> {
+    /// Chunks read back in one batch.
+    const BATCH: usize = 256;
+    let store = backend.chunks.as_ref();
+    let stats = store.stats()?;
+    let mut report = FsckReport {
+        packs: stats.packs,
+        index_entries: stats.chunks,
+        ..FsckReport::default()
+    };
+    let (mut damaged, mut checked) = (Vec::new(), 0u64);
+    let mut sound: HashSet<ChunkId> = HashSet::new();
+    let mut lost: HashSet<ChunkId> = HashSet::new();
+    // One chunk at a time when a batch fails: which of them is damaged.
+    let mut read_back = |ids: &[ChunkId], sound: &mut HashSet<ChunkId>| -> bool {
+        let got = match store.get_batch(ids) {
+            Ok(got) => got,
+            Err(_) => ids.iter().map(|id| store.get(id).ok().flatten()).collect(),
+        };
+        let mut whole = true;
+        for (id, bytes) in ids.iter().zip(got) {
+            if bytes.is_some() {
+                sound.insert(*id);
+            } else {
+                lost.insert(*id);
+                whole = false;
+            }
+        }
+        whole
+    };
+    for folder in backend.folders.names()? {
+        let mut versions = Vec::new();
+        backend
+            .folders
+            .prune_history(&folder, usize::MAX, i64::MAX, true, &mut |e| {
+                if let Some(mid) = e.manifest.filter(|_| !e.deleted) {
+                    versions.push((e.path.to_string(), e.version, mid));
+                }
+            })?;
+        for (path, version, mid) in versions {
+            checked += 1;
+            let whole = match store.get_manifest(&mid) {
+                Ok(Some(m)) => {
+                    let mut unread: Vec<ChunkId> = m.chunks().iter().map(|c| c.id).collect();
+                    unread.sort_unstable();
+                    unread.dedup();
+                    unread.retain(|id| !sound.contains(id));
+                    let mut whole = true;
+                    for batch in unread.chunks(BATCH) {
+                        whole &= read_back(batch, &mut sound);
+                    }
+                    whole
+                }
+                _ => false,
+            };
+            if !whole {
+                damaged.push(DamagedFile {
+                    folder: folder.clone(),
+                    path,
+                    version,
+                });
+            }
+        }
+    }
+    report.records = sound.len() as u64;
+    report.lost = lost.into_iter().collect();
+    report.lost.sort_unstable();
     Ok(Fsck {
         store: report,
         damaged_files: damaged,

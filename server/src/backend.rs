@@ -33,6 +33,8 @@ pub struct Backend {
     /// The embedded store, when the backend is one (its directory holds the pid file, the admin
     /// socket and the TLS certificate).
     pub local: Option<PackStore>,
+    /// The PostgreSQL metadata of a shared backend (its locks: one `gc` at a time).
+    pub pg: Option<crate::pg::PgMeta>,
     /// A PostgreSQL URL whose `lbsync_commits` notifications tell of commits made through other
     /// servers sharing the metadata.
     pub listen: Option<String>,
@@ -54,6 +56,7 @@ impl Backend {
             scopes,
             describe: store.dir().display().to_string(),
             local: Some(store),
+            pg: None,
             listen: None,
         })
     }
@@ -65,6 +68,65 @@ impl Backend {
             store.flush()?;
         }
         Ok(())
+    }
+}
+
+/// Whether `--store` names an object store (a shared store, with `--metadata`) rather than a
+/// directory.
+pub fn is_object_store_url(store: &str) -> bool {
+    ["s3://", "file://", "memory://"]
+        .iter()
+        .any(|scheme| store.starts_with(scheme))
+}
+
+#[cfg(feature = "s3")]
+impl Backend {
+    /// A store that several servers share: packs on the object store at `store` (an
+    /// `s3://BUCKET/PREFIX?…` URL; credentials from the AWS environment), metadata and the chunk
+    /// index in PostgreSQL at `metadata`. With `create`, a store is made at `store` if there is
+    /// none (under a PostgreSQL lock, so that servers starting at once on an empty prefix agree
+    /// on one store id).
+    pub fn shared(store: &str, metadata: &str, create: bool) -> Result<Self> {
+        use lbsync_chunkstore::ChunkParams;
+        use lbsync_objstore::{ObjectChunkStore, StoreOptions};
+
+        let pg = crate::pg::PgMeta::connect(metadata)?;
+        let index = pg.chunk_index();
+        let chunks = pg.exclusive(crate::pg::STORE_CREATE_LOCK, || {
+            ObjectChunkStore::open_url(
+                store,
+                index,
+                create.then(ChunkParams::default),
+                StoreOptions::default(),
+            )
+            .map_err(|e| Error::Serve(format!("cannot open the store at {store}: {e}")))
+        })?;
+        Ok(Self {
+            store_id: chunks.store_id().to_owned(),
+            describe: format!(
+                "{} with metadata in {}",
+                chunks.url(),
+                crate::pg::redact(metadata)
+            ),
+            chunks: Arc::new(chunks),
+            folders: pg.folders(),
+            users: pg.users(),
+            scopes: pg.scopes(),
+            local: None,
+            pg: Some(pg),
+            listen: Some(metadata.to_owned()),
+        })
+    }
+}
+
+#[cfg(not(feature = "s3"))]
+impl Backend {
+    /// A store on an object store needs the `s3` feature, which this build left out.
+    pub fn shared(store: &str, _metadata: &str, _create: bool) -> Result<Self> {
+        Err(Error::Serve(format!(
+            "this lbsync-server was built without object store support, so it cannot serve \
+             {store}: build it with `--features s3` (a default feature)"
+        )))
     }
 }
 

@@ -21,7 +21,6 @@ use clap::{Parser, Subcommand};
 use lbsync_chunkstore::PackStore;
 
 use crate::backend::Backend;
-use crate::meta::UserMeta;
 
 /// lbsync's server: keeps folders in sync across clients, storing each distinct chunk once.
 #[derive(Parser, Debug)]
@@ -30,10 +29,16 @@ struct Cli {
     #[command(flatten)]
     common: lbsync_cli::Common,
     /// The store directory (serving creates it if missing; `init` creates it; every other
-    /// command needs it to exist) [default: $XDG_DATA_HOME/lbsync/store, else
+    /// command needs it to exist), or a store that several servers share on an object store,
+    /// `s3://BUCKET/PREFIX?endpoint=URL&region=R` (with --metadata; the credentials come from
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) [default: $XDG_DATA_HOME/lbsync/store, else
     /// ~/.local/share/lbsync/store]
     #[arg(long, global = true, env = "LBSYNC_STORE", default_value_os_t = default_store(), hide_default_value = true)]
     store: PathBuf,
+    /// The PostgreSQL database of a store on an object store: its folders, users and chunk
+    /// index, shared by every server of that store (postgres://USER@HOST:PORT/DATABASE)
+    #[arg(long, global = true, env = "LBSYNC_METADATA", value_name = "URL")]
+    metadata: Option<String>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
@@ -380,7 +385,111 @@ fn report_json(json: &serde_json::Value) {
     report(&text);
 }
 
+/// A store on an object store and its metadata, when `--store` names one.
+fn shared_store(cli: &Cli) -> anyhow::Result<Option<(String, String)>> {
+    let store = cli.store.to_string_lossy().into_owned();
+    match (crate::backend::is_object_store_url(&store), &cli.metadata) {
+        (true, Some(metadata)) => Ok(Some((store, metadata.clone()))),
+        (true, None) => bail!(
+            "the store {store} is on an object store, and keeps its folders, users and chunk \
+             index in PostgreSQL: pass --metadata postgres://USER@HOST:PORT/DATABASE (or set \
+             LBSYNC_METADATA)"
+        ),
+        (false, Some(_)) => bail!(
+            "--metadata is for a store on an object store (--store s3://BUCKET/PREFIX?…); the \
+             store in {store} keeps its metadata inside it: leave --metadata out"
+        ),
+        (false, None) => Ok(None),
+    }
+}
+
+/// The commands on a store that several servers share: serving, `init`, the user, token and
+/// share commands (straight to PostgreSQL: every server sees them at once), `gc` (one at a
+/// time, while the servers serve), `fsck` and `stats`.
+async fn run_shared(
+    mut cli: Cli,
+    store: String,
+    metadata: String,
+) -> anyhow::Result<std::process::ExitCode> {
+    if let Some(Command::Cert { .. }) = &cli.command {
+        bail!(
+            "a store on an object store has no directory to keep a certificate in: make one \
+             with `lbsync-server --store DIR cert` and pass --tls-cert and --tls-key"
+        );
+    }
+    let create = matches!(cli.command, None | Some(Command::Init));
+    let backend = {
+        let (store, metadata) = (store.clone(), metadata.clone());
+        tokio::task::spawn_blocking(move || Backend::shared(&store, &metadata, create)).await??
+    };
+    match cli.command.take() {
+        None => return serve(cli, backend, None).await,
+        Some(Command::Init) => report(&format!(
+            "the store {} (id {}) is ready; serve it with `lbsync-server --store '{store}' \
+             --metadata URL`",
+            backend.describe, backend.store_id
+        )),
+        Some(
+            cmd @ (Command::User { .. }
+            | Command::Token { .. }
+            | Command::Share { .. }
+            | Command::Unshare { .. }),
+        ) => report(&tokio::task::spawn_blocking(move || admin(&backend, cmd)).await??),
+        Some(Command::Gc {
+            dry_run,
+            keep_versions,
+            keep_days,
+            keep_tombstones,
+            grace_secs,
+            json,
+        }) => {
+            let retention = Retention {
+                keep_versions,
+                keep_for: Duration::from_secs(keep_days * 24 * 3600),
+                keep_tombstones,
+            };
+            let grace = Duration::from_secs(grace_secs);
+            let gc = tokio::task::spawn_blocking(move || {
+                // One collection at a time over the shared store (servers serve on meanwhile).
+                let pg = backend.pg.clone().ok_or_else(crate::pg::gc_running)?;
+                pg.if_free(crate::pg::GC_LOCK, || admin::gc(&backend, retention, grace, dry_run))?
+                    .ok_or_else(crate::pg::gc_running)
+            })
+            .await??;
+            if json {
+                report_json(&gc.to_json());
+            } else {
+                report(&gc);
+            }
+        }
+        Some(Command::Fsck { json, .. }) => {
+            let fsck = tokio::task::spawn_blocking(move || admin::fsck_shared(&backend)).await??;
+            if json {
+                report_json(&fsck.to_json());
+            } else {
+                report(&fsck);
+            }
+            if !fsck.is_clean() {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+        Some(Command::Stats { json }) => {
+            let stats = tokio::task::spawn_blocking(move || admin::stats(&backend)).await??;
+            if json {
+                report_json(&stats.to_json());
+            } else {
+                report(&stats);
+            }
+        }
+        Some(_) => bail!("completions and man are run above"),
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCode> {
+    if let Some((store, metadata)) = shared_store(&cli)? {
+        return run_shared(cli, store, metadata).await;
+    }
     if let Some(Command::Init) = &cli.command {
         let dir = cli.store.clone();
         if PackStore::exists(&dir) {
@@ -491,14 +600,24 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
         Some(_) => bail!("admin commands are run above"),
         None => {}
     }
+    let dir = cli.store.clone();
+    serve(cli, Backend::local(store)?, Some(dir)).await
+}
 
+/// Serves `backend` as the command line says; `dir` is the embedded store's directory (its
+/// `tls/` may hold the certificate `cert` made).
+async fn serve(
+    cli: Cli,
+    backend: Backend,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<std::process::ExitCode> {
     let tokens = cli
         .token_file
         .as_deref()
         .map(Tokens::load)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let user_tokens = crate::users::SledUsers::open(store.db())?.any_tokens();
+    let user_tokens = backend.users.any_tokens();
     if !cli.listen.ip().is_loopback() && tokens.is_none() && !user_tokens && !cli.insecure_no_auth {
         bail!(
             "refusing to listen on {} without a token file: pass --token-file FILE (or \
@@ -508,7 +627,10 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
     }
     let tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(c), Some(k)) => Some(crate::tls::load(c, k)?),
-        _ => crate::tls::load_made(&cli.store)?,
+        _ => match &dir {
+            Some(dir) => crate::tls::load_made(dir)?,
+            None => None,
+        },
     };
     if !cli.listen.ip().is_loopback() && tls.is_none() && !cli.insecure_plaintext {
         bail!(
@@ -562,7 +684,7 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
         },
         metrics,
     };
-    let served = crate::run(listener, store, config, shutdown_signal()).await;
+    let served = crate::run(listener, backend, config, shutdown_signal()).await;
     if let Some(t) = metrics_task {
         t.abort();
     }

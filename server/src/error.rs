@@ -72,6 +72,12 @@ pub enum Error {
     ShuttingDown,
 }
 
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
 impl From<lbsync_proto::ConvertError> for Error {
     fn from(e: lbsync_proto::ConvertError) -> Self {
         Error::BadRequest(e.to_string())

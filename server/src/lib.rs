@@ -70,12 +70,16 @@ pub struct ServerConfig {
 ///
 /// `backend` is a [`Backend`] or an embedded store (a `PackStore`, opened as
 /// [`Backend::local`]).
-pub async fn run(
+pub async fn run<B>(
     listener: TcpListener,
-    backend: impl TryInto<Backend, Error = Error>,
+    backend: B,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<()> {
+) -> Result<()>
+where
+    B: TryInto<Backend>,
+    Error: From<B::Error>,
+{
     let backend: Backend = backend.try_into()?;
     let serve_err = |e: &dyn std::fmt::Display| Error::Serve(e.to_string());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -3,6 +3,7 @@
 
 mod access;
 mod cli;
+mod cluster;
 mod conventions;
 mod encrypted;
 mod encryption;

@@ -46,6 +46,7 @@
 
 mod folders;
 mod listen;
+mod lock;
 mod schema;
 mod scopes;
 mod users;
@@ -61,6 +62,7 @@ use crate::meta::{Folders, Scopes, Users};
 
 pub use folders::PgFolders;
 pub use listen::{CHANNEL, listen};
+pub use lock::{GC_LOCK, STORE_CREATE_LOCK, gc_running};
 pub use scopes::PgScopes;
 pub use users::PgUsers;
 
