@@ -27,8 +27,6 @@ pub(crate) enum Packed {
     /// Keep it as it is: its sender found it does not compress (or chose not to try).
     Raw,
     /// This zstd frame decompresses to the chunk's bytes (checked when the chunk was made).
-    // Read by the pack store only (the `sled` feature).
-    #[cfg_attr(not(feature = "sled"), allow(dead_code))]
     Zstd(Bytes),
 }
 
@@ -107,7 +105,6 @@ impl Chunk {
         self
     }
 
-    #[cfg_attr(not(feature = "sled"), allow(dead_code))]
     pub(crate) fn packed(&self) -> &Packed {
         &self.packed
     }

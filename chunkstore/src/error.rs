@@ -110,6 +110,11 @@ pub enum Error {
         /// What was asked, e.g. "store chunks".
         what: &'static str,
     },
+    /// A store kept elsewhere (an object store, a database) failed; the source says what was
+    /// asked, of what, and what to do. Such stores live in other crates (`lbsync-objstore`),
+    /// which box their own error here so that this crate learns nothing of their clients.
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
     /// Garbage collection was given a live manifest that the store does not hold.
     #[error(
         "live manifest {0} is not in the store; garbage collection stopped before deleting anything \

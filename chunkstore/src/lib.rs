@@ -38,6 +38,9 @@
 mod chunk;
 mod chunker;
 mod compress;
+#[cfg(any(test, feature = "contract-tests"))]
+#[doc(hidden)]
+pub mod contract;
 mod delta;
 mod error;
 #[doc(hidden)]
@@ -46,8 +49,7 @@ mod id;
 mod manifest;
 mod mask;
 mod mem;
-#[cfg(feature = "sled")]
-mod pack;
+pub mod pack;
 #[cfg(feature = "sled")]
 mod pack_store;
 mod params;

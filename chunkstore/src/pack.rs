@@ -13,9 +13,18 @@
 //! All integers are little-endian. A record carries everything needed to index it, so the index
 //! can be rebuilt from the packs alone; the header checksum tells a record from torn or stray bytes,
 //! and the payload is checked by hashing it back to the chunk id.
+//!
+//! The format is shared by every store that keeps packs: `PackStore`'s files and the
+//! object store's immutable pack objects (`lbsync-objstore`) hold the same header and records, so
+//! one decoder reads both. Public for those stores: [`pack_header`], [`check_pack_header`],
+//! [`Record::encode`] (with the compression decision), [`RecordHeader::decode`] and
+//! [`decode_payload`] (decompression and the hash check).
 
+#[cfg(feature = "sled")]
 use std::fs::File;
+#[cfg(feature = "sled")]
 use std::io;
+#[cfg(feature = "sled")]
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
@@ -25,9 +34,11 @@ use crate::id::ChunkId;
 
 pub(crate) const PACK_MAGIC: &[u8; 8] = b"LBSPACK\0";
 pub(crate) const PACK_VERSION: u32 = 1;
-pub(crate) const PACK_HEADER_LEN: u64 = 16;
+/// The length of the header every pack starts with ([`pack_header`]).
+pub const PACK_HEADER_LEN: u64 = 16;
 pub(crate) const RECORD_MAGIC: &[u8; 4] = b"LBCR";
-pub(crate) const RECORD_HEADER_LEN: usize = 56;
+/// The length of a record header; the payload follows it.
+pub const RECORD_HEADER_LEN: usize = 56;
 pub(crate) const FLAG_ZSTD: u8 = 1;
 /// The most a record can hold: a chunk, or the longest manifest.
 pub(crate) const MAX_RECORD_RAW_LEN: u64 =
@@ -38,7 +49,8 @@ pub(crate) const MAX_RECORD_RAW_LEN: u64 =
     };
 const KNOWN_FLAGS: u8 = FLAG_ZSTD;
 
-pub(crate) fn pack_header() -> [u8; PACK_HEADER_LEN as usize] {
+/// The header a pack starts with: magic and format version.
+pub fn pack_header() -> [u8; PACK_HEADER_LEN as usize] {
     let mut h = [0u8; PACK_HEADER_LEN as usize];
     h[..8].copy_from_slice(PACK_MAGIC);
     h[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
@@ -46,7 +58,7 @@ pub(crate) fn pack_header() -> [u8; PACK_HEADER_LEN as usize] {
 }
 
 /// Checks a pack file's header; the error says what is wrong.
-pub(crate) fn check_pack_header(h: &[u8]) -> Result<(), String> {
+pub fn check_pack_header(h: &[u8]) -> Result<(), String> {
     if h.len() < PACK_HEADER_LEN as usize {
         return Err(format!("{} bytes is shorter than the pack header", h.len()));
     }
@@ -64,15 +76,20 @@ pub(crate) fn check_pack_header(h: &[u8]) -> Result<(), String> {
 
 /// A record header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct RecordHeader {
-    pub(crate) flags: u8,
-    pub(crate) id: ChunkId,
-    pub(crate) stored_len: u32,
-    pub(crate) raw_len: u32,
+pub struct RecordHeader {
+    /// Bit 0: the payload is a zstd frame.
+    pub flags: u8,
+    /// The chunk the record holds.
+    pub id: ChunkId,
+    /// The payload's length.
+    pub stored_len: u32,
+    /// The chunk's length (the payload's, decompressed).
+    pub raw_len: u32,
 }
 
 impl RecordHeader {
-    pub(crate) fn encode(&self) -> [u8; RECORD_HEADER_LEN] {
+    /// The header's 56 bytes, checksum included.
+    pub fn encode(&self) -> [u8; RECORD_HEADER_LEN] {
         let mut h = [0u8; RECORD_HEADER_LEN];
         h[..4].copy_from_slice(RECORD_MAGIC);
         h[4] = self.flags;
@@ -84,8 +101,9 @@ impl RecordHeader {
         h
     }
 
-    /// `None` unless the bytes are a well-formed header with a matching checksum.
-    pub(crate) fn decode(h: &[u8]) -> Option<Self> {
+    /// `None` unless the bytes are a well-formed header with a matching checksum and lengths the
+    /// store could have written.
+    pub fn decode(h: &[u8]) -> Option<Self> {
         let h: &[u8; RECORD_HEADER_LEN] = h.get(..RECORD_HEADER_LEN)?.try_into().ok()?;
         if &h[..4] != RECORD_MAGIC || h[5..8] != [0, 0, 0] || h[4] & !KNOWN_FLAGS != 0 {
             return None;
@@ -112,21 +130,27 @@ impl RecordHeader {
         sane.then_some(header)
     }
 
-    pub(crate) fn record_len(&self) -> u64 {
+    /// The record's length: header and payload.
+    pub fn record_len(&self) -> u64 {
         RECORD_HEADER_LEN as u64 + u64::from(self.stored_len)
     }
 }
 
 /// A chunk encoded as a record, compressed when that saves at least 1/32 of its size. The payload
 /// shares the chunk's bytes when stored raw: records are written with vectored I/O, not copied.
-pub(crate) struct Record {
-    pub(crate) header: RecordHeader,
-    pub(crate) head: [u8; RECORD_HEADER_LEN],
-    pub(crate) payload: Bytes,
+pub struct Record {
+    /// The header, decoded.
+    pub header: RecordHeader,
+    /// The header's bytes ([`RecordHeader::encode`]).
+    pub head: [u8; RECORD_HEADER_LEN],
+    /// The payload: the chunk's bytes, or a zstd frame of them.
+    pub payload: Bytes,
 }
 
 impl Record {
-    pub(crate) fn encode(chunk: &Chunk) -> Record {
+    /// Encodes a chunk. A chunk that arrived as a zstd frame keeps it (when it pays), one its
+    /// sender marked raw stays raw, and any other is compressed here when that saves ≥ 1/32.
+    pub fn encode(chunk: &Chunk) -> Record {
         use crate::chunk::Packed;
         let raw = chunk.data();
         // What the sender found is used as it is: compressing again would cost as much as
@@ -160,7 +184,8 @@ impl Record {
 }
 
 /// The chunk's bytes from a record's payload: decompressed and checked against the header's id.
-pub(crate) fn decode_payload(h: &RecordHeader, payload: &[u8]) -> Result<Bytes, String> {
+/// The error says what did not check out.
+pub fn decode_payload(h: &RecordHeader, payload: &[u8]) -> Result<Bytes, String> {
     let raw = if h.flags & FLAG_ZSTD != 0 {
         let out = crate::compress::decompress(payload, h.raw_len as usize);
         Bytes::from(out.map_err(|e| format!("zstd payload does not decompress: {e}"))?)
@@ -182,6 +207,7 @@ pub(crate) fn decode_payload(h: &RecordHeader, payload: &[u8]) -> Result<Bytes, 
 }
 
 /// What lies at an offset of a pack file.
+#[cfg(feature = "sled")]
 #[derive(Debug)]
 pub(crate) enum RecordAt {
     /// A record whose payload checks out.
@@ -201,11 +227,13 @@ pub(crate) enum RecordAt {
 }
 
 /// Reads records of one pack file with positional reads.
+#[cfg(feature = "sled")]
 pub(crate) struct PackReader<'a> {
     pub(crate) file: &'a File,
     pub(crate) len: u64,
 }
 
+#[cfg(feature = "sled")]
 impl PackReader<'_> {
     /// Calls `each` with the header and offset of every sound record, in order, passing over a
     /// damaged payload or header as recovery does, until a torn tail or the end. `io_err` puts a

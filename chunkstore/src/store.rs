@@ -109,6 +109,13 @@ pub trait ChunkStore: Send + Sync {
     /// [`Error::Corrupt`] (never wrong bytes) if what is stored no longer hashes to the id.
     fn get(&self, id: &ChunkId) -> Result<Option<Bytes>>;
 
+    /// The chunks' bytes, one entry per id in order (`None` where the store does not hold it),
+    /// each checked as [`ChunkStore::get`] checks it. The default asks `get` for each in turn; a
+    /// store behind a network overrides it to fetch many at once.
+    fn get_batch(&self, ids: &[ChunkId]) -> Result<Vec<Option<Bytes>>> {
+        ids.iter().map(|id| self.get(id)).collect()
+    }
+
     /// Whether the store holds the chunk.
     fn contains(&self, id: &ChunkId) -> Result<bool>;
 
