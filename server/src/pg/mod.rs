@@ -24,7 +24,9 @@
 //! - `users (name PK)`, `tokens (id PK, hash, user_name, read_only, folder, created_ns)` with
 //!   the BLAKE3 of the token's secret, never the secret; `owners (folder PK, user_name)`,
 //!   `members (folder, user_name) PK, read_only`;
-//! - `scopes (folder, kind, id) PK`: kind 0 a chunk id, 1 a manifest id.
+//! - `scopes (folder, kind, id) PK`: kind 0 a chunk id, 1 a manifest id;
+//! - `chunks (id PK, pack, pack_offset, stored_len, raw_len, inserted_ms)`: the chunk index of
+//!   packs on an object store (feature `s3`, `PgMeta::chunk_index`).
 //!
 //! # A commit
 //! A batch goes in SQL transactions of up to [`crate::folders::GROUP_TXN_COMMITS`] commits. Each
@@ -45,6 +47,8 @@
 //! a log line.
 
 mod folders;
+#[cfg(feature = "s3")]
+mod index;
 mod listen;
 mod lock;
 mod schema;
@@ -61,6 +65,8 @@ use crate::error::{Error, Result};
 use crate::meta::{Folders, Scopes, Users};
 
 pub use folders::PgFolders;
+#[cfg(feature = "s3")]
+pub use index::PgChunkIndex;
 pub use listen::{CHANNEL, listen};
 pub use lock::{GC_LOCK, STORE_CREATE_LOCK, gc_running};
 pub use scopes::PgScopes;
@@ -141,6 +147,9 @@ impl Db {
 /// Folders, users and scopes in one PostgreSQL database.
 #[derive(Clone)]
 pub struct PgMeta {
+    /// For the chunk index.
+    #[cfg(feature = "s3")]
+    db: Db,
     folders: Arc<PgFolders>,
     users: Arc<PgUsers>,
     scopes: Arc<PgScopes>,
@@ -196,7 +205,9 @@ impl PgMeta {
         Ok(Self {
             folders: Arc::new(PgFolders::new(db.clone())),
             users: Arc::new(PgUsers::new(db.clone())),
-            scopes: Arc::new(PgScopes::new(db)),
+            scopes: Arc::new(PgScopes::new(db.clone())),
+            #[cfg(feature = "s3")]
+            db,
         })
     }
 
@@ -213,6 +224,12 @@ impl PgMeta {
     /// The dedup scopes, for the service.
     pub fn scopes(&self) -> Scopes {
         self.scopes.clone()
+    }
+
+    /// The chunk index of an object store whose metadata is here (table `chunks`).
+    #[cfg(feature = "s3")]
+    pub fn chunk_index(&self) -> Arc<dyn lbsync_objstore::ChunkIndex> {
+        Arc::new(PgChunkIndex::new(self.db.clone()))
     }
 }
 

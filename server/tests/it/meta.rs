@@ -830,12 +830,21 @@ fn pg_servers_starting_at_once_migrate_once() {
     for t in threads {
         assert_eq!(t.join().unwrap().unwrap(), 0);
     }
-    let applied: i64 = db
+    let r = db
         .client()
-        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .query_one(
+            "SELECT count(*), count(DISTINCT version) FROM refinery_schema_history",
+            &[],
+        )
+        .unwrap();
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
         .unwrap()
-        .get(0);
-    assert_eq!(applied, 1);
+        .count() as i64;
+    assert_eq!(
+        (r.get::<_, i64>(0), r.get::<_, i64>(1)),
+        (files, files),
+        "each once"
+    );
 }
 
 /// The service calls the traits from `spawn_blocking` threads of a multi-thread runtime, and
@@ -959,4 +968,146 @@ async fn wait_for(
         }
     };
     tokio::time::timeout(std::time::Duration::from_secs(10), wait).await
+}
+
+/// Figures, not a check: commits a second through PostgreSQL, one at a time, in batches, and
+/// from 4 threads at once. `cargo test -p lbsync-server --test it pg_commit_rates -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "a measurement: run it with --ignored --nocapture"]
+fn pg_commit_rates() {
+    let Some(b) = pg_backend("meta::pg_commit_rates") else {
+        return;
+    };
+    let f = &b.folders;
+    f.ensure("f").unwrap();
+    let rate = |n: usize, t: std::time::Instant| n as f64 / t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    for i in 0..500 {
+        landed(f.commit("f", dir(&format!("one/{i}")), 0).unwrap());
+    }
+    eprintln!("one at a time: {:.0} commits/s", rate(500, t));
+    let t = std::time::Instant::now();
+    for round in 0..10 {
+        let batch = (0..1000)
+            .map(|i| (dir(&format!("batch/{round}/{i}")), 0))
+            .collect();
+        assert!(f.commit_batch("f", batch).unwrap().1.is_none());
+    }
+    eprintln!("batches of 1000: {:.0} commits/s", rate(10_000, t));
+    let t = std::time::Instant::now();
+    let threads: Vec<_> = (0..4)
+        .map(|n| {
+            let f = (b.again)();
+            std::thread::spawn(move || {
+                for i in 0..250 {
+                    landed(f.commit("f", dir(&format!("par/{n}/{i}")), 0).unwrap());
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    eprintln!(
+        "4 servers, one folder, one at a time: {:.0} commits/s",
+        rate(1000, t)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The object store's chunk index (feature `s3`): the in-memory one and PostgreSQL's.
+
+#[cfg(feature = "s3")]
+mod chunk_index {
+    use super::*;
+    use lbsync_objstore::{ChunkIndex, IndexStats, Location, MemIndex, PackName};
+
+    fn loc(pack: u8, offset: u64) -> Location {
+        Location {
+            pack: PackName::from_bytes([pack; 16]),
+            offset,
+            stored_len: 10,
+            raw_len: u32::MAX,
+        }
+    }
+
+    /// First writer wins (also within one call), removal and relocation are conditional on the
+    /// pack, insert times are kept, and every method takes many ids at once.
+    fn contract(index: &dyn ChunkIndex) {
+        let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
+        index.record(&[], 1).unwrap();
+        index
+            .record(&[(a, loc(1, 16)), (a, loc(2, 16))], 100)
+            .unwrap();
+        index
+            .record(&[(a, loc(3, 16)), (b, loc(3, 72))], 200)
+            .unwrap();
+        assert_eq!(
+            index.lookup(&[a, b, ChunkId::of(b"c"), a]).unwrap(),
+            vec![Some(loc(1, 16)), Some(loc(3, 72)), None, Some(loc(1, 16))]
+        );
+        let mut seen = Vec::new();
+        index
+            .scan(&mut |id, l, t| {
+                seen.push((id, l, t));
+                Ok(())
+            })
+            .unwrap();
+        seen.sort_by_key(|e| e.2);
+        assert_eq!(seen, vec![(a, loc(1, 16), 100), (b, loc(3, 72), 200)]);
+        assert_eq!(
+            index.remove(&[(a, loc(3, 0).pack)]).unwrap(),
+            0,
+            "a is in pack 1"
+        );
+        assert_eq!(
+            index.relocate(&[(b, loc(1, 0).pack, loc(4, 16))]).unwrap(),
+            0
+        );
+        assert_eq!(
+            index.relocate(&[(b, loc(3, 0).pack, loc(4, 16))]).unwrap(),
+            1
+        );
+        assert_eq!(index.lookup(&[b]).unwrap(), vec![Some(loc(4, 16))]);
+        assert_eq!(index.remove(&[(a, loc(1, 0).pack)]).unwrap(), 1);
+        assert_eq!(
+            index.stats().unwrap(),
+            IndexStats {
+                chunks: 1,
+                raw_bytes: u64::from(u32::MAX),
+                stored_bytes: 10
+            }
+        );
+        let many: Vec<(ChunkId, Location)> = (0..30_000u64)
+            .map(|i| (ChunkId::of(&i.to_le_bytes()), loc(5, i * 100)))
+            .collect();
+        index.record(&many, 300).unwrap();
+        let ids: Vec<ChunkId> = many.iter().map(|(id, _)| *id).collect();
+        let found = index.lookup(&ids).unwrap();
+        assert!(found.iter().zip(&many).all(|(f, (_, l))| *f == Some(*l)));
+        let mut n = 0;
+        index
+            .scan(&mut |_, _, _| {
+                n += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(n, 30_001);
+        let gone: Vec<(ChunkId, PackName)> = ids.iter().map(|id| (*id, loc(5, 0).pack)).collect();
+        assert_eq!(index.remove(&gone).unwrap(), 30_000);
+    }
+
+    #[test]
+    fn mem() {
+        contract(&MemIndex::new());
+    }
+
+    #[test]
+    fn pg() {
+        let Some(db) = PgDb::create("meta::chunk_index::pg") else {
+            return;
+        };
+        contract(&*PgMeta::connect(&db.url).unwrap().chunk_index());
+    }
 }
