@@ -451,9 +451,14 @@ async fn run_shared(
             let grace = Duration::from_secs(grace_secs);
             let gc = tokio::task::spawn_blocking(move || {
                 // One collection at a time over the shared store (servers serve on meanwhile).
-                let pg = backend.pg.clone().ok_or_else(crate::pg::gc_running)?;
-                pg.if_free(crate::pg::GC_LOCK, || admin::gc(&backend, retention, grace, dry_run))?
-                    .ok_or_else(crate::pg::gc_running)
+                let pg = backend
+                    .pg
+                    .clone()
+                    .context("a shared store without its database")?;
+                let gc = pg.if_free(crate::pg::GC_LOCK, || {
+                    admin::gc(&backend, retention, grace, dry_run)
+                })?;
+                anyhow::Ok(gc.ok_or_else(crate::pg::gc_running)?)
             })
             .await??;
             if json {
@@ -462,6 +467,11 @@ async fn run_shared(
                 report(&gc);
             }
         }
+        Some(Command::Fsck { repair: true, .. }) => bail!(
+            "fsck --repair rebuilds a store directory's index from its packs; a shared store's \
+             index is written only after its packs are, so there is nothing to rebuild: run fsck \
+             without --repair, and sync a client that has the files it names as damaged"
+        ),
         Some(Command::Fsck { json, .. }) => {
             let fsck = tokio::task::spawn_blocking(move || admin::fsck_shared(&backend)).await??;
             if json {
@@ -617,7 +627,10 @@ async fn serve(
         .map(Tokens::load)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let user_tokens = backend.users.any_tokens();
+    let user_tokens = {
+        let users = backend.users.clone();
+        tokio::task::spawn_blocking(move || users.any_tokens()).await?
+    };
     if !cli.listen.ip().is_loopback() && tokens.is_none() && !user_tokens && !cli.insecure_no_auth {
         bail!(
             "refusing to listen on {} without a token file: pass --token-file FILE (or \

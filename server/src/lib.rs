@@ -96,7 +96,13 @@ where
         .listen
         .clone()
         .map(|url| tokio::spawn(crate::pg::listen(&url, service.commits(), stop_rx)));
-    let tokens_required = service.tokens_required();
+    let tokens_required = {
+        // The metadata may be a database: ask off the async threads.
+        let service = service.clone();
+        tokio::task::spawn_blocking(move || service.tokens_required())
+            .await
+            .map_err(|e| serve_err(&e))?
+    };
     let limit = config.limits.max_message_bytes;
     // Every handler authorizes its request against the folder it names (`authz`).
     // zstd both ways (`service::COMPRESSION`); answers are compressed only for a client whose

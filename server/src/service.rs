@@ -223,7 +223,11 @@ impl pb::sync_server::Sync for SyncService {
                 let (store, scopes, f) = (self.store.clone(), self.scopes.clone(), f.to_owned());
                 to_status(blocking(move || scopes.missing(&*store, &f, &ids)).await)?
             }
-            None => to_status(self.store.missing(&ids).map_err(Error::from))?,
+            None => {
+                // The index may be a database: look up off the async threads.
+                let store = self.store.clone();
+                to_status(blocking(move || store.missing(&ids).map_err(Error::from)).await)?
+            }
         };
         Ok(Response::new(pb::MissingChunksResponse {
             missing: ids_to_bytes(&missing),

@@ -93,11 +93,24 @@ fn clients_on_two_servers_of_one_store_converge_in_real_time() {
     wait(30, "A's files on B", || files(&a) == files(&b), explain);
     let started = Instant::now();
     write(&b, "from-b.txt", "written on B, served by s2");
-    wait(30, "B's file on A", || a.join("from-b.txt").exists(), explain);
+    wait(
+        30,
+        "B's file on A",
+        || a.join("from-b.txt").exists(),
+        explain,
+    );
     // Through the other server: its LISTEN hears the commit, not a poll.
-    eprintln!("a commit through s2 reached A through s1 in {:?}", started.elapsed());
+    eprintln!(
+        "a commit through s2 reached A through s1 in {:?}",
+        started.elapsed()
+    );
     std::fs::remove_file(b.join("from-a.txt")).unwrap();
-    wait(30, "the deletion on A", || !a.join("from-a.txt").exists(), explain);
+    wait(
+        30,
+        "the deletion on A",
+        || !a.join("from-a.txt").exists(),
+        explain,
+    );
     assert_eq!(files(&a), files(&b));
     assert!(wa.stop() && wb.stop());
 }
@@ -196,11 +209,21 @@ fn gc_on_one_server_sweeps_nothing_live_while_uploads_run_through_another() {
     for i in 0..8 {
         write(&a, &format!("old{i}.bin"), seeded(300_000, 100 + i));
     }
-    wait(60, "the first versions on B", || files(&a) == files(&b), explain);
+    wait(
+        60,
+        "the first versions on B",
+        || files(&a) == files(&b),
+        explain,
+    );
     for i in 0..8 {
         write(&a, &format!("old{i}.bin"), seeded(300_000, 200 + i));
     }
-    wait(60, "the second versions on B", || files(&a) == files(&b), explain);
+    wait(
+        60,
+        "the second versions on B",
+        || files(&a) == files(&b),
+        explain,
+    );
     // Older than the grace period below, so the collection can sweep them.
     std::thread::sleep(Duration::from_secs(6));
     let writer = {
@@ -225,7 +248,10 @@ fn gc_on_one_server_sweeps_nothing_live_while_uploads_run_through_another() {
             "--json",
         ]);
         assert!(out.status.success(), "gc: {}", text(&out));
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // The child is this test binary: its harness prints around the report.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json = &stdout[stdout.find('{').unwrap()..=stdout.rfind('}').unwrap()];
+        let report: serde_json::Value = serde_json::from_str(json).unwrap();
         swept |= report["swept_chunks"].as_u64().unwrap() > 0;
     }
     assert!(swept, "the collection swept nothing: it tested nothing");

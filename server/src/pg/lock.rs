@@ -14,7 +14,7 @@ pub const GC_LOCK: i64 = 0x6c62_7379_6e63_0003;
 impl PgMeta {
     /// Runs `work` holding the advisory lock `key`, waiting for it if another server holds it.
     pub fn exclusive<T>(&self, key: i64, work: impl FnOnce() -> Result<T>) -> Result<T> {
-        let db = self.folders.db();
+        let db = &self.db;
         let mut conn = db.conn()?;
         conn.execute("SELECT pg_advisory_lock($1)", &[&key])
             .map_err(db.fail("taking an advisory lock"))?;
@@ -27,7 +27,7 @@ impl PgMeta {
     /// Runs `work` holding the advisory lock `key` if no other server holds it; otherwise
     /// returns `Ok(None)` at once.
     pub fn if_free<T>(&self, key: i64, work: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
-        let db = self.folders.db();
+        let db = &self.db;
         let mut conn = db.conn()?;
         let got: bool = conn
             .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
