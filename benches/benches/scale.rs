@@ -17,7 +17,7 @@ use lbsync_chunkstore::{Chunk, ChunkStore, Manifest, PackStore};
 use lbsync_proto::{Entry, SyncPath};
 use lbsync_server::admin;
 use lbsync_server::folders::SledFolders;
-use lbsync_server::meta::{FolderMeta, ScopeMeta, UserMeta};
+use lbsync_server::meta::FolderMeta;
 use rand::{RngCore, SeedableRng};
 
 /// Set in a child: `build|gc|fsck` and the store's directory (and for `build` the chunk count),

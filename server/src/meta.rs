@@ -71,7 +71,7 @@ pub trait FolderMeta: Send + Sync + 'static {
     /// Creates the folder if it does not exist; returns its head.
     fn ensure(&self, folder: &str) -> Result<u64>;
 
-    /// The folder's head (the seq of its last commit); [`Error::UnknownFolder`] if it does not
+    /// The folder's head (the seq of its last commit); [`Error::NotFound`] if it does not
     /// exist.
     fn head(&self, folder: &str) -> Result<u64>;
 

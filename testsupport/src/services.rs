@@ -1,7 +1,7 @@
 //! The cluster services a test may use, found through the environment:
 //!
 //! - `LBSYNC_TEST_METADATA`: a `postgres://` URL to a server where we may create databases.
-//!   [`postgres`] makes a fresh database per test and drops it when the [`PgService`] drops.
+//!   [`postgres()`] makes a fresh database per test and drops it when the [`PgService`] drops.
 //! - `LBSYNC_TEST_STORE`: an `s3://BUCKET[/PREFIX]?endpoint=..&region=..` URL, with the
 //!   credentials in `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. [`s3`] appends a fresh random
 //!   prefix, so that tests never see each other's objects.
