@@ -134,6 +134,10 @@ where
     let reflection_v1 = reflection().build_v1().map_err(reflection_err)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
     if let Some((cert, key)) = &config.tls {
+        // tonic builds its rustls config with the process's default provider. Ours is ring,
+        // named here: with aws-lc-rs in the build as well (object_store's S3 client), rustls
+        // would not pick one by itself. Another caller may have installed it already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         builder = builder
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
             .map_err(|e| serve_err(&format!("TLS certificate or key unusable: {e}")))?;
