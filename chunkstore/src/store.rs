@@ -131,6 +131,15 @@ pub trait ChunkStore: Send + Sync {
         Ok(out)
     }
 
+    /// [`ChunkStore::missing`] for the chunks a commit is about to reference: the ones the store
+    /// holds are also kept from a collection that is running now, however old they are, so that
+    /// the commit never lands naming a chunk the collection then sweeps. Only a store whose
+    /// collection runs while commits land needs more than `missing` (the default); the object
+    /// store refreshes the chunks' index time.
+    fn missing_and_keep(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        self.missing(ids)
+    }
+
     /// Stores a manifest (as a chunk holding its encoding) and returns its id.
     fn put_manifest(&self, manifest: &Manifest) -> Result<ManifestId> {
         let chunk = Chunk::new(manifest.encode());

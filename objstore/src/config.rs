@@ -2,8 +2,15 @@
 //! every open, never changed.
 //!
 //! ```json
-//! {"format":1,"store_id":"<32 hex digits>","params":{"min_size":2048,"avg_size":8192,"max_size":65536}}
+//! {"format":1,"store_id":"<32 hex digits>","params":{"min_size":2048,"avg_size":8192,"max_size":65536},"min_grace_ms":600000}
 //! ```
+//!
+//! `min_grace_ms` is the shortest grace period a collection of this store may use; servers keep
+//! the chunks a commit references from being swept by refreshing their index time once it is
+//! older than half of it (see [`crate::gc`]). A config written before the field existed means
+//! [`DEFAULT_MIN_GRACE`].
+
+use std::time::Duration;
 
 use lbsync_chunkstore::ChunkParams;
 use serde::{Deserialize, Serialize};
@@ -12,6 +19,13 @@ use crate::error::{Error, Result};
 
 /// The config format this version writes and reads.
 pub(crate) const FORMAT: u32 = 1;
+
+/// The minimum grace period of a store whose config does not say (ten minutes).
+pub const DEFAULT_MIN_GRACE: Duration = Duration::from_secs(600);
+
+fn default_min_grace_ms() -> u64 {
+    DEFAULT_MIN_GRACE.as_millis() as u64
+}
 
 #[derive(Serialize, Deserialize)]
 struct Params {
@@ -25,6 +39,8 @@ struct Json {
     format: u32,
     store_id: String,
     params: Params,
+    #[serde(default = "default_min_grace_ms")]
+    min_grace_ms: u64,
 }
 
 /// What the config object says.
@@ -32,17 +48,21 @@ struct Json {
 pub(crate) struct StoreConfig {
     pub(crate) store_id: String,
     pub(crate) params: ChunkParams,
+    /// The shortest grace period a collection may use.
+    pub(crate) min_grace: Duration,
 }
 
 impl StoreConfig {
-    /// A new store's config: the given params and 16 random bytes as its id.
-    pub(crate) fn new(params: ChunkParams) -> Result<Self> {
+    /// A new store's config: the given params and minimum grace period, and 16 random bytes as
+    /// its id.
+    pub(crate) fn new(params: ChunkParams, min_grace: Duration) -> Result<Self> {
         params.validate()?;
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|e| Error::Random(e.to_string()))?;
         Ok(Self {
             store_id: id.iter().map(|b| format!("{b:02x}")).collect(),
             params,
+            min_grace,
         })
     }
 
@@ -55,6 +75,7 @@ impl StoreConfig {
                 avg_size: self.params.avg_size,
                 max_size: self.params.max_size,
             },
+            min_grace_ms: u64::try_from(self.min_grace.as_millis()).unwrap_or(u64::MAX),
         };
         serde_json::to_vec(&json).expect("a struct of strings and numbers serializes")
     }
@@ -80,6 +101,7 @@ impl StoreConfig {
         Ok(Self {
             store_id: json.store_id,
             params,
+            min_grace: Duration::from_millis(json.min_grace_ms),
         })
     }
 }
@@ -90,11 +112,22 @@ mod tests {
 
     #[test]
     fn config_round_trips_and_refuses_what_it_cannot_use() {
-        let c = StoreConfig::new(ChunkParams::DEFAULT).unwrap();
+        let c = StoreConfig::new(ChunkParams::DEFAULT, Duration::from_secs(4)).unwrap();
         assert_eq!(StoreConfig::decode(&c.encode()).unwrap(), c);
         assert_ne!(
-            StoreConfig::new(ChunkParams::DEFAULT).unwrap().store_id,
+            StoreConfig::new(ChunkParams::DEFAULT, DEFAULT_MIN_GRACE)
+                .unwrap()
+                .store_id,
             c.store_id
+        );
+        // A config from before the minimum grace period was recorded.
+        let old = String::from_utf8(c.encode())
+            .unwrap()
+            .replace(",\"min_grace_ms\":4000", "");
+        assert!(!old.contains("min_grace"), "{old}");
+        assert_eq!(
+            StoreConfig::decode(old.as_bytes()).unwrap().min_grace,
+            DEFAULT_MIN_GRACE
         );
         let text = String::from_utf8(c.encode()).unwrap();
         for (bad, says) in [

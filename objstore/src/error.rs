@@ -80,6 +80,22 @@ pub enum Error {
         /// What did not check out.
         what: String,
     },
+    /// A collection asked for a grace period shorter than the store's minimum, under which a
+    /// commit landing during the collection could name a chunk it sweeps.
+    #[error(
+        "a grace period of {}s is shorter than this store's minimum of {}s (recorded when it was \
+         created): a commit landing meanwhile could reference a chunk the collection sweeps; \
+         collect with a grace period of at least {}s",
+        grace.as_secs_f64(),
+        min.as_secs_f64(),
+        min.as_secs_f64()
+    )]
+    GraceTooShort {
+        /// The grace period asked for.
+        grace: std::time::Duration,
+        /// The store's minimum.
+        min: std::time::Duration,
+    },
     /// The chunk index failed (a [`crate::ChunkIndex`] implementation's error, boxed: its
     /// message says what and what to do; shown in this one's, so not also a `source`).
     #[error("the chunk index failed: {0}")]

@@ -24,17 +24,35 @@
 //! `bytes_reclaimed` 0.
 //!
 //! One collection at a time per store: the caller (the server) holds a lock or lease for it.
+//!
+//! **Commits that land while a collection runs.** A commit may reference a chunk that nothing
+//! referenced for longer than the grace period (a file put back as it was a month ago). If the
+//! commit lands after the mark read the live manifests, the mark did not see it; so the server
+//! [`ChunkIndex::touch`]es the chunks and manifests a commit references before it checks that
+//! they are present (`ChunkStore::missing_and_keep`, and `insert_batch` for a manifest that is
+//! already stored), setting their index time to now when it is older than half the store's
+//! minimum grace period `G` (in its config object; [`crate::ObjectChunkStore::min_grace`]). The sweep removes an entry
+//! only if its time is still older than the collection's start minus its grace `g ≥ G`
+//! ([`ChunkIndex::sweep`]). Suppose a commit touches at `t`, checks, and lands after the mark,
+//! with `L` its check-to-land time (a database round trip or two) and `s` the collection's
+//! start, so `t ≥ s − L`:
+//! - touched before the sweep's removal: the entry's time is `t ≥ s − L > s − g`: kept;
+//! - not touched because it was younger than `G/2`: its time is `> t − G/2 ≥ s − L − G/2`,
+//!   which is `> s − g` while `L < G/2`: kept;
+//! - removed before the touch: the commit's presence check, after the touch, finds it missing
+//!   and the client uploads it again.
+//!
+//! An entry the sweep meant to remove but which was touched meanwhile stays, and so does its pack.
 //! What the grace period cannot protect: a chunk inserted long ago, found present by a client's
 //! `missing` just before the sweep removed it and then referenced by that client's commit. The
-//! server's commit check (every referenced chunk must be present) catches it, and the client
-//! uploads it again.
+//! server's commit check catches it, and the client uploads it again.
 
 use std::collections::{HashMap, HashSet};
 
 use lbsync_chunkstore::pack::{PACK_HEADER_LEN, RecordHeader};
 use lbsync_chunkstore::{ChunkId, GcOptions, GcReport, Manifest, ManifestId};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::index::{ChunkIndex, Location, PackName};
 use crate::pack::{PackBuilder, decode_record};
 use crate::store::{ObjectChunkStore, now_ms};
@@ -57,18 +75,29 @@ pub(crate) fn run(
     live: &mut dyn Iterator<Item = ManifestId>,
     opts: &GcOptions,
 ) -> Result<GcReport> {
+    let min_grace = store.inner.config.min_grace;
+    if opts.grace < min_grace && !opts.dry_run {
+        return Err(Error::GraceTooShort {
+            grace: opts.grace,
+            min: min_grace,
+        });
+    }
+    // Taken before the mark: whatever is touched or inserted after the collection started is
+    // younger than the cutoff however long the mark takes.
+    let start = now_ms();
     let marked = mark(store, live)?;
     let index = &store.inner.index;
-    let now = now_ms();
     let grace_ms = i64::try_from(opts.grace.as_millis()).unwrap_or(i64::MAX);
-    let young = |t: i64| now.saturating_sub(t) < grace_ms;
+    // Entries (and packs) of this time or older are garbage unless marked.
+    let cutoff = start.saturating_sub(grace_ms);
+    let young = |t: i64| t > cutoff;
     let mut report = GcReport {
         live_chunks: marked.len() as u64,
         ..GcReport::default()
     };
 
     // 2. Sweep.
-    let mut dead: Vec<(ChunkId, PackName)> = Vec::new();
+    let mut dead: Vec<(ChunkId, Location)> = Vec::new();
     let mut kept: HashMap<PackName, Kept> = HashMap::new();
     index.scan(&mut |id, loc, inserted| {
         if marked.contains(&id) || young(inserted) {
@@ -79,7 +108,7 @@ pub(crate) fn run(
             k.entries += 1;
             k.record_bytes += loc.record_len();
         } else {
-            dead.push((id, loc.pack));
+            dead.push((id, loc));
             report.swept_chunks += 1;
             report.swept_bytes += u64::from(loc.raw_len);
         }
@@ -87,9 +116,23 @@ pub(crate) fn run(
     })?;
     if !opts.dry_run {
         for batch in dead.chunks(SWEEP_BATCH) {
-            index.remove(batch)?;
-            for (id, _) in batch {
-                store.inner.cache.remove(id);
+            let entries: Vec<(ChunkId, PackName)> =
+                batch.iter().map(|(id, loc)| (*id, loc.pack)).collect();
+            let removed: HashSet<ChunkId> = index
+                .sweep(&entries, cutoff.saturating_add(1))?
+                .into_iter()
+                .collect();
+            for (id, loc) in batch {
+                if removed.contains(id) {
+                    store.inner.cache.remove(id);
+                } else {
+                    // Touched (or stored again) since the scan: it stays, and so does its pack.
+                    report.swept_chunks -= 1;
+                    report.swept_bytes -= u64::from(loc.raw_len);
+                    let k = kept.entry(loc.pack).or_default();
+                    k.entries += 1;
+                    k.record_bytes += loc.record_len();
+                }
             }
         }
     }

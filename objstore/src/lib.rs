@@ -75,6 +75,8 @@
 mod bridge;
 mod cache;
 mod config;
+#[cfg(any(test, feature = "contract-tests"))]
+pub mod contract;
 mod error;
 mod gc;
 mod index;
@@ -83,6 +85,7 @@ mod read;
 mod store;
 mod url;
 
+pub use config::DEFAULT_MIN_GRACE;
 pub use error::{Error, Result};
 pub use index::{ChunkIndex, IndexStats, Location, MemIndex, PackName};
 pub use store::{ObjectChunkStore, StoreOptions};

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -38,6 +38,10 @@ pub struct StoreOptions {
     pub max_span: u64,
     /// Requests to the object store in flight at once, per call.
     pub concurrency: usize,
+    /// For a store this open creates: the shortest grace period its collections may use,
+    /// recorded in its config (an existing store keeps the one it was made with). The servers
+    /// refresh the index time of a chunk a commit references once it is older than half of it.
+    pub min_grace: Duration,
 }
 
 impl Default for StoreOptions {
@@ -48,6 +52,7 @@ impl Default for StoreOptions {
             coalesce_gap: 256 << 10,
             max_span: 1 << 20,
             concurrency: 8,
+            min_grace: crate::config::DEFAULT_MIN_GRACE,
         }
     }
 }
@@ -146,7 +151,7 @@ impl ObjectChunkStore {
             (Some(_), _) => return Err(Error::AlreadyExists { url: shown }),
             (None, None) => return Err(Error::NoStore { url: shown }),
             (None, Some(params)) => {
-                let config = StoreConfig::new(params)?;
+                let config = StoreConfig::new(params, opts.min_grace)?;
                 let (objects, bytes, shown2) = (objects.clone(), config.encode(), shown.clone());
                 let written = bridge.run(async move {
                     let put = PutOptions {
@@ -190,6 +195,35 @@ impl ObjectChunkStore {
                 opts,
             }),
         })
+    }
+
+    /// The shortest grace period a collection of this store may use (from its config).
+    pub fn min_grace(&self) -> Duration {
+        self.inner.config.min_grace
+    }
+
+    /// The ids of `ids` the index lacks, each once in first-seen order; with `keep`, the others
+    /// are touched first.
+    fn missing_inner(&self, ids: &[ChunkId], keep: bool) -> Result<Vec<ChunkId>> {
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        let unique: Vec<ChunkId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        if keep {
+            self.keep(&unique)?;
+        }
+        let found = self.inner.index.lookup(&unique)?;
+        Ok(unique
+            .into_iter()
+            .zip(found)
+            .filter_map(|(id, l)| l.is_none().then_some(id))
+            .collect())
+    }
+
+    /// Keeps `ids` from a collection running now: touches the entries older than half the
+    /// minimum grace period (see [`crate::gc`] for why that suffices).
+    fn keep(&self, ids: &[ChunkId]) -> Result<()> {
+        let now = now_ms();
+        let half = i64::try_from(self.inner.config.min_grace.as_millis() / 2).unwrap_or(i64::MAX);
+        self.inner.index.touch(ids, now, now.saturating_sub(half))
     }
 
     /// The store's identity: 32 lowercase hex digits made when it was created, kept in its config
@@ -419,7 +453,9 @@ impl ChunkStore for ObjectChunkStore {
     /// Writes the chunks the index lacks into new pack objects (one, or several of at most
     /// [`StoreOptions::pack_target`]), and records their entries once the PUTs succeeded: a
     /// chunk reported [`Inserted::New`] is in the object store. Two servers storing the same
-    /// chunk at once both report it new; the first entry recorded wins.
+    /// chunk at once both report it new; the first entry recorded wins. A chunk already present
+    /// is kept from a running collection as [`ChunkStore::missing_and_keep`] keeps it (the
+    /// manifests of a commit are stored this way just before it lands).
     fn insert_batch(&self, chunks: &[Chunk]) -> lbsync_chunkstore::Result<Vec<Inserted>> {
         let mut outcome = vec![Inserted::AlreadyPresent; chunks.len()];
         let mut first: HashMap<ChunkId, usize> = HashMap::new();
@@ -433,6 +469,8 @@ impl ChunkStore for ObjectChunkStore {
         if unique.is_empty() {
             return Ok(outcome);
         }
+        // Touched before the lookup: an entry found present cannot be swept after it.
+        self.keep(&unique)?;
         let present = self.inner.index.lookup(&unique)?;
         let mut records = Vec::new();
         for (id, loc) in unique.iter().zip(present) {
@@ -466,14 +504,13 @@ impl ChunkStore for ObjectChunkStore {
 
     /// One index lookup for all the ids.
     fn missing(&self, ids: &[ChunkId]) -> lbsync_chunkstore::Result<Vec<ChunkId>> {
-        let mut seen = std::collections::HashSet::with_capacity(ids.len());
-        let unique: Vec<ChunkId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
-        let found = self.inner.index.lookup(&unique)?;
-        Ok(unique
-            .into_iter()
-            .zip(found)
-            .filter_map(|(id, l)| l.is_none().then_some(id))
-            .collect())
+        Ok(self.missing_inner(ids, false)?)
+    }
+
+    /// One touch and one lookup for all the ids: the touch first, so that an id found present
+    /// can no longer be swept by a collection (which removes only entries still old).
+    fn missing_and_keep(&self, ids: &[ChunkId]) -> lbsync_chunkstore::Result<Vec<ChunkId>> {
+        Ok(self.missing_inner(ids, true)?)
     }
 
     fn gc(

@@ -71,6 +71,15 @@ impl Backend {
     }
 }
 
+/// The shortest grace period a new shared store's collections may use, unless `init
+/// --min-grace` says otherwise.
+#[cfg(feature = "s3")]
+pub use lbsync_objstore::DEFAULT_MIN_GRACE;
+/// The shortest grace period a new shared store's collections may use (no shared stores in this
+/// build).
+#[cfg(not(feature = "s3"))]
+pub const DEFAULT_MIN_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Whether `--store` names an object store (a shared store, with `--metadata`) rather than a
 /// directory.
 pub fn is_object_store_url(store: &str) -> bool {
@@ -87,6 +96,16 @@ impl Backend {
     /// none (under a PostgreSQL lock, so that servers starting at once on an empty prefix agree
     /// on one store id).
     pub fn shared(store: &str, metadata: &str, create: bool) -> Result<Self> {
+        Self::shared_with(store, metadata, create.then_some(DEFAULT_MIN_GRACE))
+    }
+
+    /// [`Backend::shared`]; a store made here (`create` set) records `create` as the shortest
+    /// grace period its collections may use.
+    pub fn shared_with(
+        store: &str,
+        metadata: &str,
+        create: Option<std::time::Duration>,
+    ) -> Result<Self> {
         use lbsync_chunkstore::ChunkParams;
         use lbsync_objstore::{ObjectChunkStore, StoreOptions};
 
@@ -96,8 +115,11 @@ impl Backend {
             ObjectChunkStore::open_url(
                 store,
                 index,
-                create.then(ChunkParams::default),
-                StoreOptions::default(),
+                create.map(|_| ChunkParams::default()),
+                StoreOptions {
+                    min_grace: create.unwrap_or(DEFAULT_MIN_GRACE),
+                    ..StoreOptions::default()
+                },
             )
             .map_err(|e| Error::Serve(format!("cannot open the store at {store}: {e}")))
         })?;
@@ -122,7 +144,16 @@ impl Backend {
 #[cfg(not(feature = "s3"))]
 impl Backend {
     /// A store on an object store needs the `s3` feature, which this build left out.
-    pub fn shared(store: &str, _metadata: &str, _create: bool) -> Result<Self> {
+    pub fn shared(store: &str, metadata: &str, create: bool) -> Result<Self> {
+        Self::shared_with(store, metadata, create.then_some(DEFAULT_MIN_GRACE))
+    }
+
+    /// A store on an object store needs the `s3` feature, which this build left out.
+    pub fn shared_with(
+        store: &str,
+        _metadata: &str,
+        _create: Option<std::time::Duration>,
+    ) -> Result<Self> {
         Err(Error::Serve(format!(
             "this lbsync-server was built without object store support, so it cannot serve \
              {store}: build it with `--features s3` (a default feature)"

@@ -79,7 +79,13 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Creates an empty store (serving creates one too, at its first start).
-    Init,
+    Init {
+        /// For a store on an object store: the shortest grace period `gc` may ever use on it,
+        /// recorded in the store (servers keep the chunks a commit references from a collection
+        /// running meanwhile by renewing them once older than half of it) [default: 10m]
+        #[arg(long, value_name = "AGE", value_parser = lbsync_cli::units::parse_duration)]
+        min_grace: Option<Duration>,
+    },
     /// Check every pack record, hash and index entry, and every file version's chunks.
     Fsck {
         /// Truncate torn pack tails and rebuild the index from the packs.
@@ -417,14 +423,21 @@ async fn run_shared(
              with `lbsync-server --store DIR cert` and pass --tls-cert and --tls-key"
         );
     }
-    let create = matches!(cli.command, None | Some(Command::Init));
+    let create = match &cli.command {
+        None => Some(crate::backend::DEFAULT_MIN_GRACE),
+        Some(Command::Init { min_grace }) => {
+            Some(min_grace.unwrap_or(crate::backend::DEFAULT_MIN_GRACE))
+        }
+        Some(_) => None,
+    };
     let backend = {
         let (store, metadata) = (store.clone(), metadata.clone());
-        tokio::task::spawn_blocking(move || Backend::shared(&store, &metadata, create)).await??
+        tokio::task::spawn_blocking(move || Backend::shared_with(&store, &metadata, create))
+            .await??
     };
     match cli.command.take() {
         None => return serve(cli, backend, None).await,
-        Some(Command::Init) => report(&format!(
+        Some(Command::Init { .. }) => report(&format!(
             "the store {} (id {}) is ready; serve it with `lbsync-server --store '{store}' \
              --metadata URL`",
             backend.describe, backend.store_id
@@ -500,7 +513,14 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
     if let Some((store, metadata)) = shared_store(&cli)? {
         return run_shared(cli, store, metadata).await;
     }
-    if let Some(Command::Init) = &cli.command {
+    if let Some(Command::Init { min_grace }) = &cli.command {
+        if min_grace.is_some() {
+            bail!(
+                "--min-grace is for a store on an object store, where gc runs while servers \
+                 serve; a store in a directory is collected with its server stopped, with any \
+                 grace period"
+            );
+        }
         let dir = cli.store.clone();
         if PackStore::exists(&dir) {
             bail!(

@@ -31,13 +31,17 @@ impl Cluster {
     fn new(test: &str) -> Option<Self> {
         let s3 = services::s3(test)?;
         let pg = services::postgres(test)?;
-        Some(Self {
+        let c = Self {
             store: s3.url.clone(),
             metadata: pg.url.clone(),
             _s3: s3,
             _pg: pg,
             tmp: tempfile::tempdir().unwrap(),
-        })
+        };
+        // A minimum grace period short enough for the gc test's 5 s (a store's default is 10m).
+        let out = c.admin(&["init", "--min-grace", "4s"]);
+        assert!(out.status.success(), "init: {}", text(&out));
+        Some(c)
     }
 
     /// A server process on the shared store.
@@ -235,6 +239,13 @@ fn gc_on_one_server_sweeps_nothing_live_while_uploads_run_through_another() {
             }
         })
     };
+    // Shorter than the store's minimum grace period: refused, nothing collected.
+    let out = c.admin(&["gc", "--grace-secs", "3"]);
+    assert!(
+        !out.status.success() && text(&out).contains("minimum of 4s"),
+        "gc under the minimum grace: {}",
+        text(&out)
+    );
     let mut swept = false;
     for _ in 0..3 {
         let out = c.admin(&[

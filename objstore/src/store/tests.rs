@@ -10,9 +10,14 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::*;
-use crate::index::MemIndex;
+use crate::index::{IndexStats, MemIndex};
 
+/// A store in memory whose collections may use any grace period (tests collect with none).
 fn new_store(opts: StoreOptions) -> (ObjectChunkStore, Arc<dyn ObjectStore>, Arc<MemIndex>) {
+    let opts = StoreOptions {
+        min_grace: Duration::ZERO,
+        ..opts
+    };
     let objects: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let index = Arc::new(MemIndex::new());
     let store = ObjectChunkStore::create(
@@ -387,7 +392,10 @@ fn two_servers_storing_the_same_chunks_at_once_agree_and_gc_removes_the_losing_c
         prefix.clone(),
         index.clone(),
         ChunkParams::DEFAULT,
-        StoreOptions::default(),
+        StoreOptions {
+            min_grace: Duration::ZERO,
+            ..StoreOptions::default()
+        },
     )
     .unwrap();
     let two =
@@ -443,10 +451,117 @@ fn the_contract_holds_on_a_directory_too() {
         Some(ChunkParams::DEFAULT),
         StoreOptions {
             pack_target: 64 << 10,
+            min_grace: Duration::ZERO,
             ..StoreOptions::default()
         },
     )
     .unwrap();
     assert_eq!(store.stats().unwrap().packs, 0, "no packs directory yet");
     contract::run(&store, "file").unwrap();
+}
+
+/// An index that lets a commit land between a collection's scan and its sweep: the first
+/// `sweep` call first runs `before_sweep` (which a test sets to a commit's presence check).
+struct CommitDuringSweep {
+    inner: MemIndex,
+    before_sweep: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl ChunkIndex for CommitDuringSweep {
+    fn lookup(&self, ids: &[ChunkId]) -> Result<Vec<Option<Location>>> {
+        self.inner.lookup(ids)
+    }
+    fn record(&self, entries: &[(ChunkId, Location)], now_ms: i64) -> Result<()> {
+        self.inner.record(entries, now_ms)
+    }
+    fn remove(&self, entries: &[(ChunkId, PackName)]) -> Result<u64> {
+        self.inner.remove(entries)
+    }
+    fn touch(&self, ids: &[ChunkId], now_ms: i64, older_than_ms: i64) -> Result<()> {
+        self.inner.touch(ids, now_ms, older_than_ms)
+    }
+    fn sweep(&self, entries: &[(ChunkId, PackName)], before: i64) -> Result<Vec<ChunkId>> {
+        let hook = self.before_sweep.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        self.inner.sweep(entries, before)
+    }
+    fn relocate(&self, moves: &[(ChunkId, PackName, Location)]) -> Result<u64> {
+        self.inner.relocate(moves)
+    }
+    fn scan(&self, f: &mut dyn FnMut(ChunkId, Location, i64) -> Result<()>) -> Result<()> {
+        self.inner.scan(f)
+    }
+    fn stats(&self) -> Result<IndexStats> {
+        self.inner.stats()
+    }
+}
+
+#[test]
+fn a_chunk_a_commit_references_while_a_collection_runs_is_never_swept() {
+    let index = Arc::new(CommitDuringSweep {
+        inner: MemIndex::new(),
+        before_sweep: std::sync::Mutex::new(None),
+    });
+    let store = ObjectChunkStore::create(
+        Arc::new(InMemory::new()),
+        Path::from("t"),
+        index.clone(),
+        ChunkParams::DEFAULT,
+        StoreOptions {
+            min_grace: Duration::from_secs(60),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    // Unreferenced for two hours: garbage to a collection with an hour's grace, until a commit
+    // names it again (a file put back as it was).
+    let old = noise_chunk("old", 1, 5000);
+    let other = noise_chunk("other", 2, 5000);
+    store.insert_batch(&[old.clone(), other.clone()]).unwrap();
+    let two_hours_ago = now_ms() - 2 * 3600 * 1000;
+    index
+        .touch(&[old.id(), other.id()], two_hours_ago, i64::MAX)
+        .unwrap();
+    // The commit's check runs after the collection read the index and before it sweeps.
+    let checker = store.clone();
+    let (old_id, other_id) = (old.id(), other.id());
+    *index.before_sweep.lock().unwrap() = Some(Box::new(move || {
+        assert_eq!(checker.missing_and_keep(&[old_id]).unwrap(), vec![]);
+    }));
+    let hour = GcOptions {
+        grace: Duration::from_secs(3600),
+        ..GcOptions::default()
+    };
+    let report = store.gc(&mut std::iter::empty(), &hour).unwrap();
+    assert_eq!(
+        report.swept_chunks, 1,
+        "only the chunk nobody named: {report:?}"
+    );
+    assert_eq!(store.get(&old_id).unwrap().as_ref(), Some(old.data()));
+    assert_eq!(store.get(&other_id).unwrap(), None);
+    // The same store refuses a grace period shorter than the minimum it was made with.
+    let err = store
+        .gc(
+            &mut std::iter::empty(),
+            &GcOptions {
+                grace: Duration::from_secs(59),
+                ..GcOptions::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("minimum of 60s"), "{err}");
+    // A dry run may look with any.
+    store
+        .gc(
+            &mut std::iter::empty(),
+            &GcOptions {
+                grace: Duration::ZERO,
+                dry_run: true,
+                ..GcOptions::default()
+            },
+        )
+        .unwrap();
 }

@@ -18,6 +18,8 @@ fn the_contract_holds_on_s3() {
         Some(ChunkParams::DEFAULT),
         StoreOptions {
             pack_target: 256 << 10,
+            // The contract collects with no grace period.
+            min_grace: std::time::Duration::ZERO,
             ..StoreOptions::default()
         },
     )

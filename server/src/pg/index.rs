@@ -1,7 +1,8 @@
 //! The object store's shared chunk index ([`ChunkIndex`]) in PostgreSQL: table `chunks (id PK,
 //! pack, pack_offset, stored_len, raw_len, inserted_ms)`. Every method is one statement (one
 //! round trip, the ids as arrays); `record` is first writer wins (`ON CONFLICT DO NOTHING`),
-//! `remove` and `relocate` only touch entries still in the pack the caller names.
+//! `remove`, `sweep` and `relocate` only change entries still in the pack the caller names, and
+//! `sweep` only those still older than its cutoff (`touch` makes them young again).
 
 use std::collections::HashSet;
 
@@ -118,6 +119,43 @@ impl ChunkIndex for PgChunkIndex {
                 &[&ids, &packs],
             )
             .map_err(self.fail("removing chunks"))
+    }
+
+    fn touch(&self, ids: &[ChunkId], now_ms: i64, older_than_ms: i64) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.conn()?
+            .execute(
+                "UPDATE chunks SET inserted_ms = $2 WHERE id = ANY($1) AND inserted_ms < $3",
+                &[&id_bytes(ids.iter()), &now_ms, &older_than_ms],
+            )
+            .map_err(self.fail("touching chunks"))?;
+        Ok(())
+    }
+
+    fn sweep(
+        &self,
+        entries: &[(ChunkId, PackName)],
+        inserted_before_ms: i64,
+    ) -> Result<Vec<ChunkId>> {
+        let ids = id_bytes(entries.iter().map(|(id, _)| id));
+        let packs: Vec<&[u8]> = entries
+            .iter()
+            .map(|(_, p)| p.as_bytes().as_slice())
+            .collect();
+        let rows = self
+            .conn()?
+            .query(
+                "DELETE FROM chunks c USING UNNEST($1::bytea[], $2::bytea[]) AS u(id, pack) \
+                 WHERE c.id = u.id AND c.pack = u.pack AND c.inserted_ms < $3 RETURNING c.id",
+                &[&ids, &packs, &inserted_before_ms],
+            )
+            .map_err(self.fail("sweeping chunks"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| ChunkId::from_slice(r.get(0)))
+            .collect())
     }
 
     fn relocate(&self, moves: &[(ChunkId, PackName, Location)]) -> Result<u64> {

@@ -136,7 +136,8 @@ impl SyncService {
             }
         };
         let ids: Vec<_> = manifest.chunks().iter().map(|c| c.id).collect();
-        let mut missing = store.missing(&ids)?;
+        // Kept from a collection running meanwhile on a shared store (see `missing_and_keep`).
+        let mut missing = store.missing_and_keep(&ids)?;
         if scoped {
             // Chunks outside the folder's scope are as missing as chunks the store lacks.
             let mut seen: std::collections::HashSet<_> = missing.iter().copied().collect();
