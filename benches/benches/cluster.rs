@@ -73,6 +73,11 @@ impl Shared {
         use object_store::ObjectStore as _;
         let (store, prefix) =
             lbsync_objstore::object_store_from_url(&self.s3.url).expect("open the S3 store");
+        // `services::s3` gave the prefix a random last component: never the whole bucket.
+        assert!(
+            prefix.as_ref().contains("t-"),
+            "not a bench prefix: {prefix}"
+        );
         let locations = store
             .list(Some(&prefix))
             .map_ok(|meta| meta.location)
@@ -82,7 +87,12 @@ impl Shared {
             .try_collect()
             .await
             .expect("delete the bench's objects");
-        drop(deleted);
+        let left = store.list(Some(&prefix)).try_collect::<Vec<_>>().await;
+        assert!(
+            left.as_ref().is_ok_and(Vec::is_empty),
+            "objects left under {prefix} after deleting {}",
+            deleted.len()
+        );
     }
 }
 
