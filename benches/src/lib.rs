@@ -462,6 +462,9 @@ impl Edit {
 /// Set in a bench's server child: the store directory to serve.
 const CHILD_STORE_VAR: &str = "LBSYNC_BENCH_SERVE_STORE";
 
+/// Set in a bench's server child of a shared store: `STORE_URL\x1fMETADATA_URL`.
+const CHILD_SHARED_VAR: &str = "LBSYNC_BENCH_SERVE_SHARED";
+
 /// An lbsync server in a child process (this bench binary re-run), so that its memory and CPU
 /// are its own. A bench's `main` calls [`ChildServer::serve_if_child`] first.
 pub struct ChildServer {
@@ -476,12 +479,35 @@ impl ChildServer {
     /// `main` then returns); in the bench itself returns false.
     #[allow(clippy::print_stdout)] // stdout is the pipe to the parent: address, then peak RSS
     pub fn serve_if_child() -> bool {
-        let Ok(store) = std::env::var(CHILD_STORE_VAR) else {
-            return false;
+        let (local, shared) = match (
+            std::env::var(CHILD_STORE_VAR).ok(),
+            std::env::var(CHILD_SHARED_VAR).ok(),
+        ) {
+            (None, None) => return false,
+            both => both,
         };
         runtime().block_on(async {
             use std::io::Write;
-            let store = lbsync_chunkstore::PackStore::open(&store).expect("open store");
+            let backend = match (local, shared) {
+                (Some(dir), _) => {
+                    let store = lbsync_chunkstore::PackStore::open(&dir).expect("open store");
+                    lbsync_server::Backend::local(store).expect("open the store's metadata")
+                }
+                (None, urls) => {
+                    let (store, metadata) = urls
+                        .as_deref()
+                        .and_then(|u| u.split_once('\x1f'))
+                        .map(|(s, m)| (s.to_owned(), m.to_owned()))
+                        .expect("store and metadata URLs");
+                    // The PostgreSQL client blocks (and runs a runtime of its own).
+                    tokio::task::spawn_blocking(move || {
+                        lbsync_server::Backend::shared(&store, &metadata, true)
+                    })
+                    .await
+                    .expect("join")
+                    .expect("open the shared store")
+                }
+            };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
@@ -494,7 +520,7 @@ impl ChildServer {
                 })
                 .await;
             };
-            lbsync_server::run(listener, store, Default::default(), shutdown)
+            lbsync_server::run(listener, backend, Default::default(), shutdown)
                 .await
                 .expect("serve");
             println!("{} {}", peak_rss(), cpu_seconds());
@@ -504,9 +530,19 @@ impl ChildServer {
 
     /// Starts a server on a store in `store`.
     pub fn start(store: &std::path::Path) -> Self {
+        Self::spawn(CHILD_STORE_VAR, store.as_os_str())
+    }
+
+    /// Starts a server on a store that several servers share: packs at `store` (an `s3://` URL,
+    /// created if there is none), metadata in the PostgreSQL database at `metadata`.
+    pub fn start_shared(store: &str, metadata: &str) -> Self {
+        Self::spawn(CHILD_SHARED_VAR, format!("{store}\x1f{metadata}").as_ref())
+    }
+
+    fn spawn(var: &str, value: &std::ffi::OsStr) -> Self {
         use std::io::BufRead;
         let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
-            .env(CHILD_STORE_VAR, store)
+            .env(var, value)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
