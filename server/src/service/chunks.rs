@@ -35,6 +35,8 @@ const PUT_MESSAGE_RAW_LIMIT: u64 = 64 << 20;
 const GET_BASE_BUDGET: u64 = 64 << 20;
 /// GetChunks answers in messages of about this size.
 const GET_MESSAGE_BYTES: usize = 1 << 20;
+/// The most bytes of chunks GetChunks reads at once (counted at the largest chunk size).
+const GET_READ_BYTES: usize = 4 << 20;
 
 impl SyncService {
     pub(super) async fn put_chunks_rpc(
@@ -218,45 +220,58 @@ impl SyncService {
             let mut size = 0usize;
             // Offered bases are read up to this many bytes a request; past it, chunks go plain.
             let mut base_budget = GET_BASE_BUDGET;
-            for (i, id) in ids.into_iter().enumerate() {
-                // `get` has checked the bytes against the id. Outside the caller's folder a
-                // chunk is as absent as one never stored.
-                let chunk = match in_scope(scope, &id) {
-                    Ok(true) => store.get(&id).map_err(Error::from),
-                    Ok(false) => Ok(None),
-                    Err(e) => Err(e),
-                }
-                .and_then(|b| {
-                    b.ok_or_else(|| Error::NotFound(format!("chunk {id} is not on the server")))
-                });
-                match chunk {
-                    Ok(bytes) => {
-                        let wire = match bases.get(i).filter(|b| !b.is_empty()) {
-                            Some(b) => encode_against_stored(
-                                &*store,
-                                scope,
-                                (id, &bytes, encrypted),
-                                b,
-                                &mut base_budget,
-                            ),
-                            None => whole(id, &bytes, encrypted),
-                        };
-                        size += wire.data.len();
-                        msg.chunks.push(wire);
-                    }
+            // Read a group at a time: one scope query, and on an object store one index lookup
+            // and a few ranged GETs. A group is sized to hold about GET_READ_BYTES of chunks of
+            // the largest size seen so far (at first the small-file class's largest), so the
+            // first group of a request for large-file chunks may hold up to 16 times that.
+            let mut largest = store.params().max_size.max(1) as usize;
+            let mut rest: &[lbsync_chunkstore::ChunkId] = &ids;
+            let mut done = 0;
+            while !rest.is_empty() {
+                let n = (GET_READ_BYTES / largest).clamp(1, rest.len());
+                let (ids, later) = rest.split_at(n);
+                rest = later;
+                let (g, read) = (done, read_in_scope(&*store, scope, ids));
+                done += n;
+                let chunks = match read {
+                    Ok(chunks) => chunks,
                     Err(e) => {
                         drop(turn.take());
                         let _ = tx.blocking_send(Err(status(&e)));
                         return;
                     }
-                }
-                if size >= GET_MESSAGE_BYTES {
-                    drop(turn.take());
-                    if tx.blocking_send(Ok(std::mem::take(&mut msg))).is_err() {
+                };
+                for (j, (id, bytes)) in ids.iter().zip(chunks).enumerate() {
+                    let i = g + j;
+                    // Read checked against its id. Outside the caller's folder a chunk is as
+                    // absent as one never stored.
+                    let Some(bytes) = bytes else {
+                        drop(turn.take());
+                        let e = Error::NotFound(format!("chunk {id} is not on the server"));
+                        let _ = tx.blocking_send(Err(status(&e)));
                         return;
+                    };
+                    largest = largest.max(bytes.len());
+                    let wire = match bases.get(i).filter(|b| !b.is_empty()) {
+                        Some(b) => encode_against_stored(
+                            &*store,
+                            scope,
+                            (*id, &bytes, encrypted),
+                            b,
+                            &mut base_budget,
+                        ),
+                        None => whole(*id, &bytes, encrypted),
+                    };
+                    size += wire.data.len();
+                    msg.chunks.push(wire);
+                    if size >= GET_MESSAGE_BYTES {
+                        drop(turn.take());
+                        if tx.blocking_send(Ok(std::mem::take(&mut msg))).is_err() {
+                            return;
+                        }
+                        size = 0;
+                        turn = Some(gates.enter_blocking(&who));
                     }
-                    size = 0;
-                    turn = Some(gates.enter_blocking(&who));
                 }
             }
             drop(turn);
@@ -354,6 +369,35 @@ fn whole(id: lbsync_chunkstore::ChunkId, bytes: &Bytes, sealed: bool) -> pb::Chu
 }
 
 /// Whether a chunk is in the caller's folder's scope (always, for a caller who sees the store).
+/// The chunks of `ids`, in order, each checked against its id; `None` for one the store lacks
+/// or (with a scope) the caller's folder does not hold. One scope query and one batched read.
+fn read_in_scope(
+    store: &dyn ChunkStore,
+    scope: Option<(&Scopes, &str)>,
+    ids: &[lbsync_chunkstore::ChunkId],
+) -> Result<Vec<Option<bytes::Bytes>>> {
+    let outside: std::collections::HashSet<lbsync_chunkstore::ChunkId> = match scope {
+        Some((scopes, folder)) => scopes.outside(folder, ids)?.into_iter().collect(),
+        None => Default::default(),
+    };
+    let inside: Vec<_> = ids
+        .iter()
+        .copied()
+        .filter(|id| !outside.contains(id))
+        .collect();
+    let mut read = store.get_batch(&inside)?.into_iter();
+    Ok(ids
+        .iter()
+        .map(|id| {
+            if outside.contains(id) {
+                None
+            } else {
+                read.next().flatten()
+            }
+        })
+        .collect())
+}
+
 fn in_scope(scope: Option<(&Scopes, &str)>, id: &lbsync_chunkstore::ChunkId) -> Result<bool> {
     match scope {
         Some((scopes, folder)) => scopes.has_chunk(folder, id),
