@@ -1482,6 +1482,20 @@ impl Syncer {
                     return Ok(());
                 }
                 if cur.deleted || cur.version == 0 {
+                    // A synced record of the version the server has as this deletion describes
+                    // another version (a store restored from a backup numbers versions anew):
+                    // forgotten, so that the file goes as content, never again as a
+                    // metadata-only commit on content the server does not have there (which
+                    // would meet this conflict again, without end).
+                    let renumbered = self
+                        .state
+                        .state
+                        .files
+                        .get(path.as_str())
+                        .is_some_and(|s| cur.version > 0 && s.version == cur.version);
+                    if renumbered {
+                        self.state.state.files.remove(path.as_str());
+                    }
                     return Box::pin(self.upload(path, cur.version)).await;
                 }
                 // Unchanged here since it was synced, and the server holds a newer version: as

@@ -39,13 +39,105 @@ pub struct PgService {
 impl Drop for PgService {
     fn drop(&mut self) {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let dropped = off_runtime(move || {
-            let mut client = postgres::Client::connect(&admin_url, postgres::NoTls)?;
-            client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        });
+        let dropped = off_runtime(move || drop_database(&admin_url, &name));
         if let Err(e) = dropped {
             // A leftover database is harmless (it lives in the cluster's directory): no panic in drop.
             eprintln!("warning: could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+impl PgService {
+    /// A copy of the database as it is now (`CREATE DATABASE … TEMPLATE`), dropped when the
+    /// [`PgCopy`] drops: a backup to [`restore`](Self::restore) later. A template may have no
+    /// sessions, so the sessions still connected are ended first (a stopped server's pool may
+    /// take a moment to close): stop whatever uses the database before.
+    ///
+    /// # Panics
+    /// When the server refuses to copy the database.
+    pub fn save(&self) -> PgCopy {
+        // A name of its own (within PostgreSQL's 63 bytes): a new copy may be made before an
+        // older one drops.
+        let stem: String = self.name.chars().take(50).collect();
+        let copy = PgCopy {
+            admin_url: self.admin_url.clone(),
+            name: format!("{stem}_c{}", random_hex(4)),
+        };
+        let made = off_runtime({
+            let (admin_url, from, to) =
+                (self.admin_url.clone(), self.name.clone(), copy.name.clone());
+            move || copy_database(&admin_url, &from, &to)
+        });
+        if let Err(e) = made {
+            panic!(
+                "copying database {} to {} failed: {e}",
+                self.name, copy.name
+            );
+        }
+        copy
+    }
+
+    /// Puts the database back as it was when `copy` was made: it is dropped (its sessions
+    /// ended) and made again from the copy, under the same name, so that [`url`](Self::url)
+    /// reaches the restored one. The copy stays, for another restore.
+    ///
+    /// # Panics
+    /// When the server refuses to drop or to copy a database.
+    pub fn restore(&self, copy: &PgCopy) {
+        let (admin_url, from, to) = (self.admin_url.clone(), copy.name.clone(), self.name.clone());
+        let restored = off_runtime(move || {
+            drop_database(&admin_url, &to)?;
+            copy_database(&admin_url, &from, &to)
+        });
+        if let Err(e) = restored {
+            panic!(
+                "restoring database {} from {} failed: {e}",
+                self.name, copy.name
+            );
+        }
+    }
+}
+
+/// A copy of a [`PgService`]'s database ([`PgService::save`]); dropped on drop.
+#[derive(Debug)]
+pub struct PgCopy {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for PgCopy {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        if let Err(e) = off_runtime(move || drop_database(&admin_url, &name)) {
+            eprintln!("warning: could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+fn drop_database(admin_url: &str, name: &str) -> Result<(), postgres::Error> {
+    let mut client = postgres::Client::connect(admin_url, postgres::NoTls)?;
+    client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+}
+
+/// `CREATE DATABASE to TEMPLATE from`, ending the sessions on `from` that are in the way (for
+/// up to 10 s: a pool that is closing may connect once more).
+fn copy_database(admin_url: &str, from: &str, to: &str) -> Result<(), postgres::Error> {
+    let mut client = postgres::Client::connect(admin_url, postgres::NoTls)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        client.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&from],
+        )?;
+        match client.batch_execute(&format!("CREATE DATABASE \"{to}\" TEMPLATE \"{from}\"")) {
+            Err(e)
+                if e.code() == Some(&postgres::error::SqlState::OBJECT_IN_USE)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            done => return done,
         }
     }
 }
@@ -426,6 +518,45 @@ mod tests {
             stderr.contains("child: LBSYNC_TEST_METADATA is not set, but CI=true"),
             "{stderr}"
         );
+    }
+
+    /// Against the real server when there is one: a copy keeps what the database held when it
+    /// was made, even with a session still connected then; a restore brings that back under
+    /// the same URL, and the copy goes when it drops.
+    #[test]
+    fn postgres_copy_restores_the_database() {
+        let Some(pg) = postgres("postgres_copy_restores_the_database") else {
+            return;
+        };
+        let mut client = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+        client
+            .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+            .unwrap();
+        let copy = pg.save();
+        assert!(
+            client.query_one("SELECT 1", &[]).is_err(),
+            "the session in the way was not ended"
+        );
+        let mut client = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+        client.batch_execute("INSERT INTO t VALUES (2)").unwrap();
+        drop(client);
+        pg.restore(&copy);
+        let mut client = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+        let rows = client.query("SELECT v FROM t ORDER BY v", &[]).unwrap();
+        let values: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(values, [1]);
+        drop(client);
+        let (admin_url, name) = (copy.admin_url.clone(), copy.name.clone());
+        drop(copy);
+        let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_database WHERE datname = $1",
+                &[&name],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "the copy was not dropped");
     }
 
     /// Against the real server when there is one: the database exists, is the test's own, and

@@ -29,9 +29,21 @@
 //! them by default): every device joins it with the passphrase before the first op, and the
 //! invariants are the same.
 //!
+//! And with the server on the distributed backend (`model_sequences_shared`, fewer again):
+//! packs on S3 (Garage), metadata in PostgreSQL (`Backend::shared`), each case on a fresh S3
+//! prefix and a fresh database. A restart drops the Backend and opens it again; the store is
+//! copied aside and restored as its database (the packs are immutable: see [`ServedStore`]);
+//! `expire` runs `gc` on the shared Backend under its lock. It needs `LBSYNC_TEST_STORE` and
+//! `LBSYNC_TEST_METADATA` (`eval "$(scripts/dev-cluster start DIR)"`): without them it is
+//! skipped (with a reason on stderr), with `CI=true` it fails. Its cases mostly wait on
+//! PostgreSQL and Garage, so 4 run at once.
+//!
 //! - `LBSYNC_MODEL_CASES=N`: how many sequences (default 300: about 15 s on 2 cores, 20 sequences/s); sequence `i` uses seed `base + i`.
 //! - `LBSYNC_MODEL_ENCRYPTED_CASES=N`: how many sequences the encrypted run has (default 150: about 15 s).
-//! - `LBSYNC_MODEL_ENCRYPTED=1`: `model_sequences` runs on an encrypted folder too.
+//! - `LBSYNC_MODEL_SHARED_CASES=N`: how many sequences the shared run has (default 40: about 50 s
+//!   on 2 cores, 0.8 sequences/s).
+//! - `LBSYNC_MODEL_ENCRYPTED=1`: `model_sequences` (and `model_sequences_shared`) run on an
+//!   encrypted folder too.
 //! - `LBSYNC_MODEL_SEED=S`: run only the sequence with seed `S`.
 //! - `LBSYNC_MODEL_BASE=B`: the base seed (default 0).
 //! - `LBSYNC_MODEL_STEPS=N`: ops per sequence (default 40).
@@ -62,6 +74,7 @@ use std::time::{Duration, Instant};
 use lbsync_chunkstore::{ManifestId, PackStore};
 use lbsync_client::{Report, SyncOptions, Syncer};
 use lbsync_proto::SyncPath;
+use lbsync_testsupport::services;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -356,18 +369,75 @@ fn enabled_kinds() -> HashSet<&'static str> {
 // ---------------------------------------------------------------------------------------------
 // The server, on a runtime of its own so that each sync can have a fresh one.
 
+/// How a run's cases are set up.
+#[derive(Clone, Copy, Debug, Default)]
+struct Setup {
+    /// The folder is encrypted: every device joins it with the passphrase before the first op.
+    encrypted: bool,
+    /// The server serves a shared backend (packs on S3, metadata in PostgreSQL), a fresh S3
+    /// prefix and database per case, instead of a store directory.
+    shared: bool,
+}
+
+impl Setup {
+    /// What the run's messages add to "model": `encrypted` when the folder is, and the
+    /// backend when it is the shared one.
+    fn label(self, encrypted: &str) -> String {
+        format!(
+            "{}{}",
+            if self.encrypted { encrypted } else { "" },
+            if self.shared { " (shared backend)" } else { "" }
+        )
+    }
+}
+
+/// The name the shared run's services (prefixes, databases) go by.
+const SHARED_TEST: &str = "model_sequences_shared";
+/// How many sequences the shared run has by default.
+const SHARED_CASES: u64 = 40;
+/// How many cases of the shared run run at once.
+const SHARED_THREADS: usize = 4;
+
+/// A fresh S3 prefix and PostgreSQL database, or `None` when the services are not configured
+/// (outside CI: `lbsync_testsupport` says so on stderr; in CI it panics).
+fn shared_services() -> Option<(services::S3Service, services::PgService)> {
+    let s3 = services::s3(SHARED_TEST)?;
+    let pg = services::postgres(SHARED_TEST)?;
+    Some((s3, pg))
+}
+
+/// What the model's server serves, and its copy for `SaveStore`/`RestoreStore`.
+enum ServedStore {
+    /// A store directory (`PackStore`); `SaveStore` copies the directory to `saved`.
+    Local { dir: PathBuf, saved: PathBuf },
+    /// A shared backend: packs under an S3 prefix of the case's own, metadata and the chunk
+    /// index in a PostgreSQL database of its own (dropped with `pg`). `SaveStore` copies the
+    /// database: that is the whole store as it was, because packs are immutable objects that
+    /// only `gc` deletes, and the model's `gc` (an hour of grace, in a case of seconds) deletes
+    /// and rewrites none (`expire` checks), so the objects are a superset of the saved ones and
+    /// those the copy does not name are unreferenced garbage, as after a crash between a pack's
+    /// PUT and its index record.
+    Shared {
+        s3: services::S3Service,
+        pg: services::PgService,
+        saved: Option<services::PgCopy>,
+    },
+}
+
 struct ModelServer {
     rt: tokio::runtime::Runtime,
-    store: PathBuf,
     addr: SocketAddr,
     running: Option<(
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<lbsync_server::Result<()>>,
     )>,
+    /// After the runtime: dropped once the server is gone (a database dropped under a server
+    /// would only make it complain).
+    store: ServedStore,
 }
 
 impl ModelServer {
-    fn start(store: PathBuf) -> Self {
+    fn start(store: ServedStore) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -375,9 +445,9 @@ impl ModelServer {
             .unwrap();
         let mut s = Self {
             rt,
-            store,
             addr: "127.0.0.1:0".parse().unwrap(),
             running: None,
+            store,
         };
         s.serve();
         s
@@ -387,9 +457,23 @@ impl ModelServer {
         format!("http://{}", self.addr)
     }
 
+    /// Opens the store afresh, as a server process starting would (for the shared store,
+    /// `create` as `lbsync-server` serving does, not as its admin commands).
+    fn open(&self, create: bool) -> lbsync_server::Backend {
+        match &self.store {
+            ServedStore::Local { dir, .. } => {
+                lbsync_server::Backend::local(PackStore::open(dir).unwrap()).unwrap()
+            }
+            // On this thread, outside any runtime: connecting to PostgreSQL blocks.
+            ServedStore::Shared { s3, pg, .. } => {
+                lbsync_server::Backend::shared(&s3.url, &pg.url, create).unwrap()
+            }
+        }
+    }
+
     fn serve(&mut self) {
         assert!(self.running.is_none());
-        let store = PackStore::open(&self.store).unwrap();
+        let backend = self.open(true);
         // The same address again (the clients know it); an outgoing connection of this machine
         // may hold the port a moment, so a few tries.
         let mut tries = 0;
@@ -410,18 +494,81 @@ impl ModelServer {
         };
         let handle = self.rt.spawn(lbsync_server::run(
             listener,
-            store,
+            backend,
             Default::default(),
             shutdown,
         ));
         self.running = Some((tx, handle));
     }
 
+    /// Stops the server: `run` returns, and the Backend it served goes with it.
     fn stop(&mut self) {
         if let Some((tx, handle)) = self.running.take() {
             let _ = tx.send(());
             self.rt.block_on(handle).unwrap().unwrap();
         }
+    }
+
+    /// Copies the store aside (the server stopped).
+    fn save_store(&mut self) {
+        assert!(self.running.is_none());
+        match &mut self.store {
+            ServedStore::Local { dir, saved } => {
+                let _ = fs::remove_dir_all(&*saved);
+                copy_dir(dir, saved);
+            }
+            ServedStore::Shared { pg, saved, .. } => *saved = Some(pg.save()),
+        }
+    }
+
+    /// Puts the store back as the copy has it (the server stopped).
+    fn restore_store(&mut self) {
+        assert!(self.running.is_none());
+        match &self.store {
+            ServedStore::Local { dir, saved } => {
+                fs::remove_dir_all(dir).unwrap();
+                copy_dir(saved, dir);
+            }
+            ServedStore::Shared { pg, saved, .. } => {
+                pg.restore(saved.as_ref().expect("RestoreStore runs after a SaveStore"))
+            }
+        }
+    }
+
+    /// `gc` that forgets every tombstone and keeps every version otherwise, on the store opened
+    /// as `lbsync-server gc` opens it (the server stopped); the number of tombstones it forgot.
+    fn expire_tombstones(&self) -> u64 {
+        assert!(self.running.is_none());
+        // Only tombstones go: every other version stays (invariant 1 may need it), and
+        // chunks stored within the hour (uploads not yet committed) stay too.
+        let retention = lbsync_server::admin::Retention {
+            keep_versions: usize::MAX,
+            keep_for: Duration::from_secs(100 * 365 * 24 * 3600),
+            keep_tombstones: Duration::ZERO,
+        };
+        let grace = Duration::from_secs(3600);
+        let backend = self.open(false);
+        let gc = match &backend.pg {
+            None => lbsync_server::admin::gc(&backend, retention, grace, false).unwrap(),
+            // Under the lock `lbsync-server gc` takes on a shared store.
+            Some(pg) => {
+                let gc = pg
+                    .if_free(lbsync_server::pg::GC_LOCK, || {
+                        lbsync_server::admin::gc(&backend, retention, grace, false)
+                    })
+                    .unwrap()
+                    .expect("no other collection runs on the case's own store");
+                // What `save_store` relies on for the shared store.
+                assert_eq!(
+                    (gc.store.packs_deleted, gc.store.packs_rewritten),
+                    (0, 0),
+                    "gc within its grace period deleted or rewrote packs: a saved copy of the \
+                     database would name chunks that are gone"
+                );
+                gc
+            }
+        };
+        gc.tombstones_expired
     }
 }
 
@@ -713,7 +860,7 @@ struct Model<'a> {
 }
 
 impl<'a> Model<'a> {
-    fn new(base: &Path, kinds: &'a HashSet<&'static str>, can_lock: bool, encrypted: bool) -> Self {
+    fn new(base: &Path, kinds: &'a HashSet<&'static str>, can_lock: bool, setup: Setup) -> Self {
         let roots: Vec<PathBuf> = (0..DEVICES).map(|d| base.join(format!("dev{d}"))).collect();
         for r in &roots {
             fs::create_dir_all(r).unwrap();
@@ -723,8 +870,21 @@ impl<'a> Model<'a> {
         fs::write(sentinel.join("keep.txt"), b"sentinel: never written\n").unwrap();
         fs::write(sentinel.join("inner/deep.txt"), b"deep sentinel\n").unwrap();
         let sentinel_listing = listing(&sentinel);
-        let server = ModelServer::start(base.join("store"));
-        if encrypted {
+        let store = if setup.shared {
+            let (s3, pg) = shared_services().expect("the run found the services configured");
+            ServedStore::Shared {
+                s3,
+                pg,
+                saved: None,
+            }
+        } else {
+            ServedStore::Local {
+                dir: base.join("store"),
+                saved: base.join("store.saved"),
+            }
+        };
+        let server = ModelServer::start(store);
+        if setup.encrypted {
             init_encrypted(base, &roots, &server.url());
         }
         Self {
@@ -735,7 +895,7 @@ impl<'a> Model<'a> {
             server,
             saved_store: false,
             can_lock,
-            encrypted,
+            encrypted: setup.encrypted,
             kinds,
             seq: 0,
             origin: HashMap::new(),
@@ -1273,9 +1433,7 @@ impl<'a> Model<'a> {
             }
             Op::SaveStore => {
                 self.server.stop();
-                let saved = self.dir.join("store.saved");
-                let _ = fs::remove_dir_all(&saved);
-                copy_dir(&self.server.store, &saved);
+                self.server.save_store();
                 self.saved_store = true;
                 self.server.serve();
                 true
@@ -1285,31 +1443,14 @@ impl<'a> Model<'a> {
                     return false;
                 }
                 self.server.stop();
-                fs::remove_dir_all(&self.server.store).unwrap();
-                copy_dir(&self.dir.join("store.saved"), &self.server.store);
+                self.server.restore_store();
                 self.server.serve();
                 true
             }
             Op::Expire => {
                 self.server.stop();
-                let store = PackStore::open(&self.server.store).unwrap();
-                // Only tombstones go: every other version stays (invariant 1 may need it), and
-                // chunks stored within the hour (uploads not yet committed) stay too.
-                let retention = lbsync_server::admin::Retention {
-                    keep_versions: usize::MAX,
-                    keep_for: Duration::from_secs(100 * 365 * 24 * 3600),
-                    keep_tombstones: Duration::ZERO,
-                };
-                let gc = lbsync_server::admin::gc(
-                    &lbsync_server::Backend::local(store.clone()).unwrap(),
-                    retention,
-                    Duration::from_secs(3600),
-                    false,
-                )
-                .unwrap();
-                drop(store);
-                self.notes
-                    .push(format!("gc expired {} tombstones", gc.tombstones_expired));
+                let expired = self.server.expire_tombstones();
+                self.notes.push(format!("gc expired {expired} tombstones"));
                 self.server.serve();
                 true
             }
@@ -1812,13 +1953,13 @@ fn run_case(
     source: Source<'_>,
     kinds: &HashSet<&'static str>,
     can_lock: bool,
-    encrypted: bool,
+    setup: Setup,
 ) -> Outcome {
     let tmp = tempfile::Builder::new()
         .prefix("lbsync-model-")
         .tempdir_in(scratch_base())
         .unwrap();
-    let mut m = Model::new(tmp.path(), kinds, can_lock, encrypted);
+    let mut m = Model::new(tmp.path(), kinds, can_lock, setup);
     match source {
         Source::Generate { seed, steps } => {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -1869,11 +2010,11 @@ fn shrink(
     invariant: u8,
     kinds: &HashSet<&'static str>,
     can_lock: bool,
-    encrypted: bool,
+    setup: Setup,
     deadline: Instant,
 ) -> (Vec<Op>, Vec<Violation>) {
     let fails = |ops: &[Op]| -> Option<Vec<Violation>> {
-        let out = run_case(Source::Replay(ops), kinds, can_lock, encrypted);
+        let out = run_case(Source::Replay(ops), kinds, can_lock, setup);
         out.violations
             .iter()
             .any(|v| v.invariant == invariant)
@@ -1953,25 +2094,56 @@ struct Failure {
 
 #[test]
 fn model_sequences() {
-    let encrypted = std::env::var_os("LBSYNC_MODEL_ENCRYPTED").is_some();
-    sequences(encrypted, env_u64("LBSYNC_MODEL_CASES").unwrap_or(300));
+    let setup = Setup {
+        encrypted: std::env::var_os("LBSYNC_MODEL_ENCRYPTED").is_some(),
+        shared: false,
+    };
+    sequences(setup, env_u64("LBSYNC_MODEL_CASES").unwrap_or(300));
 }
 
 /// The same sequences on an encrypted folder (every device joined with the passphrase before
 /// the first op), fewer by default: each case starts three `lbsync-client init`s.
 #[test]
 fn model_sequences_encrypted() {
+    let setup = Setup {
+        encrypted: true,
+        shared: false,
+    };
     sequences(
-        true,
+        setup,
         env_u64("LBSYNC_MODEL_ENCRYPTED_CASES")
             .or_else(|| env_u64("LBSYNC_MODEL_CASES"))
             .unwrap_or(150),
     );
 }
 
-/// Runs `cases` generated sequences (or the one `LBSYNC_MODEL_SEED` names), on plain or
-/// encrypted folders, and panics with the first failure, shrunk.
-fn sequences(encrypted: bool, cases: u64) {
+/// The same sequences with the server on a shared backend (`Backend::shared`: packs on S3, here
+/// Garage, metadata in PostgreSQL), each case on a fresh S3 prefix and a fresh database (a
+/// shrinking replay too); fewer by default: each case opens the backend at every server start
+/// and every commit is a PostgreSQL transaction. It needs `LBSYNC_TEST_STORE` and
+/// `LBSYNC_TEST_METADATA` (`scripts/dev-cluster`); without them it is skipped, saying why,
+/// except with `CI=true`, where it fails.
+#[test]
+fn model_sequences_shared() {
+    // Asked once up front for the skip rule; every case then gets services of its own.
+    if shared_services().is_none() {
+        return;
+    }
+    let setup = Setup {
+        encrypted: std::env::var_os("LBSYNC_MODEL_ENCRYPTED").is_some(),
+        shared: true,
+    };
+    sequences(
+        setup,
+        env_u64("LBSYNC_MODEL_SHARED_CASES")
+            .or_else(|| env_u64("LBSYNC_MODEL_CASES"))
+            .unwrap_or(SHARED_CASES),
+    );
+}
+
+/// Runs `cases` generated sequences (or the one `LBSYNC_MODEL_SEED` names) as `setup` says,
+/// and panics with the first failure, shrunk.
+fn sequences(setup: Setup, cases: u64) {
     let kinds = enabled_kinds();
     let base = env_u64("LBSYNC_MODEL_BASE").unwrap_or(0);
     let steps = env_u64("LBSYNC_MODEL_STEPS").unwrap_or(40) as usize;
@@ -1990,7 +2162,13 @@ fn sequences(encrypted: bool, cases: u64) {
     let ran = AtomicU64::new(0);
     let lock_skipped = AtomicBool::new(false);
     let start = Instant::now();
-    let threads = if cases > 1 { 2 } else { 1 };
+    // A shared backend's case mostly waits (on PostgreSQL's commits, on Garage): more of them
+    // at once keep the 2 cores as busy as the local store's 2 do.
+    let threads = match (cases, setup.shared) {
+        (0 | 1, _) => 1,
+        (_, false) => 2,
+        (_, true) => SHARED_THREADS.min(cases as usize),
+    };
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
@@ -2004,12 +2182,8 @@ fn sequences(encrypted: bool, cases: u64) {
                         break;
                     }
                     let seed = first + i;
-                    let mut out = run_case(
-                        Source::Generate { seed, steps },
-                        &kinds,
-                        can_lock,
-                        encrypted,
-                    );
+                    let mut out =
+                        run_case(Source::Generate { seed, steps }, &kinds, can_lock, setup);
                     if let Some(only) = only {
                         out.violations.retain(|v| u64::from(v.invariant) == only);
                     }
@@ -2038,7 +2212,7 @@ fn sequences(encrypted: bool, cases: u64) {
                     let deadline = Instant::now() + Duration::from_secs(shrink_secs);
                     let inv = out.violations[0].invariant;
                     let (ops, why) =
-                        shrink(out.ops.clone(), inv, &kinds, can_lock, encrypted, deadline);
+                        shrink(out.ops.clone(), inv, &kinds, can_lock, setup, deadline);
                     let (ops, violations) = if why.is_empty() {
                         (out.ops, out.violations)
                     } else {
@@ -2058,7 +2232,7 @@ fn sequences(encrypted: bool, cases: u64) {
     let ran = ran.load(Ordering::Relaxed);
     eprintln!(
         "model{}: {ran} sequences of {steps} ops ({} syncs) in {secs:.1}s on {threads} threads: {:.1} sequences/s",
-        if encrypted { " (encrypted)" } else { "" },
+        setup.label(" (encrypted)"),
         syncs.load(Ordering::Relaxed),
         ran as f64 / secs
     );
@@ -2092,7 +2266,7 @@ fn sequences(encrypted: bool, cases: u64) {
         let notes: Vec<String> = f.notes.iter().take(5).map(|n| format!("  - {n}")).collect();
         panic!(
             "model{}: seed {} (LBSYNC_MODEL_SEED={} reruns it) breaks the engine; shrunk to {} ops:\n{}\n  then settle (restore permissions, server up, sync round-robin until quiet).\nviolations:\n{}\nnotes of the unshrunk run (sync errors while online):\n{}",
-            if encrypted { " (encrypted folder)" } else { "" },
+            setup.label(" (encrypted folder)"),
             f.seed,
             f.seed,
             f.ops.len(),
@@ -2107,7 +2281,7 @@ fn sequences(encrypted: bool, cases: u64) {
 fn replay(ops: &[Op]) {
     let kinds = enabled_kinds();
     let can_lock = unreadable_works();
-    let out = run_case(Source::Replay(ops), &kinds, can_lock, false);
+    let out = run_case(Source::Replay(ops), &kinds, can_lock, Setup::default());
     let why: Vec<String> = out.violations.iter().map(|v| format!("  - {v}")).collect();
     assert!(out.violations.is_empty(), "violations:\n{}", why.join("\n"));
 }
@@ -2339,6 +2513,35 @@ fn model_seed_7199_a_copy_deleted_after_a_restore() {
             dev: 2,
             path: "d (conflicted copy dev0 2026-12-02 003330)".into(),
         },
+    ]);
+}
+
+/// Seed 1014 (restore-store; found by the shared run, fails on both backends): after the store
+/// went back, another device's deletion takes the version number this device's edit had, and
+/// this device's metadata-only commit on "its" version met a tombstone: the server refused it
+/// as a bad request, every sync again, instead of answering the conflict it is.
+#[test]
+fn model_seed_1014_a_metadata_commit_on_a_version_a_restore_renumbered() {
+    replay(&[
+        Op::Write {
+            dev: 2,
+            path: "a".into(),
+            pad: 31,
+        },
+        sync(2),
+        Op::SaveStore,
+        Op::Edit {
+            dev: 2,
+            path: "a".into(),
+            keep_mtime: true,
+        },
+        sync(2),
+        sync(0),
+        Op::Delete {
+            dev: 0,
+            path: "a".into(),
+        },
+        Op::RestoreStore,
     ]);
 }
 

@@ -278,9 +278,10 @@ impl SyncService {
     }
 
     /// A metadata-only commit ([`Content::Same`]): the base version's entry with the fields
-    /// `same` sets, and the device of `entry`. When the path is not at `base_version` the
-    /// commit goes on with a base no path can be at, so the group commit answers it as the
-    /// conflict it is (and it can never commit on another version's content).
+    /// `same` sets, and the device of `entry`. When the path is not at `base_version`, or that
+    /// version is no file with content, the commit goes on with a base no path can be at, so
+    /// the group commit answers it as the conflict it is (and it can never commit on another
+    /// version's content).
     fn same_content(
         &self,
         folder: &str,
@@ -303,15 +304,19 @@ impl SyncService {
             )));
         }
         let current = self.folders.current(folder, &entry.path)?;
-        let Some(base) = current.filter(|c| c.version == base_version && base_version > 0) else {
+        // A base that is no file is a conflict too, not a bad request: the client meant a
+        // version of its file, and the server's version of that number is another (a store
+        // restored from a backup numbers versions anew). Refused, the commit would be sent
+        // again and again.
+        let Some(base) = current.filter(|c| {
+            c.version == base_version
+                && base_version > 0
+                && !c.deleted
+                && c.kind == EntryKind::File
+                && c.manifest.is_some()
+        }) else {
             return Ok((entry, u64::MAX, 0, 0));
         };
-        if base.deleted || base.kind != EntryKind::File || base.manifest.is_none() {
-            return Err(Error::BadRequest(format!(
-                "{} v{base_version} is not a file: same_content needs a file's content to keep",
-                entry.path
-            )));
-        }
         let new = Entry {
             mode: same.mode.map_or(base.mode, |m| m & 0o7777),
             mtime_ns: same.mtime_ns.unwrap_or(base.mtime_ns),
