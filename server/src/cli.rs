@@ -98,26 +98,8 @@ enum Command {
     /// Forget deletions past their retention, drop old versions beyond the retention and delete
     /// chunks nothing references.
     Gc {
-        /// Say what would be done, change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Keep at least this many versions of each path.
-        #[arg(long, default_value_t = Retention::default().keep_versions)]
-        keep_versions: usize,
-        /// And every version younger than this many days.
-        #[arg(long, default_value_t = 30)]
-        keep_days: u64,
-        /// Forget a deletion (and every kept version of its path) once it is older than this:
-        /// 180d, 12h, 90m, 30s, 2w, 1d12h. Keep it longer than any device may stay offline. A
-        /// device that was away longer re-scans when it comes back: it offers its copy of a path
-        /// the server no longer lists again, and deletes nothing for it; so a file deleted
-        /// meanwhile may come back from it, and is never lost.
-        #[arg(long, value_name = "AGE", default_value = "180d",
-              value_parser = lbsync_cli::units::parse_duration)]
-        keep_tombstones: Duration,
-        /// Never delete chunks stored less than this many seconds ago (uploads awaiting commit).
-        #[arg(long, default_value_t = 3600)]
-        grace_secs: u64,
+        #[command(flatten)]
+        args: GcArgs,
         /// Print the report as JSON (stable snake_case fields, sizes in bytes, RFC 3339 UTC).
         #[arg(long)]
         json: bool,
@@ -178,6 +160,45 @@ enum Command {
         /// Where to write them (e.g. ~/.local/share/man/man1).
         dir: PathBuf,
     },
+}
+
+/// What `gc` keeps, and whether it only looks.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct GcArgs {
+    /// Say what would be done, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Keep at least this many versions of each path.
+    #[arg(long, default_value_t = Retention::default().keep_versions)]
+    keep_versions: usize,
+    /// And every version younger than this many days.
+    #[arg(long, default_value_t = 30)]
+    keep_days: u64,
+    /// Forget a deletion (and every kept version of its path) once it is older than this:
+    /// 180d, 12h, 90m, 30s, 2w, 1d12h. Keep it longer than any device may stay offline. A
+    /// device that was away longer re-scans when it comes back: it offers its copy of a path
+    /// the server no longer lists again, and deletes nothing for it; so a file deleted
+    /// meanwhile may come back from it, and is never lost.
+    #[arg(long, value_name = "AGE", default_value = "180d",
+          value_parser = lbsync_cli::units::parse_duration)]
+    keep_tombstones: Duration,
+    /// Never delete chunks stored less than this many seconds ago (uploads awaiting commit).
+    #[arg(long, default_value_t = 3600)]
+    grace_secs: u64,
+}
+
+impl GcArgs {
+    fn retention(&self) -> Retention {
+        Retention {
+            keep_versions: self.keep_versions,
+            keep_for: Duration::from_secs(self.keep_days * 24 * 3600),
+            keep_tombstones: self.keep_tombstones,
+        }
+    }
+
+    fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_secs)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -448,20 +469,7 @@ async fn run_shared(
             | Command::Share { .. }
             | Command::Unshare { .. }),
         ) => report(&tokio::task::spawn_blocking(move || admin(&backend, cmd)).await??),
-        Some(Command::Gc {
-            dry_run,
-            keep_versions,
-            keep_days,
-            keep_tombstones,
-            grace_secs,
-            json,
-        }) => {
-            let retention = Retention {
-                keep_versions,
-                keep_for: Duration::from_secs(keep_days * 24 * 3600),
-                keep_tombstones,
-            };
-            let grace = Duration::from_secs(grace_secs);
+        Some(Command::Gc { args, json }) => {
             let gc = tokio::task::spawn_blocking(move || {
                 // One collection at a time over the shared store (servers serve on meanwhile).
                 let pg = backend
@@ -469,7 +477,7 @@ async fn run_shared(
                     .clone()
                     .context("a shared store without its database")?;
                 let gc = pg.if_free(crate::pg::GC_LOCK, || {
-                    admin::gc(&backend, retention, grace, dry_run)
+                    admin::gc(&backend, args.retention(), args.grace(), args.dry_run)
                 })?;
                 anyhow::Ok(gc.ok_or_else(crate::pg::gc_running)?)
             })
@@ -572,7 +580,10 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
     }
     let how = match &cli.command {
         Some(Command::Fsck { repair: false, .. })
-        | Some(Command::Gc { dry_run: true, .. })
+        | Some(Command::Gc {
+            args: GcArgs { dry_run: true, .. },
+            ..
+        })
         | Some(Command::Stats { .. }) => Open::ReadOnly,
         Some(_) => Open::Existing,
         None => Open::Create,
@@ -592,22 +603,9 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
                 std::process::ExitCode::FAILURE
             });
         }
-        Some(Command::Gc {
-            dry_run,
-            keep_versions,
-            keep_days,
-            keep_tombstones,
-            grace_secs,
-            json,
-        }) => {
-            let retention = Retention {
-                keep_versions,
-                keep_for: Duration::from_secs(keep_days * 24 * 3600),
-                keep_tombstones,
-            };
-            let grace = Duration::from_secs(grace_secs);
+        Some(Command::Gc { args, json }) => {
             let gc = tokio::task::spawn_blocking(move || {
-                admin::gc(&Backend::local(store)?, retention, grace, dry_run)
+                admin::gc(&Backend::local(store)?, args.retention(), args.grace(), args.dry_run)
             })
             .await??;
             if json {
