@@ -254,6 +254,8 @@ async fn attack(
                 .history(pb::HistoryRequest {
                     folder: "default".into(),
                     path: bytes::Bytes::from_static(b"base.bin"),
+                    version: 0,
+                    raw_path: Default::default(),
                 })
                 .await;
             false

@@ -722,12 +722,12 @@ impl Syncer {
         let Ok(sp) = SyncPath::new(path.clone()) else {
             return Ok(false);
         };
-        let versions = self.remote.history(&sp).await?;
-        if versions.is_empty() && expired {
+        match self.remote.history_version(&sp, version).await? {
+            Some(e) => Ok(!same(&e)),
             // The path is gone with all its versions: forgotten, not rewritten.
-            return Ok(false);
+            None if expired && self.remote.history(&sp).await?.is_empty() => Ok(false),
+            None => Ok(true),
         }
-        Ok(!versions.iter().any(same))
     }
 
     /// In an encrypted folder, says where the server shows an older version of a path than the

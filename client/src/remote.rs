@@ -56,6 +56,9 @@ fn packed(
     if send { c.send_compressed(Zstd) } else { c }
 }
 
+/// Batches of fewer commits go without message compression (see [`packed`]).
+const PACKED_COMMITS: usize = 8;
+
 /// A connected server folder.
 pub struct Remote {
     client: SyncClient<InterceptedService<Channel, Auth>>,
@@ -83,6 +86,8 @@ pub struct Remote {
     pub same_content: bool,
     /// The server accepts zstd-compressed CommitBatch requests (`HandshakeResponse.compression`).
     pub compress: bool,
+    /// The server takes and sends sealed paths raw (`HandshakeResponse.raw_sealed_paths`).
+    pub raw_paths: bool,
     /// How the folder's chunks, manifests and entries look on the server (see
     /// [`Remote::set_codec`]).
     codec: FolderCodec,
@@ -353,6 +358,7 @@ impl Remote {
             chunks_together: hs.chunks_together,
             same_content: hs.same_content_commits,
             compress: hs.compression.iter().any(|c| c == "zstd"),
+            raw_paths: hs.raw_sealed_paths,
             codec: FolderCodec::Plain,
             same_as: HashMap::new(),
             refused: Vec::new(),
@@ -489,10 +495,46 @@ impl Remote {
         })
     }
 
-    /// A commit request as the server takes it: its entry sealed in an encrypted folder.
+    /// A commit request as the server takes it: its entry sealed in an encrypted folder. The
+    /// sealed entry's manifest id and version are not sent: the server sets both (from the
+    /// content, and base + 1), and the sealed metadata authenticates them.
     fn sealed_request(&self, mut req: CommitRequest) -> Result<CommitRequest> {
         req.entry = self.codec.seal_entry(req.entry, req.base_version)?;
+        if self.codec.is_sealed() {
+            req.entry.manifest = None;
+            req.entry.version = 0;
+        }
         Ok(req)
+    }
+
+    /// The entry a brief commit answer (`CommitResponse.brief`) stands for: `req`'s, in the
+    /// clear, at the version, seq and time the server gave, with the manifest its content
+    /// names. In an encrypted folder the entry was sealed for base + 1, which the version must
+    /// be (else what the server keeps does not open at the version it said).
+    fn committed_entry(&self, req: &CommitRequest, c: &pb::Committed) -> Result<Entry> {
+        if self.codec.is_sealed() && c.version != req.base_version + 1 {
+            return Err(Error::Protocol {
+                what: "Commit",
+                reason: format!(
+                    "{} was sealed for v{} and the server says it committed v{}",
+                    req.entry.path,
+                    req.base_version + 1,
+                    c.version
+                ),
+            });
+        }
+        let manifest = match &req.content {
+            Some(lbsync_proto::Content::Known(id)) => Some(*id),
+            Some(lbsync_proto::Content::Full(m)) => Some(m.id()),
+            _ => req.entry.manifest,
+        };
+        Ok(Entry {
+            version: c.version,
+            seq: c.seq,
+            committed_ns: c.committed_ns,
+            manifest,
+            ..req.entry.clone()
+        })
     }
 
     /// Commits; a missing chunk or an unknown manifest comes back as an answer, not an error.
@@ -501,7 +543,9 @@ impl Remote {
     pub async fn commit(&mut self, mut req: CommitRequest) -> Result<Committed> {
         for _ in 0..4 {
             let base = req.base_version;
-            let answer = self.commit_once(self.sealed_request(req.clone())?).await?;
+            let answer = self
+                .commit_once(&req, self.sealed_request(req.clone())?)
+                .await?;
             match answer {
                 Committed::Outcome(CommitOutcome::Conflict(cur))
                     if self.codec.is_sealed() && base == 0 && cur.deleted =>
@@ -520,13 +564,28 @@ impl Remote {
         })
     }
 
-    async fn commit_once(&mut self, req: CommitRequest) -> Result<Committed> {
-        let req = pb::CommitRequest::from(req);
+    /// Sends `sealed`, the server form of `plain`.
+    async fn commit_once(
+        &mut self,
+        plain: &CommitRequest,
+        sealed: CommitRequest,
+    ) -> Result<Committed> {
+        let mut req = pb::CommitRequest {
+            brief_answer: true,
+            ..sealed.into()
+        };
+        if self.raw() {
+            req.entry = req.entry.map(pb::Entry::with_raw_path);
+        }
         self.sent += req.encoded_len() as u64;
         match self.client.commit(req).await {
             Ok(resp) => {
                 let resp = resp.into_inner();
                 self.received += resp.encoded_len() as u64;
+                if let Some(pb::commit_response::Result::Brief(c)) = &resp.result {
+                    let e = self.committed_entry(plain, c)?;
+                    return Ok(Committed::Outcome(CommitOutcome::Committed(e)));
+                }
                 let outcome =
                     match CommitOutcome::try_from(resp).map_err(Error::protocol("Commit"))? {
                         CommitOutcome::Committed(e) => {
@@ -611,9 +670,21 @@ impl Remote {
         while reqs.peek().is_some() {
             let batch: Vec<CommitRequest> = reqs.by_ref().take(MAX_BATCH_COMMITS).collect();
             let n = batch.len();
-            let req = batch_to_pb(&self.folder, device, batch);
+            let mut req = batch_to_pb(&self.folder, device, batch);
+            if self.raw() {
+                for c in &mut req.commits {
+                    c.entry = c.entry.take().map(pb::Entry::with_raw_path);
+                }
+            }
             self.sent += req.encoded_len() as u64;
-            let resp = packed(&self.client, self.compress)
+            // A few commits are sent and answered as they are: zstd's frame would cost more
+            // than it saves on a few entries.
+            let mut client = if n >= PACKED_COMMITS {
+                packed(&self.client, self.compress)
+            } else {
+                self.client.clone()
+            };
+            let resp = client
                 .commit_batch(req)
                 .await
                 .map_err(Error::rpc("CommitBatch"))?
@@ -645,6 +716,7 @@ impl Remote {
             folder: self.folder.clone(),
             cursor,
             same_content_entries: self.same_content,
+            raw_paths: self.raw(),
         };
         Ok(packed(&self.client, false)
             .changes(req)
@@ -663,6 +735,7 @@ impl Remote {
             folder: self.folder.clone(),
             cursor,
             same_content_entries: self.same_content,
+            raw_paths: self.raw(),
         };
         Ok(packed(&stub(channel, self.auth.clone()), false)
             .changes(req)
@@ -836,6 +909,74 @@ impl Remote {
         Ok(out)
     }
 
+    /// Whether sealed paths go raw (`Entry.raw_path`): an encrypted folder on a server that
+    /// takes them.
+    fn raw(&self) -> bool {
+        self.raw_paths && self.codec.is_sealed()
+    }
+
+    /// A History request for the sealed (or plain) path `asked`, raw when it may be.
+    fn history_request(&self, asked: &SyncPath, version: u64) -> pb::HistoryRequest {
+        let text = asked.as_str();
+        let raw = self
+            .raw()
+            .then(|| lbsync_proto::raw_path::to_raw(text))
+            .flatten();
+        pb::HistoryRequest {
+            folder: self.folder.clone(),
+            path: if raw.is_some() {
+                Bytes::new()
+            } else {
+                Bytes::from(text.to_owned())
+            },
+            version,
+            raw_path: raw.map(Bytes::from).unwrap_or_default(),
+        }
+    }
+
+    /// One retained version of a path, in the clear (`None`: not among the newest the server
+    /// lists, or it does not open, which is said as for [`Remote::history`]). Asked as that
+    /// version alone, whose entry comes without the path asked for (`HistoryRequest.version`);
+    /// an older server sends every version, and the one asked for is taken.
+    pub async fn history_version(
+        &mut self,
+        path: &SyncPath,
+        version: u64,
+    ) -> Result<Option<Entry>> {
+        let asked = self.codec.seal_path(path)?;
+        let resp = self
+            .client
+            .history(self.history_request(&asked, version))
+            .await
+            .map_err(Error::rpc("History"))?
+            .into_inner();
+        let Some(mut e) = resp.versions.into_iter().find(|e| e.version == version) else {
+            return Ok(None);
+        };
+        // The entry is opened as the path asked for: in an encrypted folder another path's
+        // entry does not open as it.
+        if e.path.is_empty() && e.raw_path.is_empty() {
+            e.path = Bytes::from(asked.as_str().to_owned());
+        }
+        match self.open_entry(e) {
+            Ok(e) if e.path == *path => Ok(Some(e)),
+            Ok(e) => {
+                let why = format!(
+                    "the server sent {}'s entry as a version of {path}: not taken",
+                    e.path
+                );
+                warn!("{why}");
+                self.refused.push(why);
+                Ok(None)
+            }
+            Err(why) => {
+                warn!("{why}");
+                self.refused.push(why);
+                Ok(None)
+            }
+        }
+    }
+
     /// A path's retained versions, newest first, each in the clear or why it is not.
     pub async fn history_checked(
         &mut self,
@@ -844,10 +985,7 @@ impl Remote {
         let asked = self.codec.seal_path(path)?;
         let resp = self
             .client
-            .history(pb::HistoryRequest {
-                folder: self.folder.clone(),
-                path: Bytes::from(asked.as_str().to_owned()),
-            })
+            .history(self.history_request(&asked, 0))
             .await
             .map_err(Error::rpc("History"))?
             .into_inner();

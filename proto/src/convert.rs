@@ -219,7 +219,23 @@ impl From<Entry> for pb::Entry {
             committed_ns: e.committed_ns,
             sealed: Bytes::from(e.sealed),
             same_content_base_ns: 0,
+            raw_path: Bytes::new(),
         }
+    }
+}
+
+impl pb::Entry {
+    /// This entry with its path raw (`raw_path`), when the path is a sealed one (see
+    /// [`crate::raw_path`]); as it is otherwise.
+    pub fn with_raw_path(mut self) -> Self {
+        if let Some(raw) = std::str::from_utf8(&self.path)
+            .ok()
+            .and_then(crate::raw_path::to_raw)
+        {
+            self.raw_path = raw.into();
+            self.path = Bytes::new();
+        }
+        self
     }
 }
 
@@ -246,8 +262,13 @@ impl TryFrom<pb::Entry> for Entry {
                 expected: format!("at most {MAX_SEALED_BYTES}"),
             });
         }
+        let path = if e.path.is_empty() && !e.raw_path.is_empty() {
+            SyncPath::new(crate::raw_path::from_raw(&e.raw_path)?)?
+        } else {
+            SyncPath::from_bytes(&e.path)?
+        };
         Ok(Self {
-            path: SyncPath::from_bytes(&e.path)?,
+            path,
             kind: kind.into(),
             size: e.size,
             mode: e.mode,
@@ -321,6 +342,7 @@ impl From<CommitRequest> for pb::CommitRequest {
                     mtime_ns: s.mtime_ns,
                 }),
             }),
+            brief_answer: false,
         }
     }
 }
@@ -389,6 +411,8 @@ impl TryFrom<pb::CommitResponse> for CommitOutcome {
                     .ok_or(ConvertError::MissingField("current"))?
                     .try_into()?,
             )),
+            // Only the request it answers holds the entry: read it with that request.
+            pb::commit_response::Result::Brief(_) => Err(ConvertError::MissingField("committed")),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod convert;
 pub mod fuzzing;
 pub mod model;
 pub mod path;
+pub mod raw_path;
 pub mod tls;
 pub mod wire;
 

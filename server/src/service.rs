@@ -203,6 +203,7 @@ impl pb::sync_server::Sync for SyncService {
             chunks_together: true,
             compression: vec![COMPRESSION.into()],
             same_content_commits: true,
+            raw_sealed_paths: true,
         }))
     }
 
@@ -335,13 +336,36 @@ impl pb::sync_server::Sync for SyncService {
             .authorize(who, "History", &r.folder, Need::Read)
             .await?;
         let _turn = self.gates.enter(&caller.name()).await;
-        let path = to_status(SyncPath::from_bytes(&r.path).map_err(Error::from))?;
+        let raw = r.path.is_empty() && !r.raw_path.is_empty();
+        let path = if raw {
+            lbsync_proto::raw_path::from_raw(&r.raw_path)
+                .map_err(Error::from)
+                .and_then(|p| SyncPath::new(p).map_err(Error::from))
+        } else {
+            SyncPath::from_bytes(&r.path).map_err(Error::from)
+        };
+        let path = to_status(path)?;
         let folders = self.folders.clone();
         let max = self.limits.max_history as usize;
+        let want = r.version;
         let (versions, truncated) =
             to_status(blocking(move || folders.history(&r.folder, &path, max)).await)?;
+        // One version asked for: its entry alone, without the path the client sent.
+        let versions = versions
+            .into_iter()
+            .filter(|e| want == 0 || e.version == want)
+            .map(|e| {
+                let mut e = pb::Entry::from(e);
+                if want != 0 {
+                    e.path = Bytes::new();
+                } else if raw {
+                    e = e.with_raw_path();
+                }
+                e
+            })
+            .collect();
         Ok(Response::new(pb::HistoryResponse {
-            versions: versions.into_iter().map(Into::into).collect(),
+            versions,
             truncated,
         }))
     }

@@ -157,12 +157,21 @@ impl Proxy {
     ) {
         match self.mode {
             Tamper::SwapPaths | Tamper::SwapSealed => {
-                let Some((i, j)) = two_distinct(&m.entries, |e| (&e.path, &e.sealed)) else {
+                fn path(e: &pb::Entry) -> &bytes::Bytes {
+                    if e.path.is_empty() {
+                        &e.raw_path
+                    } else {
+                        &e.path
+                    }
+                }
+                let Some((i, j)) = two_distinct(&m.entries, |e| (path(e), &e.sealed)) else {
                     return;
                 };
                 let (a, b) = pair(&mut m.entries, i, j);
                 if self.mode == Tamper::SwapPaths {
+                    // A path goes as text or raw (`raw_path`): swap both.
                     std::mem::swap(&mut a.path, &mut b.path);
+                    std::mem::swap(&mut a.raw_path, &mut b.raw_path);
                 } else {
                     std::mem::swap(&mut a.sealed, &mut b.sealed);
                 }
@@ -180,6 +189,8 @@ impl Proxy {
                             pb::HistoryRequest {
                                 folder: folder.to_owned(),
                                 path: e.path.clone(),
+                                version: 0,
+                                raw_path: e.raw_path.clone(),
                             },
                             auth,
                         ))

@@ -38,6 +38,8 @@ async fn history(server: &Server, path: &str) -> Vec<pb::Entry> {
     c.history(pb::HistoryRequest {
         folder: "default".into(),
         path: path.as_bytes().to_vec().into(),
+        version: 0,
+        raw_path: Default::default(),
     })
     .await
     .unwrap()
@@ -251,6 +253,7 @@ async fn the_server_checks_a_metadata_only_commit_like_any_other() {
             mode: Some(0o600),
             mtime_ns: None,
         })),
+        brief_answer: false,
     };
     let result = |r: pb::CommitResponse| r.result.unwrap();
     // A stale base is a conflict, nothing changes.

@@ -40,7 +40,10 @@ impl SyncService {
         let folders = self.folders.clone();
         let f = folder.clone();
         let cursor = r.cursor;
-        let mark = r.same_content_entries;
+        let mark = Wire {
+            same_content: r.same_content_entries,
+            raw_paths: r.raw_paths,
+        };
         let turn = self.gates.enter(&caller.name()).await;
         let (backlog, head) = to_status(blocking(move || folders.backlog(&f, cursor)).await)?;
         drop(turn);
@@ -131,7 +134,7 @@ async fn send_backlog(
     folder: &Arc<str>,
     backlog: Backlog,
     (cursor, head): (u64, u64),
-    (quiet, mark): (bool, bool),
+    (quiet, mark): (bool, Wire),
 ) -> bool {
     let (entries, sent) = match backlog {
         Backlog::Compacted(entries) => (entries, false),
@@ -205,7 +208,7 @@ async fn expired_seq(
 /// the folder's expiry horizon `expired_seq`. False when the client has gone.
 async fn send_changes(
     tx: &mpsc::Sender<Result<pb::ChangesResponse, Status>>,
-    (folders, folder, mark): (&Folders, &Arc<str>, bool),
+    (folders, folder, mark): (&Folders, &Arc<str>, Wire),
     entries: Vec<Entry>,
     head: u64,
     expired_seq: u64,
@@ -242,13 +245,14 @@ async fn send_changes(
 /// file whose manifest and size are its previous version's (a metadata-only commit, or the same
 /// bytes committed again) goes with `same_content_base_ns` (that version's commit time) and no
 /// manifest id: the receiver applies it in place. Not in an encrypted folder, whose entries' sealed metadata names the manifest
-/// id. A lookup that fails leaves the entry whole.
+/// id. A lookup that fails leaves the entry whole. With `raw_paths`, sealed paths go raw.
 async fn to_wire(
     folders: &Folders,
     folder: &Arc<str>,
     entries: Vec<Entry>,
-    mark: bool,
+    wire: Wire,
 ) -> Vec<pb::Entry> {
+    let (mark, raw) = (wire.same_content, wire.raw_paths);
     let candidate = |e: &Entry| {
         e.kind == lbsync_proto::EntryKind::File
             && !e.deleted
@@ -304,5 +308,15 @@ async fn to_wire(
             }
             wire
         })
+        .map(|e| if raw { e.with_raw_path() } else { e })
         .collect()
+}
+
+/// How a Changes stream's entries go: what the request asked for.
+#[derive(Clone, Copy, Debug)]
+struct Wire {
+    /// `ChangesRequest.same_content_entries`.
+    same_content: bool,
+    /// `ChangesRequest.raw_paths`: sealed paths raw.
+    raw_paths: bool,
 }

@@ -453,13 +453,25 @@ impl SyncService {
             .await?;
         let _turn = self.gates.enter(&caller.name()).await;
         let metadata_bytes = prost::Message::encoded_len(&r);
+        let brief = r.brief_answer;
+        let raw = raw_entry(&r);
         let req = to_status(CommitRequest::try_from(r).map_err(Error::from))?;
         let mut unbounded = u64::MAX;
         let outcome = to_status(
             self.commit_request(&caller, req, metadata_bytes, &mut unbounded)
                 .await,
         )?;
-        Ok(Response::new(outcome.into()))
+        // The client holds the entry it sent: a brief answer says only what the server assigned.
+        Ok(Response::new(match outcome {
+            CommitOutcome::Committed(e) if brief => pb::CommitResponse {
+                result: Some(pb::commit_response::Result::Brief(pb::Committed {
+                    version: e.version,
+                    seq: e.seq,
+                    committed_ns: e.committed_ns,
+                })),
+            },
+            o => raw_conflict(o.into(), raw),
+        }))
     }
 
     pub(super) async fn commit_batch_rpc(
@@ -475,6 +487,7 @@ impl SyncService {
             .await?;
         let _turn = self.gates.enter(&caller.name()).await;
         let sizes: Vec<usize> = r.commits.iter().map(prost::Message::encoded_len).collect();
+        let raws: Vec<bool> = r.commits.iter().map(raw_entry).collect();
         let r_folder = r.folder.clone();
         let reqs = to_status(batch_from_pb(r).map_err(Error::from))?;
         // The refs the batch's manifests and deltas would build, counted before any is tried.
@@ -504,7 +517,7 @@ impl SyncService {
         // answer still reports the commits that took effect before it.
         let mut stopped: Option<String> = None;
         let mut outcomes = outcomes.into_iter();
-        for _ in 0..n {
+        for raw in raws {
             let outcome = match (&stopped, outcomes.next()) {
                 (Some(why), _) => BatchOutcome::NotAttempted(why.clone()),
                 (None, None) => BatchOutcome::NotAttempted("not attempted".into()),
@@ -527,10 +540,33 @@ impl SyncService {
                     }),
                 },
             };
-            results.push(outcome.into());
+            let mut result = pb::CommitResult::from(outcome);
+            if raw
+                && let Some(pb::commit_result::Result::Conflict(c)) = &mut result.result
+                && let Some(e) = c.current.take()
+            {
+                c.current = Some(e.with_raw_path());
+            }
+            results.push(result);
         }
         Ok(Response::new(pb::CommitBatchResponse { results }))
     }
+}
+
+/// Whether a commit sent its entry's path raw (answered so, then).
+fn raw_entry(c: &pb::CommitRequest) -> bool {
+    c.entry.as_ref().is_some_and(|e| !e.raw_path.is_empty())
+}
+
+/// A commit's answer, a conflict's entry with its path raw when the commit sent its own raw.
+fn raw_conflict(mut r: pb::CommitResponse, raw: bool) -> pb::CommitResponse {
+    if raw
+        && let Some(pb::commit_response::Result::Conflict(c)) = &mut r.result
+        && let Some(e) = c.current.take()
+    {
+        c.current = Some(e.with_raw_path());
+    }
+    r
 }
 
 /// What one commit may cost, and what it is checked against.

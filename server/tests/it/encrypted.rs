@@ -180,6 +180,8 @@ async fn history_of(c: &mut Client, folder: &str, path: &SyncPath) -> Vec<Entry>
     c.history(pb::HistoryRequest {
         folder: folder.into(),
         path: Bytes::copy_from_slice(path.as_str().as_bytes()),
+        version: 0,
+        raw_path: Default::default(),
     })
     .await
     .unwrap()

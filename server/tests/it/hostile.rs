@@ -422,6 +422,8 @@ async fn commits_inside_the_state_directory_are_refused_and_change_nothing() {
             .history(pb::HistoryRequest {
                 folder: "default".into(),
                 path: Bytes::copy_from_slice(reserved),
+                version: 0,
+                raw_path: Default::default(),
             })
             .await;
         refused(&what, res, Code::InvalidArgument, ".lbsync/");
@@ -664,6 +666,8 @@ async fn amplifying_requests_are_refused_before_any_work_and_change_nothing() {
         .history(pb::HistoryRequest {
             folder: "default".into(),
             path: bytes("base.bin"),
+            version: 0,
+            raw_path: Default::default(),
         })
         .await
         .unwrap()

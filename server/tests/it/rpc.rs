@@ -338,6 +338,8 @@ async fn history_and_restore() {
         .history(pb::HistoryRequest {
             folder: "default".into(),
             path: bytes("doc.txt"),
+            version: 0,
+            raw_path: Default::default(),
         })
         .await
         .unwrap()
@@ -412,6 +414,8 @@ async fn graceful_shutdown_ends_streams_and_restart_keeps_everything() {
         .history(pb::HistoryRequest {
             folder: "default".into(),
             path: bytes("keep.bin"),
+            version: 0,
+            raw_path: Default::default(),
         })
         .await
         .unwrap()

@@ -318,6 +318,8 @@ async fn attempt(
                 .history(pb::HistoryRequest {
                     folder: folder.into(),
                     path: bytes("seed.txt"),
+                    version: 0,
+                    raw_path: Default::default(),
                 })
                 .await?
                 .into_inner();
