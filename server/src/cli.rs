@@ -605,7 +605,12 @@ async fn run(cli: Cli, args: Vec<String>) -> anyhow::Result<std::process::ExitCo
         }
         Some(Command::Gc { args, json }) => {
             let gc = tokio::task::spawn_blocking(move || {
-                admin::gc(&Backend::local(store)?, args.retention(), args.grace(), args.dry_run)
+                admin::gc(
+                    &Backend::local(store)?,
+                    args.retention(),
+                    args.grace(),
+                    args.dry_run,
+                )
             })
             .await??;
             if json {
