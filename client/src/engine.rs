@@ -1139,7 +1139,7 @@ impl Syncer {
         self.report.pending.push(format!("{path}: {e}"));
     }
 
-    pub(crate) fn save_quietly(&self) {
+    pub(crate) fn save_quietly(&mut self) {
         if let Err(e) = self.state.save() {
             warn!("{e}");
         }

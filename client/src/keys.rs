@@ -263,9 +263,7 @@ pub async fn init(root: &Path, opts: &SyncOptions, how: &InitOptions) -> Result<
         .map_err(Error::io(format!("resolving {}", root.display())))?;
     let dir = StateStore::dir_of(&root);
     let existed = fs::symlink_metadata(&dir).is_ok();
-    let old: Option<State> = fs::read(dir.join("state.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let old: Option<State> = StateStore::peek(&root);
     if let Some(s) = &old {
         if let Some(fp) = &s.encrypted {
             return Err(Error::Usage(format!(

@@ -306,14 +306,11 @@ impl ChunkIndex {
             codec: state.codec.clone(),
             ..Self::default()
         };
-        for (path, synced) in &state.state.files {
-            let (Some(id), Ok(path)) = (synced.manifest_id(), SyncPath::new(path.clone())) else {
-                continue;
-            };
-            if let Some(m) = state.manifest(&id) {
+        state.each_manifest(|path, m| {
+            if let Ok(path) = SyncPath::new(path.to_owned()) {
                 index.add(&path, &m);
             }
-        }
+        });
         index
     }
 

@@ -287,7 +287,7 @@ fn locate(path: &Path) -> anyhow::Result<(PathBuf, SyncPath)> {
     let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
     let mut dir = abs.parent();
     while let Some(d) = dir {
-        if StateStore::dir_of(d).join("state.json").exists() {
+        if StateStore::exists(d) {
             let rel = SyncPath::from_local(d, &abs)?;
             return Ok((d.to_path_buf(), rel));
         }
@@ -679,7 +679,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    if !StateStore::dir_of(dir).join("state.json").exists() {
+    if !StateStore::exists(dir) {
         bail!(
             "{} has never been synced: run `lbsync-client sync {}`",
             dir.display(),

@@ -1,10 +1,15 @@
 //! The client's state in `DIR/.lbsync/`: who it is, where it syncs to, how far it has read the
 //! server's journal, and per path what was last synced (version, manifest, local fingerprint).
 //!
-//! `state.json` is replaced atomically (write a temp file, fsync, rename). Manifests of synced files
-//! are cached in `manifests/<id>`, so edits go out as deltas and downloads can copy chunks from
-//! local files. A crash leaves the previous state: the next sync re-hashes what changed since, and
-//! a commit answered "conflict" with equal content is adopted silently, so no edit is lost.
+//! It lives in one SQLite database, `.lbsync/state.db` (see [`db`]): the folder's settings and
+//! cursor, one row a synced path, and the manifests of synced files, so edits go out as deltas
+//! and downloads can copy chunks from local files. The records are held in memory while a client
+//! runs; a save writes the rows that changed since the last one, in one transaction. A crash
+//! leaves the previous save: the next sync re-hashes what changed since, and a commit answered
+//! "conflict" with equal content is adopted silently, so no edit is lost.
+//!
+//! A folder synced by an older client has `state.json` and `manifests/<id>` instead: the first
+//! load moves them into the database in one transaction and then deletes them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -16,10 +21,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+pub mod db;
+mod files;
+
+pub use files::Files;
+
+use db::StateDb;
+
 /// The directory, inside a synced directory, that is never synced.
 pub const STATE_DIR: &str = ".lbsync";
-const STATE_FILE: &str = "state.json";
-const STATE_VERSION: u32 = 1;
+/// The state of clients before the database (migrated on load).
+const LEGACY_FILE: &str = "state.json";
+/// Their manifest directory.
+const LEGACY_MANIFESTS: &str = "manifests";
+/// The format of `state.json`.
+const LEGACY_VERSION: u32 = 1;
+/// The format of the header in the database.
+const STATE_VERSION: u32 = 2;
 
 /// What kind of thing a path is, locally or on the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,7 +199,7 @@ impl Problem {
     }
 }
 
-/// Everything in `state.json`.
+/// The state of a synced folder: its header (saved as JSON in the database) and its records.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct State {
     /// Format version.
@@ -211,8 +229,9 @@ pub struct State {
     pub bytes_sent: u64,
     /// Bytes received from the server, all syncs.
     pub bytes_received: u64,
-    /// Per path, what was last synced.
-    pub files: BTreeMap<String, Synced>,
+    /// Per path, what was last synced (rows of their own in the database).
+    #[serde(skip)]
+    pub files: Files,
     /// Paths whose last commit got no answer (the connection broke): the server may hold a
     /// version of ours that `files` does not know (see `Syncer::plan`).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
@@ -272,6 +291,19 @@ pub struct StateStore {
     pub state: State,
     /// How the folder's manifests are encoded (their lengths masked in an encrypted folder).
     pub codec: crate::codec::FolderCodec,
+    db: StateDb,
+    /// Manifests cached since the last save (written with it, so a saved record never names a
+    /// manifest the database lacks).
+    pending: std::sync::Mutex<std::collections::HashMap<ManifestId, Vec<u8>>>,
+}
+
+/// `state.json` of older clients: the header with the records inline.
+#[derive(Deserialize)]
+struct Legacy {
+    #[serde(default)]
+    files: std::collections::BTreeMap<String, Synced>,
+    #[serde(flatten)]
+    state: State,
 }
 
 /// Opens `path` for reading without following a symlink at its end.
@@ -350,35 +382,72 @@ impl StateStore {
         match fs::symlink_metadata(&dir) {
             Ok(md) if !md.is_dir() => {
                 return Err(Error::Usage(format!(
-                    "{} is not a directory (a symlink or a file): lbsync keeps its state there;                      move it away",
+                    "{} is not a directory (a symlink or a file): lbsync keeps its state there; \
+                     move it away",
                     dir.display()
                 )));
             }
             _ => {}
         }
-        let path = dir.join(STATE_FILE);
-        let mut state = match read_nofollow(&path) {
-            Ok(bytes) => {
-                let state: State = serde_json::from_slice(&bytes).map_err(|e| Error::State {
-                    path: path.clone(),
-                    reason: e.to_string(),
+        fs::create_dir_all(dir.join("tmp"))
+            .map_err(Error::io(format!("creating {}", dir.display())))?;
+        let db = StateDb::open(&dir)?;
+        let legacy = dir.join(LEGACY_FILE);
+        let mut pending = std::collections::HashMap::new();
+        let mut state = match db.header()? {
+            Some(json) => {
+                let mut state: State = serde_json::from_slice(&json).map_err(|e| Error::State {
+                    path: db.path().to_path_buf(),
+                    reason: format!("its header is not the JSON it should be ({e})"),
                 })?;
                 if state.version != STATE_VERSION {
                     return Err(Error::State {
-                        path,
+                        path: db.path().to_path_buf(),
                         reason: format!("format version {} is not {STATE_VERSION}", state.version),
                     });
                 }
+                state.files = Files::loaded(db.files()?);
+                // A migration that committed but did not get to delete what it moved.
+                remove_legacy(&dir);
                 state
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
-                version: STATE_VERSION,
-                device_id: new_device_id(root),
-                seeding: true,
-                ..State::default()
+            None => match read_nofollow(&legacy) {
+                Ok(bytes) => {
+                    let old: Legacy = serde_json::from_slice(&bytes).map_err(|e| Error::State {
+                        path: legacy.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    if old.state.version != LEGACY_VERSION {
+                        return Err(Error::State {
+                            path: legacy,
+                            reason: format!(
+                                "format version {} is not {LEGACY_VERSION}",
+                                old.state.version
+                            ),
+                        });
+                    }
+                    for id in old.files.values().filter_map(Synced::manifest_id) {
+                        let file = dir.join(LEGACY_MANIFESTS).join(id.to_string());
+                        if let Ok(bytes) = read_nofollow(&file) {
+                            pending.insert(id, bytes);
+                        }
+                    }
+                    State {
+                        version: STATE_VERSION,
+                        files: Files::all_new(old.files),
+                        ..old.state
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
+                    version: STATE_VERSION,
+                    device_id: new_device_id(root),
+                    seeding: true,
+                    ..State::default()
+                },
+                Err(e) => return Err(Error::io(format!("reading {}", legacy.display()))(e)),
             },
-            Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
         };
+        let migrated = !pending.is_empty() || legacy.exists();
         if let Some(why) = (!state.marker.is_empty())
             .then(|| marker_problem(root, &state.marker))
             .flatten()
@@ -405,28 +474,56 @@ impl StateStore {
             });
         }
         state.root_id = root_id;
-        fs::create_dir_all(dir.join("manifests"))
-            .and_then(|()| fs::create_dir_all(dir.join("tmp")))
-            .map_err(Error::io(format!("creating {}", dir.display())))?;
-        let store = if state.marker.is_empty() {
+        let new_marker = state.marker.is_empty();
+        if new_marker {
             // A new folder, or a state from before markers: mark it now.
             state.marker = new_device_id(&dir) + &new_device_id(root);
-            let store = Self {
-                dir,
-                state,
-                codec: Default::default(),
-            };
-            store.write_marker()?;
-            store.save()?;
-            store
-        } else {
-            Self {
-                dir,
-                state,
-                codec: Default::default(),
-            }
+        }
+        let mut store = Self {
+            dir,
+            state,
+            codec: Default::default(),
+            db,
+            pending: std::sync::Mutex::new(pending),
         };
+        if new_marker {
+            store.write_marker()?;
+        }
+        if new_marker || migrated {
+            store.save()?;
+        }
+        if migrated {
+            remove_legacy(&store.dir);
+        }
         Ok(store)
+    }
+
+    /// The saved state of `root` without taking it over: nothing is created, migrated or
+    /// written (`None`: never synced, or the state cannot be read).
+    pub fn peek(root: &Path) -> Option<State> {
+        let dir = Self::dir_of(root);
+        match StateDb::open_existing(&dir) {
+            Ok(Some(db)) => {
+                let mut state: State = serde_json::from_slice(&db.header().ok()??).ok()?;
+                state.files = Files::loaded(db.files().ok()?);
+                Some(state)
+            }
+            Ok(None) => {
+                let old: Legacy =
+                    serde_json::from_slice(&read_nofollow(&dir.join(LEGACY_FILE)).ok()?).ok()?;
+                Some(State {
+                    files: Files::loaded(old.files),
+                    ..old.state
+                })
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Whether `root` was ever synced (it has a saved state, in the database or older).
+    pub fn exists(root: &Path) -> bool {
+        let dir = Self::dir_of(root);
+        dir.join(db::DB_FILE).exists() || dir.join(LEGACY_FILE).exists()
     }
 
     fn write_marker(&self) -> Result<()> {
@@ -449,22 +546,31 @@ impl StateStore {
         &self.dir
     }
 
-    /// Writes the state atomically.
-    pub fn save(&self) -> Result<()> {
-        let path = self.dir.join(STATE_FILE);
-        let tmp = self.dir.join("state.json.tmp");
-        let bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| Error::State {
-            path: path.clone(),
+    /// Saves the header, the records changed since the last save and the manifests cached
+    /// since, in one transaction.
+    pub fn save(&mut self) -> Result<()> {
+        let header = serde_json::to_vec(&self.state).map_err(|e| Error::State {
+            path: self.db.path().to_path_buf(),
             reason: e.to_string(),
         })?;
-        let write = || -> std::io::Result<()> {
-            let mut f = create_nofollow(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            fs::File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(Error::io(format!("saving {}", path.display())))
+        let manifests: Vec<(ManifestId, Vec<u8>)> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, bytes)| (*id, bytes.clone()))
+            .collect();
+        self.db.save(&db::Save {
+            header: &header,
+            files: self.state.files.changes(),
+            manifests,
+        })?;
+        self.state.files.saved();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        Ok(())
     }
 
     /// Where files are moved that a lost state would otherwise have brought back (see
@@ -526,44 +632,66 @@ impl StateStore {
         }
     }
 
-    /// Caches a manifest of a synced file.
+    /// Caches a manifest of a synced file (written with the next save).
     pub fn put_manifest(&self, m: &Manifest) -> Result<()> {
-        let path = self.dir.join("manifests").join(m.id().to_string());
-        if path.exists() {
-            return Ok(());
-        }
-        let tmp = self.tmp_dir().join(format!("{}.manifest", m.id()));
-        fs::write(&tmp, m.encode())
-            .and_then(|()| fs::rename(&tmp, &path))
-            .map_err(Error::io(format!("caching manifest {}", path.display())))
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(m.id())
+            .or_insert_with(|| m.encode());
+        Ok(())
     }
 
     /// A cached manifest.
     pub fn manifest(&self, id: &ManifestId) -> Option<Manifest> {
-        let bytes = read_nofollow(&self.dir.join("manifests").join(id.to_string())).ok()?;
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        let bytes = pending.or_else(|| self.db.manifest(id))?;
         self.codec
             .decode_manifest(&bytes)
             .ok()
             .filter(|m| m.id() == *id)
     }
 
-    /// Deletes cached manifests no synced file uses any more.
-    pub fn prune_manifests(&self) {
-        let used: std::collections::HashSet<&str> = self
-            .state
-            .files
-            .values()
-            .filter_map(|s| s.manifest.as_deref())
-            .collect();
-        if let Ok(entries) = fs::read_dir(self.dir.join("manifests")) {
-            for e in entries.flatten() {
-                let name = e.file_name();
-                if !used.contains(name.to_string_lossy().as_ref()) {
-                    let _ = fs::remove_file(e.path());
-                }
+    /// Calls `f` with each synced file whose manifest is cached, reading them in one scan of
+    /// the database (the records in memory decide which manifest is a file's now).
+    pub fn each_manifest(&self, mut f: impl FnMut(&str, Manifest)) {
+        let scan = self.db.each_file_manifest(|path, bytes| {
+            let Some(want) = self.state.files.get(path).and_then(Synced::manifest_id) else {
+                return;
+            };
+            if let Some(m) = self
+                .codec
+                .decode_manifest(bytes)
+                .ok()
+                .filter(|m| m.id() == want)
+            {
+                f(path, m);
             }
+        });
+        if let Err(e) = scan {
+            tracing::warn!("reading the cached manifests: {e}");
         }
     }
+
+    /// Deletes cached manifests no synced file uses any more (as saved).
+    pub fn prune_manifests(&self) {
+        if let Err(e) = self.db.prune_manifests() {
+            tracing::warn!("pruning the cached manifests: {e}");
+        }
+    }
+}
+
+/// Deletes what an older client kept in `state.json` and `manifests/`, once it is in the
+/// database.
+fn remove_legacy(dir: &Path) {
+    let _ = fs::remove_file(dir.join(LEGACY_FILE));
+    let _ = fs::remove_file(dir.join("state.json.tmp"));
+    let _ = fs::remove_dir_all(dir.join(LEGACY_MANIFESTS));
 }
 
 /// One process per folder: an exclusive lock on `.lbsync/lock`, held while a client syncs it.
@@ -664,8 +792,110 @@ mod tests {
             Some(Manifest::empty())
         );
 
-        fs::write(dir.path().join(".lbsync/state.json"), b"{not json").unwrap();
+        drop(back);
+        drop(s);
+        for f in ["state.db", "state.db-wal", "state.db-shm"] {
+            let _ = fs::remove_file(dir.path().join(".lbsync").join(f));
+        }
+        fs::write(dir.path().join(".lbsync/state.db"), vec![b'x'; 4096]).unwrap();
         let err = StateStore::load(dir.path()).err().unwrap().to_string();
-        assert!(err.contains("state.json is unusable"), "{err}");
+        assert!(err.contains("state.db is unusable"), "{err}");
+    }
+
+    #[test]
+    fn an_older_clients_state_json_and_manifests_move_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join(STATE_DIR);
+        fs::create_dir_all(state_dir.join(LEGACY_MANIFESTS)).unwrap();
+        let m = Manifest::empty();
+        fs::write(
+            state_dir.join(LEGACY_MANIFESTS).join(m.id().to_string()),
+            m.encode(),
+        )
+        .unwrap();
+        // What a client before the database wrote (fields it had; the rest default).
+        let json = serde_json::json!({
+            "version": 1,
+            "device_id": "0123abcd",
+            "device_name": "laptop",
+            "server": "http://127.0.0.1:1",
+            "folder": "docs",
+            "cursor": 17,
+            "last_sync_ns": 5,
+            "bytes_sent": 1,
+            "bytes_received": 2,
+            "marker": "",
+            "files": {
+                "a.txt": {
+                    "version": 4,
+                    "manifest": m.id().to_string(),
+                    "local": {"kind": "file", "size": 0, "mtime_ns": 9, "inode": 3, "mode": 420},
+                    "seq": 12
+                },
+                "sub": {
+                    "version": 2,
+                    "local": {"kind": "dir", "size": 0, "mtime_ns": 1, "inode": 4, "mode": 493}
+                }
+            }
+        });
+        fs::write(state_dir.join(LEGACY_FILE), json.to_string()).unwrap();
+
+        let s = StateStore::load(dir.path()).unwrap();
+        assert_eq!((s.state.cursor, s.state.folder.as_str()), (17, "docs"));
+        assert_eq!(s.state.device_id, "0123abcd");
+        assert_eq!(s.state.files["a.txt"].version, 4);
+        assert_eq!(s.state.files["a.txt"].seq, 12);
+        assert_eq!(s.state.files["sub"].local.kind, Kind::Dir);
+        assert_eq!(s.manifest(&m.id()), Some(m.clone()));
+        assert!(!state_dir.join(LEGACY_FILE).exists(), "state.json stays");
+        assert!(
+            !state_dir.join(LEGACY_MANIFESTS).exists(),
+            "manifests/ stays"
+        );
+        drop(s);
+
+        // Loaded again from the database alone.
+        let s = StateStore::load(dir.path()).unwrap();
+        assert_eq!(s.state.files.len(), 2);
+        assert_eq!(s.manifest(&m.id()), Some(m));
+        let peeked = StateStore::peek(dir.path()).unwrap();
+        assert_eq!(peeked.cursor, 17);
+        assert_eq!(peeked.files.len(), 2);
+    }
+
+    #[test]
+    fn a_save_writes_the_changes_and_a_reload_sees_exactly_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StateStore::load(dir.path()).unwrap();
+        let fp = |inode| Fingerprint {
+            kind: Kind::File,
+            size: 1,
+            mtime_ns: 1,
+            inode,
+            mode: 0o644,
+            target: None,
+            ctime_ns: 1,
+            dev: 1,
+        };
+        for i in 0..100 {
+            s.state
+                .files
+                .insert(format!("f{i}"), Synced::new(1, None, fp(i)));
+        }
+        s.save().unwrap();
+        s.state.files.remove("f3");
+        s.state.files.get_mut("f4").unwrap().version = 9;
+        s.state
+            .files
+            .insert("new".into(), Synced::new(2, None, fp(7)));
+        assert_eq!(s.state.files.changes().len(), 3);
+        s.save().unwrap();
+        assert!(s.state.files.changes().is_empty());
+        drop(s);
+        let s = StateStore::load(dir.path()).unwrap();
+        assert_eq!(s.state.files.len(), 100);
+        assert!(!s.state.files.contains_key("f3"));
+        assert_eq!(s.state.files["f4"].version, 9);
+        assert_eq!(s.state.files["new"].version, 2);
     }
 }

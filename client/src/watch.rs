@@ -373,7 +373,7 @@ pub async fn watch(
             },
         }
     }
-    if let Some(s) = &syncer {
+    if let Some(s) = syncer.as_mut() {
         s.state.save()?;
     }
     info!("stopped; state saved");

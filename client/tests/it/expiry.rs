@@ -20,8 +20,12 @@ use crate::util::*;
 
 /// The `rescan` flag in the folder's saved state.
 fn rescan_saved(root: &Path) -> bool {
-    let bytes = fs::read(root.join(".lbsync/state.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    // A second connection to the database: it reads while the sync holds its own.
+    let db = lbsync_client::state::db::StateDb::open(&root.join(".lbsync")).unwrap();
+    let Some(header) = db.header().unwrap() else {
+        return false;
+    };
+    let v: serde_json::Value = serde_json::from_slice(&header).unwrap();
     v["rescan"].as_bool().unwrap_or(false)
 }
 

@@ -64,9 +64,11 @@ fn keep_logs(tmp: &Path, test: &str) -> PathBuf {
         if name.ends_with(".log") {
             let _ = fs::copy(&path, keep.join(&name));
         }
-        let state = path.join(".lbsync/state.json");
-        if state.exists() {
-            let _ = fs::copy(&state, keep.join(format!("{name}.state.json")));
+        for file in ["state.db", "state.db-wal"] {
+            let state = path.join(".lbsync").join(file);
+            if state.exists() {
+                let _ = fs::copy(&state, keep.join(format!("{name}.{file}")));
+            }
         }
     }
     keep

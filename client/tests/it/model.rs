@@ -1626,10 +1626,11 @@ impl<'a> Model<'a> {
                 match name.as_str() {
                     // The client's own: its marker, lock, and the files a lost state would have
                     // brought back (versions the server keeps in its history anyway).
-                    "state.json" | "state.json.tmp" | "tmp" | "marker" | "lock" | "trash" => {}
+                    "state.db" | "state.db-wal" | "state.db-shm" | "state.db-journal" | "tmp"
+                    | "marker" | "lock" | "trash" => {}
                     // An encrypted folder's key (the local disk is trusted).
                     "folder.key" if self.encrypted => {}
-                    "manifests" | "cache" => {
+                    "cache" => {
                         for f in fs::read_dir(e.path()).into_iter().flatten().flatten() {
                             let n = f.file_name().to_string_lossy().into_owned();
                             let id = n.trim_end_matches(".tmp");

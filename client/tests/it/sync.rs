@@ -212,8 +212,8 @@ async fn an_unrecorded_download_is_replaced_not_kept_as_a_conflict() {
     sync(b, &server, "b").await;
     // b forgets it ever synced doc.txt, as if killed right after the download's rename.
     edit_state(b, |st| {
-        st["files"].as_object_mut().unwrap().remove("doc.txt");
-        st["cursor"] = 0.into();
+        st.files.remove("doc.txt");
+        st.cursor = 0;
     });
     write(a, "doc.txt", "version 2");
     sync(a, &server, "a").await;
@@ -241,11 +241,10 @@ async fn a_commit_whose_answer_was_lost_is_recognised_as_ours() {
     sync(b, &server, "b").await;
     // a's state as if both commits' answers had never arrived: not recorded, in doubt.
     edit_state(a, |st| {
-        let files = st["files"].as_object_mut().unwrap();
-        files.remove("gone.txt");
-        files.remove("kept.txt");
-        st["cursor"] = 0.into();
-        st["in_doubt"] = serde_json::json!(["gone.txt", "kept.txt"]);
+        st.files.remove("gone.txt");
+        st.files.remove("kept.txt");
+        st.cursor = 0;
+        st.in_doubt = ["gone.txt".into(), "kept.txt".into()].into();
     });
     fs::remove_file(a.join("gone.txt")).unwrap();
     write(a, "kept.txt", "version 2, written after the lost answer");
@@ -263,13 +262,10 @@ async fn a_commit_whose_answer_was_lost_is_recognised_as_ours() {
 }
 
 /// Rewrites `dir`'s client state with `edit`, as a crash or a lost answer would have left it.
-fn edit_state(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let path = dir.join(".lbsync/state.json");
-    let text = std::fs::read_to_string(&path).expect("read the state");
-    let mut st: serde_json::Value = serde_json::from_str(&text).expect("state is JSON");
-    edit(&mut st);
-    let text = serde_json::to_vec(&st).expect("JSON encodes");
-    std::fs::write(&path, text).expect("write the state");
+fn edit_state(dir: &std::path::Path, edit: impl FnOnce(&mut lbsync_client::state::State)) {
+    let mut store = lbsync_client::state::StateStore::load(dir).expect("load the state");
+    edit(&mut store.state);
+    store.save().expect("save the state");
 }
 
 /// A generated text file of about `lines` lines, different for each seed.
