@@ -13,10 +13,10 @@
 //! encrypted folder the sealed bytes (which hash to the chunk's id as plain bytes do), so it
 //! holds no plaintext the folder itself does not.
 
-use std::fs;
-use std::path::PathBuf;
+use std::path::Path;
 
 use lbsync_chunkstore::ChunkId;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tracing::debug;
 
 /// The cache's size on disk before the oldest entries go.
@@ -24,35 +24,41 @@ pub const BUDGET: u64 = 64 << 20;
 /// Chunks of files up to this size are cached.
 pub const CACHED_FILE_MAX: u64 = 1 << 20;
 
+/// The cache's database in `.lbsync/`.
+pub const CACHE_FILE: &str = "cache.db";
+
 /// Entry header: a tag (0 raw, 1 zstd) and the chunk's length, u32 little-endian.
 const HEADER: usize = 5;
 
-/// The chunk cache of one synced directory.
+/// The chunk cache of one synced directory: one SQLite table, entries in the order they came
+/// (`n`), so the oldest go first. A file of its own beside the state, written without fsync: it
+/// is only a cache, and a lost entry is a miss.
 pub struct ChunkCache {
-    dir: PathBuf,
+    conn: Option<Connection>,
     used: u64,
     budget: u64,
-    /// Keeps nothing (see [`ChunkCache::off`]).
-    off: bool,
 }
 
 impl ChunkCache {
-    /// Opens (creating) the cache in `dir`.
-    pub fn open(dir: PathBuf) -> Self {
+    /// Opens (creating) the cache in the directory `dir` (`.lbsync/`).
+    pub fn open(dir: &Path) -> Self {
         Self::with_budget(dir, BUDGET)
     }
 
     /// Opens the cache with a budget of its own (tests).
-    pub fn with_budget(dir: PathBuf, budget: u64) -> Self {
-        if let Err(e) = fs::create_dir_all(&dir) {
-            debug!("no chunk cache in {}: {e}", dir.display());
-        }
-        let used = entries(&dir).iter().map(|(_, len, _)| len).sum();
-        Self {
-            dir,
-            used,
-            budget,
-            off: false,
+    pub fn with_budget(dir: &Path, budget: u64) -> Self {
+        // Clients before the database kept a file a chunk in `cache/`.
+        let _ = std::fs::remove_dir_all(dir.join("cache"));
+        match open_db(&dir.join(CACHE_FILE)) {
+            Ok((conn, used)) => Self {
+                conn: Some(conn),
+                used,
+                budget,
+            },
+            Err(e) => {
+                debug!("no chunk cache in {}: {e}", dir.display());
+                Self::off()
+            }
         }
     }
 
@@ -60,41 +66,33 @@ impl ChunkCache {
     /// plaintext is not copied into `.lbsync/` for them.
     pub fn off() -> Self {
         Self {
-            dir: PathBuf::new(),
+            conn: None,
             used: 0,
             budget: 0,
-            off: true,
         }
-    }
-
-    fn path(&self, id: &ChunkId) -> PathBuf {
-        self.dir.join(id.to_string())
     }
 
     /// The chunk's bytes, if cached and intact.
     pub fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
-        if self.off {
-            return None;
-        }
-        let path = self.path(id);
-        let stored = fs::read(&path).ok()?;
+        let conn = self.conn.as_ref()?;
+        let stored: Vec<u8> = conn
+            .prepare_cached("SELECT stored FROM chunks WHERE id = ?1")
+            .and_then(|mut q| q.query_row([&id.as_bytes()[..]], |r| r.get(0)).optional())
+            .ok()
+            .flatten()?;
         let data = decode(&stored).filter(|d| ChunkId::of(d) == *id);
         if data.is_none() {
             debug!("dropping damaged cache entry {id}");
-            let _ = fs::remove_file(&path);
+            let _ = conn.execute("DELETE FROM chunks WHERE id = ?1", [&id.as_bytes()[..]]);
         }
         data
     }
 
     /// Keeps a copy of a chunk (best effort: a cache that cannot be written is only a miss later).
     pub fn put(&mut self, id: &ChunkId, data: &[u8]) {
-        if self.off {
+        let Some(conn) = &self.conn else {
             return;
-        }
-        let path = self.path(id);
-        if path.exists() {
-            return;
-        }
+        };
         let (tag, body) = match lbsync_chunkstore::compress_if_smaller(data) {
             Some(z) => (1u8, z),
             None => (0u8, data.to_vec()),
@@ -103,12 +101,14 @@ impl ChunkCache {
         stored.push(tag);
         stored.extend_from_slice(&(data.len() as u32).to_le_bytes());
         stored.extend_from_slice(&body);
-        let tmp = self.dir.join(format!("{id}.tmp"));
-        match fs::write(&tmp, &stored).and_then(|()| fs::rename(&tmp, &path)) {
-            Ok(()) => self.used += stored.len() as u64,
+        let put = conn
+            .prepare_cached("INSERT OR IGNORE INTO chunks (id, stored) VALUES (?1, ?2)")
+            .and_then(|mut q| q.execute(params![&id.as_bytes()[..], stored]));
+        match put {
+            Ok(1) => self.used += stored.len() as u64,
+            Ok(_) => return,
             Err(e) => {
                 debug!("cannot cache chunk {id}: {e}");
-                let _ = fs::remove_file(&tmp);
                 return;
             }
         }
@@ -119,38 +119,66 @@ impl ChunkCache {
 
     /// Removes the oldest entries until the cache is at three quarters of its budget.
     fn evict(&mut self) {
-        let mut all = entries(&self.dir);
-        all.sort_by_key(|(_, _, modified)| *modified);
-        self.used = all.iter().map(|(_, len, _)| len).sum();
+        let Some(conn) = &self.conn else {
+            return;
+        };
         let target = self.budget / 4 * 3;
-        for (path, len, _) in all {
-            if self.used <= target {
-                break;
+        let evict = || -> rusqlite::Result<u64> {
+            let mut oldest = conn.prepare("SELECT n, length(stored) FROM chunks ORDER BY n")?;
+            let mut rows = oldest.query([])?;
+            let (mut used, mut last) = (self.used, None);
+            while used > target {
+                let Some(row) = rows.next()? else { break };
+                last = Some(row.get::<_, i64>(0)?);
+                used = used.saturating_sub(row.get::<_, i64>(1)? as u64);
             }
-            if fs::remove_file(&path).is_ok() {
-                self.used -= len;
+            drop(rows);
+            if let Some(n) = last {
+                conn.execute("DELETE FROM chunks WHERE n <= ?1", [n])?;
             }
+            conn.query_row(
+                "SELECT CAST(total(length(stored)) AS INTEGER) FROM chunks",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+        };
+        match evict() {
+            Ok(used) => self.used = used,
+            Err(e) => debug!("evicting from the chunk cache: {e}"),
         }
     }
 
-    /// Bytes on disk.
+    /// Bytes of entries.
     pub fn used(&self) -> u64 {
         self.used
     }
 }
 
-/// (path, length, modified) of every entry.
-fn entries(dir: &std::path::Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| {
-            let md = e.metadata().ok()?;
-            let modified = md.modified().ok()?;
-            md.is_file().then(|| (e.path(), md.len(), modified))
-        })
-        .collect()
+/// Opens the cache's database (creating its table) and sums its entries.
+fn open_db(path: &Path) -> rusqlite::Result<(Connection, u64)> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    conn.pragma_update(None, "cache_size", -2048)?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS chunks (
+             n INTEGER PRIMARY KEY,
+             id BLOB NOT NULL UNIQUE,
+             stored BLOB NOT NULL
+         );",
+    )?;
+    let used: i64 = conn.query_row(
+        "SELECT CAST(total(length(stored)) AS INTEGER) FROM chunks",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((conn, used as u64))
 }
 
 fn decode(stored: &[u8]) -> Option<Vec<u8>> {
@@ -171,7 +199,7 @@ mod tests {
     #[test]
     fn keeps_verifies_and_evicts_the_oldest() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cache = ChunkCache::with_budget(dir.path().join("cache"), 40_000);
+        let mut cache = ChunkCache::with_budget(dir.path(), 40_000);
         let text = b"fn main() {}\n".repeat(100);
         let id = ChunkId::of(&text);
         cache.put(&id, &text);
@@ -179,13 +207,17 @@ mod tests {
         assert!(cache.used() < text.len() as u64, "stored compressed");
 
         // A damaged entry is a miss, and goes.
-        let path = dir.path().join("cache").join(id.to_string());
-        let mut stored = fs::read(&path).unwrap();
-        let last = stored.len() - 1;
-        stored[last] ^= 1;
-        fs::write(&path, stored).unwrap();
+        let conn = Connection::open(dir.path().join(CACHE_FILE)).unwrap();
+        conn.execute(
+            "UPDATE chunks SET stored = CAST(stored || x'00' AS BLOB) WHERE id = ?1",
+            [&id.as_bytes()[..]],
+        )
+        .unwrap();
         assert_eq!(cache.get(&id), None);
-        assert!(!path.exists());
+        let left: i64 = conn
+            .query_row("SELECT count(*) FROM chunks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
 
         // Over budget, the oldest entries go first.
         let mut ids = Vec::new();
@@ -198,12 +230,21 @@ mod tests {
             let id = ChunkId::of(&noise);
             cache.put(&id, &noise);
             ids.push(id);
-            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert!(cache.used() <= 40_000, "{}", cache.used());
         assert!(cache.get(&ids[0]).is_none(), "the oldest went");
         assert!(cache.get(&ids[7]).is_some(), "the newest stayed");
-        let reopened = ChunkCache::with_budget(dir.path().join("cache"), 40_000);
+        let reopened = ChunkCache::with_budget(dir.path(), 40_000);
         assert_eq!(reopened.used(), cache.used());
+    }
+
+    #[test]
+    fn an_older_clients_cache_directory_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("cache")).unwrap();
+        std::fs::write(dir.path().join("cache").join("ab"), b"x").unwrap();
+        let _cache = ChunkCache::open(dir.path());
+        assert!(!dir.path().join("cache").exists());
+        assert!(dir.path().join(CACHE_FILE).exists());
     }
 }

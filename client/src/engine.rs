@@ -180,6 +180,8 @@ pub struct Syncer {
     remote_paths: std::collections::HashSet<SyncPath>,
     /// Problems found this sync (see `State::problems`).
     problems: BTreeMap<String, Problem>,
+    /// Chunks fetched ahead for the downloads of the group being applied.
+    pub(crate) prefetched: crate::prefetch::Prefetched,
     /// The folder lock, held while this syncer lives.
     _lock: Arc<FolderLock>,
 }
@@ -335,7 +337,7 @@ impl Syncer {
             state.save()?;
         }
         let index = ChunkIndex::build(&state);
-        let cache = ChunkCache::open(state.cache_dir());
+        let cache = ChunkCache::open(state.dir());
         let root_id = (md.dev(), md.ino());
         let mut syncer = Self {
             root,
@@ -352,6 +354,7 @@ impl Syncer {
             placed_dirs: BTreeSet::new(),
             problems: BTreeMap::new(),
             remote_paths: Default::default(),
+            prefetched: Default::default(),
             _lock: lock,
         };
         syncer.recover_tmp();
@@ -972,9 +975,15 @@ impl Syncer {
         };
         let (later, first): (Vec<Entry>, Vec<Entry>) =
             applies.iter().cloned().partition(|r| after_replaced(r));
-        for r in first.into_iter().chain(later) {
-            remote_ok &= self.apply(&r).await;
+        let applies: Vec<Entry> = first.into_iter().chain(later).collect();
+        for group in crate::prefetch::groups(&applies) {
+            self.prefetched =
+                crate::prefetch::fetch(&mut self.remote, &self.state, &self.index, group).await;
+            for r in group {
+                remote_ok &= self.apply(r).await;
+            }
         }
+        self.prefetched = Default::default();
         deletes_here.sort_by(|a, b| b.path.cmp(&a.path));
         for r in deletes_here {
             if let Some(reupload) = self.delete_here(&r) {

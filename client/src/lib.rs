@@ -27,6 +27,7 @@ pub mod keys;
 pub mod local;
 pub mod place;
 pub mod plan;
+pub(crate) mod prefetch;
 pub mod readonly;
 pub mod remote;
 pub mod state;

@@ -822,27 +822,99 @@ impl Remote {
             .map_err(Error::rpc("GetManifest"))?
             .into_inner();
         self.received += resp.encoded_len() as u64;
-        let bad = |reason: String| Error::Protocol {
-            what: "GetManifest",
-            reason,
+        match resp.content {
+            Some(content) => self.manifest_from(content, id, base, "GetManifest"),
+            None => Err(Error::Protocol {
+                what: "GetManifest",
+                reason: "no content".into(),
+            }),
+        }
+    }
+
+    /// Many manifests in one call (each with an optional base, as [`Self::manifest`]). `None`
+    /// for one the server did not put in its answer (not there, or past the answer's budget):
+    /// ask for it alone. Errors with [`tonic::Code::Unimplemented`] from older servers.
+    pub async fn manifests(
+        &mut self,
+        wanted: &[(ManifestId, Option<&Manifest>)],
+    ) -> Result<Vec<Option<Manifest>>> {
+        let req = pb::GetManifestsRequest {
+            manifest_ids: wanted
+                .iter()
+                .map(|(id, _)| Bytes::copy_from_slice(id.as_bytes()))
+                .collect(),
+            base_manifest_ids: if wanted.iter().all(|(_, b)| b.is_none()) {
+                Vec::new()
+            } else {
+                wanted
+                    .iter()
+                    .map(|(_, b)| {
+                        b.map(|b| Bytes::copy_from_slice(b.id().as_bytes()))
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            },
+            folder: self.folder.clone(),
         };
-        let m = match resp.content {
-            Some(pb::get_manifest_response::Content::Manifest(b)) => {
-                self.codec.decode_manifest(&b)?
-            }
-            Some(pb::get_manifest_response::Content::Delta(d)) => {
+        self.sent += req.encoded_len() as u64;
+        let resp = self
+            .client
+            .get_manifests(req)
+            .await
+            .map_err(Error::rpc("GetManifests"))?
+            .into_inner();
+        self.received += resp.encoded_len() as u64;
+        if resp.manifests.len() != wanted.len() {
+            return Err(Error::Protocol {
+                what: "GetManifests",
+                reason: format!(
+                    "{} answers for {} manifests",
+                    resp.manifests.len(),
+                    wanted.len()
+                ),
+            });
+        }
+        resp.manifests
+            .into_iter()
+            .zip(wanted)
+            .map(|(answer, (id, base))| match answer.content {
+                Some(content) => self
+                    .manifest_from(content, *id, *base, "GetManifests")
+                    .map(Some),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    /// The manifest `id` from an answer: decoded, or a delta applied to `base`, and checked
+    /// against its id.
+    fn manifest_from(
+        &self,
+        content: pb::get_manifest_response::Content,
+        id: ManifestId,
+        base: Option<&Manifest>,
+        what: &'static str,
+    ) -> Result<Manifest> {
+        let bad = |reason: String| Error::Protocol { what, reason };
+        let m = match content {
+            pb::get_manifest_response::Content::Manifest(b) => self.codec.decode_manifest(&b)?,
+            pb::get_manifest_response::Content::Delta(d) => {
                 let (b, delta) = delta_from_pb(&d).map_err(|e| bad(e.to_string()))?;
                 let base = base
                     .filter(|m| m.id() == b)
                     .ok_or_else(|| bad("a delta against a manifest we did not name".into()))?;
                 delta.apply(base)?
             }
-            None => return Err(bad("no content".into())),
         };
         if m.id() != id {
             return Err(bad(format!("asked for manifest {id}, got {}", m.id())));
         }
         Ok(m)
+    }
+
+    /// The most ids the server takes in one request.
+    pub fn max_ids(&self) -> usize {
+        self.max_ids
     }
 
     /// Chunks by id, each checked against its id. `bases` offers, per chunk, chunks this side

@@ -600,11 +600,6 @@ impl StateStore {
         self.dir.join("tmp")
     }
 
-    /// Where the chunk cache lives (see [`crate::cache`]).
-    pub fn cache_dir(&self) -> PathBuf {
-        self.dir.join("cache")
-    }
-
     /// Deletes downloads that interrupted runs left half-written in the temp directory (files
     /// untouched for an hour). Files with an origin record (moved aside, or displaced by a swap)
     /// are never aged out: `Syncer::recover_tmp` puts them back first.

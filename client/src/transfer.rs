@@ -861,6 +861,11 @@ impl Syncer {
                 if have.contains_key(&c.id) || need.contains(&c.id) {
                     continue;
                 }
+                if let Some(b) = self.prefetched.chunk(&c.id) {
+                    have.insert(c.id, b);
+                    fetched += 1;
+                    continue;
+                }
                 match self.index.read(&self.root, &c.id) {
                     Some(b) => {
                         have.insert(c.id, b);

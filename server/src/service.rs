@@ -93,6 +93,43 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::Metadata(format!("a worker task failed: {e}")))?
 }
 
+/// What one GetManifests answer may hold, encoded: a batch of small files' manifests fits many
+/// times over; a large file's goes alone through GetManifest.
+const GET_MANIFESTS_BYTES: usize = 4 << 20;
+
+/// A manifest as GetManifest answers it: in full, or as a delta against `base` when the caller
+/// may read that too (`None`: not on the server, or outside the caller's folder `scoped`).
+fn manifest_answer(
+    store: &dyn ChunkStore,
+    scopes: &Scopes,
+    scoped: Option<&str>,
+    id: lbsync_chunkstore::ManifestId,
+    base: Option<lbsync_chunkstore::ManifestId>,
+) -> Result<Option<pb::get_manifest_response::Content>> {
+    // Outside the caller's folder a manifest is as absent as one never stored.
+    let reach = |m: &lbsync_chunkstore::ManifestId| match scoped {
+        Some(f) => scopes.has_manifest(f, m),
+        None => Ok(true),
+    };
+    if !reach(&id)? {
+        return Ok(None);
+    }
+    let Some(m) = store.get_manifest(&id)? else {
+        return Ok(None);
+    };
+    let base_m = match base {
+        Some(b) if reach(&b)? => store.get_manifest(&b)?.map(|bm| (b, bm)),
+        _ => None,
+    };
+    Ok(Some(match base_m {
+        Some((b, bm)) => pb::get_manifest_response::Content::Delta(delta_to_pb(
+            &b,
+            &ManifestDelta::diff(&bm, &m),
+        )),
+        None => pb::get_manifest_response::Content::Manifest(Bytes::from(m.encode())),
+    }))
+}
+
 fn to_status<T>(r: Result<T>) -> Result<T, Status> {
     r.map_err(|e| status(&e))
 }
@@ -288,33 +325,80 @@ impl pb::sync_server::Sync for SyncService {
         let scoped = caller.scope(&r.folder).map(str::to_owned);
         let content = to_status(
             blocking(move || {
-                // Outside the caller's folder a manifest is as absent as one never stored.
-                let reach = |m: &lbsync_chunkstore::ManifestId| match &scoped {
-                    Some(f) => scopes.has_manifest(f, m),
-                    None => Ok(true),
-                };
-                let not_found = || Error::NotFound(format!("manifest {id} is not on the server"));
-                if !reach(&id)? {
-                    return Err(not_found());
-                }
-                let m = store.get_manifest(&id)?.ok_or_else(not_found)?;
-                let base_m = match base {
-                    Some(b) if reach(&b)? => store.get_manifest(&b)?.map(|bm| (b, bm)),
-                    _ => None,
-                };
-                Ok(match base_m {
-                    Some((b, bm)) => pb::get_manifest_response::Content::Delta(delta_to_pb(
-                        &b,
-                        &ManifestDelta::diff(&bm, &m),
-                    )),
-                    None => pb::get_manifest_response::Content::Manifest(Bytes::from(m.encode())),
-                })
+                manifest_answer(&*store, &scopes, scoped.as_deref(), id, base)?
+                    .ok_or_else(|| Error::NotFound(format!("manifest {id} is not on the server")))
             })
             .await,
         )?;
         Ok(Response::new(pb::GetManifestResponse {
             content: Some(content),
         }))
+    }
+
+    async fn get_manifests(
+        &self,
+        req: Request<pb::GetManifestsRequest>,
+    ) -> Result<Response<pb::GetManifestsResponse>, Status> {
+        let who = Who::of(&req);
+        let r = req.into_inner();
+        let caller = self
+            .authz
+            .authorize(who, "GetManifests", &r.folder, Need::Read)
+            .await?;
+        let _turn = self.gates.enter(&caller.name()).await;
+        let max = self.limits.max_ids_per_request as usize;
+        if r.manifest_ids.len() > max {
+            return Err(Status::invalid_argument(format!(
+                "GetManifests asked for {} manifests; at most {max} a call: split the request",
+                r.manifest_ids.len()
+            )));
+        }
+        if !r.base_manifest_ids.is_empty() && r.base_manifest_ids.len() != r.manifest_ids.len() {
+            return Err(Status::invalid_argument(format!(
+                "GetManifests has {} base_manifest_ids for {} manifest_ids: send one per id, or none",
+                r.base_manifest_ids.len(),
+                r.manifest_ids.len()
+            )));
+        }
+        let mut wanted = Vec::with_capacity(r.manifest_ids.len());
+        for (i, id) in r.manifest_ids.iter().enumerate() {
+            let id = to_status(manifest_id("manifest_ids", id).map_err(Error::from))?;
+            let base = match r.base_manifest_ids.get(i).filter(|b| !b.is_empty()) {
+                None => None,
+                Some(b) => Some(to_status(
+                    manifest_id("base_manifest_ids", b).map_err(Error::from),
+                )?),
+            };
+            wanted.push((id, base));
+        }
+        let (store, scopes) = (self.store.clone(), self.scopes.clone());
+        let scoped = caller.scope(&r.folder).map(str::to_owned);
+        let manifests = to_status(
+            blocking(move || {
+                let mut budget = GET_MANIFESTS_BYTES;
+                let mut out = Vec::with_capacity(wanted.len());
+                for (id, base) in wanted {
+                    let content = if budget == 0 {
+                        None
+                    } else {
+                        manifest_answer(&*store, &scopes, scoped.as_deref(), id, base)?
+                    };
+                    let answer = pb::GetManifestResponse { content };
+                    let len = prost::Message::encoded_len(&answer);
+                    if len > budget {
+                        // Past the budget: the client asks for this one alone.
+                        budget = 0;
+                        out.push(pb::GetManifestResponse::default());
+                    } else {
+                        budget -= len;
+                        out.push(answer);
+                    }
+                }
+                Ok(out)
+            })
+            .await,
+        )?;
+        Ok(Response::new(pb::GetManifestsResponse { manifests }))
     }
     type GetChunksStream = BoxStream<pb::GetChunksResponse>;
 

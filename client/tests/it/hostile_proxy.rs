@@ -363,6 +363,13 @@ impl Sync for Proxy {
         unary!(self, req, get_manifest)
     }
 
+    async fn get_manifests(
+        &self,
+        req: Request<pb::GetManifestsRequest>,
+    ) -> Result<Response<pb::GetManifestsResponse>, Status> {
+        unary!(self, req, get_manifests)
+    }
+
     type GetChunksStream = Out<pb::GetChunksResponse>;
 
     async fn get_chunks(

@@ -1626,20 +1626,11 @@ impl<'a> Model<'a> {
                 match name.as_str() {
                     // The client's own: its marker, lock, and the files a lost state would have
                     // brought back (versions the server keeps in its history anyway).
-                    "state.db" | "state.db-wal" | "state.db-shm" | "state.db-journal" | "tmp"
-                    | "marker" | "lock" | "trash" => {}
+                    // Its two databases (the state, the chunk cache), their write-ahead logs.
+                    "state.db" | "state.db-wal" | "state.db-shm" | "cache.db" | "cache.db-wal"
+                    | "cache.db-shm" | "tmp" | "marker" | "lock" | "trash" => {}
                     // An encrypted folder's key (the local disk is trusted).
                     "folder.key" if self.encrypted => {}
-                    "cache" => {
-                        for f in fs::read_dir(e.path()).into_iter().flatten().flatten() {
-                            let n = f.file_name().to_string_lossy().into_owned();
-                            let id = n.trim_end_matches(".tmp");
-                            let hex = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
-                            if !hex || !f.file_type().is_ok_and(|t| t.is_file()) {
-                                strange.push(format!("{name}/{n}"));
-                            }
-                        }
-                    }
                     _ => strange.push(name),
                 }
             }

@@ -57,6 +57,74 @@ async fn upload_commit_download_round_trip() {
 }
 
 #[tokio::test]
+async fn get_manifests_answers_in_order_with_deltas_and_refuses_oversized_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    let hs = handshake(&mut c, "default").await;
+    let (a, _) = upload(&mut c, &seeded(100_000, 1)).await;
+    let (b, _) = upload(&mut c, &seeded(100_000, 2)).await;
+    for (path, m) in [("a", &a), ("b", &b)] {
+        committed(
+            commit(
+                &mut c,
+                file_commit("default", path, m, 0, Content::Full(m.clone())),
+            )
+            .await,
+        );
+    }
+    let id = |m: &Manifest| Bytes::copy_from_slice(m.id().as_bytes());
+    let never = Bytes::copy_from_slice(ChunkId::of(b"never").as_bytes());
+    let r = c
+        .get_manifests(pb::GetManifestsRequest {
+            manifest_ids: vec![id(&b), never.clone(), id(&a)],
+            base_manifest_ids: vec![id(&a), Bytes::new(), Bytes::new()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.manifests.len(), 3);
+    let Some(pb::get_manifest_response::Content::Delta(d)) = &r.manifests[0].content else {
+        panic!("b against a: a delta");
+    };
+    assert_eq!(delta_from_pb(d).unwrap().1.apply(&a).unwrap(), b);
+    assert!(r.manifests[1].content.is_none(), "not on the server");
+    let Some(pb::get_manifest_response::Content::Manifest(enc)) = &r.manifests[2].content else {
+        panic!("a in full");
+    };
+    assert_eq!(Manifest::decode(enc).unwrap(), a);
+
+    let too_many = hs.max_ids_per_request as usize + 1;
+    let e = c
+        .get_manifests(pb::GetManifestsRequest {
+            manifest_ids: vec![id(&a); too_many],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("split the request"), "{e:?}");
+    let e = c
+        .get_manifests(pb::GetManifestsRequest {
+            manifest_ids: vec![id(&a), id(&b)],
+            base_manifest_ids: vec![id(&a)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = c
+        .get_manifests(pb::GetManifestsRequest {
+            manifest_ids: vec![Bytes::from_static(b"short")],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+}
+
+#[tokio::test]
 async fn small_edit_commits_as_small_delta_and_downloads_as_delta() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;

@@ -33,6 +33,7 @@ enum Rpc {
     CommitBatch,
     Changes,
     GetManifest,
+    GetManifests,
     GetChunks,
     History,
     Restore,
@@ -40,7 +41,7 @@ enum Rpc {
     SetFolderKeys,
 }
 
-const RPCS: [Rpc; 12] = [
+const RPCS: [Rpc; 13] = [
     Rpc::Handshake,
     Rpc::MissingChunks,
     Rpc::PutChunks,
@@ -48,6 +49,7 @@ const RPCS: [Rpc; 12] = [
     Rpc::CommitBatch,
     Rpc::Changes,
     Rpc::GetManifest,
+    Rpc::GetManifests,
     Rpc::GetChunks,
     Rpc::History,
     Rpc::Restore,
@@ -306,6 +308,18 @@ async fn attempt(
                 .await?
                 .into_inner();
             assert!(r.content.is_some());
+            Ok(())
+        }
+        Rpc::GetManifests => {
+            let r = c
+                .get_manifests(pb::GetManifestsRequest {
+                    manifest_ids: vec![Bytes::copy_from_slice(seed.id().as_bytes())],
+                    folder: folder.into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            assert!(r.manifests[0].content.is_some());
             Ok(())
         }
         Rpc::GetChunks => {
@@ -571,6 +585,18 @@ async fn missing_chunks_tells_nothing_of_another_folders_content() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
+        // Asked for together, they are as absent: an answer without content.
+        let r = bob
+            .get_manifests(pb::GetManifestsRequest {
+                manifest_ids: vec![Bytes::copy_from_slice(m.id().as_bytes())],
+                folder: folder.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.manifests.len(), 1);
+        assert!(r.manifests[0].content.is_none(), "{folder}");
         // Nor can he commit what names them, nor send a delta against them.
         let e = commit_file(&mut bob, folder, "x", &m, Content::Known(m.id()))
             .await
