@@ -226,6 +226,14 @@ impl Puts {
 
 /// Files up to this size are uploaded together ([`Syncer::upload_small_files`]).
 pub(crate) const SMALL_FILE: u64 = CACHED_FILE_MAX;
+
+/// A download written to its temp file, not yet in place.
+pub(crate) struct StagedDownload {
+    tmp: PathBuf,
+    manifest: Manifest,
+    fetched: u64,
+    local_chunks: u64,
+}
 /// A batch of small files holds at most this many files and about this many bytes.
 const SMALL_BATCH_FILES: usize = 1024;
 const SMALL_BATCH_BYTES: u64 = 16 << 20;
@@ -803,6 +811,13 @@ impl Syncer {
         if self.apply_metadata(r)? {
             return Ok(());
         }
+        let staged = self.stage_download(r, true).await?;
+        self.place_download(r, staged)
+    }
+
+    /// Writes the server's version of `r` to a temp file (fsync'd if `sync`; else the caller
+    /// makes it durable before [`Self::place_download`]).
+    pub(crate) async fn stage_download(&mut self, r: &Entry, sync: bool) -> Result<StagedDownload> {
         let id = r.manifest.ok_or_else(|| Error::Protocol {
             what: "Changes",
             reason: format!("file {} has no manifest", r.path),
@@ -896,7 +911,9 @@ impl Syncer {
         // A peer's setuid, setgid and sticky bits are never applied.
         let mode = if r.mode == 0 { 0o644 } else { r.mode & 0o777 };
         let finish = || -> std::io::Result<()> {
-            file.sync_all()?;
+            if sync {
+                file.sync_all()?;
+            }
             file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
             if r.mtime_ns > 0 {
                 let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(r.mtime_ns as u64);
@@ -906,6 +923,22 @@ impl Syncer {
         };
         finish().map_err(Error::io(format!("finishing {}", tmp.display())))?;
         drop(file);
+        Ok(StagedDownload {
+            tmp,
+            manifest: m,
+            fetched,
+            local_chunks,
+        })
+    }
+
+    /// Puts a staged download in place and records it.
+    pub(crate) fn place_download(&mut self, r: &Entry, staged: StagedDownload) -> Result<()> {
+        let StagedDownload {
+            tmp,
+            manifest: m,
+            fetched,
+            local_chunks,
+        } = staged;
         let local = self.put_in_place(&r.path, &tmp)?;
         self.report.chunks_received += fetched;
         info!(
