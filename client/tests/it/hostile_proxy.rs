@@ -53,6 +53,16 @@ pub(crate) struct HostileProxy {
 impl HostileProxy {
     /// Listens on 127.0.0.1:0 and forwards to the server at `upstream`.
     pub(crate) async fn start(upstream: &str, mode: Tamper) -> Self {
+        Self::start_with(upstream, mode, None).await
+    }
+
+    /// As [`Self::start`], and runs `hook` before forwarding each GetManifests call: the moment a
+    /// client has planned a group of downloads and not yet written them.
+    pub(crate) async fn start_with_hook(upstream: &str, hook: Hook) -> Self {
+        Self::start_with(upstream, Tamper::None, Some(hook)).await
+    }
+
+    async fn start_with(upstream: &str, mode: Tamper, on_get_manifests: Option<Hook>) -> Self {
         let channel = tonic::transport::Endpoint::from_shared(upstream.to_owned())
             .unwrap()
             .connect()
@@ -65,6 +75,7 @@ impl HostileProxy {
                 .max_encoding_message_size(LIMIT),
             mode,
             hits: hits.clone(),
+            on_get_manifests,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -107,11 +118,15 @@ impl Drop for HostileProxy {
 /// Larger than anything the server or the client send in one message.
 const LIMIT: usize = 80 << 20;
 
+/// What the proxy runs at a call it sees.
+pub(crate) type Hook = Arc<dyn Fn() + Send + std::marker::Sync>;
+
 #[derive(Clone)]
 struct Proxy {
     up: SyncClient<Channel>,
     mode: Tamper,
     hits: Arc<AtomicUsize>,
+    on_get_manifests: Option<Hook>,
 }
 
 /// The caller's token, if any.
@@ -367,6 +382,10 @@ impl Sync for Proxy {
         &self,
         req: Request<pb::GetManifestsRequest>,
     ) -> Result<Response<pb::GetManifestsResponse>, Status> {
+        if let Some(hook) = &self.on_get_manifests {
+            hook();
+            self.hit();
+        }
         unary!(self, req, get_manifests)
     }
 

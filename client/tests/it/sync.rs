@@ -357,3 +357,59 @@ async fn a_replaced_server_store_gets_edits_whole() {
     assert_eq!(fs::read_to_string(b.join("notes.txt")).unwrap(), t);
     server.stop().await;
 }
+
+/// A file written here at the path of a new file the server is sending, after the sync planned
+/// the download and before its group was put in place (the proxy writes it when the client asks
+/// for the group's manifests, so it is in no scan): both survive, the one written here as a
+/// conflicted copy, and the folders converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_where_a_grouped_download_lands_is_kept() {
+    use crate::hostile_proxy::{Hook, HostileProxy};
+    use lbsync_client::{SyncOptions, Syncer};
+    let server = Server::start().await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a.path(), b.path());
+    for i in 0..20 {
+        write(a, &format!("n{i}.txt"), format!("from a {i}\n"));
+    }
+    sync(a, &server, "a").await;
+
+    let target = b.join("n7.txt");
+    let hook: Hook = std::sync::Arc::new(move || {
+        if !target.exists() {
+            fs::write(&target, "written on b meanwhile\n").unwrap();
+        }
+    });
+    let proxy = HostileProxy::start_with_hook(&server.url, hook).await;
+    let opts = SyncOptions {
+        server: Some(proxy.url.clone()),
+        device: Some("b".into()),
+        ..SyncOptions::default()
+    };
+    Syncer::open(b, &opts).await.unwrap().sync().await.unwrap();
+    assert!(
+        proxy.tampered() > 0,
+        "the client asked for the group's manifests"
+    );
+
+    converge(&[a, b], &server).await;
+    assert_eq!(tree(a), tree(b));
+    let holding = |root: &std::path::Path, text: &str| -> Vec<String> {
+        let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
+        tree(root)
+            .into_iter()
+            .filter(|(_, n)| matches!(n, Node::File { hash: h, .. } if *h == hash))
+            .map(|(p, _)| p)
+            .collect()
+    };
+    assert_eq!(holding(b, "from a 7\n"), ["n7.txt"]);
+    let kept = holding(b, "written on b meanwhile\n");
+    assert_eq!(
+        kept.len(),
+        1,
+        "the file written on b survives once: {kept:?}"
+    );
+    assert_ne!(kept[0], "n7.txt");
+    assert_eq!(tree(b).len(), 21, "the 20 files and the conflicted copy");
+    server.stop().await;
+}
