@@ -126,22 +126,17 @@ impl ChunkCache {
         let evict = || -> rusqlite::Result<u64> {
             let mut oldest = conn.prepare("SELECT n, length(stored) FROM chunks ORDER BY n")?;
             let mut rows = oldest.query([])?;
-            let (mut used, mut last) = (self.used, None);
-            while used > target {
+            let (mut left, mut last) = (self.used, None);
+            while left > target {
                 let Some(row) = rows.next()? else { break };
                 last = Some(row.get::<_, i64>(0)?);
-                used = used.saturating_sub(row.get::<_, i64>(1)? as u64);
+                left = left.saturating_sub(row.get::<_, i64>(1)? as u64);
             }
             drop(rows);
             if let Some(n) = last {
                 conn.execute("DELETE FROM chunks WHERE n <= ?1", [n])?;
             }
-            conn.query_row(
-                "SELECT CAST(total(length(stored)) AS INTEGER) FROM chunks",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
+            used(conn)
         };
         match evict() {
             Ok(used) => self.used = used,
@@ -157,15 +152,13 @@ impl ChunkCache {
 
 /// Opens the cache's database (creating its table) and sums its entries.
 fn open_db(path: &Path) -> rusqlite::Result<(Connection, u64)> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NOFOLLOW
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(std::time::Duration::from_secs(2))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "OFF")?;
-    conn.pragma_update(None, "cache_size", -2048)?;
+    let conn = crate::state::db::connect(
+        path,
+        OpenFlags::SQLITE_OPEN_CREATE,
+        std::time::Duration::from_secs(2),
+        "OFF",
+        2048,
+    )?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS chunks (
              n INTEGER PRIMARY KEY,
@@ -173,12 +166,18 @@ fn open_db(path: &Path) -> rusqlite::Result<(Connection, u64)> {
              stored BLOB NOT NULL
          );",
     )?;
-    let used: i64 = conn.query_row(
+    let used = used(&conn)?;
+    Ok((conn, used))
+}
+
+/// Bytes of the entries.
+fn used(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
         "SELECT CAST(total(length(stored)) AS INTEGER) FROM chunks",
         [],
-        |r| r.get(0),
-    )?;
-    Ok((conn, used as u64))
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
 }
 
 fn decode(stored: &[u8]) -> Option<Vec<u8>> {

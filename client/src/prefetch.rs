@@ -71,7 +71,9 @@ pub(crate) async fn fetch(
     index: &ChunkIndex,
     group: &[Entry],
 ) -> Prefetched {
-    let mut manifests: Vec<(ManifestId, &Entry, Option<Manifest>)> = Vec::new();
+    // Per file to fetch: its manifest's id, the manifest if cached, and whether a version of it
+    // is here.
+    let mut manifests: Vec<(ManifestId, Option<Manifest>, bool)> = Vec::new();
     let mut wanted: Vec<(ManifestId, Option<Manifest>)> = Vec::new();
     let mut seen = HashSet::new();
     for r in group.iter().filter(|r| small_file(r)) {
@@ -86,15 +88,11 @@ pub(crate) async fn fetch(
             continue;
         }
         let base = synced.and_then(|b| state.manifest(&b));
-        match state.manifest(&id) {
-            Some(m) => manifests.push((id, r, Some(m))),
-            None => {
-                if seen.insert(id) {
-                    wanted.push((id, base.clone()));
-                }
-                manifests.push((id, r, None));
-            }
+        let cached = state.manifest(&id);
+        if cached.is_none() && seen.insert(id) {
+            wanted.push((id, base));
         }
+        manifests.push((id, cached, synced.is_some()));
     }
     let mut got: HashMap<ManifestId, Manifest> = HashMap::new();
     for batch in wanted.chunks(remote.max_ids()) {
@@ -118,19 +116,13 @@ pub(crate) async fn fetch(
     // Chunks, for files with no version here (an edited one's chunks may come as deltas against
     // the version it replaces, which its own download asks for).
     let (mut need, mut bytes, mut asked) = (Vec::new(), 0u64, HashSet::new());
-    for (id, r, m) in &manifests {
-        let has_base = state
-            .state
-            .files
-            .get(r.path.as_str())
-            .and_then(Synced::manifest_id)
-            .is_some();
+    for (id, m, has_base) in &manifests {
+        if *has_base {
+            continue;
+        }
         let Some(m) = m.as_ref().or_else(|| got.get(id)) else {
             continue;
         };
-        if has_base {
-            continue;
-        }
         for c in m.chunks() {
             if !index.contains(&c.id) && asked.insert(c.id) {
                 need.push(c.id);

@@ -394,60 +394,36 @@ impl StateStore {
         let db = StateDb::open(&dir)?;
         let legacy = dir.join(LEGACY_FILE);
         let mut pending = std::collections::HashMap::new();
-        let mut state = match db.header()? {
-            Some(json) => {
-                let mut state: State = serde_json::from_slice(&json).map_err(|e| Error::State {
-                    path: db.path().to_path_buf(),
-                    reason: format!("its header is not the JSON it should be ({e})"),
-                })?;
-                if state.version != STATE_VERSION {
-                    return Err(Error::State {
-                        path: db.path().to_path_buf(),
-                        reason: format!("format version {} is not {STATE_VERSION}", state.version),
-                    });
-                }
-                state.files = Files::loaded(db.files()?);
+        let mut migrated = false;
+        let mut state = match saved_state(&db)? {
+            Some(state) => {
                 // A migration that committed but did not get to delete what it moved.
                 remove_legacy(&dir);
                 state
             }
-            None => match read_nofollow(&legacy) {
-                Ok(bytes) => {
-                    let old: Legacy = serde_json::from_slice(&bytes).map_err(|e| Error::State {
-                        path: legacy.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    if old.state.version != LEGACY_VERSION {
-                        return Err(Error::State {
-                            path: legacy,
-                            reason: format!(
-                                "format version {} is not {LEGACY_VERSION}",
-                                old.state.version
-                            ),
-                        });
-                    }
-                    for id in old.files.values().filter_map(Synced::manifest_id) {
+            None => match legacy_state(&legacy)? {
+                Some(mut state) => {
+                    for id in state.files.values().filter_map(Synced::manifest_id) {
                         let file = dir.join(LEGACY_MANIFESTS).join(id.to_string());
                         if let Ok(bytes) = read_nofollow(&file) {
                             pending.insert(id, bytes);
                         }
                     }
+                    migrated = true;
+                    state.files.mark_all_changed();
                     State {
                         version: STATE_VERSION,
-                        files: Files::all_new(old.files),
-                        ..old.state
+                        ..state
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
+                None => State {
                     version: STATE_VERSION,
                     device_id: new_device_id(root),
                     seeding: true,
                     ..State::default()
                 },
-                Err(e) => return Err(Error::io(format!("reading {}", legacy.display()))(e)),
             },
         };
-        let migrated = !pending.is_empty() || legacy.exists();
         if let Some(why) = (!state.marker.is_empty())
             .then(|| marker_problem(root, &state.marker))
             .flatten()
@@ -502,21 +478,9 @@ impl StateStore {
     /// written (`None`: never synced, or the state cannot be read).
     pub fn peek(root: &Path) -> Option<State> {
         let dir = Self::dir_of(root);
-        match StateDb::open_existing(&dir) {
-            Ok(Some(db)) => {
-                let mut state: State = serde_json::from_slice(&db.header().ok()??).ok()?;
-                state.files = Files::loaded(db.files().ok()?);
-                Some(state)
-            }
-            Ok(None) => {
-                let old: Legacy =
-                    serde_json::from_slice(&read_nofollow(&dir.join(LEGACY_FILE)).ok()?).ok()?;
-                Some(State {
-                    files: Files::loaded(old.files),
-                    ..old.state
-                })
-            }
-            Err(_) => None,
+        match StateDb::open_existing(&dir).ok()? {
+            Some(db) => saved_state(&db).ok()?,
+            None => legacy_state(&dir.join(LEGACY_FILE)).ok()?,
         }
     }
 
@@ -553,23 +517,14 @@ impl StateStore {
             path: self.db.path().to_path_buf(),
             reason: e.to_string(),
         })?;
-        let manifests: Vec<(ManifestId, Vec<u8>)> = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(id, bytes)| (*id, bytes.clone()))
-            .collect();
+        let pending = self.pending.get_mut().unwrap_or_else(|e| e.into_inner());
         self.db.save(&db::Save {
             header: &header,
             files: self.state.files.changes(),
-            manifests,
+            manifests: pending,
         })?;
         self.state.files.saved();
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        pending.clear();
         Ok(())
     }
 
@@ -629,27 +584,24 @@ impl StateStore {
 
     /// Caches a manifest of a synced file (written with the next save).
     pub fn put_manifest(&self, m: &Manifest) -> Result<()> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(m.id())
-            .or_insert_with(|| m.encode());
+        self.pending().entry(m.id()).or_insert_with(|| m.encode());
         Ok(())
     }
 
     /// A cached manifest.
     pub fn manifest(&self, id: &ManifestId) -> Option<Manifest> {
-        let pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned();
+        let pending = self.pending().get(id).cloned();
         let bytes = pending.or_else(|| self.db.manifest(id))?;
         self.codec
             .decode_manifest(&bytes)
             .ok()
             .filter(|m| m.id() == *id)
+    }
+
+    /// The manifests cached since the last save (a panic while they were held leaves a map that
+    /// is still whole).
+    fn pending(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<ManifestId, Vec<u8>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Calls `f` with each synced file whose manifest is cached, reading them in one scan of
@@ -679,6 +631,52 @@ impl StateStore {
             tracing::warn!("pruning the cached manifests: {e}");
         }
     }
+}
+
+/// The state saved in `db` (`None`: nothing was ever saved there).
+fn saved_state(db: &StateDb) -> Result<Option<State>> {
+    let Some(json) = db.header()? else {
+        return Ok(None);
+    };
+    let mut state: State = serde_json::from_slice(&json).map_err(|e| Error::State {
+        path: db.path().to_path_buf(),
+        reason: format!("its header is not the JSON it should be ({e})"),
+    })?;
+    if state.version != STATE_VERSION {
+        return Err(Error::State {
+            path: db.path().to_path_buf(),
+            reason: format!("format version {} is not {STATE_VERSION}", state.version),
+        });
+    }
+    state.files = Files::loaded(db.files()?);
+    Ok(Some(state))
+}
+
+/// The state an older client kept in `path` (`state.json`), records included, loaded as saved
+/// (`None`: there is none).
+fn legacy_state(path: &Path) -> Result<Option<State>> {
+    let bytes = match read_nofollow(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
+    };
+    let old: Legacy = serde_json::from_slice(&bytes).map_err(|e| Error::State {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if old.state.version != LEGACY_VERSION {
+        return Err(Error::State {
+            path: path.to_path_buf(),
+            reason: format!(
+                "format version {} is not {LEGACY_VERSION}",
+                old.state.version
+            ),
+        });
+    }
+    Ok(Some(State {
+        files: Files::loaded(old.files),
+        ..old.state
+    }))
 }
 
 /// Deletes what an older client kept in `state.json` and `manifests/`, once it is in the

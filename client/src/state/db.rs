@@ -68,8 +68,8 @@ pub struct Save<'a> {
     pub header: &'a [u8],
     /// Paths whose record changed, with the record now (`None`: removed).
     pub files: Vec<(&'a str, Option<&'a Synced>)>,
-    /// Manifests cached since the last save: (id, encoded).
-    pub manifests: Vec<(ManifestId, Vec<u8>)>,
+    /// Manifests cached since the last save, encoded.
+    pub manifests: &'a std::collections::HashMap<ManifestId, Vec<u8>>,
 }
 
 impl StateDb {
@@ -88,21 +88,20 @@ impl StateDb {
 
     fn open_with(dir: &Path, create: OpenFlags) -> Result<Self> {
         let path = dir.join(DB_FILE);
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | create
-            | OpenFlags::SQLITE_OPEN_NOFOLLOW
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let unusable = |e: rusqlite::Error| Error::State {
-            path: path.clone(),
-            reason: e.to_string(),
-        };
-        let conn = Connection::open_with_flags(&path, flags).map_err(unusable)?;
         // Another process (a `status` beside a `watch`) may hold the write lock for a moment.
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(unusable)?;
+        // FULL: a committed save survives a power cut, as the fsync'd state.json did. The page
+        // cache stays small (4 MiB).
+        let conn = connect(
+            &path,
+            create,
+            std::time::Duration::from_secs(10),
+            "FULL",
+            4096,
+        )
+        .map_err(unusable(&path))?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(unusable)?;
+            .map_err(unusable(&path))?;
         if version > SCHEMA_VERSION {
             return Err(Error::State {
                 path,
@@ -112,16 +111,10 @@ impl StateDb {
                 ),
             });
         }
-        // WAL: readers never wait for the writer. FULL: a committed save survives a power cut,
-        // as the fsync'd state.json did. The page cache stays small (4 MiB).
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
-            .and_then(|()| conn.pragma_update(None, "cache_size", -4096))
-            .map_err(unusable)?;
         if version < SCHEMA_VERSION {
             conn.execute_batch(SCHEMA)
                 .and_then(|()| conn.pragma_update(None, "user_version", SCHEMA_VERSION))
-                .map_err(unusable)?;
+                .map_err(unusable(&path))?;
         }
         Ok(Self {
             conn: Mutex::new(conn),
@@ -141,10 +134,7 @@ impl StateDb {
     }
 
     fn unusable(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
-        |e| Error::State {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        }
+        unusable(&self.path)
     }
 
     /// The header's JSON, if a state was ever saved here.
@@ -224,7 +214,7 @@ impl StateDb {
             let mut put = tx
                 .prepare_cached("INSERT OR IGNORE INTO manifests (id, bytes) VALUES (?1, ?2)")
                 .map_err(self.unusable())?;
-            for (id, bytes) in &save.manifests {
+            for (id, bytes) in save.manifests {
                 put.execute(params![&id.as_bytes()[..], bytes])
                     .map_err(self.unusable())?;
             }
@@ -273,6 +263,37 @@ impl StateDb {
                 [],
             )
             .map_err(self.unusable())
+    }
+}
+
+/// A connection to the database at `path` (created if `create` holds `SQLITE_OPEN_CREATE`; a
+/// symlink in its place is refused), in WAL mode so that readers never wait for the writer, with
+/// `synchronous` and a page cache of `cache_kib` KiB. The state and the chunk cache both open
+/// theirs here.
+pub(crate) fn connect(
+    path: &Path,
+    create: OpenFlags,
+    busy: std::time::Duration,
+    synchronous: &str,
+    cache_kib: i64,
+) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | create
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(busy)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
+    Ok(conn)
+}
+
+/// The error for a state database SQLite refused.
+fn unusable(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| Error::State {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
     }
 }
 
@@ -360,7 +381,7 @@ mod tests {
         db.save(&Save {
             header: b"{}",
             files: vec![("a", Some(&a)), ("b", Some(&b))],
-            manifests: vec![(m.id(), m.encode())],
+            manifests: &[(m.id(), m.encode())].into(),
         })
         .unwrap();
         drop(db);
@@ -375,7 +396,7 @@ mod tests {
         db.save(&Save {
             header: b"{\"x\":1}",
             files: vec![("a", None)],
-            manifests: vec![],
+            manifests: &Default::default(),
         })
         .unwrap();
         let files = db.files().unwrap();
@@ -392,7 +413,7 @@ mod tests {
             .save(&Save {
                 header: b"{}",
                 files: vec![],
-                manifests: vec![],
+                manifests: &Default::default(),
             })
             .unwrap();
         let reader = StateDb::open(dir.path()).unwrap();

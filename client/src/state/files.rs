@@ -23,10 +23,9 @@ impl Files {
         }
     }
 
-    /// Records that are all to be written (a migrated state).
-    pub(crate) fn all_new(map: BTreeMap<String, Synced>) -> Self {
-        let dirty = map.keys().cloned().collect();
-        Self { map, dirty }
+    /// Notes every record as to be written (a migrated state).
+    pub(crate) fn mark_all_changed(&mut self) {
+        self.dirty = self.map.keys().cloned().collect();
     }
 
     /// Sets the record of `path`.
