@@ -55,16 +55,26 @@ fn main() {
     runtime().block_on(run());
 }
 
-/// The client section: one row a tree size.
-fn client() {
-    let sizes: Vec<usize> = match std::env::var("LBSYNC_SCALE_FILES") {
+/// The sizes to run: `var`'s comma-separated numbers, else `quick_default` in quick mode and
+/// `default` otherwise.
+fn sizes(var: &str, quick_default: &[usize], default: &[usize]) -> Vec<usize> {
+    match std::env::var(var) {
         Ok(v) => v
             .split(',')
-            .map(|s| s.trim().parse().expect("LBSYNC_SCALE_FILES: numbers"))
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{var}: numbers"))
+            })
             .collect(),
-        Err(_) if quick() => vec![2_000],
-        Err(_) => vec![10_000, 100_000],
-    };
+        Err(_) if quick() => quick_default.to_vec(),
+        Err(_) => default.to_vec(),
+    }
+}
+
+/// The client section: one row a tree size.
+fn client() {
+    let sizes = sizes("LBSYNC_SCALE_FILES", &[2_000], &[10_000, 100_000]);
     println!(
         "# client: sync of many small files, beside rsync — {}",
         machine()
@@ -314,14 +324,7 @@ fn job(args: &[&str]) -> (u64, f64, String) {
 }
 
 async fn run() {
-    let sizes: Vec<usize> = match std::env::var("LBSYNC_SCALE_CHUNKS") {
-        Ok(v) => v
-            .split(',')
-            .map(|s| s.trim().parse().expect("LBSYNC_SCALE_CHUNKS: numbers"))
-            .collect(),
-        Err(_) if quick() => vec![20_000],
-        Err(_) => vec![1_000_000, 3_000_000],
-    };
+    let sizes = sizes("LBSYNC_SCALE_CHUNKS", &[20_000], &[1_000_000, 3_000_000]);
     println!("# server memory by store size — {}", machine());
     let mut rows = Vec::new();
     for &chunks in &sizes {
