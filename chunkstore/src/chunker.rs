@@ -163,6 +163,22 @@ where
     R: Read + Send,
     E: From<Error>,
 {
+    cut_pipelined(reader, params, |p| f(p.offset, Chunk::new(p.data)))
+}
+
+/// Cuts `reader` on a second thread, calling `f` on this one with each piece, unhashed, in input
+/// order: for callers that name chunks by something other than the BLAKE3 of their bytes (an
+/// encrypted folder names a chunk by its sealed bytes), or hash them elsewhere. Memory stays
+/// bounded as in [`chunk_pipelined`]; if `f` fails, reading stops and its error is returned.
+pub fn cut_pipelined<R, E>(
+    reader: R,
+    params: ChunkParams,
+    mut f: impl FnMut(Piece) -> Result<(), E>,
+) -> Result<(), E>
+where
+    R: Read + Send,
+    E: From<Error>,
+{
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<Piece>>>(2);
         s.spawn(move || {
@@ -177,9 +193,8 @@ where
             }
         });
         for block in rx {
-            let pieces = block.map_err(Error::io("reading input to chunk"))?;
-            for p in pieces {
-                f(p.offset, Chunk::new(p.data))?;
+            for p in block.map_err(Error::io("reading input to chunk"))? {
+                f(p)?;
             }
         }
         Ok(())

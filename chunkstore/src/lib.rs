@@ -57,7 +57,9 @@ mod shape;
 mod store;
 
 pub use chunk::Chunk;
-pub use chunker::{BLOCK_SIZE, Chunker, Cutter, NORMALIZATION, Piece, chunk_pipelined};
+pub use chunker::{
+    BLOCK_SIZE, Chunker, Cutter, NORMALIZATION, Piece, chunk_pipelined, cut_pipelined,
+};
 pub use compress::{
     CompressProbe, compress_against, compress_if_smaller, compress_together, decompress,
     decompress_against,

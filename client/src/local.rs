@@ -375,15 +375,15 @@ pub fn manifest_of(
     let mut flush = |batch: &mut Vec<_>| -> Result<()> {
         refs.extend(
             codec
-                .pieces(std::mem::take(batch))?
+                .pieces(std::mem::take(batch))
                 .iter()
                 .map(Piece::chunk_ref),
         );
         Ok(())
     };
-    lbsync_chunkstore::chunk_pipelined::<_, Error>(file, params, |_, c| {
-        batch_bytes += c.len();
-        batch.push(c);
+    lbsync_chunkstore::cut_pipelined::<_, Error>(file, params, |p| {
+        batch_bytes += p.data.len();
+        batch.push(p.data);
         if batch_bytes >= 4 << 20 {
             batch_bytes = 0;
             flush(&mut batch)?;

@@ -269,19 +269,19 @@ impl Syncer {
         let reader = tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(MISSING_BATCH);
             let mut batch_bytes = 0;
-            lbsync_chunkstore::chunk_pipelined::<_, Error>(file, params, |_, c| {
-                batch_bytes += c.len();
-                batch.push(c);
+            lbsync_chunkstore::cut_pipelined::<_, Error>(file, params, |p| {
+                batch_bytes += p.data.len();
+                batch.push(p.data);
                 if batch.len() == MISSING_BATCH || batch_bytes >= MISSING_BATCH_BYTES {
                     batch_bytes = 0;
-                    let pieces = codec.pieces(std::mem::take(&mut batch))?;
+                    let pieces = codec.pieces(std::mem::take(&mut batch));
                     tx.blocking_send(pieces)
                         .map_err(|_| Error::Usage("upload abandoned".into()))?;
                 }
                 Ok(())
             })?;
             if !batch.is_empty() {
-                let _ = tx.blocking_send(codec.pieces(batch)?);
+                let _ = tx.blocking_send(codec.pieces(batch));
             }
             Ok::<(), Error>(())
         });
@@ -620,11 +620,12 @@ impl Syncer {
         }
         let params = self.remote.params.for_file(before.size);
         let codec = self.remote.codec();
-        let chunks = lbsync_chunkstore::Chunker::new(&data[..], params)
-            .map(|r| r.map(|(_, c)| c))
-            .collect::<lbsync_chunkstore::Result<Vec<_>>>()
-            .ok()?;
-        let chunks = codec.pieces(chunks).ok()?;
+        let mut cutter = lbsync_chunkstore::Cutter::new(&data[..], params);
+        let mut cut = Vec::new();
+        while let Some(block) = cutter.next_block().ok()? {
+            cut.extend(block.into_iter().map(|p| p.data));
+        }
+        let chunks = codec.pieces(cut);
         let manifest = codec.manifest(chunks.iter().map(Piece::chunk_ref).collect());
         Some(Staged {
             synced: self.synced_manifest(path),

@@ -42,6 +42,7 @@ use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use lbsync_chunkstore::ChunkId;
 
 use crate::error::{Result, tampered};
+use crate::siv::FixedNonce;
 
 /// The format byte of a chunk sealed now (block by block).
 pub const CHUNK_FORMAT: u8 = 2;
@@ -190,8 +191,7 @@ fn block_aad(flag: u8) -> [u8; CHUNK_AAD.len() + 1] {
     aad
 }
 
-pub(crate) fn seal(cipher: &Aes256GcmSiv, pt: &[u8]) -> SealedChunk {
-    use aes_gcm_siv::aead::AeadInPlace as _;
+pub(crate) fn seal(sealer: &FixedNonce, pt: &[u8]) -> SealedChunk {
     let mut buf = Vec::with_capacity(max_sealed_len(pt.len()));
     buf.push(CHUNK_FORMAT);
     for b in blocks(pt) {
@@ -202,13 +202,7 @@ pub(crate) fn seal(cipher: &Aes256GcmSiv, pt: &[u8]) -> SealedChunk {
         let at = buf.len();
         buf.extend_from_slice(&[0; TAG_LEN]);
         buf.extend_from_slice(body);
-        let tag = cipher
-            .encrypt_in_place_detached(
-                (&BLOCK_NONCE).into(),
-                &block_aad(flag),
-                &mut buf[at + TAG_LEN..],
-            )
-            .expect("AES-GCM-SIV seals any block");
+        let tag = sealer.seal_in_place(&block_aad(flag), &mut buf[at + TAG_LEN..]);
         buf[at..at + TAG_LEN].copy_from_slice(&tag);
     }
     SealedChunk {

@@ -85,6 +85,7 @@ pub mod fuzzing;
 mod key;
 mod path;
 mod random;
+mod siv;
 mod wrap;
 
 use std::fmt;
@@ -122,7 +123,10 @@ pub struct FolderCrypt(Arc<Inner>);
 
 struct Inner {
     fingerprint: String,
+    /// Opens format-2 blocks.
     chunk_block: aes_gcm_siv::Aes256GcmSiv,
+    /// Seals format-2 blocks: the same cipher and key, its fixed-nonce keys derived once.
+    chunk_sealer: siv::FixedNonce,
     /// Format-1 chunks (sealed whole, before blocks): still opened.
     chunk_nonce: [u8; 32],
     chunk_aead: XChaCha20Poly1305,
@@ -152,6 +156,7 @@ impl FolderCrypt {
         let mut block_key = key.subkey(key::CTX_CHUNK_BLOCK);
         let chunk_block =
             <aes_gcm_siv::Aes256GcmSiv as aes_gcm_siv::KeyInit>::new((&block_key).into());
+        let chunk_sealer = siv::FixedNonce::new(&block_key);
         block_key.zeroize();
         let mut path_siv = [0u8; 64];
         path_siv[..32].copy_from_slice(&key.subkey(key::CTX_PATH_SIV_1));
@@ -159,6 +164,7 @@ impl FolderCrypt {
         Self(Arc::new(Inner {
             fingerprint: key.fingerprint(),
             chunk_block,
+            chunk_sealer,
             chunk_nonce: key.subkey(key::CTX_CHUNK_NONCE),
             chunk_aead,
             mask: LengthMask::new(key.subkey(key::CTX_LENGTH_MASK)),
@@ -177,7 +183,7 @@ impl FolderCrypt {
 
     /// Seals a chunk's plaintext: the bytes to store and their id. Deterministic.
     pub fn seal_chunk(&self, pt: &[u8]) -> SealedChunk {
-        chunk::seal(&self.0.chunk_block, pt)
+        chunk::seal(&self.0.chunk_sealer, pt)
     }
 
     /// Opens the sealed chunk `id` received as `sealed` (either format), whose plaintext is at
