@@ -2,13 +2,14 @@
 //!
 //! `aes_gcm_siv` derives a message-authentication key and a message-encryption key from the key
 //! and the nonce for every message, and expands the derived AES key each time: for the 512-byte
-//! blocks of a sealed chunk that costs as much as encrypting the block (711 MB/s against
-//! 1,150 MB/s here with the keys derived once). Sealed blocks all use the all-zero nonce
-//! (`chunk.rs` says why), so the derived keys never change: [`FixedNonce`] derives them when the
-//! folder's ciphers are made and then runs the RFC's steps with the same primitives the crate
-//! uses (`aes`, `polyval`, `ctr`'s 32-bit little-endian counter). Its output is the crate's,
-//! byte for byte (tests check it on random keys, data and associated data); opening stays with
-//! the crate.
+//! blocks of a sealed chunk that costs as much as encrypting the block. Sealed blocks all use the
+//! all-zero nonce (`chunk.rs` says why), so the derived keys never change: [`FixedNonce`] derives
+//! them when the folder's ciphers are made and then runs the RFC's steps with the primitives the
+//! crate is built of (`aes`, `ctr`'s 32-bit little-endian counter, and `polyval` 0.7, which
+//! hashes four blocks at a time where the crate's 0.6 does one). Its output is the crate's, byte
+//! for byte (a property test checks it on random keys, data and associated data); opening stays
+//! with the crate. 512-byte blocks, one core of this machine: the crate 711 MB/s, the keys
+//! derived once 1,150 MB/s, and with polyval 0.7 1,707 MB/s.
 
 use aes::Aes256;
 use aes::cipher::{BlockEncrypt, InnerIvInit, KeyInit, StreamCipher, StreamCipherCoreWrapper};
@@ -39,11 +40,14 @@ impl FixedNonce {
             out.copy_from_slice(&block[..8]);
             block.zeroize();
         }
+        let mut auth = [0u8; 16];
+        auth.copy_from_slice(&derived[..16]);
         let sealer = Self {
-            polyval: Polyval::new(derived[..16].into()),
+            polyval: Polyval::new(&auth.into()),
             enc: Aes256::new(derived[16..].into()),
         };
         derived.zeroize();
+        auth.zeroize();
         sealer
     }
 
@@ -57,7 +61,7 @@ impl FixedNonce {
         lengths[..8].copy_from_slice(&(aad.len() as u64 * 8).to_le_bytes());
         lengths[8..].copy_from_slice(&(buf.len() as u64 * 8).to_le_bytes());
         mac.update(&[lengths]);
-        let mut tag = aes::Block::clone_from_slice(&mac.finalize());
+        let mut tag = aes::Block::clone_from_slice(mac.finalize().as_slice());
         tag[15] &= 0x7f;
         self.enc.encrypt_block(&mut tag);
         let mut counter = tag;
