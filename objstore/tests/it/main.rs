@@ -2,4 +2,3 @@
 
 mod s3;
 mod throughput;
-mod util;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use lbsync_chunkstore::{ChunkParams, ChunkStore, Inserted, contract};
 use lbsync_objstore::{MemIndex, ObjectChunkStore, StoreOptions};
 
-use crate::util::s3;
+use lbsync_testsupport::services::s3;
 
 #[test]
 fn the_contract_holds_on_s3() {

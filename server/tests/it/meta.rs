@@ -83,72 +83,26 @@ mod sled_meta {
     }
 }
 
-/// The PostgreSQL server of `LBSYNC_TEST_METADATA`, or `None` with the reason on stderr; in CI
-/// (`CI=true`) a missing server fails the test instead. The same rule as
-/// `lbsync_testsupport::services::postgres`, which replaces this once that crate is on main.
-fn pg_server(test: &str) -> Option<String> {
-    match std::env::var("LBSYNC_TEST_METADATA") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{test}: LBSYNC_TEST_METADATA is not set, and CI must not skip PostgreSQL tests"
-            );
-            eprintln!(
-                "skipping {test}: set LBSYNC_TEST_METADATA (eval \"$(scripts/dev-cluster start DIR)\")"
-            );
-            None
-        }
-    }
-}
-
-/// A database of one test's own, dropped (with its connections) when the test ends.
-struct PgDb {
-    url: String,
-    admin: String,
-    name: String,
-}
+/// A database of one test's own (`lbsync_testsupport`: skipped with the reason outside CI when no
+/// server is configured, a failure in CI), and a plain client of it to look at what the backend
+/// stored.
+struct PgDb(lbsync_testsupport::services::PgService);
 
 impl PgDb {
     fn create(test: &str) -> Option<Self> {
-        let admin = pg_server(test)?;
-        let name = format!("lbsync_test_{:016x}", rand::random::<u64>());
-        let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
-        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-        Some(Self {
-            url: with_database(&admin, &name),
-            admin,
-            name,
-        })
+        lbsync_testsupport::services::postgres(test).map(Self)
     }
 
-    /// A plain client of the test's database, to look at what the backend stored.
     fn client(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
+        postgres::Client::connect(&self.0.url, postgres::NoTls).unwrap()
     }
 }
 
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-            let _ = c.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
+impl std::ops::Deref for PgDb {
+    type Target = lbsync_testsupport::services::PgService;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
-}
-
-/// `url` naming database `name` instead of its own.
-fn with_database(url: &str, name: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let query = tail
-        .split_once('?')
-        .map(|(_, q)| format!("?{q}"))
-        .unwrap_or_default();
-    format!("{scheme}://{authority}/{name}{query}")
 }
 
 /// Two tests per contract function: `NAME::sled` and `NAME::pg`.
