@@ -265,6 +265,31 @@ fn server_urls(urls: &str) -> Result<Vec<&str>> {
     Ok(list)
 }
 
+/// The server of each `--server` list that last answered a handshake in this process: a watch
+/// that lost its server and failed over keeps going to the one that worked instead of trying
+/// the dead one first at every reconnect.
+static LAST_GOOD: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn last_good(urls: &str) -> Option<String> {
+    let last = LAST_GOOD.lock().unwrap_or_else(|e| e.into_inner());
+    last.iter().find(|(l, _)| l == urls).map(|(_, u)| u.clone())
+}
+
+fn remember_good(urls: &str, url: &str) {
+    let mut last = LAST_GOOD.lock().unwrap_or_else(|e| e.into_inner());
+    match last.iter_mut().find(|(l, _)| l == urls) {
+        Some(entry) => entry.1 = url.to_owned(),
+        None => last.push((urls.to_owned(), url.to_owned())),
+    }
+}
+
+/// The order to try `list` in: the one that worked last first, then the others as given.
+fn try_order<'a>(list: &[&'a str], good: Option<&str>) -> Vec<&'a str> {
+    let mut order: Vec<&str> = list.iter().copied().filter(|u| Some(*u) == good).collect();
+    order.extend(list.iter().copied().filter(|u| Some(*u) != good));
+    order
+}
+
 impl Remote {
     /// Connects and shakes hands (which creates the folder if needed).
     pub async fn connect(
@@ -283,7 +308,8 @@ impl Remote {
     /// [`Remote::connect`] with the certificates to trust.
     ///
     /// `urls` may list several servers of one store, separated by commas: they are tried in
-    /// order, and the first that answers the handshake is used. A server that cannot be reached
+    /// order (the one that answered last in this process first), and the first that answers
+    /// the handshake is used. A server that cannot be reached
     /// or answers "unavailable" (it lost its database or object store) is passed over; any other
     /// refusal (a bad token, an untrusted certificate) is final, since the next server of the
     /// same store would give it too. A sync that loses its server fails as offline and the next
@@ -296,17 +322,19 @@ impl Remote {
         folder: &str,
         device: &str,
     ) -> Result<Self> {
-        let urls = server_urls(urls)?;
-        let (last, first) = urls
+        let list = try_order(&server_urls(urls)?, last_good(urls).as_deref());
+        let (last, first) = list
             .split_last()
             .ok_or_else(|| Error::BadUrl(String::new()))?;
         for (i, url) in first.iter().enumerate() {
             match Self::connect_one(url, access, folder, device).await {
-                Err(e) if e.is_offline() => tracing::warn!("{e}; trying {}", urls[i + 1]),
-                done => return done,
+                Err(e) if e.is_offline() => tracing::warn!("{e}; trying {}", list[i + 1]),
+                done => return done.inspect(|_| remember_good(urls, url)),
             }
         }
-        Self::connect_one(last, access, folder, device).await
+        Self::connect_one(last, access, folder, device)
+            .await
+            .inspect(|_| remember_good(urls, last))
     }
 
     /// Connects to one server and shakes hands.
@@ -1171,6 +1199,23 @@ mod tests {
         assert_eq!(server_urls("http://a:1").unwrap(), ["http://a:1"]);
         assert!(matches!(server_urls("http://a:1,"), Err(Error::BadUrl(_))));
         assert!(matches!(server_urls(""), Err(Error::BadUrl(_))));
+    }
+
+    #[test]
+    fn the_server_that_worked_last_is_tried_first() {
+        let list = ["http://a:1", "http://b:2", "http://c:3"];
+        assert_eq!(try_order(&list, None), list);
+        assert_eq!(
+            try_order(&list, Some("http://b:2")),
+            ["http://b:2", "http://a:1", "http://c:3"]
+        );
+        // A remembered server no longer in the list changes nothing.
+        assert_eq!(try_order(&list, Some("http://d:4")), list);
+        let urls = "http://a:1,http://b:2,http://c:3 (test)";
+        assert_eq!(last_good(urls), None);
+        remember_good(urls, "http://c:3");
+        remember_good(urls, "http://b:2");
+        assert_eq!(last_good(urls).as_deref(), Some("http://b:2"));
     }
 
     #[tokio::test]
