@@ -49,8 +49,9 @@ struct Cli {
     #[arg(long, global = true, value_name = "PEM")]
     ca_file: Option<PathBuf>,
     /// For an https:// server with a self-signed certificate: trust exactly the certificate
-    /// with this fingerprint, which lbsync-server prints when it starts; remembered by DIR
-    #[arg(long, global = true, value_name = "sha256:HEX", value_parser = parse_pin)]
+    /// with this fingerprint, which lbsync-server prints when it starts (several servers:
+    /// their fingerprints, separated by commas); remembered by DIR
+    #[arg(long, global = true, value_name = "sha256:HEX[,...]", value_parser = parse_pin)]
     pin: Option<String>,
     /// Server folder to sync with [default: the one DIR last synced with, else "default"]
     #[arg(long, global = true)]
@@ -245,7 +246,7 @@ const EXIT_USAGE: u8 = lbsync_cli::EXIT_USAGE;
 const EXIT_PENDING: u8 = lbsync_cli::EXIT_PENDING;
 
 fn parse_pin(pin: &str) -> Result<String, String> {
-    lbsync_proto::tls::parse_pin(pin).map(|_| pin.to_owned())
+    lbsync_proto::tls::parse_pins(pin).map(|_| pin.to_owned())
 }
 
 fn options(cli: &Cli) -> anyhow::Result<SyncOptions> {

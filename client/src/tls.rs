@@ -7,7 +7,9 @@
 //! - `--ca-file PEM`: only the CAs in that file (a private CA);
 //! - `--pin sha256:HEX`: exactly the certificate with that fingerprint, which the server prints
 //!   when it starts (a self-signed certificate, as Syncthing's device ids are). The name in the
-//!   URL is then not checked against the certificate: the pin says more than a name.
+//!   URL is then not checked against the certificate: the pin says more than a name. Several
+//!   fingerprints, separated by commas, trust any of them: the servers of one store, each with
+//!   its own certificate, for a client that fails over between them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use crate::error::{Error, Result};
 pub struct Trust {
     /// Trust only the CAs in this PEM file (else the system's roots).
     pub ca_file: Option<PathBuf>,
-    /// Trust exactly the certificate with this fingerprint (`sha256:...`).
+    /// Trust exactly the certificates with these fingerprints (`sha256:...`, comma-separated).
     pub pin: Option<String>,
 }
 
@@ -120,10 +122,10 @@ fn client_config(trust: &Trust) -> Result<rustls::ClientConfig> {
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Usage(format!("TLS setup: {e}")))?;
     let mut config = if let Some(pin) = &trust.pin {
-        let pin = lbsync_proto::tls::parse_pin(pin).map_err(Error::Usage)?;
+        let pins = lbsync_proto::tls::parse_pins(pin).map_err(Error::Usage)?;
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned { pin, provider }))
+            .with_custom_certificate_verifier(Arc::new(Pinned { pins, provider }))
             .with_no_client_auth()
     } else {
         let roots = match &trust.ca_file {
@@ -224,10 +226,10 @@ pub fn failure_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
-/// Trusts the one certificate whose SHA-256 is `pin`; its signatures are checked as usual.
+/// Trusts the certificates whose SHA-256 is one of `pins`; signatures are checked as usual.
 #[derive(Debug)]
 struct Pinned {
-    pin: [u8; 32],
+    pins: Vec<[u8; 32]>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -258,7 +260,7 @@ impl ServerCertVerifier for Pinned {
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
         let found = lbsync_proto::tls::sha256(end_entity.as_ref());
         // Not secret: the certificate is public, and so is its fingerprint.
-        if found == self.pin {
+        if self.pins.contains(&found) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(

@@ -44,6 +44,12 @@ pub fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
+/// The fingerprints of a `--pin` value: one, or several separated by commas (the servers of one
+/// store, each with a self-signed certificate of its own).
+pub fn parse_pins(pins: &str) -> Result<Vec<[u8; 32]>, String> {
+    pins.split(',').map(|p| parse_pin(p.trim())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +63,8 @@ mod tests {
         // openssl's form: upper case, colons.
         let openssl: Vec<String> = pin.iter().map(|b| format!("{b:02X}")).collect();
         assert_eq!(parse_pin(&format!("SHA256:{}", openssl.join(":"))), Ok(pin));
+        assert_eq!(parse_pins(&format!("{f}, {f}")), Ok(vec![pin, pin]));
+        assert!(parse_pins(&format!("{f},")).is_err());
         for bad in ["", "sha256:", "md5:00", "sha256:zz", &f[..f.len() - 1]] {
             assert!(parse_pin(bad).unwrap_err().contains("bad pin"), "{bad}");
         }
