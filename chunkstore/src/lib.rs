@@ -61,8 +61,8 @@ pub use chunker::{
     BLOCK_SIZE, Chunker, Cutter, NORMALIZATION, Piece, chunk_pipelined, cut_pipelined,
 };
 pub use compress::{
-    CompressProbe, compress_against, compress_if_smaller, compress_together, decompress,
-    decompress_against,
+    CompressProbe, DOWNLOAD_TOGETHER_LEVEL, TOGETHER_LEVEL, compress_against, compress_if_smaller,
+    compress_together, compress_together_at, decompress, decompress_against,
 };
 pub use delta::{DeltaOp, ManifestDelta, edit_bases};
 pub use error::{Error, Result};

@@ -8,7 +8,7 @@ use lbsync_chunkstore::{Chunk, ChunkId, ChunkParams, Manifest, ManifestId};
 use lbsync_proto::convert::{MAX_BATCH_COMMITS, batch_to_pb, delta_from_pb};
 use lbsync_proto::http2::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use lbsync_proto::pb::sync_client::SyncClient;
-use lbsync_proto::wire::{chunk_bases, decode_chunk_against};
+use lbsync_proto::wire::{chunk_bases, decode_chunk_against, unpack_answer_together};
 use lbsync_proto::{
     BatchOutcome, CommitOutcome, CommitRequest, Entry, PROTOCOL_VERSION, SyncPath, error_chain,
     ids_from_bytes, ids_to_bytes, pb,
@@ -255,6 +255,10 @@ impl Link {
         })
     }
 }
+
+/// The most chunk bytes one GetChunks message's together frame may declare (the client's largest
+/// message).
+const TOGETHER_LIMIT: u64 = 64 << 20;
 
 /// The servers a `--server` value names: one URL, or several separated by commas.
 fn server_urls(urls: &str) -> Result<Vec<&str>> {
@@ -973,6 +977,8 @@ impl Remote {
                 ids: ids_to_bytes(batch),
                 bases: offered,
                 folder: self.folder.clone(),
+                // Sealed chunks do not compress, together or alone.
+                together: !self.codec.is_sealed(),
             };
             self.sent += req.encoded_len() as u64;
             let mut stream = self
@@ -981,9 +987,22 @@ impl Remote {
                 .await
                 .map_err(Error::rpc("GetChunks"))?
                 .into_inner();
-            while let Some(msg) = stream.message().await.map_err(Error::rpc("GetChunks"))? {
+            // The answer is in request order: a chunk that came in a together frame, without
+            // an id, is the one asked for at its place, and is checked against it.
+            let mut asked = batch.iter();
+            while let Some(mut msg) = stream.message().await.map_err(Error::rpc("GetChunks"))? {
                 self.received += msg.encoded_len() as u64;
-                for c in msg.chunks {
+                unpack_answer_together(&mut msg, TOGETHER_LIMIT)
+                    .map_err(Error::protocol("GetChunks"))?;
+                for mut c in msg.chunks {
+                    let place = asked.next();
+                    if c.id.is_empty() {
+                        let id = place.ok_or_else(|| Error::Protocol {
+                            what: "GetChunks",
+                            reason: "the server sent more chunks than were asked for".into(),
+                        })?;
+                        c.id = Bytes::copy_from_slice(id.as_bytes());
+                    }
                     let chunk = receive_chunk(c, bases, wire_max)?;
                     let id = chunk.id();
                     out.insert(id, self.codec.open_chunk(id, chunk.into_data(), max_len)?);

@@ -49,63 +49,127 @@ fn goes_together(c: &pb::ChunkData) -> bool {
 
 /// Moves the bytes of `msg`'s whole, uncompressed chunks into one zstd frame,
 /// `msg.together` (`PutChunksRequest.together`), and drops their ids (the receiver hashes the
-/// bytes), when that saves at least 1/32 of them; else leaves `msg` as it is. Only for a server whose handshake says `chunks_together`.
+/// bytes), when that saves at least 1/32 of them; else leaves `msg` as it is. Only for a server
+/// whose handshake says `chunks_together`.
 pub fn pack_together(msg: &mut pb::PutChunksRequest) -> std::io::Result<()> {
-    let pieces: Vec<&[u8]> = msg
-        .chunks
-        .iter()
-        .filter(|c| goes_together(c) && c.data.len() == c.raw_len as usize)
-        .map(|c| &c.data[..])
-        .collect();
-    let raw: usize = pieces.iter().map(|p| p.len()).sum();
-    if pieces.len() < 2 {
-        return Ok(());
-    }
-    let frame = lbsync_chunkstore::compress_together(&pieces)?;
-    if frame.len() >= raw - raw / 32 {
-        return Ok(());
-    }
-    for c in msg.chunks.iter_mut() {
-        if goes_together(c) && c.data.len() == c.raw_len as usize {
-            c.data = Bytes::new();
-            // The server hashes the bytes anyway: the id would only be checked against them.
-            c.id = Bytes::new();
-        }
-    }
-    msg.together = Bytes::from(frame);
-    Ok(())
+    pack(
+        &mut msg.chunks,
+        &mut msg.together,
+        lbsync_chunkstore::TOGETHER_LEVEL,
+    )
+    .map(drop)
 }
 
 /// Inverts [`pack_together`] on arrival: gives the chunks whose bytes `msg.together` holds their
-/// `data` (and, those sent without one, the id of those bytes), and says which they are. The frame must decode to exactly their declared lengths,
-/// which add up to at most `limit`.
+/// `data` (and, those sent without one, the id of those bytes), and says which they are. The
+/// frame must decode to exactly their declared lengths, which add up to at most `limit`.
 pub fn unpack_together(
     msg: &mut pb::PutChunksRequest,
     limit: u64,
 ) -> Result<Vec<bool>, ConvertError> {
-    let inside: Vec<bool> = msg
-        .chunks
+    unpack(
+        &mut msg.chunks,
+        &mut msg.together,
+        limit,
+        Ids::Hash,
+        "PutChunks",
+    )
+}
+
+/// [`pack_together`] for a `GetChunks` answer (`GetChunksResponse.together`, to a client that
+/// asked with `GetChunksRequest.together`), at a level a server can afford for every download.
+/// The ids of the chunks moved into the frame are dropped too: the answer is in request order,
+/// and the client names each chunk by the id it asked for at that place, which its bytes must
+/// hash to. Says whether it packed (else the caller compresses the chunks one by one).
+pub fn pack_answer_together(msg: &mut pb::GetChunksResponse) -> std::io::Result<bool> {
+    pack(
+        &mut msg.chunks,
+        &mut msg.together,
+        lbsync_chunkstore::DOWNLOAD_TOGETHER_LEVEL,
+    )
+}
+
+/// Inverts [`pack_answer_together`]: the chunks in the frame get their bytes, and keep their
+/// empty ids for the caller to fill in from the request's order. The frame must decode to
+/// exactly their declared lengths, which add up to at most `limit`.
+pub fn unpack_answer_together(
+    msg: &mut pb::GetChunksResponse,
+    limit: u64,
+) -> Result<(), ConvertError> {
+    unpack(
+        &mut msg.chunks,
+        &mut msg.together,
+        limit,
+        Ids::Keep,
+        "GetChunks",
+    )
+    .map(drop)
+}
+
+/// The chunks `pack` may move into a frame: whole and uncompressed, bytes present.
+fn packable(c: &pb::ChunkData) -> bool {
+    goes_together(c) && c.data.len() == c.raw_len as usize
+}
+
+fn pack(chunks: &mut [pb::ChunkData], together: &mut Bytes, level: i32) -> std::io::Result<bool> {
+    let pieces: Vec<&[u8]> = chunks
         .iter()
-        .map(|c| !msg.together.is_empty() && goes_together(c) && c.data.is_empty())
+        .filter(|c| packable(c))
+        .map(|c| &c.data[..])
         .collect();
-    if msg.together.is_empty() {
+    let raw: usize = pieces.iter().map(|p| p.len()).sum();
+    if pieces.len() < 2 {
+        return Ok(false);
+    }
+    let frame = lbsync_chunkstore::compress_together_at(&pieces, level)?;
+    if frame.len() >= raw - raw / 32 {
+        return Ok(false);
+    }
+    for c in chunks.iter_mut().filter(|c| packable(c)) {
+        c.data = Bytes::new();
+        // The receiver hashes the bytes anyway: the id would only be checked against them.
+        c.id = Bytes::new();
+    }
+    *together = Bytes::from(frame);
+    Ok(true)
+}
+
+/// What [`unpack`] does for the chunks that came without an id.
+enum Ids {
+    /// Name them by the BLAKE3 of their bytes (an upload: the server stores what came).
+    Hash,
+    /// Leave them empty (an answer: the client names them by what it asked).
+    Keep,
+}
+
+fn unpack(
+    chunks: &mut [pb::ChunkData],
+    together: &mut Bytes,
+    limit: u64,
+    ids: Ids,
+    rpc: &str,
+) -> Result<Vec<bool>, ConvertError> {
+    let inside: Vec<bool> = chunks
+        .iter()
+        .map(|c| !together.is_empty() && goes_together(c) && c.data.is_empty())
+        .collect();
+    if together.is_empty() {
         return Ok(inside);
     }
-    let total: u64 = msg
-        .chunks
+    let total: u64 = chunks
         .iter()
         .zip(&inside)
         .filter(|(_, i)| **i)
         .map(|(c, _)| u64::from(c.raw_len))
         .sum();
     let bad =
-        |why: String| ConvertError::BadChunk(format!("a PutChunks message's together frame {why}"));
+        |why: String| ConvertError::BadChunk(format!("a {rpc} message's together frame {why}"));
     if total > limit {
         return Err(bad(format!(
             "declares {total} bytes, over the {limit} allowed"
         )));
     }
-    let raw = lbsync_chunkstore::decompress(&msg.together, total as usize)
+    let raw = lbsync_chunkstore::decompress(together, total as usize)
         .map_err(|e| bad(format!("does not decode to at most {total} bytes: {e}")))?;
     if raw.len() as u64 != total {
         return Err(bad(format!(
@@ -115,15 +179,15 @@ pub fn unpack_together(
     }
     let raw = Bytes::from(raw);
     let mut at = 0;
-    for (c, _) in msg.chunks.iter_mut().zip(&inside).filter(|(_, i)| **i) {
+    for (c, _) in chunks.iter_mut().zip(&inside).filter(|(_, i)| **i) {
         let len = c.raw_len as usize;
         c.data = raw.slice(at..at + len);
         at += len;
-        if c.id.is_empty() {
+        if c.id.is_empty() && matches!(ids, Ids::Hash) {
             c.id = Bytes::copy_from_slice(ChunkId::of(&c.data).as_bytes());
         }
     }
-    msg.together = Bytes::new();
+    *together = Bytes::new();
     Ok(inside)
 }
 

@@ -44,6 +44,14 @@ fn files(t: &BTreeMap<String, Node>) -> BTreeMap<&str, &str> {
 }
 
 async fn attack(mode: Tamper, encrypted: bool) {
+    attack_with(mode, encrypted, false).await;
+}
+
+/// [`attack`]; with `sources`, each round also writes 40 new small source files (new: no delta
+/// bases), whose chunks a
+/// download gets compressed together in one frame. Returns how many answers had chunks swapped
+/// inside such a frame.
+async fn attack_with(mode: Tamper, encrypted: bool, sources: bool) -> usize {
     let server = Server::start().await;
     let pair = Pair::new(&server.url, "f", encrypted).await;
     let (a, b) = (pair.a(), pair.b());
@@ -73,6 +81,12 @@ async fn attack(mode: Tamper, encrypted: bool) {
         write(a, "docs/three.txt", format!("three, version {round}"));
         write(a, "big.bin", seeded(3 << 20, round));
         write(a, &format!("new{round}.bin"), seeded(2 << 20, 10 + round));
+        if sources {
+            for i in 0..40 {
+                let body = format!("import os\n\ndef f{i}_{round}():\n    return {i}\n");
+                write(a, &format!("src/r{round}/m{i}.py"), body.repeat(10));
+            }
+        }
         sync_ok(a, &server.url, "alice").await;
     }
     let before = tree(b);
@@ -127,12 +141,14 @@ async fn attack(mode: Tamper, encrypted: bool) {
     for path in before.keys() {
         assert!(after.contains_key(path), "{mode:?}: b lost {path}: {said}");
     }
+    let frames = proxy.frames_tampered();
     drop(proxy);
 
     // The honest server brings b up to date: nothing was poisoned.
     sync_ok(b, &server.url, "bob").await;
     assert_eq!(tree(b), wanted, "{mode:?}: b did not recover");
     server.stop().await;
+    frames
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,6 +189,14 @@ async fn plain_flipped_chunk_byte_is_caught() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_swapped_chunks_are_caught() {
     attack(Tamper::SwapChunks, false).await;
+}
+
+/// Small files' chunks come compressed together, without ids: the client names each by the id
+/// it asked at that place, so two chunks swapped inside the frame are caught as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_chunks_swapped_inside_a_together_frame_are_caught() {
+    let frames = attack_with(Tamper::SwapChunks, false, true).await;
+    assert!(frames > 0, "no download answer came in a together frame");
 }
 
 /// The proxy in pass-through mode is an honest server: a sync through it works. This guards

@@ -46,6 +46,7 @@ pub(crate) enum Tamper {
 pub(crate) struct HostileProxy {
     pub(crate) url: String,
     hits: Arc<AtomicUsize>,
+    frames: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<()>,
 }
@@ -69,12 +70,14 @@ impl HostileProxy {
             .await
             .unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
+        let frames = Arc::new(AtomicUsize::new(0));
         let proxy = Proxy {
             up: SyncClient::new(channel)
                 .max_decoding_message_size(LIMIT)
                 .max_encoding_message_size(LIMIT),
             mode,
             hits: hits.clone(),
+            frames: frames.clone(),
             on_get_manifests,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -95,6 +98,7 @@ impl HostileProxy {
         Self {
             url: format!("http://{addr}"),
             hits,
+            frames,
             stop: Some(tx),
             handle,
         }
@@ -103,6 +107,11 @@ impl HostileProxy {
     /// How many answers the proxy changed so far.
     pub(crate) fn tampered(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// How many GetChunks answers had chunks swapped inside a together frame.
+    pub(crate) fn frames_tampered(&self) -> usize {
+        self.frames.load(Ordering::SeqCst)
     }
 }
 
@@ -126,6 +135,7 @@ struct Proxy {
     up: SyncClient<Channel>,
     mode: Tamper,
     hits: Arc<AtomicUsize>,
+    frames: Arc<AtomicUsize>,
     on_get_manifests: Option<Hook>,
 }
 
@@ -238,8 +248,35 @@ impl Proxy {
 
     /// Tampers with a whole GetChunks answer as the mode says.
     fn tamper_chunks(&self, msgs: &mut [pb::GetChunksResponse]) {
+        // Chunks in a together frame are opened to be tampered with, and packed again after.
+        let mut framed = Vec::new();
+        for m in msgs.iter_mut() {
+            let had = !m.together.is_empty();
+            let inside: Vec<bool> = m.chunks.iter().map(|c| had && c.data.is_empty()).collect();
+            lbsync_proto::wire::unpack_answer_together(m, 64 << 20).unwrap();
+            framed.extend(inside);
+        }
+        self.tamper_opened(msgs, &framed);
+        for m in msgs.iter_mut() {
+            if m.chunks.iter().any(|c| c.id.is_empty()) {
+                lbsync_proto::wire::pack_answer_together(m).unwrap();
+            }
+        }
+    }
+
+    /// [`Self::tamper_chunks`] on the answer's chunks, all with their bytes; `framed` says which
+    /// came in a frame (those the swap prefers, when there are any).
+    fn tamper_opened(&self, msgs: &mut [pb::GetChunksResponse], framed: &[bool]) {
         let mut chunks: Vec<&mut pb::ChunkData> =
             msgs.iter_mut().flat_map(|m| m.chunks.iter_mut()).collect();
+        if self.mode == Tamper::SwapChunks && framed.iter().filter(|f| **f).count() >= 2 {
+            self.frames.fetch_add(1, Ordering::Relaxed);
+            chunks = chunks
+                .into_iter()
+                .zip(framed)
+                .filter_map(|(c, f)| f.then_some(c))
+                .collect();
+        }
         match self.mode {
             Tamper::FlipChunkByte => {
                 let Some(c) = chunks.first_mut() else { return };
@@ -260,7 +297,8 @@ impl Proxy {
                 self.hit();
             }
             Tamper::SwapChunks => {
-                let Some((i, j)) = two_distinct(&chunks, |c| (&c.data, &c.id)) else {
+                // Chunks from a frame have no id: their bytes tell them apart.
+                let Some((i, j)) = two_distinct(&chunks, |c| (&c.data, &c.data)) else {
                     return;
                 };
                 let (a, b) = pair(&mut chunks, i, j);

@@ -10,7 +10,7 @@ use lbsync_chunkstore::{Chunk, ChunkStore, Inserted};
 use lbsync_proto::convert::max_sealed_chunk;
 use lbsync_proto::wire::{
     MAX_DELTA_BASES, chunk_bases, decode_chunk_against, encode_chunk, encode_chunk_against,
-    unpack_together,
+    pack_answer_together, raw_chunk, unpack_together,
 };
 use lbsync_proto::{ids_from_bytes, pb};
 use tokio::sync::mpsc;
@@ -35,6 +35,9 @@ const PUT_MESSAGE_RAW_LIMIT: u64 = 64 << 20;
 const GET_BASE_BUDGET: u64 = 64 << 20;
 /// GetChunks answers in messages of about this size.
 const GET_MESSAGE_BYTES: usize = 1 << 20;
+/// ... and in messages of about this many chunk bytes when they go in a together frame: the
+/// frame's window spans the message, and a larger one finds more that files share.
+const GET_TOGETHER_BYTES: usize = 4 << 20;
 /// The most bytes of chunks GetChunks reads at once (counted at the largest chunk size).
 const GET_READ_BYTES: usize = 4 << 20;
 
@@ -208,6 +211,8 @@ impl SyncService {
         let folders = self.folders.clone();
         let f = r.folder.clone();
         let encrypted = to_status(blocking(move || folders.encrypted(&f)).await)?;
+        // Sealed chunks do not compress: they go one by one, as they are.
+        let together = r.together && !encrypted;
         let (tx, rx) = mpsc::channel(4);
         let (store, scopes) = (self.store.clone(), self.scopes.clone());
         let (gates, who) = (self.gates.clone(), caller.name());
@@ -260,13 +265,22 @@ impl SyncService {
                             b,
                             &mut base_budget,
                         ),
+                        // Compressed with the message's other whole chunks when it is sent.
+                        None if together => raw_chunk(*id, &bytes),
                         None => whole(*id, &bytes, encrypted),
                     };
                     size += wire.data.len();
                     msg.chunks.push(wire);
-                    if size >= GET_MESSAGE_BYTES {
+                    if size
+                        >= if together {
+                            GET_TOGETHER_BYTES
+                        } else {
+                            GET_MESSAGE_BYTES
+                        }
+                    {
+                        let full = finish_answer(std::mem::take(&mut msg), together);
                         drop(turn.take());
-                        if tx.blocking_send(Ok(std::mem::take(&mut msg))).is_err() {
+                        if tx.blocking_send(Ok(full)).is_err() {
                             return;
                         }
                         size = 0;
@@ -274,9 +288,10 @@ impl SyncService {
                     }
                 }
             }
-            drop(turn);
             if !msg.chunks.is_empty() {
-                let _ = tx.blocking_send(Ok(msg));
+                let last = finish_answer(msg, together);
+                drop(turn);
+                let _ = tx.blocking_send(Ok(last));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -355,6 +370,22 @@ fn encode_against_stored(
 
 /// A chunk sent whole: compressed when that pays, except a sealed chunk (an encrypted folder's),
 /// whose bytes do not compress and go as stored.
+/// A GetChunks message ready to send: for a client that asked `together`, its whole chunks
+/// (there as they are) compressed into one frame, or each compressed alone when the frame
+/// would not save 1/32 of them.
+fn finish_answer(mut msg: pb::GetChunksResponse, together: bool) -> pb::GetChunksResponse {
+    if !together || pack_answer_together(&mut msg).unwrap_or(false) {
+        return msg;
+    }
+    for c in &mut msg.chunks {
+        let raw = c.compression == i32::from(pb::Compression::None) && c.base_ids.is_empty();
+        if let (true, Some(id)) = (raw, lbsync_chunkstore::ChunkId::from_slice(&c.id)) {
+            *c = whole(id, &c.data, false);
+        }
+    }
+    msg
+}
+
 fn whole(id: lbsync_chunkstore::ChunkId, bytes: &Bytes, sealed: bool) -> pb::ChunkData {
     if !sealed {
         return encode_chunk(id, bytes);

@@ -985,12 +985,15 @@ async fn sealed_chunks_may_be_a_little_longer_and_are_served_as_stored_or_as_del
             } else {
                 Vec::new()
             },
+            // Asked, but an encrypted folder's chunks never go in a together frame.
+            together: true,
         };
         let mut c = c.clone();
         async move {
             let mut s = c.get_chunks(req).await.unwrap().into_inner();
             let mut got = Vec::new();
             while let Some(m) = s.message().await.unwrap() {
+                assert!(m.together.is_empty());
                 got.extend(m.chunks);
             }
             got

@@ -714,6 +714,87 @@ async fn a_damaged_chunk_is_missing_after_a_failed_read_and_heals_on_upload() {
     server.stop().await;
 }
 
+/// A download that asks `together` gets a message's whole chunks in one zstd frame, in request
+/// order and without ids (each is the id asked at its place); chunks that do not compress
+/// together go one by one as before; an old-style request gets no frame.
+#[tokio::test]
+async fn get_chunks_asked_together_answers_a_frame_in_request_order() {
+    use lbsync_proto::wire::{pack_together, raw_chunk, unpack_answer_together};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    handshake(&mut c, "default").await;
+    let text: Vec<Chunk> = (0..60)
+        .map(|i| Chunk::new(format!("import os\n\ndef g{i}():\n    return {i}\n").repeat(15)))
+        .collect();
+    let random: Vec<Chunk> = (0..3).map(|i| Chunk::new(seeded(5000, i))).collect();
+    let mut put = pb::PutChunksRequest {
+        chunks: text
+            .iter()
+            .chain(&random)
+            .map(|c| raw_chunk(c.id(), c.data()))
+            .collect(),
+        ..Default::default()
+    };
+    pack_together(&mut put).unwrap();
+    c.put_chunks(tokio_stream::iter([put])).await.unwrap();
+
+    let get = |ids: Vec<ChunkId>, together: bool| {
+        let mut c = c.clone();
+        async move {
+            let mut s = c
+                .get_chunks(pb::GetChunksRequest {
+                    ids: lbsync_proto::ids_to_bytes(&ids),
+                    together,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut msgs = Vec::new();
+            while let Some(m) = s.message().await.unwrap() {
+                msgs.push(m);
+            }
+            msgs
+        }
+    };
+    // Text, reversed: the frame follows the request's order, not the store's.
+    let asked: Vec<ChunkId> = text.iter().rev().map(Chunk::id).collect();
+    let msgs = get(asked.clone(), true).await;
+    let wire: usize = msgs.iter().map(prost::Message::encoded_len).sum();
+    let raw: usize = text.iter().map(Chunk::len).sum();
+    assert!(wire * 10 < raw, "{wire} bytes on the wire for {raw}");
+    let mut got = Vec::new();
+    for mut m in msgs {
+        assert!(!m.together.is_empty());
+        unpack_answer_together(&mut m, 64 << 20).unwrap();
+        got.extend(m.chunks);
+    }
+    assert_eq!(got.len(), asked.len());
+    for (cd, id) in got.iter().zip(&asked) {
+        assert!(cd.id.is_empty(), "the id is the one asked at its place");
+        assert_eq!(ChunkId::of(&cd.data), *id);
+    }
+    // Random chunks do not pay together: each goes on its own, with its id.
+    let asked: Vec<ChunkId> = random.iter().map(Chunk::id).collect();
+    for m in get(asked.clone(), true).await {
+        assert!(m.together.is_empty());
+        for (cd, id) in m.chunks.iter().zip(&asked) {
+            assert_eq!(cd.id[..], id.as_bytes()[..]);
+        }
+    }
+    // Not asked: no frame, each chunk compressed alone as before.
+    for m in get(text.iter().map(Chunk::id).collect(), false).await {
+        assert!(m.together.is_empty());
+        assert!(
+            m.chunks
+                .iter()
+                .all(|cd| cd.compression == pb::Compression::Zstd as i32 && cd.id.len() == 32)
+        );
+    }
+    server.stop().await;
+}
+
 /// Small files' chunks in one zstd frame (`PutChunksRequest.together`) are stored each on its
 /// own, compressed alone, and come back whole; a frame that lies about its length, or a chunk
 /// whose bytes in it are not its own, stores nothing of the message.
