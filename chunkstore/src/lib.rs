@@ -62,7 +62,8 @@ pub use chunker::{
     BLOCK_SIZE, Chunker, Cutter, NORMALIZATION, Piece, chunk_pipelined, cut_pipelined,
 };
 pub use compress::{
-    CompressProbe, compress_against, compress_if_smaller, compress_together, decompress,
+    CompressProbe, compress_against, compress_frame, compress_if_smaller, compress_together,
+    decompress,
     decompress_against,
 };
 pub use delta::{DeltaOp, ManifestDelta, edit_bases};
