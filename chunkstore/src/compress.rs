@@ -24,6 +24,11 @@ fn compress(data: &[u8]) -> Option<Vec<u8>> {
     })
 }
 
+/// `data` as one zstd frame, whatever it saves (a format that is always zstd: block deltas).
+pub fn compress_frame(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    compress(data).ok_or_else(|| std::io::Error::other("zstd failed to compress"))
+}
+
 /// Whether `compressed` bytes for `raw` bytes are worth keeping: they save at least 1/32.
 pub(crate) fn pays(compressed: usize, raw: usize) -> bool {
     compressed < raw - raw / 32

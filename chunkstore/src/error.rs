@@ -72,6 +72,9 @@ pub enum Error {
     /// A manifest's encoding does not decode.
     #[error("malformed manifest: {0}")]
     BadManifest(String),
+    /// A block delta's ops or a signature do not fit (see [`crate::apply_block_delta`]).
+    #[error("malformed block delta: {0}")]
+    BadDelta(String),
     /// A string that should be a 64-digit hex id is not.
     #[error("invalid id {0:?}: expected 64 hexadecimal digits (a BLAKE3-256 hash)")]
     BadId(String),

@@ -54,6 +54,7 @@ pub mod pack;
 mod pack_store;
 mod params;
 mod shape;
+mod signature;
 mod store;
 
 pub use chunk::Chunk;
@@ -61,8 +62,8 @@ pub use chunker::{
     BLOCK_SIZE, Chunker, Cutter, NORMALIZATION, Piece, chunk_pipelined, cut_pipelined,
 };
 pub use compress::{
-    CompressProbe, DOWNLOAD_TOGETHER_LEVEL, TOGETHER_LEVEL, compress_against, compress_if_smaller,
-    compress_together, compress_together_at, decompress, decompress_against,
+    CompressProbe, DOWNLOAD_TOGETHER_LEVEL, TOGETHER_LEVEL, compress_against, compress_frame,
+    compress_if_smaller, compress_together, compress_together_at, decompress, decompress_against,
 };
 pub use delta::{DeltaOp, ManifestDelta, edit_bases};
 pub use error::{Error, Result};
@@ -73,5 +74,9 @@ pub use mem::MemStore;
 #[cfg(feature = "sled")]
 pub use pack_store::{FsckProblem, FsckReport, PackStore, RecoveryReport, StoreOptions};
 pub use params::{ChunkParams, MAX_CHUNK_LIMIT};
+pub use signature::{
+    MAX_BLOCK_SIZE, STRONG_LEN, Signature, apply_block_delta, block_delta, block_size_for,
+    max_ops_len, weak_sum,
+};
 pub use shape::{check_delta, check_manifest, delta_chunk_count, max_chunks_for};
 pub use store::{ChunkStore, GcOptions, GcReport, Inserted, StoreStats};

@@ -88,6 +88,9 @@ pub struct Remote {
     pub compress: bool,
     /// The server takes and sends sealed paths raw (`HandshakeResponse.raw_sealed_paths`).
     pub raw_paths: bool,
+    /// The server answers GetSignatures and takes block deltas
+    /// (`HandshakeResponse.block_deltas`).
+    pub block_deltas: bool,
     /// How the folder's chunks, manifests and entries look on the server (see
     /// [`Remote::set_codec`]).
     codec: FolderCodec,
@@ -391,6 +394,7 @@ impl Remote {
             same_content: hs.same_content_commits,
             compress: hs.compression.iter().any(|c| c == "zstd"),
             raw_paths: hs.raw_sealed_paths,
+            block_deltas: hs.block_deltas,
             codec: FolderCodec::Plain,
             same_as: HashMap::new(),
             refused: Vec::new(),
@@ -420,6 +424,42 @@ impl Remote {
             out.extend(ids_from_bytes(&resp.missing).map_err(Error::protocol("MissingChunks"))?);
         }
         Ok(out)
+    }
+
+    /// The block signatures of chunks the server holds in the folder, in order (`None` for one
+    /// it does not hold). At most [`Self::max_ids`] ids.
+    pub async fn signatures(
+        &mut self,
+        ids: &[ChunkId],
+    ) -> Result<Vec<Option<lbsync_chunkstore::Signature>>> {
+        let req = pb::GetSignaturesRequest {
+            ids: ids_to_bytes(ids),
+            folder: self.folder.clone(),
+        };
+        self.sent += req.encoded_len() as u64;
+        let resp = self
+            .client
+            .get_signatures(req)
+            .await
+            .map_err(Error::rpc("GetSignatures"))?
+            .into_inner();
+        self.received += resp.encoded_len() as u64;
+        if resp.signatures.len() != ids.len() {
+            return Err(Error::Protocol {
+                what: "GetSignatures",
+                reason: format!(
+                    "{} signatures for {} chunks",
+                    resp.signatures.len(),
+                    ids.len()
+                ),
+            });
+        }
+        resp.signatures
+            .iter()
+            .map(|s| {
+                lbsync_proto::wire::signature_from_pb(s).map_err(Error::protocol("GetSignatures"))
+            })
+            .collect()
     }
 
     /// Starts a PutChunks call fed by the returned sender; await the handle for the answer.

@@ -258,7 +258,12 @@ impl Syncer {
     /// Chunks `local`, sends the chunks the server lacks, and returns the manifest. Chunks of
     /// synced files are known to be on the server and are not even asked about, unless
     /// `trust_index` is false (after the server said it lacks some).
-    async fn push_chunks(&mut self, local: &Path, trust_index: bool) -> Result<Pushed> {
+    async fn push_chunks(
+        &mut self,
+        local: &Path,
+        trust_index: bool,
+        old: Option<&Manifest>,
+    ) -> Result<Pushed> {
         let file =
             fs::File::open(local).map_err(Error::io(format!("reading {}", local.display())))?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -294,8 +299,13 @@ impl Syncer {
         let mut chunks_sent = 0u64;
         let mut probe = CompressProbe::default();
         let cache_them = len <= CACHED_FILE_MAX;
+        // Block deltas against the synced version's chunks the server holds: plain folders only.
+        let mut bases = old
+            .filter(|_| self.remote.block_deltas && !self.remote.codec().is_sealed())
+            .map(OldChunks::new);
         'batches: while let Some(batch) = rx.recv().await {
             progress.inc(batch.iter().map(|c| c.len() as u64).sum());
+            let first_ref = refs.len();
             refs.extend(batch.iter().map(Piece::chunk_ref));
             if cache_them {
                 for c in &batch {
@@ -317,13 +327,32 @@ impl Syncer {
             }
             let mut missing: HashSet<ChunkId> =
                 self.remote.missing(&ask).await?.into_iter().collect();
-            for c in batch.iter() {
+            let candidates = match &mut bases {
+                Some(o) => o.candidates(&refs[first_ref..], &missing),
+                None => vec![Vec::new(); batch.len()],
+            };
+            let sigs = self.signatures_of(&candidates, &mut bases).await;
+            for (c, cands) in batch.iter().zip(&candidates) {
                 if !missing.remove(&c.id()) {
                     continue;
                 }
                 sent.insert(key(&c.id()));
                 chunks_sent += 1;
-                if !puts.push(&self.remote, c.wire(&mut probe)).await {
+                let mut wire = c.wire(&mut probe);
+                let found: Option<Vec<lbsync_chunkstore::Signature>> =
+                    cands.iter().map(|b| sigs.get(b).cloned()).collect();
+                if let Some(found) = found.filter(|f| !f.is_empty()) {
+                    if let Some(d) = lbsync_proto::wire::encode_block_delta(
+                        c.id(),
+                        c.stored(),
+                        cands,
+                        &found,
+                        wire.data.len(),
+                    ) {
+                        wire = d;
+                    }
+                }
+                if !puts.push(&self.remote, wire).await {
                     break 'batches;
                 }
             }
@@ -342,6 +371,37 @@ impl Syncer {
         })
     }
 
+    /// The signatures of the candidate bases of one batch, by id; none (and block deltas off for
+    /// the rest of the file) when the server cannot say.
+    async fn signatures_of(
+        &mut self,
+        candidates: &[Vec<ChunkId>],
+        bases: &mut Option<OldChunks>,
+    ) -> HashMap<ChunkId, lbsync_chunkstore::Signature> {
+        let mut ids: Vec<ChunkId> = Vec::new();
+        let mut seen = HashSet::new();
+        for id in candidates.iter().flatten() {
+            if seen.insert(*id) && ids.len() < self.remote.max_ids() {
+                ids.push(*id);
+            }
+        }
+        if ids.is_empty() {
+            return HashMap::new();
+        }
+        match self.remote.signatures(&ids).await {
+            Ok(sigs) => ids
+                .into_iter()
+                .zip(sigs)
+                .filter_map(|(id, s)| s.map(|s| (id, s)))
+                .collect(),
+            Err(e) => {
+                warn!("no block signatures from the server ({e}): sending edited chunks whole");
+                *bases = None;
+                HashMap::new()
+            }
+        }
+    }
+
     /// Uploads a local file and commits it on `base_version`.
     pub(crate) async fn upload_file(
         &mut self,
@@ -352,11 +412,22 @@ impl Syncer {
         let base = self.synced_manifest(path);
         let mut trust_index = true;
         let mut full = false;
+        let mut deltas = true;
         for _attempt in 0..3 {
             let Some(before) = fingerprint(&local).filter(|f| f.kind == Kind::File) else {
                 return Ok(Uploaded::NotSettled);
             };
-            let pushed = self.push_chunks(&local, trust_index).await?;
+            let old = base.as_ref().filter(|_| deltas);
+            let pushed = match self.push_chunks(&local, trust_index, old).await {
+                Ok(p) => p,
+                // A refused block delta (a base gone, a false block match): send chunks whole.
+                Err(e) if old.is_some() && !e.is_offline() => {
+                    warn!("uploading {path} with block deltas failed ({e}): sending it whole");
+                    deltas = false;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if fingerprint(&local).as_ref() != Some(&before) {
                 return Ok(Uploaded::NotSettled);
             }
@@ -1126,6 +1197,74 @@ impl Syncer {
 
 /// A manifest's chunks in download windows: bounded in count and in bytes, so that a window of
 /// a very large file's 1 MiB chunks does not hold a gigabyte.
+/// The synced version's chunks, for finding which of them a new chunk of the file most likely
+/// replaced: the old chunks at the same place, counted from the last chunk both versions share.
+struct OldChunks {
+    /// Old chunks: id, offset, length, in file order.
+    chunks: Vec<(ChunkId, u64, u64)>,
+    /// The first old offset of each id.
+    at: HashMap<ChunkId, u64>,
+    /// New offset of the next chunk, and new minus old offset at the last shared chunk.
+    new_off: u64,
+    shift: i64,
+}
+
+/// Old chunks a new chunk is sent against as a block delta, at most.
+const MAX_SIGNATURE_BASES: usize = 2;
+
+impl OldChunks {
+    fn new(m: &Manifest) -> Self {
+        let mut off = 0;
+        let mut chunks = Vec::with_capacity(m.chunks().len());
+        let mut at = HashMap::with_capacity(m.chunks().len());
+        for c in m.chunks() {
+            chunks.push((c.id, off, u64::from(c.len)));
+            at.entry(c.id).or_insert(off);
+            off += u64::from(c.len);
+        }
+        Self {
+            chunks,
+            at,
+            new_off: 0,
+            shift: 0,
+        }
+    }
+
+    /// Per chunk of the next `refs` of the new file, its candidate bases: for one in `missing`,
+    /// the old chunks (at most [`MAX_SIGNATURE_BASES`], in file order) that overlap its place
+    /// by at least a quarter of the shorter of the two.
+    fn candidates(&mut self, refs: &[ChunkRef], missing: &HashSet<ChunkId>) -> Vec<Vec<ChunkId>> {
+        let mut out = Vec::with_capacity(refs.len());
+        for r in refs {
+            let len = u64::from(r.len);
+            let mut found = Vec::new();
+            if let Some(&old_off) = self.at.get(&r.id) {
+                self.shift = self.new_off as i64 - old_off as i64;
+            } else if missing.contains(&r.id) {
+                let from = (self.new_off as i64 - self.shift).max(0) as u64;
+                let to = from + len;
+                let first = self.chunks.partition_point(|&(_, o, l)| o + l <= from);
+                let mut overlaps: Vec<(u64, usize)> = self.chunks[first..]
+                    .iter()
+                    .enumerate()
+                    .take_while(|(_, (_, o, _))| *o < to)
+                    .filter_map(|(k, &(_, o, l))| {
+                        let over = (o + l).min(to) - o.max(from);
+                        (over * 4 >= l.min(len)).then_some((over, first + k))
+                    })
+                    .collect();
+                overlaps.sort_by(|a, b| b.0.cmp(&a.0));
+                overlaps.truncate(MAX_SIGNATURE_BASES);
+                overlaps.sort_by_key(|&(_, k)| k);
+                found = overlaps.iter().map(|&(_, k)| self.chunks[k].0).collect();
+            }
+            self.new_off += len;
+            out.push(found);
+        }
+        out
+    }
+}
+
 fn windows(chunks: &[ChunkRef]) -> impl Iterator<Item = &[ChunkRef]> {
     let mut rest = chunks;
     std::iter::from_fn(move || {

@@ -2,7 +2,7 @@
 //! holds; checked on arrival.
 
 use bytes::Bytes;
-use lbsync_chunkstore::{Chunk, ChunkId, CompressProbe};
+use lbsync_chunkstore::{Chunk, ChunkId, CompressProbe, STRONG_LEN, Signature};
 
 use crate::convert::{ConvertError, ids_from_bytes, ids_to_bytes};
 use crate::pb;
@@ -215,6 +215,119 @@ pub fn encode_chunk_against(
     }
 }
 
+/// A chunk's [`Signature`] as GetSignatures answers it.
+pub fn signature_to_pb(s: &Signature) -> pb::ChunkSignature {
+    pb::ChunkSignature {
+        len: s.len,
+        block_size: s.block_size,
+        weak: s.weak.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        strong: s.strong.iter().flatten().copied().collect(),
+        strong_len: STRONG_LEN as u32,
+    }
+}
+
+/// A signature off the wire, checked: `None` for a chunk the server does not hold (length 0).
+/// Only strong hashes of [`STRONG_LEN`] bytes are taken (the only length lbsync makes).
+pub fn signature_from_pb(s: &pb::ChunkSignature) -> Result<Option<Signature>, ConvertError> {
+    if s.len == 0 {
+        return Ok(None);
+    }
+    let bad = |why: String| ConvertError::BadChunk(format!("a chunk signature {why}"));
+    if s.strong_len as usize != STRONG_LEN {
+        return Err(bad(format!(
+            "has strong hashes of {} bytes, not {STRONG_LEN}",
+            s.strong_len
+        )));
+    }
+    if s.weak.len() % 4 != 0 || s.strong.len() % STRONG_LEN != 0 {
+        return Err(bad("has sums of a partial block".into()));
+    }
+    let sig = Signature {
+        len: s.len,
+        block_size: s.block_size,
+        weak: s
+            .weak
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect(),
+        strong: s
+            .strong
+            .chunks_exact(STRONG_LEN)
+            .map(|h| {
+                let mut out = [0u8; STRONG_LEN];
+                out.copy_from_slice(h);
+                out
+            })
+            .collect(),
+    };
+    sig.check().map_err(|e| bad(e.to_string()))?;
+    Ok(Some(sig))
+}
+
+/// A chunk as a block delta (`COMPRESSION_BLOCK_DELTA`) against chunks the receiver holds
+/// (`base_ids`, described by `sigs`, in order), when that is smaller than `plain_len` by at
+/// least 1/32; else `None`. Only to a server whose handshake says `block_deltas`.
+pub fn encode_block_delta(
+    id: ChunkId,
+    raw: &[u8],
+    base_ids: &[ChunkId],
+    sigs: &[Signature],
+    plain_len: usize,
+) -> Option<pb::ChunkData> {
+    if base_ids.is_empty() || base_ids.len() > MAX_DELTA_BASES || base_ids.len() != sigs.len() {
+        return None;
+    }
+    let ops = lbsync_chunkstore::block_delta(raw, sigs);
+    if ops.len() > lbsync_chunkstore::max_ops_len(raw.len(), sigs.len()) {
+        return None;
+    }
+    let z = lbsync_chunkstore::compress_frame(&ops).ok()?;
+    (z.len() < plain_len - plain_len / 32).then(|| pb::ChunkData {
+        id: Bytes::copy_from_slice(id.as_bytes()),
+        compression: pb::Compression::BlockDelta.into(),
+        raw_len: raw.len() as u32,
+        data: Bytes::from(z),
+        base_ids: ids_to_bytes(base_ids),
+    })
+}
+
+/// A received block delta (`COMPRESSION_BLOCK_DELTA`), rebuilt on the bytes of its bases (in
+/// `base_ids` order) and checked against its id: ops within their bound, exactly `raw_len`
+/// (at most `max_len`) bytes.
+pub fn decode_block_delta(
+    c: pb::ChunkData,
+    max_len: u32,
+    bases: &[&[u8]],
+) -> Result<Chunk, ConvertError> {
+    let id = ChunkId::from_slice(&c.id).ok_or(ConvertError::BadLength {
+        field: "chunk id",
+        len: c.id.len(),
+        expected: "32".into(),
+    })?;
+    if c.compression != i32::from(pb::Compression::BlockDelta) {
+        return Err(ConvertError::BadChunk(format!(
+            "chunk {id} is not a block delta"
+        )));
+    }
+    if c.raw_len == 0 || c.raw_len > max_len {
+        return Err(ConvertError::BadChunk(format!(
+            "chunk {id} declares {} bytes, not 1..={max_len}: chunk with the server's parameters",
+            c.raw_len
+        )));
+    }
+    let bad = |why: String| {
+        ConvertError::BadChunk(format!(
+            "chunk {id}: block delta {why}; send the chunk whole"
+        ))
+    };
+    let limit = lbsync_chunkstore::max_ops_len(c.raw_len as usize, bases.len());
+    let ops = lbsync_chunkstore::decompress(&c.data, limit)
+        .map_err(|e| bad(format!("does not decode to at most {limit} bytes of ops: {e}")))?;
+    let raw = lbsync_chunkstore::apply_block_delta(&ops, bases, c.raw_len as usize)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(Chunk::verify(id, Bytes::from(raw))?)
+}
+
 /// The chunks a received chunk is a delta against: none for a plain chunk, at most
 /// [`MAX_DELTA_BASES`].
 pub fn chunk_bases(c: &pb::ChunkData) -> Result<Vec<ChunkId>, ConvertError> {
@@ -301,6 +414,10 @@ pub fn decode_chunk_against(
         }
         // Kept compressed as it came, for the store.
         Ok(pb::Compression::Zstd) => Ok(Chunk::from_zstd(id, c.data, c.raw_len as usize)?),
+        Ok(pb::Compression::BlockDelta) => Err(ConvertError::BadChunk(format!(
+            "chunk {id} is a block delta, which only an upload to a server that says \
+             block_deltas may carry"
+        ))),
         Err(_) => Err(ConvertError::UnknownEnum {
             field: "compression",
             value: c.compression,
@@ -470,5 +587,65 @@ mod tests {
         let noise = Chunk::new(noise);
         let plain = encode_chunk_against(noise.id(), noise.data(), &[old.id()], old.data());
         assert!(plain.base_ids.is_empty());
+    }
+
+    #[test]
+    fn block_deltas_round_trip_through_their_signature_and_refuse_what_does_not_fit() {
+        let mut x = 7u64;
+        let old: Vec<u8> = (0..8192)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let old = Chunk::new(old);
+        let mut edited = old.data().to_vec();
+        edited.insert(4000, b'!');
+        let new = Chunk::new(edited);
+        let sig = signature_from_pb(&signature_to_pb(&Signature::of(old.data())))
+            .unwrap()
+            .unwrap();
+        let wire = encode_block_delta(new.id(), new.data(), &[old.id()], &[sig], new.len()).unwrap();
+        assert!(wire.data.len() < 400, "{} bytes", wire.data.len());
+        assert_eq!(chunk_bases(&wire).unwrap(), [old.id()]);
+        let back = decode_block_delta(wire.clone(), 1 << 20, &[old.data()]).unwrap();
+        assert_eq!(back, new);
+
+        let e = decode_chunk_against(wire.clone(), 1 << 20, Some(old.data()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only an upload"), "{e}");
+        let e = decode_block_delta(wire.clone(), 1 << 20, &[b"another base".as_slice()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("send the chunk whole"), "{e}");
+        let mut short = wire.clone();
+        short.raw_len -= 1;
+        let e = decode_block_delta(short, 1 << 20, &[old.data()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than the declared"), "{e}");
+        let mut wrong = wire.clone();
+        wrong.id = Bytes::copy_from_slice(old.id().as_bytes());
+        let e = decode_block_delta(wrong, 1 << 20, &[old.data()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("do not match their id"), "{e}");
+        let e = decode_block_delta(wire.clone(), 100, &[old.data()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not 1..=100"), "{e}");
+        // A frame that inflates past the ops' bound is refused before it is applied.
+        let mut bomb = wire;
+        bomb.data = Bytes::from(lbsync_chunkstore::compress_frame(&vec![0u8; 1 << 20]).unwrap());
+        let e = decode_block_delta(bomb, 1 << 20, &[old.data()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not decode to at most"), "{e}");
+        // Noise against an unrelated base is not worth a delta.
+        let sig = Signature::of(b"unrelated base bytes, unrelated".as_slice());
+        assert!(encode_block_delta(new.id(), new.data(), &[old.id()], &[sig], new.len()).is_none());
     }
 }

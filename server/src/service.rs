@@ -241,6 +241,7 @@ impl pb::sync_server::Sync for SyncService {
             compression: vec![COMPRESSION.into()],
             same_content_commits: true,
             raw_sealed_paths: true,
+            block_deltas: true,
         }))
     }
 
@@ -277,6 +278,13 @@ impl pb::sync_server::Sync for SyncService {
         req: Request<Streaming<pb::PutChunksRequest>>,
     ) -> Result<Response<pb::PutChunksResponse>, Status> {
         self.put_chunks_rpc(req).await
+    }
+
+    async fn get_signatures(
+        &self,
+        req: Request<pb::GetSignaturesRequest>,
+    ) -> Result<Response<pb::GetSignaturesResponse>, Status> {
+        self.get_signatures_rpc(req).await
     }
 
     async fn commit(

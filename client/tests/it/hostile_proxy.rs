@@ -351,6 +351,13 @@ impl Sync for Proxy {
         unary!(self, req, missing_chunks)
     }
 
+    async fn get_signatures(
+        &self,
+        req: Request<pb::GetSignaturesRequest>,
+    ) -> Result<Response<pb::GetSignaturesResponse>, Status> {
+        unary!(self, req, get_signatures)
+    }
+
     async fn put_chunks(
         &self,
         req: Request<Streaming<pb::PutChunksRequest>>,

@@ -151,6 +151,30 @@ async fn one_byte_insert_in_100_mib_costs_a_few_kb_and_a_rename_costs_no_chunk()
     assert_eq!(tree(a), tree(b));
 }
 
+/// A large file's edited chunk has no cached base here: it goes as a block delta against the
+/// server's copy of the chunk it replaced (GetSignatures), about one block instead of the chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_byte_insert_in_a_large_file_goes_as_a_block_delta_and_syncs_exactly() {
+    let server = Server::start().await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (a.path(), b.path());
+    let mut data = seeded(6 << 20, 11);
+    write(a, "disk.img", &data);
+    converge(&[a, b], &server).await;
+
+    for at in [3 << 20, 0, data.len()] {
+        data.insert(at, b'!');
+        write(a, "disk.img", &data);
+        let up = sync(a, &server, "a").await;
+        eprintln!("1-byte insert at {at} of 6 MiB, upload: {up:?}");
+        // An 8 KiB chunk whole would be over 8,000 bytes on its own.
+        assert!(up.bytes_sent < 2_500, "insert at {at}: {up:?}");
+        let down = sync(b, &server, "b").await;
+        assert_eq!(fs::read(b.join("disk.img")).unwrap(), data, "insert at {at}");
+        assert!(down.chunks_received <= 3, "{down:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ignored_files_never_reach_the_server() {
     let server = Server::start().await;

@@ -6,11 +6,11 @@
 //! replaced.
 
 use bytes::Bytes;
-use lbsync_chunkstore::{Chunk, ChunkStore, Inserted};
+use lbsync_chunkstore::{Chunk, ChunkStore, Inserted, Signature};
 use lbsync_proto::convert::max_sealed_chunk;
 use lbsync_proto::wire::{
-    MAX_DELTA_BASES, chunk_bases, decode_chunk_against, encode_chunk, encode_chunk_against,
-    pack_answer_together, raw_chunk, unpack_together,
+    MAX_DELTA_BASES, chunk_bases, decode_block_delta, decode_chunk_against, encode_chunk,
+    encode_chunk_against, pack_answer_together, raw_chunk, signature_to_pb, unpack_together,
 };
 use lbsync_proto::{ids_from_bytes, pb};
 use tokio::sync::mpsc;
@@ -33,6 +33,9 @@ const PUT_BATCH_BYTES: usize = 4 << 20;
 const PUT_MESSAGE_RAW_LIMIT: u64 = 64 << 20;
 /// The most bytes of offered delta bases one GetChunks request makes the server read.
 const GET_BASE_BUDGET: u64 = 64 << 20;
+/// The most signature bytes one GetSignatures answer holds (about 40 times as many chunk bytes
+/// read).
+const SIGNATURE_ANSWER_BYTES: usize = 4 << 20;
 /// GetChunks answers in messages of about this size.
 const GET_MESSAGE_BYTES: usize = 1 << 20;
 /// ... and in messages of about this many chunk bytes when they go in a together frame: the
@@ -174,6 +177,58 @@ impl SyncService {
         Ok(Response::new(answer))
     }
 
+    pub(super) async fn get_signatures_rpc(
+        &self,
+        req: Request<pb::GetSignaturesRequest>,
+    ) -> Result<Response<pb::GetSignaturesResponse>, Status> {
+        let who = Who::of(&req);
+        let r = req.into_inner();
+        let caller = self
+            .authz
+            .authorize(who, "GetSignatures", &r.folder, Need::Read)
+            .await?;
+        let _turn = self.gates.enter(&caller.name()).await;
+        let ids = to_status(check_ids(&r.ids, &self.limits))?;
+        let scoped = caller.scope(&r.folder).map(str::to_owned);
+        let (store, scopes, folders) = (self.store.clone(), self.scopes.clone(), self.folders.clone());
+        let folder = r.folder.clone();
+        let signatures = to_status(
+            blocking(move || {
+                if folders.encrypted(&folder)? {
+                    return Err(Error::Precondition(format!(
+                        "folder {folder} is encrypted: its chunks go as deltas of their sealed \
+                         blocks, not against signatures"
+                    )));
+                }
+                let scope = scoped.as_deref().map(|f| (&scopes, f));
+                let mut out = Vec::with_capacity(ids.len());
+                let mut size = 0usize;
+                // A group at a time, as GetChunks reads: one scope query and one batched read.
+                let group = (GET_READ_BYTES / store.params().largest_chunk().max(1) as usize).max(1);
+                for ids in ids.chunks(group) {
+                    for bytes in read_in_scope(&*store, scope, ids)? {
+                        let sig = match bytes {
+                            Some(b) => signature_to_pb(&Signature::of(&b)),
+                            None => pb::ChunkSignature::default(),
+                        };
+                        size += sig.weak.len() + sig.strong.len() + 8;
+                        if size > SIGNATURE_ANSWER_BYTES {
+                            return Err(Error::BadRequest(format!(
+                                "the signatures of these {} chunks come to over \
+                                 {SIGNATURE_ANSWER_BYTES} bytes: ask for fewer chunks at once",
+                                ids.len()
+                            )));
+                        }
+                        out.push(sig);
+                    }
+                }
+                Ok(out)
+            })
+            .await,
+        )?;
+        Ok(Response::new(pb::GetSignaturesResponse { signatures }))
+    }
+
     pub(super) async fn get_chunks_rpc(
         &self,
         req: Request<pb::GetChunksRequest>,
@@ -312,7 +367,9 @@ fn receive_chunk(
     if bases.is_empty() {
         return Ok(decode_chunk_against(c, max_len, None)?);
     }
+    let block_delta = c.compression == i32::from(pb::Compression::BlockDelta);
     let mut base = Vec::new();
+    let mut parts: Vec<Bytes> = Vec::new();
     for b in &bases {
         // A base outside the caller's folder is as absent as one never stored.
         let stored = if in_scope(scope, b)? {
@@ -331,7 +388,15 @@ fn receive_chunk(
                  bases: send fewer deltas per message"
             ))
         })?;
-        base.extend_from_slice(&bytes);
+        if block_delta {
+            parts.push(bytes);
+        } else {
+            base.extend_from_slice(&bytes);
+        }
+    }
+    if block_delta {
+        let parts: Vec<&[u8]> = parts.iter().map(|b| &b[..]).collect();
+        return Ok(decode_block_delta(c, max_len, &parts)?);
     }
     Ok(decode_chunk_against(c, max_len, Some(&base))?)
 }

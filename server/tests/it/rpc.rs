@@ -858,3 +858,99 @@ async fn chunks_sent_together_are_stored_one_by_one_and_a_lying_frame_stores_not
     let stats = lbsync_chunkstore::ChunkStore::stats(&store).unwrap();
     assert!(stats.stored_bytes * 4 < stats.raw_bytes, "{stats:?}");
 }
+
+#[tokio::test]
+async fn block_deltas_rebuild_on_the_stored_base_and_bad_ones_store_nothing() {
+    use lbsync_chunkstore::Signature;
+    use lbsync_proto::wire::{encode_block_delta, signature_from_pb};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut c = server.client().await;
+    assert!(handshake(&mut c, "default").await.block_deltas);
+    let old = Chunk::new(seeded(8192, 3));
+    c.put_chunks(tokio_stream::iter([pb::PutChunksRequest {
+        chunks: vec![encode_chunk(old.id(), old.data())],
+        ..Default::default()
+    }]))
+    .await
+    .unwrap();
+    let never = Chunk::new(seeded(5000, 4));
+    let sigs = c
+        .get_signatures(pb::GetSignaturesRequest {
+            ids: lbsync_proto::ids_to_bytes(&[old.id(), never.id()]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .signatures;
+    assert_eq!(sigs.len(), 2);
+    let sig = signature_from_pb(&sigs[0]).unwrap().unwrap();
+    assert_eq!(sig, Signature::of(old.data()));
+    assert_eq!(signature_from_pb(&sigs[1]).unwrap(), None, "not held: empty");
+
+    let mut edited = old.data().to_vec();
+    edited.insert(4000, b'!');
+    let new = Chunk::new(edited);
+    let good =
+        encode_block_delta(new.id(), new.data(), &[old.id()], &[sig.clone()], new.len()).unwrap();
+    assert!(good.data.len() < 400, "{}", good.data.len());
+
+    // Bad ones: each refused, nothing stored.
+    let mut wrong_hash = good.clone();
+    wrong_hash.id = Bytes::copy_from_slice(never.id().as_bytes());
+    let mut out_of_range = good.clone();
+    // Block size 256, then a copy of block 40 (the base has 32).
+    let ops = [0x80, 0x02, 0b11, 40];
+    out_of_range.data = Bytes::from(lbsync_chunkstore::compress_frame(&ops).unwrap());
+    out_of_range.raw_len = 256;
+    let mut not_held = good.clone();
+    not_held.base_ids = Bytes::copy_from_slice(never.id().as_bytes());
+    let mut oversized = good.clone();
+    oversized.raw_len = 2 << 20;
+    let mut short = good.clone();
+    short.raw_len -= 1;
+    for (what, chunk, code, says) in [
+        ("wrong hash", wrong_hash, Code::InvalidArgument, "do not match their id"),
+        ("out of range", out_of_range, Code::InvalidArgument, "where the bases have 32"),
+        ("base not held", not_held, Code::NotFound, "send the chunk whole"),
+        ("oversized", oversized, Code::InvalidArgument, "not 1..="),
+        ("short", short, Code::InvalidArgument, "more than the declared"),
+    ] {
+        let err = c
+            .put_chunks(tokio_stream::iter([pb::PutChunksRequest {
+                chunks: vec![chunk],
+                ..Default::default()
+            }]))
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), code, "{what}: {err:?}");
+        assert!(err.message().contains(says), "{what}: {}", err.message());
+        assert_eq!(
+            missing(&mut c, &[new.id(), never.id()]).await.len(),
+            2,
+            "{what}: nothing stored"
+        );
+    }
+
+    // Too many ids.
+    let err = c
+        .get_signatures(pb::GetSignaturesRequest {
+            ids: lbsync_proto::ids_to_bytes(&vec![old.id(); 65_537]),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    c.put_chunks(tokio_stream::iter([pb::PutChunksRequest {
+        chunks: vec![good],
+        ..Default::default()
+    }]))
+    .await
+    .unwrap();
+    assert!(missing(&mut c, &[new.id()]).await.is_empty());
+    let m = Manifest::new(vec![new.chunk_ref()]);
+    assert_eq!(download(&mut c, &m).await, new.data().to_vec());
+    server.stop().await;
+}
