@@ -74,9 +74,9 @@ pub use mem::MemStore;
 #[cfg(feature = "sled")]
 pub use pack_store::{FsckProblem, FsckReport, PackStore, RecoveryReport, StoreOptions};
 pub use params::{ChunkParams, MAX_CHUNK_LIMIT};
+pub use shape::{check_delta, check_manifest, delta_chunk_count, max_chunks_for};
 pub use signature::{
     MAX_BLOCK_SIZE, STRONG_LEN, Signature, apply_block_delta, block_delta, block_size_for,
     max_ops_len, weak_sum,
 };
-pub use shape::{check_delta, check_manifest, delta_chunk_count, max_chunks_for};
 pub use store::{ChunkStore, GcOptions, GcReport, Inserted, StoreStats};

@@ -208,7 +208,7 @@ pub fn block_delta(new: &[u8], bases: &[Signature]) -> Vec<u8> {
         }
     }
     // Longer windows first: a match covers more.
-    windows.sort_by(|x, y| y.len.cmp(&x.len));
+    windows.sort_by_key(|w| std::cmp::Reverse(w.len));
     let n = new.len();
     let reset = |windows: &mut [Window], p: usize| {
         for w in windows.iter_mut() {
@@ -278,7 +278,9 @@ pub fn block_delta(new: &[u8], bases: &[Signature]) -> Vec<u8> {
                     if p + w.len < n {
                         let (x, y) = (u32::from(new[p]), u32::from(new[p + w.len]));
                         w.a = w.a.wrapping_sub(x).wrapping_add(y);
-                        w.b = w.b.wrapping_sub((w.len as u32).wrapping_mul(x)).wrapping_add(w.a);
+                        w.b =
+                            w.b.wrapping_sub((w.len as u32).wrapping_mul(x))
+                                .wrapping_add(w.a);
                     }
                 }
                 p += 1;
@@ -337,7 +339,9 @@ pub fn apply_block_delta(ops: &[u8], bases: &[&[u8]], raw_len: usize) -> Result<
                 ));
             };
             if out.len() + n > raw_len {
-                return bad(format!("the ops make more than the declared {raw_len} bytes"));
+                return bad(format!(
+                    "the ops make more than the declared {raw_len} bytes"
+                ));
             }
             out.extend_from_slice(lit);
             at += n;
@@ -356,7 +360,9 @@ pub fn apply_block_delta(ops: &[u8], bases: &[&[u8]], raw_len: usize) -> Result<
                 let from = (g - f) * bs;
                 let block = &b[from..(from + bs).min(b.len())];
                 if out.len() + block.len() > raw_len {
-                    return bad(format!("the ops make more than the declared {raw_len} bytes"));
+                    return bad(format!(
+                        "the ops make more than the declared {raw_len} bytes"
+                    ));
                 }
                 out.extend_from_slice(block);
             }

@@ -321,8 +321,11 @@ pub fn decode_block_delta(
         ))
     };
     let limit = lbsync_chunkstore::max_ops_len(c.raw_len as usize, bases.len());
-    let ops = lbsync_chunkstore::decompress(&c.data, limit)
-        .map_err(|e| bad(format!("does not decode to at most {limit} bytes of ops: {e}")))?;
+    let ops = lbsync_chunkstore::decompress(&c.data, limit).map_err(|e| {
+        bad(format!(
+            "does not decode to at most {limit} bytes of ops: {e}"
+        ))
+    })?;
     let raw = lbsync_chunkstore::apply_block_delta(&ops, bases, c.raw_len as usize)
         .map_err(|e| bad(e.to_string()))?;
     Ok(Chunk::verify(id, Bytes::from(raw))?)
@@ -607,7 +610,8 @@ mod tests {
         let sig = signature_from_pb(&signature_to_pb(&Signature::of(old.data())))
             .unwrap()
             .unwrap();
-        let wire = encode_block_delta(new.id(), new.data(), &[old.id()], &[sig], new.len()).unwrap();
+        let wire =
+            encode_block_delta(new.id(), new.data(), &[old.id()], &[sig], new.len()).unwrap();
         assert!(wire.data.len() < 400, "{} bytes", wire.data.len());
         assert_eq!(chunk_bases(&wire).unwrap(), [old.id()]);
         let back = decode_block_delta(wire.clone(), 1 << 20, &[old.data()]).unwrap();

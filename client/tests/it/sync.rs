@@ -170,7 +170,11 @@ async fn a_one_byte_insert_in_a_large_file_goes_as_a_block_delta_and_syncs_exact
         // An 8 KiB chunk whole would be over 8,000 bytes on its own.
         assert!(up.bytes_sent < 2_500, "insert at {at}: {up:?}");
         let down = sync(b, &server, "b").await;
-        assert_eq!(fs::read(b.join("disk.img")).unwrap(), data, "insert at {at}");
+        assert_eq!(
+            fs::read(b.join("disk.img")).unwrap(),
+            data,
+            "insert at {at}"
+        );
         assert!(down.chunks_received <= 3, "{down:?}");
     }
 }

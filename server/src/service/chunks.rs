@@ -190,7 +190,11 @@ impl SyncService {
         let _turn = self.gates.enter(&caller.name()).await;
         let ids = to_status(check_ids(&r.ids, &self.limits))?;
         let scoped = caller.scope(&r.folder).map(str::to_owned);
-        let (store, scopes, folders) = (self.store.clone(), self.scopes.clone(), self.folders.clone());
+        let (store, scopes, folders) = (
+            self.store.clone(),
+            self.scopes.clone(),
+            self.folders.clone(),
+        );
         let folder = r.folder.clone();
         let signatures = to_status(
             blocking(move || {
@@ -204,7 +208,8 @@ impl SyncService {
                 let mut out = Vec::with_capacity(ids.len());
                 let mut size = 0usize;
                 // A group at a time, as GetChunks reads: one scope query and one batched read.
-                let group = (GET_READ_BYTES / store.params().largest_chunk().max(1) as usize).max(1);
+                let group =
+                    (GET_READ_BYTES / store.params().largest_chunk().max(1) as usize).max(1);
                 for ids in ids.chunks(group) {
                     for bytes in read_in_scope(&*store, scope, ids)? {
                         let sig = match bytes {

@@ -887,7 +887,11 @@ async fn block_deltas_rebuild_on_the_stored_base_and_bad_ones_store_nothing() {
     assert_eq!(sigs.len(), 2);
     let sig = signature_from_pb(&sigs[0]).unwrap().unwrap();
     assert_eq!(sig, Signature::of(old.data()));
-    assert_eq!(signature_from_pb(&sigs[1]).unwrap(), None, "not held: empty");
+    assert_eq!(
+        signature_from_pb(&sigs[1]).unwrap(),
+        None,
+        "not held: empty"
+    );
 
     let mut edited = old.data().to_vec();
     edited.insert(4000, b'!');
@@ -911,11 +915,31 @@ async fn block_deltas_rebuild_on_the_stored_base_and_bad_ones_store_nothing() {
     let mut short = good.clone();
     short.raw_len -= 1;
     for (what, chunk, code, says) in [
-        ("wrong hash", wrong_hash, Code::InvalidArgument, "do not match their id"),
-        ("out of range", out_of_range, Code::InvalidArgument, "where the bases have 32"),
-        ("base not held", not_held, Code::NotFound, "send the chunk whole"),
+        (
+            "wrong hash",
+            wrong_hash,
+            Code::InvalidArgument,
+            "do not match their id",
+        ),
+        (
+            "out of range",
+            out_of_range,
+            Code::InvalidArgument,
+            "where the bases have 32",
+        ),
+        (
+            "base not held",
+            not_held,
+            Code::NotFound,
+            "send the chunk whole",
+        ),
         ("oversized", oversized, Code::InvalidArgument, "not 1..="),
-        ("short", short, Code::InvalidArgument, "more than the declared"),
+        (
+            "short",
+            short,
+            Code::InvalidArgument,
+            "more than the declared",
+        ),
     ] {
         let err = c
             .put_chunks(tokio_stream::iter([pb::PutChunksRequest {
