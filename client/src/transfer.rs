@@ -341,16 +341,16 @@ impl Syncer {
                 let mut wire = c.wire(&mut probe);
                 let found: Option<Vec<lbsync_chunkstore::Signature>> =
                     cands.iter().map(|b| sigs.get(b).cloned()).collect();
-                if let Some(found) = found.filter(|f| !f.is_empty()) {
-                    if let Some(d) = lbsync_proto::wire::encode_block_delta(
+                if let Some(found) = found.filter(|f| !f.is_empty())
+                    && let Some(d) = lbsync_proto::wire::encode_block_delta(
                         c.id(),
                         c.stored(),
                         cands,
                         &found,
                         wire.data.len(),
-                    ) {
-                        wire = d;
-                    }
+                    )
+                {
+                    wire = d;
                 }
                 if !puts.push(&self.remote, wire).await {
                     break 'batches;
@@ -1253,7 +1253,7 @@ impl OldChunks {
                         (over * 4 >= l.min(len)).then_some((over, first + k))
                     })
                     .collect();
-                overlaps.sort_by(|a, b| b.0.cmp(&a.0));
+                overlaps.sort_by_key(|o| std::cmp::Reverse(o.0));
                 overlaps.truncate(MAX_SIGNATURE_BASES);
                 overlaps.sort_by_key(|&(_, k)| k);
                 found = overlaps.iter().map(|&(_, k)| self.chunks[k].0).collect();

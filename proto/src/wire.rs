@@ -239,7 +239,7 @@ pub fn signature_from_pb(s: &pb::ChunkSignature) -> Result<Option<Signature>, Co
             s.strong_len
         )));
     }
-    if s.weak.len() % 4 != 0 || s.strong.len() % STRONG_LEN != 0 {
+    if !s.weak.len().is_multiple_of(4) || !s.strong.len().is_multiple_of(STRONG_LEN) {
         return Err(bad("has sums of a partial block".into()));
     }
     let sig = Signature {

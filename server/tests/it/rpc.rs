@@ -896,8 +896,14 @@ async fn block_deltas_rebuild_on_the_stored_base_and_bad_ones_store_nothing() {
     let mut edited = old.data().to_vec();
     edited.insert(4000, b'!');
     let new = Chunk::new(edited);
-    let good =
-        encode_block_delta(new.id(), new.data(), &[old.id()], &[sig.clone()], new.len()).unwrap();
+    let good = encode_block_delta(
+        new.id(),
+        new.data(),
+        &[old.id()],
+        std::slice::from_ref(&sig),
+        new.len(),
+    )
+    .unwrap();
     assert!(good.data.len() < 400, "{}", good.data.len());
 
     // Bad ones: each refused, nothing stored.
