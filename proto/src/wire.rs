@@ -432,6 +432,18 @@ pub fn decode_chunk_against(
 mod tests {
     use super::*;
 
+    /// `len` bytes of xorshift64 noise from `seed`: incompressible test data.
+    fn xorshift(len: usize, mut x: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     fn text_chunks(n: usize) -> Vec<Chunk> {
         (0..n)
             .map(|i| {
@@ -578,32 +590,14 @@ mod tests {
         assert!(err.contains("5 delta base chunks, the limit is 4"), "{err}");
 
         // Noise does not delta-compress: the plain encoding is kept.
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-        let noise: Vec<u8> = (0..5000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        let noise = Chunk::new(noise);
+        let noise = Chunk::new(xorshift(5000, 0x9e37_79b9_7f4a_7c15));
         let plain = encode_chunk_against(noise.id(), noise.data(), &[old.id()], old.data());
         assert!(plain.base_ids.is_empty());
     }
 
     #[test]
     fn block_deltas_round_trip_through_their_signature_and_refuse_what_does_not_fit() {
-        let mut x = 7u64;
-        let old: Vec<u8> = (0..8192)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        let old = Chunk::new(old);
+        let old = Chunk::new(xorshift(8192, 7));
         let mut edited = old.data().to_vec();
         edited.insert(4000, b'!');
         let new = Chunk::new(edited);
