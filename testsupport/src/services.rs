@@ -114,30 +114,75 @@ impl Drop for PgCopy {
     }
 }
 
-fn drop_database(admin_url: &str, name: &str) -> Result<(), postgres::Error> {
-    let mut client = postgres::Client::connect(admin_url, postgres::NoTls)?;
-    client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+fn drop_database(admin_url: &str, name: &str) -> Result<(), String> {
+    let mut client = connect(admin_url)?;
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .map_err(|e| described(&e))
 }
 
-/// `CREATE DATABASE to TEMPLATE from`, ending the sessions on `from` that are in the way (for
-/// up to 10 s: a pool that is closing may connect once more).
-fn copy_database(admin_url: &str, from: &str, to: &str) -> Result<(), postgres::Error> {
-    let mut client = postgres::Client::connect(admin_url, postgres::NoTls)?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        client.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = $1 AND pid <> pg_backend_pid()",
-            &[&from],
-        )?;
-        match client.batch_execute(&format!("CREATE DATABASE \"{to}\" TEMPLATE \"{from}\"")) {
-            Err(e)
-                if e.code() == Some(&postgres::error::SqlState::OBJECT_IN_USE)
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+/// `CREATE DATABASE to TEMPLATE from`. A template may have no sessions, and a pool that is
+/// closing (or keeps its minimum of idle connections) may connect again right after its sessions
+/// are ended: so `from` refuses connections meanwhile (`ALLOW_CONNECTIONS false`, which binds the
+/// superuser too), its sessions are ended, the copy is made, and `from` takes connections again.
+fn copy_database(admin_url: &str, from: &str, to: &str) -> Result<(), String> {
+    let mut client = connect(admin_url)?;
+    let allow = |client: &mut postgres::Client, yes: bool| {
+        client
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{from}\" ALLOW_CONNECTIONS {yes}"
+            ))
+            .map_err(|e| described(&e))
+    };
+    allow(&mut client, false)?;
+    let copied = (|| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            client
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&from],
+                )
+                .map_err(|e| described(&e))?;
+            match client.batch_execute(&format!("CREATE DATABASE \"{to}\" TEMPLATE \"{from}\"")) {
+                // A terminated session takes a moment to go.
+                Err(e)
+                    if e.code() == Some(&postgres::error::SqlState::OBJECT_IN_USE)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                done => return done.map_err(|e| described(&e)),
             }
-            done => return done,
+        }
+    })();
+    let allowed = allow(&mut client, true);
+    copied.and(allowed)
+}
+
+fn connect(admin_url: &str) -> Result<postgres::Client, String> {
+    postgres::Client::connect(admin_url, postgres::NoTls).map_err(|e| described(&e))
+}
+
+/// A PostgreSQL error with what the server said (`postgres::Error` displays only "db error").
+fn described(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{} {}: {}{}",
+            db.severity(),
+            db.code().code(),
+            db.message(),
+            db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
         }
     }
 }
@@ -162,8 +207,9 @@ pub fn postgres(test: &str) -> Option<PgService> {
     let create = {
         let (admin_url, name) = (admin_url.clone(), name.clone());
         off_runtime(move || {
-            let mut client = postgres::Client::connect(&admin_url, postgres::NoTls)?;
-            client.batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            connect(&admin_url)?
+                .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+                .map_err(|e| described(&e))
         })
     };
     if let Err(e) = create {
