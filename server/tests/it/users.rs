@@ -35,13 +35,14 @@ enum Rpc {
     GetManifest,
     GetManifests,
     GetChunks,
+    GetSignatures,
     History,
     Restore,
     GetFolderKeys,
     SetFolderKeys,
 }
 
-const RPCS: [Rpc; 13] = [
+const RPCS: [Rpc; 14] = [
     Rpc::Handshake,
     Rpc::MissingChunks,
     Rpc::PutChunks,
@@ -51,6 +52,7 @@ const RPCS: [Rpc; 13] = [
     Rpc::GetManifest,
     Rpc::GetManifests,
     Rpc::GetChunks,
+    Rpc::GetSignatures,
     Rpc::History,
     Rpc::Restore,
     Rpc::GetFolderKeys,
@@ -327,6 +329,19 @@ async fn attempt(
             assert_eq!(got.len(), seed_ids.len());
             Ok(())
         }
+        Rpc::GetSignatures => {
+            let ids: Vec<u8> = seed_ids.iter().flat_map(|id| *id.as_bytes()).collect();
+            let r = c
+                .get_signatures(pb::GetSignaturesRequest {
+                    ids: ids.into(),
+                    folder: folder.into(),
+                })
+                .await?
+                .into_inner();
+            assert_eq!(r.signatures.len(), seed_ids.len());
+            assert!(r.signatures.iter().all(|s| s.len > 0), "{tag}: held");
+            Ok(())
+        }
         Rpc::History => {
             let r = c
                 .history(pb::HistoryRequest {
@@ -597,6 +612,28 @@ async fn missing_chunks_tells_nothing_of_another_folders_content() {
             .into_inner();
         assert_eq!(r.manifests.len(), 1);
         assert!(r.manifests[0].content.is_none(), "{folder}");
+        // Their signatures are as absent as those of chunks nobody has: length 0, no sums.
+        let asked: Vec<u8> = ids
+            .iter()
+            .chain(&never)
+            .flat_map(|id| *id.as_bytes())
+            .collect();
+        let r = bob
+            .get_signatures(pb::GetSignaturesRequest {
+                ids: asked.into(),
+                folder: folder.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.signatures.len(), ids.len() + never.len());
+        assert!(
+            r.signatures
+                .iter()
+                .all(|s| *s == pb::ChunkSignature::default()),
+            "{folder}: {:?}",
+            r.signatures.first()
+        );
         // Nor can he commit what names them, nor send a delta against them.
         let e = commit_file(&mut bob, folder, "x", &m, Content::Known(m.id()))
             .await
