@@ -90,6 +90,31 @@ pub fn chunk_data(data: &[u8]) {
     }
 }
 
+/// The base every [`block_delta`] chunk is rebuilt on: 150 distinct lines, about 6 KB.
+pub fn fuzz_block_base() -> Vec<u8> {
+    (0..150)
+        .flat_map(|i| format!("line {i}: lbsync keeps folders in sync\n").into_bytes())
+        .collect()
+}
+
+/// A block delta (`COMPRESSION_BLOCK_DELTA`) as it arrives on the wire, rebuilt on
+/// [`fuzz_block_base`] once per base it names: never more than the limit is inflated or built,
+/// and an accepted chunk is what its id says.
+pub fn block_delta(data: &[u8]) {
+    let Ok(msg) = pb::ChunkData::decode(data) else {
+        return;
+    };
+    let Ok(base_ids) = crate::wire::chunk_bases(&msg) else {
+        return;
+    };
+    let base = fuzz_block_base();
+    let bases = vec![base.as_slice(); base_ids.len()];
+    if let Ok(chunk) = crate::wire::decode_block_delta(msg, 1 << 16, &bases) {
+        assert!(chunk.len() <= 1 << 16);
+        assert_eq!(lbsync_chunkstore::ChunkId::of(chunk.data()), chunk.id());
+    }
+}
+
 /// A batch of commits as it arrives on the wire: accepted batches are within the limit and
 /// carry only valid paths, each with the batch's folder.
 pub fn commit_batch(data: &[u8]) {
@@ -111,7 +136,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    type Seeds = (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>);
+    type Seeds = (
+        Vec<Vec<u8>>,
+        Vec<Vec<u8>>,
+        Vec<Vec<u8>>,
+        Vec<Vec<u8>>,
+        Vec<Vec<u8>>,
+    );
 
     fn seeds() -> Seeds {
         let paths: Vec<Vec<u8>> = [
@@ -163,17 +194,53 @@ mod tests {
         .iter()
         .map(Message::encode_to_vec)
         .collect();
-        (paths, commits, vec![batch.encode_to_vec()], chunks)
+        let base = fuzz_block_base();
+        let base_id = lbsync_chunkstore::ChunkId::of(&base);
+        let sig = lbsync_chunkstore::Signature::of(&base);
+        let block_deltas = [(2000, 2000), (0, 0), (5000, 5200)]
+            .iter()
+            .map(|&(from, to)| {
+                let mut new = base.clone();
+                new.splice(from..to, *b"an edit of a few bytes");
+                let id = lbsync_chunkstore::ChunkId::of(&new);
+                crate::wire::encode_block_delta(
+                    id,
+                    &new,
+                    &[base_id],
+                    std::slice::from_ref(&sig),
+                    new.len(),
+                )
+                .expect("a small edit goes as a block delta")
+                .encode_to_vec()
+            })
+            .collect();
+        (
+            paths,
+            commits,
+            vec![batch.encode_to_vec()],
+            chunks,
+            block_deltas,
+        )
     }
 
     /// The committed seed corpus passes; `LBSYNC_FUZZ_WRITE_SEEDS=1` (re)writes it.
     #[test]
     fn seed_corpus() {
-        let (paths, commits, batches, chunks) = seeds();
+        let (paths, commits, batches, chunks, block_deltas) = seeds();
         lbsync_chunkstore::fuzzing::check_corpus("sync_path", &paths, sync_path);
         lbsync_chunkstore::fuzzing::check_corpus("commit_request", &commits, commit_request);
         lbsync_chunkstore::fuzzing::check_corpus("commit_batch", &batches, commit_batch);
         lbsync_chunkstore::fuzzing::check_corpus("chunk_data", &chunks, chunk_data);
+        lbsync_chunkstore::fuzzing::check_corpus("block_delta", &block_deltas, block_delta);
+    }
+
+    #[test]
+    fn the_block_delta_seeds_decode() {
+        let base = fuzz_block_base();
+        for seed in seeds().4 {
+            let msg = pb::ChunkData::decode(seed.as_slice()).unwrap();
+            assert!(crate::wire::decode_block_delta(msg, 1 << 16, &[&base]).is_ok());
+        }
     }
 
     proptest! {
@@ -204,17 +271,20 @@ mod tests {
 
         #[test]
         fn batches_and_chunks_never_panic(
-            which in 0..3usize,
+            which in 0..5usize,
             flips in prop::collection::vec((any::<usize>(), any::<u8>()), 0..6),
         ) {
-            let (_, _, batches, chunks) = seeds();
-            let mut v = [&batches[0], &chunks[0], &chunks[1]][which].clone();
+            let (_, _, batches, chunks, block_deltas) = seeds();
+            let mut v = [&batches[0], &chunks[0], &chunks[1], &block_deltas[0], &block_deltas[2]]
+                [which]
+                .clone();
             for (at, b) in flips {
                 let n = v.len();
                 v[at % n] ^= b;
             }
             commit_batch(&v);
             chunk_data(&v);
+            block_delta(&v);
         }
     }
 }
