@@ -137,7 +137,15 @@ impl CountingProxy {
                     let _ = server.set_nodelay(true);
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    tokio::join!(pump(cr, sw, u), pump(sr, cw, d));
+                    let frames = std::env::var_os("LBSYNC_BENCH_FRAMES").map(|_| Frames::default());
+                    let (up, down) = (
+                        frames.clone().map(|f| (f, true)),
+                        frames.clone().map(|f| (f, false)),
+                    );
+                    tokio::join!(pump(cr, sw, u, up), pump(sr, cw, d, down));
+                    if let Some(f) = frames {
+                        f.print();
+                    }
                 });
             }
         });
@@ -154,18 +162,108 @@ impl CountingProxy {
     }
 }
 
+/// (frames, bytes) by (stream, client → server, frame type).
+type FrameCounts = std::collections::BTreeMap<(u32, bool, u8), (u64, u64)>;
+
+/// With `LBSYNC_BENCH_FRAMES` set, a connection's HTTP/2 frames, tallied by stream, direction
+/// and type and printed when it closes: where a sync's bytes go (the client's streams are
+/// 1, 3, 5… in the order of its calls; 0 is the connection's own frames).
+#[derive(Clone, Default)]
+struct Frames(std::sync::Arc<std::sync::Mutex<FrameCounts>>);
+
+impl Frames {
+    fn add(&self, stream: u32, up: bool, kind: u8, bytes: u64) {
+        let mut t = self.0.lock().expect("frames");
+        let e = t.entry((stream, up, kind)).or_default();
+        e.0 += 1;
+        e.1 += bytes;
+    }
+
+    fn print(&self) {
+        const KINDS: [&str; 10] = [
+            "DATA",
+            "HEADERS",
+            "PRIORITY",
+            "RST_STREAM",
+            "SETTINGS",
+            "PUSH_PROMISE",
+            "PING",
+            "GOAWAY",
+            "WINDOW_UPDATE",
+            "CONTINUATION",
+        ];
+        let t = self.0.lock().expect("frames");
+        let total: u64 = t.values().map(|v| v.1).sum();
+        eprintln!("connection: {total} B in frames");
+        for ((stream, up, kind), (n, bytes)) in t.iter() {
+            eprintln!(
+                "  stream {stream:>3} {} {:<13} {n:>4} frames {bytes:>8} B",
+                if *up { "up  " } else { "down" },
+                KINDS.get(usize::from(*kind)).unwrap_or(&"?")
+            );
+        }
+    }
+}
+
+/// Splits a direction's bytes into HTTP/2 frames (after the client's 24-byte preface).
+struct FrameParser {
+    frames: Frames,
+    up: bool,
+    skip: usize,
+    header: Vec<u8>,
+    body_left: usize,
+}
+
+impl FrameParser {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+            } else if self.body_left > 0 {
+                let n = self.body_left.min(bytes.len());
+                self.body_left -= n;
+                bytes = &bytes[n..];
+            } else {
+                let n = (9 - self.header.len()).min(bytes.len());
+                self.header.extend_from_slice(&bytes[..n]);
+                bytes = &bytes[n..];
+                if self.header.len() == 9 {
+                    let h = std::mem::take(&mut self.header);
+                    let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                    let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                    self.frames.add(stream, self.up, h[3], 9 + len as u64);
+                    self.body_left = len;
+                }
+            }
+        }
+    }
+}
+
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    frames: Option<(Frames, bool)>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 256 << 10];
+    let mut parser = frames.map(|(frames, up)| FrameParser {
+        frames,
+        up,
+        skip: if up { 24 } else { 0 },
+        header: Vec::new(),
+        body_left: 0,
+    });
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if let Some(p) = &mut parser {
+            p.feed(&buf[..n]);
+        }
         count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         if to.write_all(&buf[..n]).await.is_err() {
             break;
