@@ -461,7 +461,17 @@ impl Syncer {
         } else {
             st.cursor.saturating_sub(1)
         };
-        let (mut remote, mut cursor) = self.remote.changes_until_caught_up(from).await?;
+        let unchanged = self.journal_unchanged();
+        let (mut remote, mut cursor) = if unchanged {
+            debug!(
+                "nothing committed since the last sync (the journal head is seq {}, committed \
+                 as recorded): no Changes call",
+                self.state.state.cursor
+            );
+            (HashMap::new(), self.state.state.cursor)
+        } else {
+            self.remote.changes_until_caught_up(from).await?
+        };
         let st = &mut self.state.state;
         // A state with nothing synced has nothing a forgotten deletion could leave behind.
         let behind = st.cursor < self.remote.expired_seq && !st.files.is_empty();
@@ -485,11 +495,15 @@ impl Syncer {
         }
         self.resolve_same_content(&mut remote).await?;
         self.cursor = cursor;
-        self.at_cursor = remote
-            .values()
-            .find(|e| e.seq == cursor)
-            .map(|e| (e.path.as_str().to_owned(), e.version, e.committed_ns));
-        if !self.state.state.forgotten && self.journal_rewritten(&remote).await? {
+        self.at_cursor = if unchanged {
+            self.state.state.at_cursor.clone()
+        } else {
+            remote
+                .values()
+                .find(|e| e.seq == cursor)
+                .map(|e| (e.path.as_str().to_owned(), e.version, e.committed_ns))
+        };
+        if !unchanged && !self.state.state.forgotten && self.journal_rewritten(&remote).await? {
             warn!(
                 "the server's journal no longer holds what {} last synced: its store was \
                  restored from an older copy. Nothing it holds is taken as newer than what was \
@@ -674,6 +688,23 @@ impl Syncer {
     /// Whether the journal entry at the cursor (read again: the replay starts one before it) is
     /// not the one this folder recorded there: another commit took its number, so the server's
     /// journal was replaced since (a store restored from a backup, then written to).
+    /// Whether this sync may skip its Changes call: the handshake it is the first sync after
+    /// shows the journal head at our cursor, committed at the time recorded for the entry there
+    /// (so the same commit, not another a restored store numbered so), and nothing of ours is in
+    /// doubt or past the cursor. A re-read of the journal (replay, forgotten, re-scan) never
+    /// skips. The handshake's head is taken once: a later sync on this connection asks.
+    fn journal_unchanged(&mut self) -> bool {
+        let head = self.remote.take_head();
+        let st = &self.state.state;
+        let Some((_, _, at_ns)) = st.at_cursor.as_ref() else {
+            return false;
+        };
+        head.is_some_and(|(seq, ns)| seq == st.cursor && seq > 0 && ns != 0 && ns == *at_ns)
+            && !(st.replay || st.forgotten || st.rescan)
+            && st.in_doubt.is_empty()
+            && !st.files.values().any(|s| s.seq > st.cursor)
+    }
+
     async fn journal_rewritten(&mut self, remote: &HashMap<SyncPath, Entry>) -> Result<bool> {
         let st = &self.state.state;
         // Past the cursor, the server forgot old deletions: a path it no longer shows at all may

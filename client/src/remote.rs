@@ -72,6 +72,8 @@ pub struct Remote {
     pub params: ChunkParams,
     /// The folder's journal head at the handshake.
     pub head: u64,
+    /// The commit time of the entry at `head` (0: unknown), `HandshakeResponse.head_committed_ns`.
+    pub head_committed_ns: i64,
     /// The id of the server's store (empty from a server too old to say).
     pub store_id: String,
     /// This client may only read the folder.
@@ -387,6 +389,7 @@ impl Remote {
             folder: folder.to_owned(),
             params,
             head: hs.head,
+            head_committed_ns: hs.head_committed_ns,
             store_id: hs.store_id,
             read_only: hs.read_only,
             encrypted: hs.encrypted,
@@ -511,6 +514,8 @@ impl Remote {
         expected: u64,
         wrapped: Vec<pb::WrappedKey>,
     ) -> Result<pb::FolderKeys> {
+        // The journal moves on from what the handshake said (see `take_head`).
+        self.head_committed_ns = 0;
         let req = pb::SetFolderKeysRequest {
             folder: self.folder.clone(),
             expected_generation: expected,
@@ -613,6 +618,8 @@ impl Remote {
     /// In an encrypted folder a new path (base 0) over a tombstone is committed again on the
     /// tombstone's version: the server answers it as a conflict, which it is not.
     pub async fn commit(&mut self, mut req: CommitRequest) -> Result<Committed> {
+        // The journal moves on from what the handshake said (see `take_head`).
+        self.head_committed_ns = 0;
         for _ in 0..4 {
             let base = req.base_version;
             let answer = self
@@ -692,6 +699,8 @@ impl Remote {
         device: &str,
         reqs: Vec<CommitRequest>,
     ) -> Result<Vec<BatchOutcome>> {
+        // The journal moves on from what the handshake said (see `take_head`).
+        self.head_committed_ns = 0;
         let mut out = self.commit_batch_once(device, reqs.clone()).await?;
         if !self.codec.is_sealed() {
             return Ok(out);
@@ -814,6 +823,14 @@ impl Remote {
             .await
             .map_err(Error::rpc("Changes"))?
             .into_inner())
+    }
+
+    /// The journal head and its entry's commit time as the handshake gave them, once: `None`
+    /// after the first call, once this client committed anything (a restore on this connection
+    /// moved the journal on), or when the server did not say (older servers).
+    pub fn take_head(&mut self) -> Option<(u64, i64)> {
+        let ns = std::mem::take(&mut self.head_committed_ns);
+        (ns != 0).then_some((self.head, ns))
     }
 
     /// The changes after `cursor` up to the head: (entries by path, new cursor).
@@ -1173,6 +1190,8 @@ impl Remote {
         version: u64,
         device: &str,
     ) -> Result<CommitOutcome> {
+        // The journal moves on from what the handshake said (see `take_head`).
+        self.head_committed_ns = 0;
         if self.codec.is_sealed() {
             return self.restore_sealed(path, version, device).await;
         }

@@ -130,6 +130,25 @@ fn manifest_answer(
     }))
 }
 
+/// The commit time of the folder's entry at `head` (`HandshakeResponse.head_committed_ns`): 0 at
+/// head 0, or when that entry is gone from the journal or a commit moved the head on meanwhile.
+fn head_committed_ns(
+    folders: &dyn crate::meta::FolderMeta,
+    folder: &str,
+    head: u64,
+) -> Result<i64> {
+    if head == 0 {
+        return Ok(0);
+    }
+    Ok(match folders.backlog(folder, head - 1)? {
+        (crate::folders::Backlog::Compacted(entries), _) => entries
+            .iter()
+            .find(|e| e.seq == head)
+            .map_or(0, |e| e.committed_ns),
+        (crate::folders::Backlog::Scan, _) => 0,
+    })
+}
+
 fn to_status<T>(r: Result<T>) -> Result<T, Status> {
     r.map_err(|e| status(&e))
 }
@@ -218,8 +237,13 @@ impl pb::sync_server::Sync for SyncService {
         }
         let folders = self.folders.clone();
         let folder = r.folder.clone();
-        let (head, encrypted) = to_status(
-            blocking(move || Ok((folders.ensure(&folder)?, folders.encrypted(&folder)?))).await,
+        let (head, head_committed_ns, encrypted) = to_status(
+            blocking(move || {
+                let head = folders.ensure(&folder)?;
+                let at = head_committed_ns(folders.as_ref(), &folder, head)?;
+                Ok((head, at, folders.encrypted(&folder)?))
+            })
+            .await,
         )?;
         let (authz, folder) = (self.authz.clone(), r.folder.clone());
         let read_only = to_status(blocking(move || authz.read_only(&caller, &folder)).await)?;
@@ -242,6 +266,7 @@ impl pb::sync_server::Sync for SyncService {
             same_content_commits: true,
             raw_sealed_paths: true,
             block_deltas: true,
+            head_committed_ns,
         }))
     }
 

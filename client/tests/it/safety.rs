@@ -517,6 +517,53 @@ async fn a_store_restored_from_a_backup_loses_no_newer_edit() {
     assert_eq!(tree(&c), want);
 }
 
+/// The store is restored from a backup and another device commits as often as the backup lost,
+/// so the journal's head is again the seq A synced up to, with another commit there. A sync that
+/// skips its Changes call when the head is where it was (`HandshakeResponse.head_committed_ns`)
+/// must still see that the journal was rewritten, and lose no write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_store_back_at_the_same_head_is_noticed() {
+    let server = Server::start().await;
+    let (tmp, [a, c]) = dirs(["a", "c"]);
+    write(&a, "notes.txt", "first");
+    synced(&a, &server, "A").await;
+    let store = server.store_dir.clone();
+    let backup = tmp.path().join("backup");
+    let stopped = server.stop_keeping_store().await;
+    let cp = Command::new("cp")
+        .args(["-a", s(&store), s(&backup)])
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let server = stopped.restart().await;
+    write(&a, "notes.txt", "newer than the backup");
+    synced(&a, &server, "A").await;
+    let stopped = server.stop_keeping_store().await;
+    fs::remove_dir_all(&store).unwrap();
+    let cp = Command::new("cp")
+        .args(["-a", s(&backup), s(&store)])
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let server = stopped.restart().await;
+    // One commit after the restore: the head is back at A's cursor.
+    write(&c, "other.txt", "made on C after the restore");
+    synced(&c, &server, "C").await;
+
+    sync_as(&a, &server, "A", &[]).await;
+    synced(&a, &server, "A").await;
+    assert_eq!(
+        fs::read_to_string(a.join("notes.txt")).unwrap(),
+        "newer than the backup"
+    );
+    assert_eq!(
+        fs::read_to_string(a.join("other.txt")).unwrap(),
+        "made on C after the restore"
+    );
+    synced(&c, &server, "C").await;
+    assert_eq!(tree(&c), tree(&a));
+}
+
 // 9. Changes that fingerprints can miss, and changes that are not content.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

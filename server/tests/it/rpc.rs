@@ -39,6 +39,13 @@ async fn upload_commit_download_round_trip() {
         .await,
     );
     assert_eq!((e.version, e.seq, e.size), (1, 1, data.len() as u64));
+    // The handshake names the commit at the head by its time: a client synced to it may skip
+    // its Changes call.
+    assert_eq!(hs.head_committed_ns, 0, "no commit at head 0");
+    let again = handshake(&mut c, "default").await;
+    assert_eq!(again.head, 1);
+    assert!(e.committed_ns > 0);
+    assert_eq!(again.head_committed_ns, e.committed_ns);
 
     let got = c
         .get_manifest(pb::GetManifestRequest {
