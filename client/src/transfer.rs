@@ -342,13 +342,8 @@ impl Syncer {
                 let found: Option<Vec<lbsync_chunkstore::Signature>> =
                     cands.iter().map(|b| sigs.get(b).cloned()).collect();
                 if let Some(found) = found.filter(|f| !f.is_empty())
-                    && let Some(d) = lbsync_proto::wire::encode_block_delta(
-                        c.id(),
-                        c.stored(),
-                        cands,
-                        &found,
-                        wire.data.len(),
-                    )
+                    && let Some(d) =
+                        block_delta_of(c.id(), c.stored(), cands, found, wire.data.len()).await
                 {
                     wire = d;
                 }
@@ -1300,9 +1295,55 @@ pub(crate) fn display_device(device: &str) -> &str {
     device.split('#').next().unwrap_or(device)
 }
 
+/// Chunks longer than this search their block delta on a blocking thread: the rolling search
+/// over a 1 MiB chunk takes milliseconds, which an async worker must not spend.
+const DELTA_INLINE_MAX: usize = 64 << 10;
+
+/// The chunk `data` as a block delta against `bases` (described by `sigs`), when that is
+/// smaller enough than `plain_len` (see [`lbsync_proto::wire::encode_block_delta`]).
+async fn block_delta_of(
+    id: ChunkId,
+    data: &Bytes,
+    bases: &[ChunkId],
+    sigs: Vec<lbsync_chunkstore::Signature>,
+    plain_len: usize,
+) -> Option<pb::ChunkData> {
+    if data.len() <= DELTA_INLINE_MAX {
+        return lbsync_proto::wire::encode_block_delta(id, data, bases, &sigs, plain_len);
+    }
+    let (data, bases) = (data.clone(), bases.to_vec());
+    tokio::task::spawn_blocking(move || {
+        lbsync_proto::wire::encode_block_delta(id, &data, &bases, &sigs, plain_len)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_large_chunk_searches_its_block_delta_off_the_async_threads_with_the_same_result() {
+        let base: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut new = base.clone();
+        new.insert(100_000, b'!');
+        assert!(new.len() > DELTA_INLINE_MAX);
+        let (id, base_id) = (ChunkId::of(&new), ChunkId::of(&base));
+        let sig = lbsync_chunkstore::Signature::of(&base);
+        let new = Bytes::from(new);
+        let off = block_delta_of(id, &new, &[base_id], vec![sig.clone()], new.len())
+            .await
+            .expect("a 1-byte insert goes as a block delta");
+        let inline =
+            lbsync_proto::wire::encode_block_delta(id, &new, &[base_id], &[sig], new.len())
+                .unwrap();
+        assert_eq!(off, inline);
+        assert!(off.data.len() < 10_000, "{} bytes", off.data.len());
+    }
 
     #[test]
     fn download_windows_are_bounded_in_count_and_bytes_and_cover_everything() {
