@@ -43,7 +43,7 @@ pub fn raw_chunk(id: ChunkId, raw: &Bytes) -> pb::ChunkData {
 }
 
 /// Whether `c` is sent whole and uncompressed, so may go in a message's `together` frame.
-fn goes_together(c: &pb::ChunkData) -> bool {
+pub fn goes_together(c: &pb::ChunkData) -> bool {
     c.compression == i32::from(pb::Compression::None) && c.base_ids.is_empty() && c.raw_len > 0
 }
 

@@ -438,8 +438,6 @@ fn encode_against_stored(
     delta
 }
 
-/// A chunk sent whole: compressed when that pays, except a sealed chunk (an encrypted folder's),
-/// whose bytes do not compress and go as stored.
 /// A GetChunks message ready to send: for a client that asked `together`, its whole chunks
 /// (there as they are) compressed into one frame, or each compressed alone when the frame
 /// would not save 1/32 of them.
@@ -448,14 +446,18 @@ fn finish_answer(mut msg: pb::GetChunksResponse, together: bool) -> pb::GetChunk
         return msg;
     }
     for c in &mut msg.chunks {
-        let raw = c.compression == i32::from(pb::Compression::None) && c.base_ids.is_empty();
-        if let (true, Some(id)) = (raw, lbsync_chunkstore::ChunkId::from_slice(&c.id)) {
+        if let (true, Some(id)) = (
+            lbsync_proto::wire::goes_together(c),
+            lbsync_chunkstore::ChunkId::from_slice(&c.id),
+        ) {
             *c = whole(id, &c.data, false);
         }
     }
     msg
 }
 
+/// A chunk sent whole: compressed when that pays, except a sealed chunk (an encrypted folder's),
+/// whose bytes do not compress and go as stored.
 fn whole(id: lbsync_chunkstore::ChunkId, bytes: &Bytes, sealed: bool) -> pb::ChunkData {
     if !sealed {
         return encode_chunk(id, bytes);
@@ -469,7 +471,6 @@ fn whole(id: lbsync_chunkstore::ChunkId, bytes: &Bytes, sealed: bool) -> pb::Chu
     }
 }
 
-/// Whether a chunk is in the caller's folder's scope (always, for a caller who sees the store).
 /// The chunks of `ids`, in order, each checked against its id; `None` for one the store lacks
 /// or (with a scope) the caller's folder does not hold. One scope query and one batched read.
 fn read_in_scope(
