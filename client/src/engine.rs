@@ -685,9 +685,6 @@ impl Syncer {
         self.state.state.files.contains_key(p.as_str()) || self.remote_paths.contains(p)
     }
 
-    /// Whether the journal entry at the cursor (read again: the replay starts one before it) is
-    /// not the one this folder recorded there: another commit took its number, so the server's
-    /// journal was replaced since (a store restored from a backup, then written to).
     /// Whether this sync may skip its Changes call: the handshake it is the first sync after
     /// shows the journal head at our cursor, committed at the time recorded for the entry there
     /// (so the same commit, not another a restored store numbered so), and nothing of ours is in
@@ -705,6 +702,9 @@ impl Syncer {
             && !st.files.values().any(|s| s.seq > st.cursor)
     }
 
+    /// Whether the journal entry at the cursor (read again: the replay starts one before it) is
+    /// not the one this folder recorded there: another commit took its number, so the server's
+    /// journal was replaced since (a store restored from a backup, then written to).
     async fn journal_rewritten(&mut self, remote: &HashMap<SyncPath, Entry>) -> Result<bool> {
         let st = &self.state.state;
         // Past the cursor, the server forgot old deletions: a path it no longer shows at all may
