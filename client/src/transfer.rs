@@ -1299,8 +1299,8 @@ pub(crate) fn display_device(device: &str) -> &str {
 /// over a 1 MiB chunk takes milliseconds, which an async worker must not spend.
 const DELTA_INLINE_MAX: usize = 64 << 10;
 
-/// The chunk `data` as a block delta against `bases` (described by `sigs`), when that is
-/// smaller enough than `plain_len` (see [`lbsync_proto::wire::encode_block_delta`]).
+/// The chunk `data` as a block delta against `bases` (described by `sigs`), when that saves
+/// enough against `plain_len` (see [`lbsync_proto::wire::encode_block_delta`]).
 async fn block_delta_of(
     id: ChunkId,
     data: &Bytes,
