@@ -201,11 +201,7 @@ async fn sync_without_its_marker_refuses() {
     synced(&a, &server, "A").await;
     // a's state is swapped for other's, as a careless copy of a folder would leave it.
     fs::remove_dir_all(a.join(".lbsync")).unwrap();
-    let cp = Command::new("cp")
-        .args(["-a", s(&other.join(".lbsync")), s(&a.join(".lbsync"))])
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    cp_a(&other.join(".lbsync"), &a.join(".lbsync"));
     fs::remove_dir_all(a.join("theirs")).unwrap();
 
     let out = sync_as(&a, &server, "A", &[]).await;
@@ -486,11 +482,7 @@ async fn a_store_restored_from_a_backup_loses_no_newer_edit() {
     let store = server.store_dir.clone();
     let backup = tmp.path().join("backup");
     let stopped = server.stop_keeping_store().await;
-    let cp = Command::new("cp")
-        .args(["-a", s(&store), s(&backup)])
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    cp_a(&store, &backup);
     let server = stopped.restart().await;
 
     write(&a, "work/0.txt", "newer than the backup");
@@ -499,11 +491,7 @@ async fn a_store_restored_from_a_backup_loses_no_newer_edit() {
     let want = tree(&a);
     let stopped = server.stop_keeping_store().await;
     fs::remove_dir_all(&store).unwrap();
-    let cp = Command::new("cp")
-        .args(["-a", s(&backup), s(&store)])
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    cp_a(&backup, &store);
     let server = stopped.restart().await;
 
     sync_as(&a, &server, "A", &[]).await;
@@ -530,21 +518,13 @@ async fn a_restored_store_back_at_the_same_head_is_noticed() {
     let store = server.store_dir.clone();
     let backup = tmp.path().join("backup");
     let stopped = server.stop_keeping_store().await;
-    let cp = Command::new("cp")
-        .args(["-a", s(&store), s(&backup)])
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    cp_a(&store, &backup);
     let server = stopped.restart().await;
     write(&a, "notes.txt", "newer than the backup");
     synced(&a, &server, "A").await;
     let stopped = server.stop_keeping_store().await;
     fs::remove_dir_all(&store).unwrap();
-    let cp = Command::new("cp")
-        .args(["-a", s(&backup), s(&store)])
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    cp_a(&backup, &store);
     let server = stopped.restart().await;
     // One commit after the restore: the head is back at A's cursor.
     write(&c, "other.txt", "made on C after the restore");
@@ -629,11 +609,7 @@ async fn cp_a_that_keeps_content_commits_nothing() {
     write(&a, "report.txt", "the same bytes");
     synced(&a, &server, "A").await;
     let (f, tmpname) = (a.join("report.txt"), a.join(".report.txt.tmp"));
-    let cp = Command::new("cp")
-        .args(["-a", s(&f), s(&tmpname)])
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    cp_a(&f, &tmpname);
     let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
     let old = inode(&f);
     fs::rename(&tmpname, &f).unwrap();
@@ -775,4 +751,13 @@ async fn a_bad_server_url_fails_fast() {
     let status = status.unwrap_or_else(|| panic!("watch kept running: {log}"));
     assert!(!status.success(), "{log}");
     assert!(log.contains("ftp://x"), "{log}");
+}
+
+/// `cp -a from to`: a copy that keeps modes, times and links, as a person's backup would.
+fn cp_a(from: &Path, to: &Path) {
+    let cp = Command::new("cp")
+        .args(["-a", s(from), s(to)])
+        .status()
+        .unwrap();
+    assert!(cp.success(), "cp -a {} {}", from.display(), to.display());
 }
